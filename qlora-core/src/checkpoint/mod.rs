@@ -1,0 +1,13 @@
+//! Hugging Face safetensors checkpoints: reading (single file or sharded index, memory-mapped)
+//! and writing (sharded, atomically, tensors produced lazily one at a time).
+
+mod reader;
+mod writer;
+
+pub use reader::Checkpoint;
+pub use writer::{OutTensor, write_safetensors};
+
+/// Name of the single-file weights of a Hugging Face model directory.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// Name of the index of a sharded Hugging Face checkpoint.
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";

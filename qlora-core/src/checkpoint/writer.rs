@@ -1,0 +1,136 @@
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use safetensors::tensor::{TensorView, View};
+use safetensors::{Dtype, serialize_to_file};
+
+use super::{WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+use crate::error::{Error, Result};
+
+type Producer<'a> = Box<dyn Fn() -> Vec<u8> + Send + Sync + 'a>;
+
+/// A tensor to write. Data is borrowed, owned, or produced only when the writer reaches it, so
+/// a checkpoint can be converted without holding all of it in memory.
+pub enum OutTensor<'a> {
+    Borrowed(TensorView<'a>),
+    Owned {
+        dtype: Dtype,
+        shape: Vec<usize>,
+        data: Vec<u8>,
+    },
+    Lazy {
+        dtype: Dtype,
+        shape: Vec<usize>,
+        len: usize,
+        produce: Producer<'a>,
+    },
+}
+
+impl<'a> OutTensor<'a> {
+    pub fn owned(dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> Self {
+        OutTensor::Owned { dtype, shape, data }
+    }
+
+    pub fn lazy(
+        dtype: Dtype,
+        shape: Vec<usize>,
+        produce: impl Fn() -> Vec<u8> + Send + Sync + 'a,
+    ) -> Self {
+        let len = shape.iter().product::<usize>() * dtype.bitsize() / 8;
+        OutTensor::Lazy {
+            dtype,
+            shape,
+            len,
+            produce: Box::new(produce),
+        }
+    }
+}
+
+impl View for &OutTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        match self {
+            OutTensor::Borrowed(view) => view.dtype(),
+            OutTensor::Owned { dtype, .. } | OutTensor::Lazy { dtype, .. } => *dtype,
+        }
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            OutTensor::Borrowed(view) => view.shape(),
+            OutTensor::Owned { shape, .. } | OutTensor::Lazy { shape, .. } => shape,
+        }
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        match self {
+            OutTensor::Borrowed(view) => Cow::Borrowed(view.data()),
+            OutTensor::Owned { data, .. } => Cow::Borrowed(data),
+            OutTensor::Lazy { produce, len, .. } => {
+                let data = produce();
+                assert_eq!(data.len(), *len, "lazy tensor produced the wrong byte count");
+                Cow::Owned(data)
+            }
+        }
+    }
+
+    fn data_len(&self) -> usize {
+        match self {
+            OutTensor::Borrowed(view) => view.data().len(),
+            OutTensor::Owned { data, .. } => data.len(),
+            OutTensor::Lazy { len, .. } => *len,
+        }
+    }
+}
+
+/// Write `tensors` into `dir` the way transformers does: one `model.safetensors` when the total
+/// fits in `max_shard_bytes`, else `model-0000i-of-0000n.safetensors` shards plus
+/// `model.safetensors.index.json`. Tensors are written in name order; a tensor larger than the
+/// limit gets a shard of its own.
+pub fn write_safetensors(
+    dir: &Path,
+    tensors: BTreeMap<String, OutTensor<'_>>,
+    max_shard_bytes: usize,
+) -> Result<()> {
+    let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
+    let mut shards: Vec<Vec<(&String, &OutTensor<'_>)>> = vec![Vec::new()];
+    let mut shard_bytes = 0usize;
+    let mut total = 0usize;
+    for (name, tensor) in &tensors {
+        let size = (&tensor).data_len();
+        let current = shards.last_mut().expect("one shard");
+        if !current.is_empty() && shard_bytes + size > max_shard_bytes {
+            shards.push(Vec::new());
+            shard_bytes = 0;
+        }
+        shards.last_mut().expect("one shard").push((name, tensor));
+        shard_bytes += size;
+        total += size;
+    }
+
+    let write = |file: &str, shard: &[(&String, &OutTensor<'_>)]| -> Result<()> {
+        let path = dir.join(file);
+        serialize_to_file(shard.iter().copied(), metadata.clone(), &path)
+            .map_err(|e| Error::file(&path, format!("cannot write safetensors: {e}")))
+    };
+
+    if shards.len() == 1 {
+        return write(WEIGHTS_FILE, &shards[0]);
+    }
+    let count = shards.len();
+    let mut weight_map = BTreeMap::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{count:05}.safetensors", i + 1);
+        write(&file, shard)?;
+        for (name, _) in shard {
+            weight_map.insert((*name).clone(), file.clone());
+        }
+    }
+    let index = serde_json::json!({
+        "metadata": { "total_size": total },
+        "weight_map": weight_map,
+    });
+    let path = dir.join(WEIGHTS_INDEX_FILE);
+    let text = serde_json::to_string_pretty(&index).expect("index serializes");
+    std::fs::write(&path, text + "\n").map_err(|e| Error::io(&path, e))
+}

@@ -1,0 +1,160 @@
+//! The floating-point storage types of Hugging Face checkpoints and their conversions.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rayon::prelude::*;
+use safetensors::Dtype;
+
+use crate::error::{Error, Result};
+
+/// A float storage type: what a checkpoint holds and what we write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FloatDtype {
+    F32,
+    F16,
+    BF16,
+}
+
+impl FloatDtype {
+    /// The name torch and `config.json` use (`"bfloat16"`).
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            FloatDtype::F32 => "float32",
+            FloatDtype::F16 => "float16",
+            FloatDtype::BF16 => "bfloat16",
+        }
+    }
+
+    /// Parse a torch dtype name as found in `config.json` (`torch_dtype` / `dtype`).
+    pub fn from_torch_name(name: &str) -> Option<Self> {
+        match name.trim_start_matches("torch.") {
+            "float32" | "float" => Some(FloatDtype::F32),
+            "float16" | "half" => Some(FloatDtype::F16),
+            "bfloat16" => Some(FloatDtype::BF16),
+            _ => None,
+        }
+    }
+
+    pub fn safetensors(self) -> Dtype {
+        match self {
+            FloatDtype::F32 => Dtype::F32,
+            FloatDtype::F16 => Dtype::F16,
+            FloatDtype::BF16 => Dtype::BF16,
+        }
+    }
+
+    pub fn from_safetensors(dtype: Dtype) -> Option<Self> {
+        match dtype {
+            Dtype::F32 => Some(FloatDtype::F32),
+            Dtype::F16 => Some(FloatDtype::F16),
+            Dtype::BF16 => Some(FloatDtype::BF16),
+            _ => None,
+        }
+    }
+
+    pub fn size(self) -> usize {
+        match self {
+            FloatDtype::F32 => 4,
+            FloatDtype::F16 | FloatDtype::BF16 => 2,
+        }
+    }
+}
+
+impl fmt::Display for FloatDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FloatDtype::F32 => "f32",
+            FloatDtype::F16 => "f16",
+            FloatDtype::BF16 => "bf16",
+        })
+    }
+}
+
+impl FromStr for FloatDtype {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "fp32" => Ok(FloatDtype::F32),
+            "f16" | "fp16" => Ok(FloatDtype::F16),
+            "bf16" => Ok(FloatDtype::BF16),
+            other => FloatDtype::from_torch_name(other).ok_or_else(|| {
+                Error::invalid(format!("unknown dtype `{other}`, expected bf16, f16 or f32"))
+            }),
+        }
+    }
+}
+
+/// Decode little-endian `bytes` of `dtype` into f32 values (exact for all three types).
+pub fn decode_f32(bytes: &[u8], dtype: FloatDtype) -> Vec<f32> {
+    let mut out = vec![0f32; bytes.len() / dtype.size()];
+    const CHUNK: usize = 1 << 16;
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(CHUNK * dtype.size()))
+        .for_each(|(out, bytes)| match dtype {
+            FloatDtype::F32 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            FloatDtype::F16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            FloatDtype::BF16 => {
+                for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                    *o = half::bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+        });
+    out
+}
+
+/// Encode f32 values as little-endian `dtype` bytes, rounding to nearest even as torch does.
+pub fn encode_f32(values: &[f32], dtype: FloatDtype) -> Vec<u8> {
+    let mut out = vec![0u8; values.len() * dtype.size()];
+    const CHUNK: usize = 1 << 16;
+    out.par_chunks_mut(CHUNK * dtype.size())
+        .zip(values.par_chunks(CHUNK))
+        .for_each(|(out, values)| match dtype {
+            FloatDtype::F32 => {
+                for (o, v) in out.chunks_exact_mut(4).zip(values) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            FloatDtype::F16 => {
+                for (o, v) in out.chunks_exact_mut(2).zip(values) {
+                    o.copy_from_slice(&half::f16::from_f32(*v).to_le_bytes());
+                }
+            }
+            FloatDtype::BF16 => {
+                for (o, v) in out.chunks_exact_mut(2).zip(values) {
+                    o.copy_from_slice(&half::bf16::from_f32(*v).to_le_bytes());
+                }
+            }
+        });
+    out
+}
+
+/// Little-endian bytes of f32 values (for writing f32 tensors).
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    encode_f32(values, FloatDtype::F32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_names() {
+        let values = [1.0f32, -2.5, 0.15625, 384.0];
+        for dtype in [FloatDtype::F32, FloatDtype::F16, FloatDtype::BF16] {
+            assert_eq!(decode_f32(&encode_f32(&values, dtype), dtype), values);
+            assert_eq!(FloatDtype::from_torch_name(dtype.torch_name()), Some(dtype));
+            assert_eq!(dtype.to_string().parse::<FloatDtype>().unwrap(), dtype);
+        }
+        assert!("int8".parse::<FloatDtype>().is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! The one error type of the library. Every variant names where the problem is (a file, and the
+//! key or tensor inside it) so the CLI can print a single line a user can act on.
+
+use std::path::{Path, PathBuf};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The OS refused: missing file, permission, disk full.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file that exists but is not what it should be (bad JSON, truncated safetensors, ...).
+    #[error("{}: {message}", path.display())]
+    File { path: PathBuf, message: String },
+    /// One key or tensor inside a file is missing or wrong.
+    #[error("{}: `{key}`: {message}", path.display())]
+    Key {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    /// A value the caller passed (an option, a shape, data to quantize) is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
+    }
+
+    pub fn file(path: impl AsRef<Path>, message: impl std::fmt::Display) -> Self {
+        Error::File {
+            path: path.as_ref().to_path_buf(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn key(
+        path: impl AsRef<Path>,
+        key: impl Into<String>,
+        message: impl std::fmt::Display,
+    ) -> Self {
+        Error::Key {
+            path: path.as_ref().to_path_buf(),
+            key: key.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn invalid(message: impl std::fmt::Display) -> Self {
+        Error::Invalid(message.to_string())
+    }
+
+    /// Attach a file and key to an error raised without one (e.g. by the quantizer).
+    pub fn at_key(self, path: impl AsRef<Path>, key: impl Into<String>) -> Self {
+        match self {
+            Error::Invalid(message) => Error::key(path, key, message),
+            other => other,
+        }
+    }
+}

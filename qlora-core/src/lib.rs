@@ -1,0 +1,16 @@
+//! qlora-core: fine-tune LLaMA-family models with QLoRA.
+//!
+//! - [`quant`]: NF4 with double quantization, byte-for-byte the format of bitsandbytes.
+//! - [`checkpoint`]: Hugging Face safetensors checkpoints, single or sharded.
+//! - [`quantize_model`]: turn a Hugging Face model directory into a bitsandbytes 4-bit one.
+
+pub mod checkpoint;
+pub mod config;
+pub mod dtype;
+pub mod error;
+pub mod quant;
+pub mod quantize_model;
+pub mod staged_dir;
+
+pub use dtype::FloatDtype;
+pub use error::{Error, Result};

@@ -1,0 +1,11 @@
+//! bitsandbytes-compatible NF4 quantization with double quantization.
+
+pub mod blockwise8;
+pub mod dynamic_map;
+pub mod nf4;
+pub mod state;
+pub mod tensor_ops;
+mod torch_sum;
+
+pub use state::{Absmax, DoubleQuant, NESTED_BLOCKSIZE, Nf4Config, Nf4Tensor};
+pub use torch_sum::{torch_mean, torch_sum};

@@ -1,0 +1,203 @@
+//! `qlora quantize`: a Hugging Face model directory in, a bitsandbytes 4-bit checkpoint out.
+//!
+//! Every decoder projection weight becomes an NF4 state (as transformers + bitsandbytes save
+//! it); embeddings, norms, biases and `lm_head` stay dense. Weights are converted one at a time
+//! from the memory-mapped input, so peak memory is one dense weight plus the 4-bit output.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::checkpoint::{Checkpoint, OutTensor, write_safetensors};
+use crate::config::{CONFIG_FILE, LlamaConfig};
+use crate::dtype::{FloatDtype, decode_f32, encode_f32};
+use crate::error::{Error, Result};
+use crate::quant::{Nf4Config, Nf4Tensor};
+use crate::staged_dir::StagedDir;
+
+/// Files of a model directory that travel with the weights.
+pub const COMPANION_FILES: [&str; 10] = [
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+];
+
+/// transformers' default shard size (`max_shard_size="5GB"`).
+pub const DEFAULT_MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+#[derive(Debug, Clone)]
+pub struct QuantizeOptions {
+    pub nf4: Nf4Config,
+    /// Dtype of the tensors that stay dense (and of `bnb_4bit_compute_dtype`); default: the
+    /// checkpoint's own.
+    pub dtype: Option<FloatDtype>,
+    pub max_shard_bytes: usize,
+    pub overwrite: bool,
+}
+
+impl Default for QuantizeOptions {
+    fn default() -> Self {
+        QuantizeOptions {
+            nf4: Nf4Config::default(),
+            dtype: None,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            overwrite: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantizeReport {
+    pub out_dir: PathBuf,
+    pub quantized_tensors: usize,
+    pub dense_tensors: usize,
+    pub parameters_quantized: usize,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+}
+
+/// `quantization_config` as transformers writes it for NF4 with double quantization.
+pub fn bnb_quantization_config(compute_dtype: FloatDtype, double_quant: bool) -> Value {
+    json!({
+        "_load_in_4bit": true,
+        "_load_in_8bit": false,
+        "bnb_4bit_compute_dtype": compute_dtype.torch_name(),
+        "bnb_4bit_quant_storage": "uint8",
+        "bnb_4bit_quant_type": "nf4",
+        "bnb_4bit_use_double_quant": double_quant,
+        "llm_int8_enable_fp32_cpu_offload": false,
+        "llm_int8_has_fp16_weight": false,
+        "llm_int8_skip_modules": null,
+        "llm_int8_threshold": 6.0,
+        "load_in_4bit": true,
+        "load_in_8bit": false,
+        "quant_method": "bitsandbytes",
+    })
+}
+
+/// Copy tokenizer, chat template and generation files from `from` to `to` (those present).
+pub fn copy_companion_files(from: &Path, to: &Path) -> Result<()> {
+    for name in COMPANION_FILES {
+        let source = from.join(name);
+        if source.is_file() {
+            std::fs::copy(&source, to.join(name)).map_err(|e| Error::io(&source, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// Write `value` as `path` in the style of transformers (2-space indent, sorted keys).
+pub fn write_json(path: &Path, value: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON value serializes");
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+/// Quantize the model in `model_dir` into `out_dir`. Nothing is left at `out_dir` on failure.
+pub fn quantize_model(
+    model_dir: &Path,
+    out_dir: &Path,
+    options: &QuantizeOptions,
+) -> Result<QuantizeReport> {
+    let config_path = model_dir.join(CONFIG_FILE);
+    let config = LlamaConfig::load(&config_path)?;
+    if config.bnb_4bit {
+        return Err(Error::key(
+            &config_path,
+            "quantization_config",
+            "the model is already 4-bit quantized",
+        ));
+    }
+    let checkpoint = Checkpoint::open(model_dir)?;
+    let out_dtype = options
+        .dtype
+        .or(config.dtype)
+        .or_else(|| checkpoint.dominant_float_dtype())
+        .unwrap_or(FloatDtype::F32);
+
+    let mut targets: BTreeMap<String, [usize; 2]> = BTreeMap::new();
+    for layer in 0..config.num_hidden_layers {
+        for (name, shape) in config.linear_shapes(layer) {
+            if !checkpoint.contains(&name) {
+                return Err(Error::key(
+                    model_dir,
+                    &name,
+                    "weight missing from the checkpoint",
+                ));
+            }
+            targets.insert(name, shape);
+        }
+    }
+
+    let staged = StagedDir::new(out_dir, options.overwrite)?;
+    let mut tensors: BTreeMap<String, OutTensor<'_>> = BTreeMap::new();
+    let mut report = QuantizeReport {
+        out_dir: out_dir.to_path_buf(),
+        quantized_tensors: 0,
+        dense_tensors: 0,
+        parameters_quantized: 0,
+        bytes_in: 0,
+        bytes_out: 0,
+    };
+    for name in checkpoint.names() {
+        let view = checkpoint.view(name)?;
+        report.bytes_in += view.data().len();
+        if let Some(shape) = targets.get(name) {
+            let file = checkpoint.file_of(name);
+            let values = checkpoint.read_f32(name, Some(shape))?;
+            let state = Nf4Tensor::quantize(&values, shape, out_dtype, options.nf4)
+                .map_err(|e| e.at_key(file, name))?;
+            drop(values);
+            report.quantized_tensors += 1;
+            report.parameters_quantized += state.numel();
+            for (key, dtype, shape, data) in state.to_state_dict(name) {
+                tensors.insert(key, OutTensor::owned(dtype, shape, data));
+            }
+        } else {
+            report.dense_tensors += 1;
+            let tensor = match FloatDtype::from_safetensors(view.dtype()) {
+                Some(dtype) if dtype != out_dtype => {
+                    let shape = view.shape().to_vec();
+                    OutTensor::lazy(out_dtype.safetensors(), shape, move || {
+                        encode_f32(&decode_f32(view.data(), dtype), out_dtype)
+                    })
+                }
+                _ => OutTensor::Borrowed(view),
+            };
+            tensors.insert(name.to_string(), tensor);
+        }
+    }
+    report.bytes_out = tensors
+        .values()
+        .map(|t| safetensors::View::data_len(&t))
+        .sum();
+    write_safetensors(staged.path(), tensors, options.max_shard_bytes)?;
+
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let mut config_json: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&config_path, format!("invalid JSON: {e}")))?;
+    let object = config_json
+        .as_object_mut()
+        .ok_or_else(|| Error::file(&config_path, "expected a JSON object"))?;
+    object.insert(
+        "quantization_config".into(),
+        bnb_quantization_config(out_dtype, options.nf4.double_quant),
+    );
+    let dtype_key = if object.contains_key("torch_dtype") && !object.contains_key("dtype") {
+        "torch_dtype"
+    } else {
+        "dtype"
+    };
+    object.insert(dtype_key.into(), Value::from(out_dtype.torch_name()));
+    write_json(&staged.path().join(CONFIG_FILE), &config_json)?;
+    copy_companion_files(model_dir, staged.path())?;
+    staged.commit()?;
+    Ok(report)
+}
