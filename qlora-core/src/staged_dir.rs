@@ -34,6 +34,13 @@ impl StagedDir {
             .prefix(&format!(".{name}.partial-"))
             .tempdir_in(&parent)
             .map_err(|e| Error::io(&parent, e))?;
+        // tempfile creates private (0700) directories; the output should be an ordinary one.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io(staging.path(), e))?;
+        }
         Ok(StagedDir {
             target,
             staging: Some(staging),

@@ -111,7 +111,15 @@ pub fn write_safetensors(
     let write = |file: &str, shard: &[(&String, &OutTensor<'_>)]| -> Result<()> {
         let path = dir.join(file);
         serialize_to_file(shard.iter().copied(), metadata.clone(), &path)
-            .map_err(|e| Error::file(&path, format!("cannot write safetensors: {e}")))
+            .map_err(|e| Error::file(&path, format!("cannot write safetensors: {e}")))?;
+        // The crate writes through a private temp file; give the result ordinary permissions.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+                .map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(())
     };
 
     if shards.len() == 1 {

@@ -356,7 +356,12 @@ fn python_float_repr(x: f64) -> String {
     if !x.is_finite() {
         return if x.is_nan() { "NaN".into() } else if x > 0.0 { "Infinity".into() } else { "-Infinity".into() };
     }
-    let sci = format!("{:e}", x.abs()); // shortest digits: "d.ddde-X"
+    // The shortest round-trip digit count, then those digits correctly rounded: when two
+    // shortest strings are equally close (a tie), Rust's shortest mode rounds up where Python
+    // rounds half to even, as the exact mode does.
+    let shortest = format!("{:e}", x.abs());
+    let significant = shortest.split('e').next().expect("mantissa").replace('.', "").len();
+    let sci = format!("{:.*e}", significant - 1, x.abs());
     let (mantissa, exponent) = sci.split_once('e').expect("scientific format");
     let exponent: i32 = exponent.parse().expect("exponent");
     let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
@@ -389,6 +394,7 @@ mod tests {
     #[test]
     fn python_repr_matches_known_strings() {
         assert_eq!(python_float_repr(f64::from(0.13119125_f32)), "0.13119125366210938");
+        assert_eq!(python_float_repr(0.130374908447265625), "0.13037490844726562");
         assert_eq!(python_float_repr(1.0), "1.0");
         assert_eq!(python_float_repr(2.5), "2.5");
         assert_eq!(python_float_repr(1e-5), "1e-05");
