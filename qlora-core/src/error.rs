@@ -8,11 +8,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The OS refused: missing file, permission, disk full.
-    #[error("{}: {source}", path.display())]
+    // Not a `#[source]`: the message already carries it, and the CLI prints the chain.
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A file that exists but is not what it should be (bad JSON, truncated safetensors, ...).
     #[error("{}: {message}", path.display())]
@@ -30,10 +30,10 @@ pub enum Error {
 }
 
 impl Error {
-    pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {
+    pub fn io(path: impl AsRef<Path>, error: std::io::Error) -> Self {
         Error::Io {
             path: path.as_ref().to_path_buf(),
-            source,
+            error,
         }
     }
 
