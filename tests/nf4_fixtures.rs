@@ -76,7 +76,11 @@ fn double_quant_is_byte_exact() {
         let Absmax::Double(d) = &q.absmax else {
             panic!("double absmax")
         };
-        assert_eq!(d.codes, v[&format!("{case}.dq_absmax_u8")].2, "{case}: u8 absmax");
+        assert_eq!(
+            d.codes,
+            v[&format!("{case}.dq_absmax_u8")].2,
+            "{case}: u8 absmax"
+        );
         assert_eq!(
             bits(&d.nested_absmax),
             bits(&f32s(&v[&format!("{case}.dq_nested_absmax")].2)),
@@ -103,7 +107,11 @@ pub fn check_tensor_ops_on(device: &Device) {
             let (q, _) = quantize_case(case, double_quant);
             let on_device = DeviceNf4::new(&q, device).dequantize_flat();
             let values: Vec<f32> = on_device.into_data().try_into_vec::<f32>().unwrap();
-            let key = if double_quant { "dq_dequant" } else { "dequant" };
+            let key = if double_quant {
+                "dq_dequant"
+            } else {
+                "dequant"
+            };
             assert_eq!(
                 bits(&values),
                 bits(&f32s(&v[&format!("{case}.{key}")].2)),

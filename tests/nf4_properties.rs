@@ -14,8 +14,12 @@ fn largest_gap(code: &[f32]) -> f32 {
 /// Random tensors: 1 to 3 dimensions, values of mixed signs scaled over 12 orders of magnitude,
 /// some blocks all zero.
 fn tensors() -> impl Strategy<Value = (Vec<usize>, Vec<f32>)> {
-    (prop::collection::vec(1usize..40, 1..=3), -6i32..6, any::<u64>()).prop_map(
-        |(shape, exponent, seed)| {
+    (
+        prop::collection::vec(1usize..40, 1..=3),
+        -6i32..6,
+        any::<u64>(),
+    )
+        .prop_map(|(shape, exponent, seed)| {
             let n: usize = shape.iter().product();
             let scale = 10f32.powi(exponent);
             let mut state = seed | 1;
@@ -33,8 +37,7 @@ fn tensors() -> impl Strategy<Value = (Vec<usize>, Vec<f32>)> {
                 })
                 .collect();
             (shape, values)
-        },
-    )
+        })
 }
 
 proptest! {
@@ -93,7 +96,10 @@ proptest! {
 fn all_zero_tensor_round_trips_to_zeros() {
     let zeros = vec![0.0f32; 1000];
     for double_quant in [false, true] {
-        let config = Nf4Config { blocksize: 64, double_quant };
+        let config = Nf4Config {
+            blocksize: 64,
+            double_quant,
+        };
         let q = Nf4Tensor::quantize(&zeros, &[10, 100], FloatDtype::F32, config).unwrap();
         assert!(q.dequantize().iter().all(|v| *v == 0.0));
     }
@@ -107,7 +113,10 @@ fn non_finite_input_is_an_error_naming_the_element() {
         let err = Nf4Tensor::quantize(&values, &[300], FloatDtype::F32, Nf4Config::default())
             .unwrap_err()
             .to_string();
-        assert!(err.contains("element 123") && err.contains("non-finite"), "{err}");
+        assert!(
+            err.contains("element 123") && err.contains("non-finite"),
+            "{err}"
+        );
     }
 }
 

@@ -50,7 +50,10 @@ fn four_bit_tensors_match_bitsandbytes_byte_for_byte() {
             assert_eq!(ours["dtype"], "bfloat16");
             theirs["dtype"] = "bfloat16".into();
             assert_eq!(ours, theirs, "{name}");
-        } else if *their_dtype == Dtype::U8 || name.ends_with("quant_map") || name.ends_with("nested_absmax") {
+        } else if *their_dtype == Dtype::U8
+            || name.ends_with("quant_map")
+            || name.ends_with("nested_absmax")
+        {
             assert_eq!(our_dtype, their_dtype, "{name}: dtype");
             assert_eq!(our_shape, their_shape, "{name}: shape");
             assert_eq!(our_bytes, their_bytes, "{name}: bytes");
@@ -63,7 +66,11 @@ fn four_bit_tensors_match_bitsandbytes_byte_for_byte() {
             assert_eq!(ours, common::f32s(their_bytes), "{name}: values");
         }
     }
-    assert_eq!(checked, 14 * 5, "packed, absmax, nested absmax and both code maps per weight");
+    assert_eq!(
+        checked,
+        14 * 5,
+        "packed, absmax, nested absmax and both code maps per weight"
+    );
 }
 
 #[test]
@@ -81,8 +88,16 @@ fn with_dtype_f32_every_tensor_is_byte_identical() {
         &std::fs::read_to_string(fixture("tiny-llama-bnb-nf4/config.json")).unwrap(),
     )
     .unwrap();
-    assert_eq!(config["quantization_config"], fixture_config["quantization_config"]);
-    for file in ["tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"] {
+    assert_eq!(
+        config["quantization_config"],
+        fixture_config["quantization_config"]
+    );
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "generation_config.json",
+    ] {
         assert!(out.join(file).is_file(), "{file} copied");
     }
     assert!(!out.join("reference.safetensors").exists());

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "qlora", version, about = "QLoRA fine-tuning for LLaMA-family models")]
+#[command(
+    name = "qlora",
+    version,
+    about = "QLoRA fine-tuning for LLaMA-family models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

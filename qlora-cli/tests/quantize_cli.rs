@@ -8,7 +8,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors, serialize_to_file};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
 }
 
 fn qlora(args: &[&str]) -> (i32, String) {
@@ -106,7 +108,11 @@ fn quantizes_the_fixture_model() {
 #[test]
 fn missing_model_directory() {
     let root = tempfile::tempdir().unwrap();
-    expect_failure(root.path(), &root.path().join("nope"), &["nope", "config.json"]);
+    expect_failure(
+        root.path(),
+        &root.path().join("nope"),
+        &["nope", "config.json"],
+    );
 }
 
 #[test]
@@ -122,7 +128,11 @@ fn missing_config_field() {
     let root = tempfile::tempdir().unwrap();
     let model = model_copy(root.path());
     let config = std::fs::read_to_string(model.join("config.json")).unwrap();
-    std::fs::write(model.join("config.json"), config.replace("\"hidden_size\": 128,", "")).unwrap();
+    std::fs::write(
+        model.join("config.json"),
+        config.replace("\"hidden_size\": 128,", ""),
+    )
+    .unwrap();
     expect_failure(root.path(), &model, &["config.json", "hidden_size"]);
 }
 
@@ -133,7 +143,11 @@ fn truncated_safetensors() {
     let path = model.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() - 1000]).unwrap();
-    expect_failure(root.path(), &model, &["model.safetensors", "not a valid safetensors"]);
+    expect_failure(
+        root.path(),
+        &model,
+        &["model.safetensors", "not a valid safetensors"],
+    );
 }
 
 #[test]
@@ -150,7 +164,11 @@ fn unknown_dtype() {
     expect_failure(
         root.path(),
         &model,
-        &["model.safetensors", "model.layers.1.mlp.up_proj.weight", "I16"],
+        &[
+            "model.safetensors",
+            "model.layers.1.mlp.up_proj.weight",
+            "I16",
+        ],
     );
 }
 
@@ -168,7 +186,11 @@ fn shape_mismatch() {
     expect_failure(
         root.path(),
         &model,
-        &["model.safetensors", "model.layers.0.self_attn.k_proj.weight", "expected [64, 128]"],
+        &[
+            "model.safetensors",
+            "model.layers.0.self_attn.k_proj.weight",
+            "expected [64, 128]",
+        ],
     );
 }
 
@@ -179,7 +201,11 @@ fn missing_weight() {
     rewrite_weights(&model, |tensors| {
         tensors.retain(|t| t.0 != "model.layers.1.self_attn.o_proj.weight");
     });
-    expect_failure(root.path(), &model, &["model.layers.1.self_attn.o_proj.weight", "missing"]);
+    expect_failure(
+        root.path(),
+        &model,
+        &["model.layers.1.self_attn.o_proj.weight", "missing"],
+    );
 }
 
 #[test]
@@ -198,6 +224,10 @@ fn non_finite_weight() {
     expect_failure(
         root.path(),
         &model,
-        &["model.layers.0.mlp.down_proj.weight", "non-finite", "element 5"],
+        &[
+            "model.layers.0.mlp.down_proj.weight",
+            "non-finite",
+            "element 5",
+        ],
     );
 }

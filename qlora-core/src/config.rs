@@ -171,12 +171,18 @@ impl LlamaConfig {
         if let Some(act) = &raw.hidden_act
             && act != "silu"
         {
-            return Err(bad("hidden_act", format!("`{act}` is not supported, only silu")));
+            return Err(bad(
+                "hidden_act",
+                format!("`{act}` is not supported, only silu"),
+            ));
         }
         if let Some(tp) = raw.pretraining_tp
             && tp > 1
         {
-            return Err(bad("pretraining_tp", format!("{tp} is not supported, only 1")));
+            return Err(bad(
+                "pretraining_tp",
+                format!("{tp} is not supported, only 1"),
+            ));
         }
         for (key, value) in [
             ("vocab_size", raw.vocab_size),
@@ -209,14 +215,21 @@ impl LlamaConfig {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(bad("head_dim", format!("{head_dim} must be even for rotary embeddings")));
+            return Err(bad(
+                "head_dim",
+                format!("{head_dim} must be even for rotary embeddings"),
+            ));
         }
         let rope = parse_rope(&raw, file)?;
         let dtype_name = raw.dtype.as_ref().or(raw.torch_dtype.as_ref());
         let dtype = match dtype_name {
             Some(name) => Some(FloatDtype::from_torch_name(name).ok_or_else(|| {
                 bad(
-                    if raw.dtype.is_some() { "dtype" } else { "torch_dtype" },
+                    if raw.dtype.is_some() {
+                        "dtype"
+                    } else {
+                        "torch_dtype"
+                    },
                     format!("unsupported dtype `{name}`"),
                 )
             })?),
@@ -226,8 +239,14 @@ impl LlamaConfig {
             None => false,
             Some(q) => {
                 let method = q.get("quant_method").and_then(Value::as_str).unwrap_or("");
-                let four_bit = q.get("load_in_4bit").and_then(Value::as_bool).unwrap_or(false);
-                let quant_type = q.get("bnb_4bit_quant_type").and_then(Value::as_str).unwrap_or("fp4");
+                let four_bit = q
+                    .get("load_in_4bit")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let quant_type = q
+                    .get("bnb_4bit_quant_type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("fp4");
                 if method != "bitsandbytes" || !four_bit || quant_type != "nf4" {
                     return Err(bad(
                         "quantization_config",
@@ -297,11 +316,17 @@ fn parse_rope(raw: &RawConfig, file: &Path) -> Result<RopeConfig> {
                 .unwrap_or(10000.0);
             ("rope_parameters", Some(p), theta)
         }
-        (_, Some(s)) if !s.is_null() => ("rope_scaling", Some(s), raw.rope_theta.unwrap_or(10000.0)),
+        (_, Some(s)) if !s.is_null() => {
+            ("rope_scaling", Some(s), raw.rope_theta.unwrap_or(10000.0))
+        }
         _ => ("rope_theta", None, raw.rope_theta.unwrap_or(10000.0)),
     };
     if !(theta > 0.0) {
-        return Err(Error::key(file, "rope_theta", format!("{theta} must be positive")));
+        return Err(Error::key(
+            file,
+            "rope_theta",
+            format!("{theta} must be positive"),
+        ));
     }
     let Some(params) = params else {
         return Ok(RopeConfig {
@@ -315,9 +340,10 @@ fn parse_rope(raw: &RawConfig, file: &Path) -> Result<RopeConfig> {
         .and_then(Value::as_str)
         .unwrap_or("default");
     let number = |field: &str| -> Result<f64> {
-        params.get(field).and_then(Value::as_f64).ok_or_else(|| {
-            Error::key(file, format!("{key}.{field}"), "missing or not a number")
-        })
+        params
+            .get(field)
+            .and_then(Value::as_f64)
+            .ok_or_else(|| Error::key(file, format!("{key}.{field}"), "missing or not a number"))
     };
     let scaling = match kind {
         "default" => RopeScaling::Default,
@@ -357,8 +383,15 @@ mod tests {
     fn rope_forms() {
         let c = parse("").unwrap();
         assert_eq!(c.head_dim, 4);
-        assert_eq!(c.rope, RopeConfig { theta: 10000.0, scaling: RopeScaling::Default });
-        let c = parse(r#", "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}"#).unwrap();
+        assert_eq!(
+            c.rope,
+            RopeConfig {
+                theta: 10000.0,
+                scaling: RopeScaling::Default
+            }
+        );
+        let c = parse(r#", "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}"#)
+            .unwrap();
         assert_eq!(c.rope.theta, 500000.0);
         let c = parse(r#", "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}"#).unwrap();
         assert!(matches!(c.rope.scaling, RopeScaling::Llama3 { factor, .. } if factor == 8.0));
@@ -368,13 +401,29 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = LlamaConfig::parse(r#"{"architectures": ["LlamaForCausalLM"]}"#, Path::new("c.json")).unwrap_err();
+        let err = LlamaConfig::parse(
+            r#"{"architectures": ["LlamaForCausalLM"]}"#,
+            Path::new("c.json"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("vocab_size"), "{err}");
         let err = parse(r#", "hidden_act": "gelu""#).unwrap_err();
         assert!(err.to_string().contains("`hidden_act`"), "{err}");
-        let err = LlamaConfig::parse(&BASE.replace("\"hidden_size\": 8", "\"hidden_size\": \"8\"").replace("EXTRA", ""), Path::new("c.json")).unwrap_err();
+        let err = LlamaConfig::parse(
+            &BASE
+                .replace("\"hidden_size\": 8", "\"hidden_size\": \"8\"")
+                .replace("EXTRA", ""),
+            Path::new("c.json"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("`hidden_size`"), "{err}");
-        let err = LlamaConfig::parse(&BASE.replace("LlamaForCausalLM", "GPT2LMHeadModel").replace("EXTRA", ""), Path::new("c.json")).unwrap_err();
+        let err = LlamaConfig::parse(
+            &BASE
+                .replace("LlamaForCausalLM", "GPT2LMHeadModel")
+                .replace("EXTRA", ""),
+            Path::new("c.json"),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("GPT2LMHeadModel"), "{err}");
     }
 }

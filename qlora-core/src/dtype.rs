@@ -80,7 +80,9 @@ impl FromStr for FloatDtype {
             "f16" | "fp16" => Ok(FloatDtype::F16),
             "bf16" => Ok(FloatDtype::BF16),
             other => FloatDtype::from_torch_name(other).ok_or_else(|| {
-                Error::invalid(format!("unknown dtype `{other}`, expected bf16, f16 or f32"))
+                Error::invalid(format!(
+                    "unknown dtype `{other}`, expected bf16, f16 or f32"
+                ))
             }),
         }
     }

@@ -103,7 +103,11 @@ impl Checkpoint {
                 Some(&position) => position,
                 None => {
                     if file.contains('/') || file.contains('\\') {
-                        return Err(Error::key(index_path, name, "shard file must be in the model directory"));
+                        return Err(Error::key(
+                            index_path,
+                            name,
+                            "shard file must be in the model directory",
+                        ));
                     }
                     let shard = Shard::open(&dir.join(file))?;
                     shards.push(shard);
@@ -149,9 +153,10 @@ impl Checkpoint {
 
     /// A zero-copy view of a tensor, or an error naming the file and the tensor.
     pub fn view(&self, name: &str) -> Result<TensorView<'_>> {
-        let &position = self.locations.get(name).ok_or_else(|| {
-            Error::key(&self.dir, name, "tensor not found in the checkpoint")
-        })?;
+        let &position = self
+            .locations
+            .get(name)
+            .ok_or_else(|| Error::key(&self.dir, name, "tensor not found in the checkpoint"))?;
         let shard = &self.shards[position];
         shard
             .view(name)
@@ -165,7 +170,10 @@ impl Checkpoint {
             Error::key(
                 self.file_of(name),
                 name,
-                format!("unsupported dtype {:?}, expected BF16, F16 or F32", view.dtype()),
+                format!(
+                    "unsupported dtype {:?}, expected BF16, F16 or F32",
+                    view.dtype()
+                ),
             )
         })
     }

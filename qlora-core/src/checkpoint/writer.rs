@@ -68,7 +68,11 @@ impl View for &OutTensor<'_> {
             OutTensor::Owned { data, .. } => Cow::Borrowed(data),
             OutTensor::Lazy { produce, len, .. } => {
                 let data = produce();
-                assert_eq!(data.len(), *len, "lazy tensor produced the wrong byte count");
+                assert_eq!(
+                    data.len(),
+                    *len,
+                    "lazy tensor produced the wrong byte count"
+                );
                 Cow::Owned(data)
             }
         }

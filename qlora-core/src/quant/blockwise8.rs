@@ -52,7 +52,10 @@ pub fn quantize(values: &[f32], lut: &CodeLut, blocksize: usize) -> (Vec<u8>, Ve
             // NaN comparisons are false, so NaNs never raise the max (the kernel's std::max).
             let max = block
                 .iter()
-                .fold(f32::NEG_INFINITY, |m, v| if v.abs() > m { v.abs() } else { m })
+                .fold(
+                    f32::NEG_INFINITY,
+                    |m, v| if v.abs() > m { v.abs() } else { m },
+                )
                 .max(0.0);
             if max == 0.0 {
                 out.fill(0);

@@ -134,7 +134,9 @@ impl Nf4Tensor {
         self.packed.len()
             + match &self.absmax {
                 Absmax::Plain(a) => 4 * a.len(),
-                Absmax::Double(d) => d.codes.len() + 4 * d.nested_absmax.len() + 4 + 4 * d.code.len(),
+                Absmax::Double(d) => {
+                    d.codes.len() + 4 * d.nested_absmax.len() + 4 + 4 * d.code.len()
+                }
             }
             + 4 * self.code.len()
     }
@@ -161,7 +163,13 @@ impl Nf4Tensor {
                 self.numel()
             )));
         }
-        nf4::dequantize_into(&self.packed, &self.absmax_f32(), &self.code, self.blocksize, out)
+        nf4::dequantize_into(
+            &self.packed,
+            &self.absmax_f32(),
+            &self.code,
+            self.blocksize,
+            out,
+        )
     }
 
     pub fn dequantize(&self) -> Vec<f32> {
@@ -189,7 +197,12 @@ impl Nf4Tensor {
         ];
         match &self.absmax {
             Absmax::Plain(a) => {
-                out.push((format!("{name}.absmax"), Dtype::F32, vec![a.len()], f32_bytes(a)));
+                out.push((
+                    format!("{name}.absmax"),
+                    Dtype::F32,
+                    vec![a.len()],
+                    f32_bytes(a),
+                ));
             }
             Absmax::Double(d) => {
                 out.push((
@@ -269,7 +282,10 @@ impl Nf4Tensor {
         nf4::check_blocksize(state.blocksize)
             .map_err(|e| Error::invalid(format!("`{state_key}`: {e}")))?;
         let dtype = FloatDtype::from_torch_name(&state.dtype).ok_or_else(|| {
-            Error::invalid(format!("`{state_key}`: unsupported dtype `{}`", state.dtype))
+            Error::invalid(format!(
+                "`{state_key}`: unsupported dtype `{}`",
+                state.dtype
+            ))
         })?;
         let numel: usize = state.shape.iter().product();
         let blocks = numel.div_ceil(state.blocksize);
@@ -300,7 +316,9 @@ impl Nf4Tensor {
         let absmax = match (state.nested_offset, state.nested_blocksize) {
             (Some(offset), Some(nested_blocksize)) => {
                 if nested_blocksize == 0 {
-                    return Err(Error::invalid(format!("`{state_key}`: nested_blocksize is 0")));
+                    return Err(Error::invalid(format!(
+                        "`{state_key}`: nested_blocksize is 0"
+                    )));
                 }
                 let nested_blocks = blocks.div_ceil(nested_blocksize);
                 Absmax::Double(DoubleQuant {
@@ -354,13 +372,24 @@ fn python_float_repr(x: f64) -> String {
         return if x.is_sign_negative() { "-0.0" } else { "0.0" }.into();
     }
     if !x.is_finite() {
-        return if x.is_nan() { "NaN".into() } else if x > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if x.is_nan() {
+            "NaN".into()
+        } else if x > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     // The shortest round-trip digit count, then those digits correctly rounded: when two
     // shortest strings are equally close (a tie), Rust's shortest mode rounds up where Python
     // rounds half to even, as the exact mode does.
     let shortest = format!("{:e}", x.abs());
-    let significant = shortest.split('e').next().expect("mantissa").replace('.', "").len();
+    let significant = shortest
+        .split('e')
+        .next()
+        .expect("mantissa")
+        .replace('.', "")
+        .len();
     let sci = format!("{:.*e}", significant - 1, x.abs());
     let (mantissa, exponent) = sci.split_once('e').expect("scientific format");
     let exponent: i32 = exponent.parse().expect("exponent");
@@ -373,7 +402,11 @@ fn python_float_repr(x: f64) -> String {
         } else if point as usize >= digits.len() {
             format!("{}{}.0", digits, "0".repeat(point as usize - digits.len()))
         } else {
-            format!("{}.{}", &digits[..point as usize], &digits[point as usize..])
+            format!(
+                "{}.{}",
+                &digits[..point as usize],
+                &digits[point as usize..]
+            )
         };
         format!("{sign}{body}")
     } else {
@@ -393,8 +426,14 @@ mod tests {
 
     #[test]
     fn python_repr_matches_known_strings() {
-        assert_eq!(python_float_repr(f64::from(0.13119125_f32)), "0.13119125366210938");
-        assert_eq!(python_float_repr(0.130374908447265625), "0.13037490844726562");
+        assert_eq!(
+            python_float_repr(f64::from(0.13119125_f32)),
+            "0.13119125366210938"
+        );
+        assert_eq!(
+            python_float_repr(0.130374908447265625),
+            "0.13037490844726562"
+        );
         assert_eq!(python_float_repr(1.0), "1.0");
         assert_eq!(python_float_repr(2.5), "2.5");
         assert_eq!(python_float_repr(1e-5), "1e-05");
@@ -408,9 +447,14 @@ mod tests {
 
     #[test]
     fn state_dict_round_trip() {
-        let values: Vec<f32> = (0..1000).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let values: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         for double_quant in [true, false] {
-            let config = Nf4Config { blocksize: 64, double_quant };
+            let config = Nf4Config {
+                blocksize: 64,
+                double_quant,
+            };
             let q = Nf4Tensor::quantize(&values, &[10, 100], FloatDtype::BF16, config).unwrap();
             let dict = q.to_state_dict("w");
             let get = |key: &str| -> Result<TensorView<'_>> {

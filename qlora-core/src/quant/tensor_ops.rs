@@ -139,8 +139,7 @@ impl DeviceNf4 {
                 0,
             );
         }
-        let scaled = values.reshape([blocks, self.blocksize])
-            * self.absmax().reshape([blocks, 1]);
+        let scaled = values.reshape([blocks, self.blocksize]) * self.absmax().reshape([blocks, 1]);
         scaled.reshape([padded]).narrow(0, 0, n)
     }
 
