@@ -1,5 +1,8 @@
 //! `qlora`: fine-tune LLaMA-family models with QLoRA from the command line.
 
+mod eval;
+mod generate;
+mod model_args;
 mod quantize;
 
 use std::process::ExitCode;
@@ -21,12 +24,18 @@ struct Cli {
 enum Command {
     /// Quantize a Hugging Face model to a bitsandbytes NF4 (4-bit) checkpoint.
     Quantize(quantize::QuantizeArgs),
+    /// Generate text from a prompt or a chat message (the text goes to stdout).
+    Generate(generate::GenerateArgs),
+    /// Mean next-token loss and perplexity of a model on a dataset.
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Quantize(args) => quantize::run(args),
+        Command::Generate(args) => generate::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -197,7 +197,7 @@ impl LlamaConfig {
         }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if kv_heads == 0 || heads % kv_heads != 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(bad(
                 "num_key_value_heads",
                 format!("{kv_heads} does not divide num_attention_heads {heads}"),
@@ -206,7 +206,7 @@ impl LlamaConfig {
         let head_dim = match raw.head_dim {
             Some(d) if d > 0 => d,
             Some(_) => return Err(bad("head_dim", "must be positive".into())),
-            None if raw.hidden_size % heads == 0 => raw.hidden_size / heads,
+            None if raw.hidden_size.is_multiple_of(heads) => raw.hidden_size / heads,
             None => {
                 return Err(bad(
                     "hidden_size",
@@ -214,7 +214,7 @@ impl LlamaConfig {
                 ));
             }
         };
-        if head_dim % 2 != 0 {
+        if !head_dim.is_multiple_of(2) {
             return Err(bad(
                 "head_dim",
                 format!("{head_dim} must be even for rotary embeddings"),
@@ -321,7 +321,7 @@ fn parse_rope(raw: &RawConfig, file: &Path) -> Result<RopeConfig> {
         }
         _ => ("rope_theta", None, raw.rope_theta.unwrap_or(10000.0)),
     };
-    if !(theta > 0.0) {
+    if theta.is_nan() || theta <= 0.0 {
         return Err(Error::key(
             file,
             "rope_theta",

@@ -3,14 +3,22 @@
 //! - [`quant`]: NF4 with double quantization, byte-for-byte the format of bitsandbytes.
 //! - [`checkpoint`]: Hugging Face safetensors checkpoints, single or sharded.
 //! - [`quantize_model`]: turn a Hugging Face model directory into a bitsandbytes 4-bit one.
+//! - [`model`]: the LLaMA-family decoder on Burn, loaded dense, NF4, or from bitsandbytes.
+//! - [`text`]: tokenizer and chat templates; [`generate`] and [`eval`] use them.
 
 pub mod checkpoint;
 pub mod config;
+pub mod data;
+pub mod device;
 pub mod dtype;
 pub mod error;
+pub mod eval;
+pub mod generate;
+pub mod model;
 pub mod quant;
 pub mod quantize_model;
 pub mod staged_dir;
+pub mod text;
 
 pub use dtype::FloatDtype;
 pub use error::{Error, Result};

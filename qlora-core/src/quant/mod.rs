@@ -1,6 +1,7 @@
 //! bitsandbytes-compatible NF4 quantization with double quantization.
 
 pub mod blockwise8;
+pub mod bnb_cpu_bf16;
 pub mod dynamic_map;
 pub mod nf4;
 pub mod state;

@@ -144,7 +144,9 @@ pub fn dequantize_into(
     out: &mut [f32],
 ) -> Result<()> {
     let n = out.len();
-    if packed.len() != n.div_ceil(2) || absmax.len() != n.div_ceil(blocksize) || blocksize % 2 != 0
+    if packed.len() != n.div_ceil(2)
+        || absmax.len() != n.div_ceil(blocksize)
+        || !blocksize.is_multiple_of(2)
     {
         return Err(Error::invalid(format!(
             "NF4 state does not fit {n} elements: {} packed bytes, {} absmax values, block size {blocksize}",

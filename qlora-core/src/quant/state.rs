@@ -425,6 +425,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // The literals are exact decimal expansions of f32 values: a tie for 17 digits.
+    #[allow(clippy::excessive_precision)]
     fn python_repr_matches_known_strings() {
         assert_eq!(
             python_float_repr(f64::from(0.13119125_f32)),

@@ -49,17 +49,23 @@ fn unpack_bytes(words: Tensor<1, Int>, count: usize) -> Tensor<1, Int> {
 }
 
 /// Absmax per block as it lives on the device.
+// One per weight, so the size of a tensor handle in the plain variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum DeviceAbsmax {
     Plain(Tensor<1>),
-    Double {
-        codes: Tensor<1, Int>,
-        blocks: usize,
-        nested_absmax: Tensor<1>,
-        nested_code: Tensor<1>,
-        nested_blocksize: usize,
-        offset: f32,
-    },
+    Double(Box<DeviceDoubleQuant>),
+}
+
+/// The 8-bit absmax codes and what decodes them.
+#[derive(Clone, Debug)]
+pub struct DeviceDoubleQuant {
+    codes: Tensor<1, Int>,
+    blocks: usize,
+    nested_absmax: Tensor<1>,
+    nested_code: Tensor<1>,
+    nested_blocksize: usize,
+    offset: f32,
 }
 
 /// An [`Nf4Tensor`] uploaded to a device, dequantized there with tensor ops.
@@ -76,14 +82,14 @@ impl DeviceNf4 {
     pub fn new(state: &Nf4Tensor, device: &Device) -> Self {
         let absmax = match &state.absmax {
             Absmax::Plain(a) => DeviceAbsmax::Plain(floats_tensor(a, device)),
-            Absmax::Double(d) => DeviceAbsmax::Double {
+            Absmax::Double(d) => DeviceAbsmax::Double(Box::new(DeviceDoubleQuant {
                 codes: words_tensor(&d.codes, device),
                 blocks: d.codes.len(),
                 nested_absmax: floats_tensor(&d.nested_absmax, device),
                 nested_code: floats_tensor(&d.code, device),
                 nested_blocksize: d.blocksize,
                 offset: d.offset,
-            },
+            })),
         };
         DeviceNf4 {
             shape: state.shape.clone(),
@@ -102,21 +108,14 @@ impl DeviceNf4 {
     pub fn absmax(&self) -> Tensor<1> {
         match &self.absmax {
             DeviceAbsmax::Plain(a) => a.clone(),
-            DeviceAbsmax::Double {
-                codes,
-                blocks,
-                nested_absmax,
-                nested_code,
-                nested_blocksize,
-                offset,
-            } => {
-                let device = nested_absmax.device();
-                let codes = unpack_bytes(codes.clone(), *blocks);
-                let nested_of_block = Tensor::<1, Int>::arange(0..*blocks as i64, &device)
-                    .div_scalar(*nested_blocksize as i64);
-                nested_code.clone().select(0, codes)
-                    * nested_absmax.clone().select(0, nested_of_block)
-                    + *offset
+            DeviceAbsmax::Double(d) => {
+                let device = d.nested_absmax.device();
+                let codes = unpack_bytes(d.codes.clone(), d.blocks);
+                let nested_of_block = Tensor::<1, Int>::arange(0..d.blocks as i64, &device)
+                    .div_scalar(d.nested_blocksize as i64);
+                d.nested_code.clone().select(0, codes)
+                    * d.nested_absmax.clone().select(0, nested_of_block)
+                    + d.offset
             }
         }
     }

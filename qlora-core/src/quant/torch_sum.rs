@@ -35,16 +35,16 @@ fn multi_row_sum<const L: usize>(rows: &[[[f32; L]; ILP]]) -> [[f32; L]; ILP] {
     let mut i = 0;
     while i + level_step <= size {
         for row in &rows[i..i + level_step] {
-            for k in 0..ILP {
-                add(&mut acc[0][k], &row[k]);
+            for (a, unit) in acc[0].iter_mut().zip(row) {
+                add(a, unit);
             }
         }
         i += level_step;
         for j in 1..LEVELS {
-            for k in 0..ILP {
-                let lower = acc[j - 1][k];
-                add(&mut acc[j][k], &lower);
-                acc[j - 1][k] = [0.0; L];
+            let (lower, upper) = acc.split_at_mut(j);
+            for (up, low) in upper[0].iter_mut().zip(lower[j - 1].iter_mut()) {
+                add(up, low);
+                *low = [0.0; L];
             }
             if i & (level_mask << (j * level_power)) != 0 {
                 break;
@@ -52,14 +52,14 @@ fn multi_row_sum<const L: usize>(rows: &[[[f32; L]; ILP]]) -> [[f32; L]; ILP] {
         }
     }
     for row in &rows[i..] {
-        for k in 0..ILP {
-            add(&mut acc[0][k], &row[k]);
+        for (a, unit) in acc[0].iter_mut().zip(row) {
+            add(a, unit);
         }
     }
     for j in 1..LEVELS {
-        for k in 0..ILP {
-            let level = acc[j][k];
-            add(&mut acc[0][k], &level);
+        let (first, rest) = acc.split_at_mut(1);
+        for (a, level) in first[0].iter_mut().zip(&rest[j - 1]) {
+            add(a, level);
         }
     }
     acc[0]

@@ -1,0 +1,87 @@
+use std::io::Write;
+
+use anyhow::{Result, bail};
+use clap::Args;
+use qlora_core::generate::{SamplingConfig, generate};
+use qlora_core::text::Message;
+
+use crate::model_args::ModelArgs;
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Text to continue, as is.
+    #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
+    prompt: Option<String>,
+    /// A user message, wrapped in the model's chat template.
+    #[arg(long)]
+    chat: Option<String>,
+    /// A system message to put before --chat.
+    #[arg(long, requires = "chat")]
+    system: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long)]
+    top_k: Option<usize>,
+    #[arg(long)]
+    top_p: Option<f32>,
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long = "stop")]
+    stop_strings: Vec<String>,
+}
+
+pub fn run(args: GenerateArgs) -> Result<()> {
+    let config = SamplingConfig {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        repetition_penalty: args.repetition_penalty,
+        seed: args.seed,
+        stop_strings: args.stop_strings,
+    };
+    config.validate()?;
+    let (model, tokenizer) = args.model.load()?;
+    let prompt_ids = match (&args.prompt, &args.chat) {
+        (Some(prompt), _) => tokenizer.encode(prompt, true)?,
+        (None, Some(chat)) => {
+            let mut messages = Vec::new();
+            if let Some(system) = &args.system {
+                messages.push(Message::new("system", system.as_str()));
+            }
+            messages.push(Message::new("user", chat.as_str()));
+            // The template writes the special tokens itself.
+            tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)?
+        }
+        (None, None) => bail!("give --prompt or --chat"),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_error = None;
+    let generation = generate(&model, &tokenizer, &prompt_ids, &config, |text| {
+        if write_error.is_none()
+            && let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        {
+            write_error = Some(e);
+        }
+    })?;
+    if let Some(e) = write_error {
+        return Err(e.into());
+    }
+    writeln!(out)?;
+    eprintln!(
+        "[{} prompt tokens, {} generated, stopped: {:?}]",
+        prompt_ids.len(),
+        generation.ids.len(),
+        generation.stop
+    );
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! Options every command that loads a model shares.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use qlora_core::device::DeviceChoice;
+use qlora_core::model::{Bits, Llama, LoadOptions, Nf4Matmul};
+use qlora_core::quant::Nf4Config;
+use qlora_core::text::Tokenizer;
+
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Precision of the frozen base: 4 (NF4 with double quantization) or 16 (dense).
+    #[arg(long, default_value = "4")]
+    pub bits: Bits,
+    /// How NF4 layers multiply: f32 (exact dequantization, as bitsandbytes trains) or
+    /// bnb-cpu-bf16 (bitsandbytes' CPU bf16 inference kernel, to reproduce transformers +
+    /// bitsandbytes inference numbers on CPUs with AVX512-BF16).
+    #[arg(long, default_value = "f32")]
+    pub nf4_matmul: Nf4Matmul,
+    /// Where to compute: cpu, wgpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+impl ModelArgs {
+    pub fn load(&self) -> Result<(Llama, Tokenizer)> {
+        let tokenizer = Tokenizer::load(&self.model)?;
+        let options = LoadOptions {
+            bits: self.bits,
+            nf4: Nf4Config::default(),
+            nf4_matmul: self.nf4_matmul,
+            device: self.device.device()?,
+        };
+        let model = Llama::load(&self.model, &options)
+            .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
+        Ok((model, tokenizer))
+    }
+}

@@ -1,0 +1,55 @@
+//! Choosing where tensors live: `cpu` (Burn's flex backend), `wgpu`, `cuda[:N]`.
+
+use std::str::FromStr;
+
+use burn::tensor::Device;
+
+use crate::error::{Error, Result};
+
+/// A device named on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    #[default]
+    Cpu,
+    Wgpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" | "flex" => Ok(DeviceChoice::Cpu),
+            "wgpu" | "gpu" => Ok(DeviceChoice::Wgpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(index)) => Ok(DeviceChoice::Cuda(index)),
+                _ => Err(Error::invalid(format!(
+                    "unknown device `{other}`: expected cpu, wgpu, cuda or cuda:N"
+                ))),
+            },
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// The Burn device, or an error if this build lacks the backend.
+    pub fn device(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "wgpu")]
+            DeviceChoice::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(not(feature = "wgpu"))]
+            DeviceChoice::Wgpu => Err(Error::invalid(
+                "this build has no wgpu backend: rebuild with `--features wgpu`",
+            )),
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Cuda(index) => Ok(Device::cuda(index)),
+            #[cfg(not(feature = "cuda"))]
+            DeviceChoice::Cuda(_) => Err(Error::invalid(
+                "this build has no CUDA backend: rebuild with `--features cuda`",
+            )),
+        }
+    }
+}

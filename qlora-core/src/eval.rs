@@ -1,0 +1,66 @@
+//! `qlora eval`: mean next-token cross-entropy and perplexity of a model over a dataset.
+
+use crate::error::{Error, Result};
+use crate::model::{IGNORE_INDEX, Llama};
+
+/// One tokenized example: ids and labels (`IGNORE_INDEX` where the loss does not count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub labels: Vec<i64>,
+}
+
+impl Example {
+    /// Plain language modelling: every token is a target.
+    pub fn language_modelling(ids: Vec<u32>) -> Self {
+        let labels = ids.iter().map(|&id| i64::from(id)).collect();
+        Example { ids, labels }
+    }
+
+    /// Tokens whose label counts (the first token never does: nothing predicts it).
+    pub fn target_tokens(&self) -> usize {
+        self.labels
+            .iter()
+            .skip(1)
+            .filter(|&&l| l != IGNORE_INDEX)
+            .count()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalReport {
+    pub loss: f64,
+    pub perplexity: f64,
+    pub tokens: usize,
+    pub examples: usize,
+}
+
+/// Mean loss over all target tokens of `examples` (a token-weighted mean across the file,
+/// not a mean of per-example means).
+pub fn evaluate(
+    model: &Llama,
+    examples: &[Example],
+    mut progress: impl FnMut(usize),
+) -> Result<EvalReport> {
+    let mut sum = 0f64;
+    let mut tokens = 0usize;
+    for (i, example) in examples.iter().enumerate() {
+        if example.ids.len() >= 2 {
+            let logits = model.forward(std::slice::from_ref(&example.ids), None, None)?;
+            let loss = model.loss_sum(logits, std::slice::from_ref(&example.labels))?;
+            sum += f64::from(loss.sum.into_scalar::<f32>());
+            tokens += loss.tokens;
+        }
+        progress(i + 1);
+    }
+    if tokens == 0 {
+        return Err(Error::invalid("no target tokens to evaluate"));
+    }
+    let loss = sum / tokens as f64;
+    Ok(EvalReport {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        examples: examples.len(),
+    })
+}

@@ -1,0 +1,56 @@
+use burn::tensor::Tensor;
+
+/// Keys and values of the positions seen so far, per layer, for incremental decoding.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    len: usize,
+    /// Per sequence, whether each cached position is a real token (not padding).
+    key_is_token: Vec<Vec<bool>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        KvCache {
+            layers: vec![None; num_layers],
+            len: 0,
+            key_is_token: Vec::new(),
+        }
+    }
+
+    /// Positions already cached (the offset of the next token).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Append this step's keys and values `[batch, kv_heads, new, head_dim]` for `layer` and
+    /// return all of them.
+    pub fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let (k, v) = match self.layers[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        self.layers[layer] = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+
+    /// Which cached positions of each sequence are real tokens.
+    pub fn key_is_token(&self) -> &[Vec<bool>] {
+        &self.key_is_token
+    }
+
+    /// Record the new positions (after every layer appended them) and whether they are tokens.
+    pub fn advance(&mut self, is_token: &[Vec<bool>]) {
+        if self.key_is_token.is_empty() {
+            self.key_is_token = vec![Vec::new(); is_token.len()];
+        }
+        for (history, new) in self.key_is_token.iter_mut().zip(is_token) {
+            history.extend_from_slice(new);
+        }
+        self.len += is_token.first().map_or(0, Vec::len);
+    }
+}

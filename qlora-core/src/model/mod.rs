@@ -1,0 +1,22 @@
+//! The LLaMA-family decoder on Burn: embedding, RMSNorm, rotary embedding (Hugging Face's
+//! rotate-half convention), grouped-query causal attention, SwiGLU MLP, `lm_head`.
+
+mod attention;
+mod frozen_linear;
+mod kv_cache;
+mod layer;
+mod llama;
+mod load;
+mod mlp;
+mod rms_norm;
+mod rope;
+
+pub use attention::Attention;
+pub use frozen_linear::{BaseWeight, FrozenLinear};
+pub use kv_cache::KvCache;
+pub use layer::DecoderLayer;
+pub use llama::{IGNORE_INDEX, Llama, LossSum};
+pub use load::{Bits, LoadOptions, Nf4Matmul};
+pub use mlp::Mlp;
+pub use rms_norm::RmsNorm;
+pub use rope::RotaryEmbedding;

@@ -1,0 +1,225 @@
+//! `tokenizer.json` through the `tokenizers` crate, with the special tokens and chat template
+//! of `tokenizer_config.json`, `generation_config.json` and `chat_template.jinja`.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::chat_template::{ChatTemplate, Message};
+use crate::error::{Error, Result};
+
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
+
+/// Token ids and the byte span `[start, end)` of each in the text (special tokens added by the
+/// post-processor have empty spans).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    pub offsets: Vec<(usize, usize)>,
+}
+
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+    bos: Option<(String, u32)>,
+    eos: Option<(String, u32)>,
+    pad: Option<(String, u32)>,
+    unk: Option<String>,
+    /// Every id that ends generation (eos and generation_config's `eos_token_id`s).
+    stop_ids: Vec<u32>,
+    chat_template: Option<ChatTemplate>,
+}
+
+fn read_json(path: &Path) -> Result<Option<Value>> {
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| Error::file(path, format!("invalid JSON: {e}")))
+}
+
+/// A special token in `tokenizer_config.json`: a plain string or an AddedToken object.
+fn token_string(config: &Value, key: &str) -> Option<String> {
+    match config.get(key)? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+fn ids(value: Option<&Value>) -> Vec<u32> {
+    match value {
+        Some(Value::Number(n)) => n.as_u64().map(|id| vec![id as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_u64())
+            .map(|id| id as u32)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Tokenizer {
+    /// Load the tokenizer of a model directory.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let path = dir.join(TOKENIZER_FILE);
+        if !path.is_file() {
+            return Err(Error::file(
+                &path,
+                "missing: the model directory needs a tokenizer.json",
+            ));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| Error::file(&path, format!("cannot load tokenizer: {e}")))?;
+        let config_path = dir.join(TOKENIZER_CONFIG_FILE);
+        let config = read_json(&config_path)?.unwrap_or(Value::Null);
+        let generation = read_json(&dir.join(GENERATION_CONFIG_FILE))?.unwrap_or(Value::Null);
+
+        let lookup = |key: &str| -> Result<Option<(String, u32)>> {
+            match token_string(&config, key) {
+                None => Ok(None),
+                Some(token) => match inner.token_to_id(&token) {
+                    Some(id) => Ok(Some((token, id))),
+                    None => Err(Error::key(
+                        &config_path,
+                        key,
+                        format!("token `{token}` is not in the vocabulary"),
+                    )),
+                },
+            }
+        };
+        let bos = lookup("bos_token")?;
+        let eos = lookup("eos_token")?;
+        let pad = lookup("pad_token")?;
+        let unk = token_string(&config, "unk_token");
+
+        let mut stop_ids = ids(generation.get("eos_token_id"));
+        if let Some((_, id)) = &eos
+            && !stop_ids.contains(id)
+        {
+            stop_ids.push(*id);
+        }
+
+        let template_file = dir.join(CHAT_TEMPLATE_FILE);
+        let template = if template_file.is_file() {
+            let text = std::fs::read_to_string(&template_file)
+                .map_err(|e| Error::io(&template_file, e))?;
+            Some((text, template_file))
+        } else {
+            match config.get("chat_template") {
+                Some(Value::String(text)) => Some((text.clone(), config_path.clone())),
+                // A list of named templates: the one called "default".
+                Some(Value::Array(list)) => list
+                    .iter()
+                    .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                    .and_then(|t| t.get("template")?.as_str())
+                    .map(|text| (text.to_string(), config_path.clone())),
+                _ => None,
+            }
+        };
+        fn name(token: &Option<(String, u32)>) -> &str {
+            token.as_ref().map_or("", |(s, _)| s.as_str())
+        }
+        let chat_template = match template {
+            Some((text, source)) => Some(ChatTemplate::new(
+                text,
+                &source,
+                name(&bos),
+                name(&eos),
+                unk.as_deref().unwrap_or(""),
+                name(&pad),
+            )?),
+            None => None,
+        };
+        Ok(Tokenizer {
+            inner,
+            bos,
+            eos,
+            pad,
+            unk,
+            stop_ids,
+            chat_template,
+        })
+    }
+
+    /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor adds what
+    /// it is configured to (e.g. bos), exactly as transformers' `tokenizer(text)` does.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        self.inner
+            .encode(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))
+    }
+
+    /// Token ids with the byte span of each token in `text` (for label masks).
+    pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<Encoded> {
+        let encoding = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))?;
+        Ok(Encoded {
+            ids: encoding.get_ids().to_vec(),
+            offsets: encoding.get_offsets().to_vec(),
+        })
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
+        self.inner
+            .decode(ids, skip_special_tokens)
+            .map_err(|e| Error::invalid(format!("cannot decode tokens: {e}")))
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos.as_ref().map(|(_, id)| *id)
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos.as_ref().map(|(_, id)| *id)
+    }
+
+    /// The padding id: the pad token, else eos (as the QLoRA recipe does).
+    pub fn pad_id(&self) -> Option<u32> {
+        self.pad.as_ref().map(|(_, id)| *id).or(self.eos_id())
+    }
+
+    pub fn unk_token(&self) -> Option<&str> {
+        self.unk.as_deref()
+    }
+
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
+    }
+
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.chat_template.as_ref()
+    }
+
+    /// Render messages with the model's chat template.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
+        self.chat_template
+            .as_ref()
+            .ok_or_else(|| {
+                Error::invalid(
+                    "the model has no chat template (chat_template.jinja or tokenizer_config.json)",
+                )
+            })?
+            .render(messages, add_generation_prompt)
+    }
+}
