@@ -2,8 +2,10 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use qlora_core::data::read_records;
-use qlora_core::eval::{Example, evaluate};
+use qlora_core::data::{DatasetFormat, Example, load_examples, read_records};
+use qlora_core::eval::evaluate;
+
+use crate::data_args::DataArgs;
 
 use crate::model_args::ModelArgs;
 
@@ -14,28 +16,40 @@ pub struct EvalArgs {
     /// Dataset file: JSON Lines or a JSON array.
     #[arg(long)]
     data: PathBuf,
-    /// Record format; `text` is `{"text": ...}`, every token a target.
+    /// Record format: text, alpaca, input-output, oasst, guanaco or messages (default: text).
+    /// `text` scores every token of `{"text": ...}` as `tokenizer(text)` gives them; the
+    /// others score the response tokens of each example, as training learns them.
     #[arg(long, default_value = "text")]
-    format: String,
+    format: DatasetFormat,
+    #[command(flatten)]
+    data_options: DataArgs,
     /// Print one JSON object {loss, perplexity, tokens, examples} instead of a sentence.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
-    if args.format != "text" {
-        bail!("--format {} is not supported yet; use text", args.format);
-    }
-    let records = read_records(&args.data)?;
-    if records.is_empty() {
-        bail!("{}: no records", args.data.display());
-    }
     let (model, tokenizer) = args.model.load()?;
-    let mut examples = Vec::with_capacity(records.len());
-    for record in &records {
-        let text = record.string("text")?;
-        examples.push(Example::language_modelling(tokenizer.encode(text, true)?));
-    }
+    let examples = if args.format == DatasetFormat::Text {
+        let records = read_records(&args.data)?;
+        if records.is_empty() {
+            bail!("{}: no records", args.data.display());
+        }
+        let mut examples = Vec::with_capacity(records.len());
+        for record in &records {
+            let text = record.string("text")?;
+            examples.push(Example::language_modelling(tokenizer.encode(text, true)?));
+        }
+        examples
+    } else {
+        let loaded = load_examples(
+            &args.data,
+            &tokenizer,
+            &args.data_options.options(Some(args.format))?,
+        )?;
+        eprintln!("{}: {loaded}", args.data.display());
+        loaded.examples
+    };
     let report = evaluate(&model, &examples, |_| {})?;
     if args.json {
         println!(

@@ -1,9 +1,12 @@
 //! `qlora`: fine-tune LLaMA-family models with QLoRA from the command line.
 
+mod data_args;
 mod eval;
 mod generate;
+mod merge;
 mod model_args;
 mod quantize;
+mod train;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Mean next-token loss and perplexity of a model on a dataset.
     Eval(eval::EvalArgs),
+    /// Fine-tune a QLoRA adapter on an instruction dataset.
+    Train(Box<train::TrainArgs>),
+    /// Merge a LoRA adapter into the base weights as a model transformers loads.
+    Merge(merge::MergeArgs),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +43,8 @@ fn main() -> ExitCode {
         Command::Quantize(args) => quantize::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Train(args) => train::run(*args),
+        Command::Merge(args) => merge::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

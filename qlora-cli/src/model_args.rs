@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use qlora_core::device::DeviceChoice;
+use qlora_core::lora::load_adapter;
 use qlora_core::model::{Bits, Llama, LoadOptions, Nf4Matmul};
 use qlora_core::quant::Nf4Config;
 use qlora_core::text::Tokenizer;
@@ -25,6 +26,9 @@ pub struct ModelArgs {
     /// Where to compute: cpu, wgpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -36,8 +40,12 @@ impl ModelArgs {
             nf4_matmul: self.nf4_matmul,
             device: self.device.device()?,
         };
-        let model = Llama::load(&self.model, &options)
+        let mut model = Llama::load(&self.model, &options)
             .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
+        if let Some(adapter) = &self.adapter {
+            load_adapter(&mut model, adapter)
+                .with_context(|| format!("cannot apply the adapter in {}", adapter.display()))?;
+        }
         Ok((model, tokenizer))
     }
 }

@@ -1,31 +1,8 @@
 //! `qlora eval`: mean next-token cross-entropy and perplexity of a model over a dataset.
 
+use crate::data::Example;
 use crate::error::{Error, Result};
-use crate::model::{IGNORE_INDEX, Llama};
-
-/// One tokenized example: ids and labels (`IGNORE_INDEX` where the loss does not count).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Example {
-    pub ids: Vec<u32>,
-    pub labels: Vec<i64>,
-}
-
-impl Example {
-    /// Plain language modelling: every token is a target.
-    pub fn language_modelling(ids: Vec<u32>) -> Self {
-        let labels = ids.iter().map(|&id| i64::from(id)).collect();
-        Example { ids, labels }
-    }
-
-    /// Tokens whose label counts (the first token never does: nothing predicts it).
-    pub fn target_tokens(&self) -> usize {
-        self.labels
-            .iter()
-            .skip(1)
-            .filter(|&&l| l != IGNORE_INDEX)
-            .count()
-    }
-}
+use crate::model::Llama;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalReport {

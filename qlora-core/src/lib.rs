@@ -6,6 +6,7 @@
 //! - [`model`]: the LLaMA-family decoder on Burn, loaded dense, NF4, or from bitsandbytes.
 //! - [`text`]: tokenizer and chat templates; [`generate`] and [`eval`] use them.
 
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
@@ -14,11 +15,15 @@ pub mod dtype;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod lora;
+pub mod merge;
 pub mod model;
 pub mod quant;
 pub mod quantize_model;
 pub mod staged_dir;
+pub mod synthetic;
 pub mod text;
+pub mod train;
 
 pub use dtype::FloatDtype;
 pub use error::{Error, Result};

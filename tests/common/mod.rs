@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end tests.
 #![allow(dead_code)]
 
+pub mod alloc;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 
@@ -38,4 +40,19 @@ pub fn f32s(bytes: &[u8]) -> Vec<f32> {
 /// Bit patterns, so `assert_eq!` compares floats exactly (and shows where they differ).
 pub fn bits(values: &[f32]) -> Vec<u32> {
     values.iter().map(|v| v.to_bits()).collect()
+}
+
+/// Every tensor of a safetensors file at any path.
+pub fn load_tensors_at(path: &std::path::Path) -> HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).expect("safetensors file");
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
+                (view.dtype(), view.shape().to_vec(), view.data().to_vec()),
+            )
+        })
+        .collect()
 }

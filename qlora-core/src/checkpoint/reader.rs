@@ -91,6 +91,23 @@ impl Checkpoint {
         }
     }
 
+    /// One `.safetensors` file on its own (an adapter, a reference file).
+    pub fn open_file(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let shard = Shard::open(path)?;
+        let locations = shard
+            .metadata
+            .tensors()
+            .into_keys()
+            .map(|name| (name, 0))
+            .collect();
+        Ok(Checkpoint {
+            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            shards: vec![shard],
+            locations,
+        })
+    }
+
     fn open_sharded(dir: PathBuf, index_path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(index_path).map_err(|e| Error::io(index_path, e))?;
         let index: ShardIndex = serde_json::from_str(&text)
@@ -192,6 +209,13 @@ impl Checkpoint {
             ));
         }
         Ok(decode_f32(view.data(), dtype))
+    }
+
+    /// The `__metadata__` of the (first) file.
+    pub fn header_metadata(&self) -> Option<&HashMap<String, String>> {
+        self.shards
+            .first()
+            .and_then(|s| s.metadata.metadata().as_ref())
     }
 
     /// The dtype most float tensors are stored in (what the model was saved as).

@@ -1,43 +1,46 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
-use super::frozen_linear::FrozenLinear;
 use super::kv_cache::KvCache;
+use super::linear::Linear;
 use super::rope::RotaryEmbedding;
+use crate::lora::DropoutStream;
 
 /// Grouped-query causal self-attention.
 #[derive(Clone, Debug)]
 pub struct Attention {
-    pub q_proj: FrozenLinear,
-    pub k_proj: FrozenLinear,
-    pub v_proj: FrozenLinear,
-    pub o_proj: FrozenLinear,
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
 }
 
-/// Where the current tokens sit and what they may attend to.
-pub struct AttentionContext<'a> {
+/// What every layer needs besides its input: where the tokens sit, what they may attend to,
+/// and (when training) where adapter dropout masks come from.
+pub struct LayerContext<'a> {
     pub cos: &'a Tensor<2>,
     pub sin: &'a Tensor<2>,
     /// `[batch, 1, seq, total]`, true where attention is not allowed (future or padding).
     pub mask: &'a Tensor<4, Bool>,
+    pub dropout: Option<&'a DropoutStream>,
 }
 
 impl Attention {
     pub fn forward(
         &self,
         x: Tensor<3>,
-        context: &AttentionContext<'_>,
+        context: &LayerContext<'_>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
         let [batch, seq, _] = x.dims();
         let (heads, kv_heads, dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone()), heads);
-        let k = split(self.k_proj.forward(x.clone()), kv_heads);
-        let v = split(self.v_proj.forward(x), kv_heads);
+        let q = split(self.q_proj.forward(x.clone(), context.dropout), heads);
+        let k = split(self.k_proj.forward(x.clone(), context.dropout), kv_heads);
+        let v = split(self.v_proj.forward(x, context.dropout), kv_heads);
         let q = RotaryEmbedding::apply(q, context.cos, context.sin);
         let k = RotaryEmbedding::apply(k, context.cos, context.sin);
         let (k, v) = match cache {
@@ -63,6 +66,6 @@ impl Attention {
         let scores = scores.mask_fill(mask, f32::MIN);
         let attended = softmax(scores, 3).matmul(v);
         let merged = attended.swap_dims(1, 2).reshape([batch, seq, heads * dim]);
-        self.o_proj.forward(merged)
+        self.o_proj.forward(merged, context.dropout)
     }
 }

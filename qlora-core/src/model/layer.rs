@@ -1,7 +1,8 @@
 use burn::tensor::Tensor;
 
-use super::attention::{Attention, AttentionContext};
+use super::attention::{Attention, LayerContext};
 use super::kv_cache::KvCache;
+use super::linear::Linear;
 use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
 
@@ -15,19 +16,34 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
+    /// The seven projections, in the order of [`crate::lora::LLAMA_PROJECTIONS`].
+    pub fn linears(&self) -> [&Linear; 7] {
+        let (a, m) = (&self.self_attn, &self.mlp);
+        [
+            &a.q_proj,
+            &a.k_proj,
+            &a.v_proj,
+            &a.o_proj,
+            &m.gate_proj,
+            &m.up_proj,
+            &m.down_proj,
+        ]
+    }
+
     pub fn forward(
         &self,
         x: Tensor<3>,
-        context: &AttentionContext<'_>,
+        context: &LayerContext<'_>,
         cache: Option<(&mut KvCache, usize)>,
     ) -> Tensor<3> {
         let attended =
             self.self_attn
                 .forward(self.input_layernorm.forward(x.clone()), context, cache);
         let h = x + attended;
-        let out = self
-            .mlp
-            .forward(self.post_attention_layernorm.forward(h.clone()));
+        let out = self.mlp.forward(
+            self.post_attention_layernorm.forward(h.clone()),
+            context.dropout,
+        );
         h + out
     }
 }

@@ -1,14 +1,15 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
-use super::attention::AttentionContext;
-use super::frozen_linear::FrozenLinear;
+use super::attention::LayerContext;
 use super::kv_cache::KvCache;
 use super::layer::DecoderLayer;
+use super::linear::Linear;
 use super::rms_norm::RmsNorm;
 use super::rope::RotaryEmbedding;
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
+use crate::lora::{DropoutStream, LoraAdapter, LoraConfig, init_rng};
 
 /// Label value of positions that do not count in the loss (as in PyTorch / transformers).
 pub const IGNORE_INDEX: i64 = -100;
@@ -20,7 +21,7 @@ pub struct Llama {
     pub embed_tokens: Tensor<2>,
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
-    pub lm_head: FrozenLinear,
+    pub lm_head: Linear,
     pub rope: RotaryEmbedding,
     pub device: Device,
 }
@@ -32,16 +33,27 @@ pub struct LossSum {
     pub tokens: usize,
 }
 
+/// Per-forward inputs shared by every layer: rotary tables and the attention mask.
+pub struct AttentionInputs {
+    pub cos: Tensor<2>,
+    pub sin: Tensor<2>,
+    pub mask: Tensor<4, Bool>,
+}
+
+impl AttentionInputs {
+    pub fn context<'a>(&'a self, dropout: Option<&'a DropoutStream>) -> LayerContext<'a> {
+        LayerContext {
+            cos: &self.cos,
+            sin: &self.sin,
+            mask: &self.mask,
+            dropout,
+        }
+    }
+}
+
 impl Llama {
-    /// Hidden states after the final norm, `[batch, seq, hidden]`, for token `ids`
-    /// (`batch` rows of equal length). `is_token` marks real tokens (false = padding); without
-    /// it every position is a token. With a `cache`, `ids` continue the cached sequence.
-    pub fn hidden_states(
-        &self,
-        ids: &[Vec<u32>],
-        is_token: Option<&[Vec<bool>]>,
-        mut cache: Option<&mut KvCache>,
-    ) -> Result<Tensor<3>> {
+    /// Token embeddings `[batch, seq, hidden]` of `batch` rows of equal length.
+    pub fn embed(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
         let batch = ids.len();
         let seq = ids.first().map_or(0, Vec::len);
         if batch == 0 || seq == 0 || ids.iter().any(|row| row.len() != seq) {
@@ -55,29 +67,28 @@ impl Llama {
                 "token id {bad} is outside the vocabulary of {vocab}"
             )));
         }
-        let all_tokens;
-        let is_token = match is_token {
-            Some(mask) => mask,
-            None => {
-                all_tokens = vec![vec![true; seq]; batch];
-                &all_tokens
-            }
-        };
-        let offset = cache.as_ref().map_or(0, |c| c.len());
-        let total = offset + seq;
-
         let flat: Vec<i64> = ids.iter().flatten().map(|&id| i64::from(id)).collect();
         let ids_tensor =
             Tensor::<1, Int>::from_data(TensorData::new(flat, [batch * seq]), &self.device);
-        let hidden = self.config.hidden_size;
-        let mut x = self
-            .embed_tokens
-            .clone()
-            .select(0, ids_tensor)
-            .reshape([batch, seq, hidden]);
+        Ok(self.embed_tokens.clone().select(0, ids_tensor).reshape([
+            batch,
+            seq,
+            self.config.hidden_size,
+        ]))
+    }
 
-        // Disallowed (query, key) pairs: keys in the future, and keys that are padding.
-        let history = cache.as_ref().map(|c| c.key_is_token());
+    /// Rotary tables and mask for `is_token` (`batch` rows of `seq`) following `cache`'s
+    /// positions: keys in the future and keys that are padding are blocked.
+    pub fn attention_inputs(
+        &self,
+        is_token: &[Vec<bool>],
+        cache: Option<&KvCache>,
+    ) -> AttentionInputs {
+        let batch = is_token.len();
+        let seq = is_token.first().map_or(0, Vec::len);
+        let offset = cache.map_or(0, KvCache::len);
+        let total = offset + seq;
+        let history = cache.map(KvCache::key_is_token);
         let mut blocked = Vec::with_capacity(batch * seq * total);
         for (b, row_is_token) in is_token.iter().enumerate() {
             for i in 0..seq {
@@ -96,30 +107,130 @@ impl Llama {
             &self.device,
         );
         let (cos, sin) = self.rope.tables(offset, seq, &self.device);
-        let context = AttentionContext {
-            cos: &cos,
-            sin: &sin,
-            mask: &mask,
+        AttentionInputs { cos, sin, mask }
+    }
+
+    /// Final norm and `lm_head`: logits `[batch, seq, vocab]`.
+    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        self.lm_head.forward(self.norm.forward(hidden), None)
+    }
+
+    /// Logits `[batch, seq, vocab]` for token `ids` (`batch` rows of equal length). `is_token`
+    /// marks real tokens (false = padding); without it every position is a token. With a
+    /// `cache`, `ids` continue the cached sequence. `dropout` enables adapter dropout (training).
+    pub fn forward_with(
+        &self,
+        ids: &[Vec<u32>],
+        is_token: Option<&[Vec<bool>]>,
+        mut cache: Option<&mut KvCache>,
+        dropout: Option<&DropoutStream>,
+    ) -> Result<Tensor<3>> {
+        let mut x = self.embed(ids)?;
+        let all_tokens;
+        let is_token = match is_token {
+            Some(mask) => mask,
+            None => {
+                all_tokens = vec![vec![true; ids[0].len()]; ids.len()];
+                &all_tokens
+            }
         };
+        let inputs = self.attention_inputs(is_token, cache.as_deref());
+        let context = inputs.context(dropout);
         for (index, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x, &context, cache.as_deref_mut().map(|c| (c, index)));
         }
         if let Some(cache) = cache {
             cache.advance(is_token);
         }
-        Ok(self.norm.forward(x))
+        Ok(self.head(x))
     }
 
-    /// Logits `[batch, seq, vocab]`.
+    /// Logits for inference (no dropout).
     pub fn forward(
         &self,
         ids: &[Vec<u32>],
         is_token: Option<&[Vec<bool>]>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>> {
-        Ok(self
-            .lm_head
-            .forward(self.hidden_states(ids, is_token, cache)?))
+        self.forward_with(ids, is_token, cache, None)
+    }
+
+    /// Every decoder linear with its module path (`model.layers.3.self_attn.q_proj`).
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let a = &layer.self_attn;
+            let m = &layer.mlp;
+            for (name, linear) in [
+                ("self_attn.q_proj", &a.q_proj),
+                ("self_attn.k_proj", &a.k_proj),
+                ("self_attn.v_proj", &a.v_proj),
+                ("self_attn.o_proj", &a.o_proj),
+                ("mlp.gate_proj", &m.gate_proj),
+                ("mlp.up_proj", &m.up_proj),
+                ("mlp.down_proj", &m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{name}"), linear));
+            }
+        }
+        out
+    }
+
+    /// [`Llama::linears`], mutably.
+    pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::with_capacity(self.layers.len() * 7);
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            for (name, linear) in [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ] {
+                out.push((format!("model.layers.{i}.{name}"), linear));
+            }
+        }
+        out
+    }
+
+    /// Give every targeted linear a fresh adapter (replacing any), drawn from `seed`.
+    pub fn attach_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<()> {
+        config.validate()?;
+        let device = self.device.clone();
+        let mut rng = init_rng(seed);
+        for (key, (path, linear)) in self.linears_mut().into_iter().enumerate() {
+            let module = path.rsplit('.').next().expect("module name");
+            if config.target_modules.iter().any(|t| t == module) {
+                linear.lora = Some(LoraAdapter::init(
+                    linear.in_features,
+                    linear.out_features,
+                    config,
+                    key as u64,
+                    &mut rng,
+                    &device,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The adapters with their module paths, in model order.
+    pub fn adapters(&self) -> Vec<(String, &LoraAdapter)> {
+        self.linears()
+            .into_iter()
+            .filter_map(|(path, linear)| linear.lora.as_ref().map(|a| (path, a)))
+            .collect()
+    }
+
+    /// Remove every adapter (back to the base model).
+    pub fn detach_lora(&mut self) {
+        for (_, linear) in self.linears_mut() {
+            linear.lora = None;
+        }
     }
 
     /// Summed next-token cross-entropy: position `t` predicts `labels[t + 1]`; labels equal to

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::attention::Attention;
-use super::frozen_linear::{BaseWeight, FrozenLinear};
 use super::layer::DecoderLayer;
+use super::linear::{BaseWeight, Linear};
 use super::llama::Llama;
 use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
@@ -127,7 +127,7 @@ impl Loader<'_> {
         bias: bool,
         options: &LoadOptions,
         bnb: bool,
-    ) -> Result<FrozenLinear> {
+    ) -> Result<Linear> {
         let file = self.checkpoint.file_of(name);
         let weight = if bnb {
             let state = Nf4Tensor::from_state_dict(name, |key| self.checkpoint.view(key))
@@ -160,7 +160,7 @@ impl Loader<'_> {
             }
         };
         let bias_name = name.replace(".weight", ".bias");
-        Ok(FrozenLinear::new(
+        Ok(Linear::new(
             weight,
             self.optional_bias(&bias_name, out, bias)?,
             inp,
@@ -239,7 +239,7 @@ impl Llama {
         };
         Ok(Llama {
             norm: norm("model.norm.weight")?,
-            lm_head: FrozenLinear::new(BaseWeight::Dense(lm_head_weight), None, hidden, vocab),
+            lm_head: Linear::new(BaseWeight::Dense(lm_head_weight), None, hidden, vocab),
             rope: RotaryEmbedding::new(&config.rope, config.head_dim),
             embed_tokens,
             layers,

@@ -1,19 +1,21 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
-use super::frozen_linear::FrozenLinear;
+use super::linear::Linear;
+use crate::lora::DropoutStream;
 
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
 #[derive(Clone, Debug)]
 pub struct Mlp {
-    pub gate_proj: FrozenLinear,
-    pub up_proj: FrozenLinear,
-    pub down_proj: FrozenLinear,
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
 }
 
 impl Mlp {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
+    pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutStream>) -> Tensor<3> {
+        let gate = silu(self.gate_proj.forward(x.clone(), dropout));
+        self.down_proj
+            .forward(gate * self.up_proj.forward(x, dropout), dropout)
     }
 }

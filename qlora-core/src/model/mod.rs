@@ -2,20 +2,20 @@
 //! rotate-half convention), grouped-query causal attention, SwiGLU MLP, `lm_head`.
 
 mod attention;
-mod frozen_linear;
 mod kv_cache;
 mod layer;
+mod linear;
 mod llama;
 mod load;
 mod mlp;
 mod rms_norm;
 mod rope;
 
-pub use attention::Attention;
-pub use frozen_linear::{BaseWeight, FrozenLinear};
+pub use attention::{Attention, LayerContext};
 pub use kv_cache::KvCache;
 pub use layer::DecoderLayer;
-pub use llama::{IGNORE_INDEX, Llama, LossSum};
+pub use linear::{BaseWeight, Linear};
+pub use llama::{AttentionInputs, IGNORE_INDEX, Llama, LossSum};
 pub use load::{Bits, LoadOptions, Nf4Matmul};
 pub use mlp::Mlp;
 pub use rms_norm::RmsNorm;

@@ -104,6 +104,16 @@ impl DeviceNf4 {
         self.shape.iter().product()
     }
 
+    /// The packed codes, four bytes to an i32 word, most significant first.
+    pub fn words(&self) -> &Tensor<1, Int> {
+        &self.words
+    }
+
+    /// The 16-value NF4 code table.
+    pub fn code(&self) -> &Tensor<1> {
+        &self.code
+    }
+
     /// The f32 absmax of every block.
     pub fn absmax(&self) -> Tensor<1> {
         match &self.absmax {

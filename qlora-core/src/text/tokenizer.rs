@@ -182,6 +182,16 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The bos token's text (`<s>`), which prompt templates write literally.
+    pub fn bos_token(&self) -> Option<&str> {
+        self.bos.as_ref().map(|(s, _)| s.as_str())
+    }
+
+    /// The eos token's text (`</s>`).
+    pub fn eos_token(&self) -> Option<&str> {
+        self.eos.as_ref().map(|(s, _)| s.as_str())
+    }
+
     pub fn bos_id(&self) -> Option<u32> {
         self.bos.as_ref().map(|(_, id)| *id)
     }

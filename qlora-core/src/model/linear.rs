@@ -1,9 +1,12 @@
-//! A linear layer whose weight never trains: dense, or NF4 dequantized for each use.
+//! A linear layer of the base model: a frozen weight (dense or NF4) and, optionally, a
+//! trainable LoRA adapter.
 
 use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
 
+use crate::backend::nf4_linear;
+use crate::lora::{DropoutStream, LoraAdapter};
 use crate::quant::Nf4Tensor;
 use crate::quant::bnb_cpu_bf16;
 use crate::quant::tensor_ops::DeviceNf4;
@@ -22,16 +25,16 @@ pub enum BaseWeight {
 }
 
 impl BaseWeight {
-    /// The weight as a dense `[out, in]` tensor (for NF4 a fresh dequantization, dropped by the
-    /// caller after use).
+    /// The weight as a dense `[out, in]` tensor (for NF4 a fresh dequantization).
     pub fn dense(&self) -> Tensor<2> {
         match self {
             BaseWeight::Dense(w) => w.clone(),
             BaseWeight::Nf4(q) => q.dequantize(),
             BaseWeight::Nf4BnbCpuBf16(q) => {
-                panic!(
-                    "the bitsandbytes CPU bf16 emulation has no dense weight ({:?})",
-                    q.shape
+                let device = burn::tensor::Device::flex();
+                Tensor::from_data(
+                    TensorData::new(q.dequantize(), [q.shape[0], q.shape[1]]),
+                    &device,
                 )
             }
         }
@@ -39,50 +42,60 @@ impl BaseWeight {
 }
 
 #[derive(Clone, Debug)]
-pub struct FrozenLinear {
+pub struct Linear {
     pub weight: BaseWeight,
     pub bias: Option<Tensor<1>>,
+    pub lora: Option<LoraAdapter>,
     pub in_features: usize,
     pub out_features: usize,
 }
 
-impl FrozenLinear {
+impl Linear {
     pub fn new(
         weight: BaseWeight,
         bias: Option<Tensor<1>>,
         in_features: usize,
         out_features: usize,
     ) -> Self {
-        FrozenLinear {
+        Linear {
             weight,
             bias,
+            lora: None,
             in_features,
             out_features,
         }
     }
 
-    /// `x W^T + b` for `x` of shape `[batch, seq, in]`.
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// `x Wᵀ + b (+ scale · B A dropout(x))` for `x` of shape `[batch, seq, in]`. Dropout of the
+    /// adapter input applies only with a stream (training).
+    pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutStream>) -> Tensor<3> {
         let [batch, seq, features] = x.dims();
         let rows = x.reshape([batch * seq, features]);
-        let mut y = match &self.weight {
+        let mut y = self.base_forward(rows.clone());
+        if let Some(bias) = &self.bias {
+            y = y + bias.clone().unsqueeze_dim(0);
+        }
+        if let Some(lora) = &self.lora {
+            y = y + lora.forward(rows, dropout);
+        }
+        y.reshape([batch, seq, self.out_features])
+    }
+
+    /// `x Wᵀ` with the frozen weight only.
+    fn base_forward(&self, rows: Tensor<2>) -> Tensor<2> {
+        match &self.weight {
+            BaseWeight::Dense(w) => rows.matmul(w.clone().transpose()),
+            BaseWeight::Nf4(q) => nf4_linear(rows, q),
             BaseWeight::Nf4BnbCpuBf16(state) => {
+                let [count, _] = rows.dims();
                 let device = rows.device();
                 let values: Vec<f32> = rows
                     .into_data()
                     .try_into_vec_as::<f32>()
                     .expect("float data");
-                let out = bnb_cpu_bf16::linear(&values, batch * seq, state);
-                Tensor::from_data(
-                    TensorData::new(out, [batch * seq, self.out_features]),
-                    &device,
-                )
+                let out = bnb_cpu_bf16::linear(&values, count, state);
+                Tensor::from_data(TensorData::new(out, [count, self.out_features]), &device)
             }
-            weight => rows.matmul(weight.dense().transpose()),
-        };
-        if let Some(bias) = &self.bias {
-            y = y + bias.clone().unsqueeze_dim(0);
         }
-        y.reshape([batch, seq, self.out_features])
     }
 }

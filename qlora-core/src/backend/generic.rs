@@ -1,0 +1,59 @@
+//! NF4 dequantization from backend primitives: the default every backend can run.
+
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Backend, TensorMetadata};
+use burn::tensor::{Scalar, Shape, Slice};
+
+use super::{Nf4Layout, Nf4Operand};
+
+/// `count` bytes (ints 0..=255) from words holding four each, most significant first.
+fn unpack_bytes<B: Backend>(words: IntTensor<B>, count: usize) -> IntTensor<B> {
+    let n = words.shape()[0];
+    let parts = [24i64, 16, 8, 0]
+        .into_iter()
+        .map(|shift| {
+            let shifted = B::bitwise_right_shift_scalar(words.clone(), Scalar::from(shift));
+            let byte = B::bitwise_and_scalar(shifted, Scalar::from(0xffi64));
+            B::int_reshape(byte, Shape::new([n, 1]))
+        })
+        .collect();
+    let bytes = B::int_reshape(B::int_cat(parts, 1), Shape::new([n * 4]));
+    B::int_slice(bytes, &[Slice::from(0..count)])
+}
+
+/// The dense `[out, in]` f32 weight: `code[q] * absmax[block]`, as bitsandbytes computes it.
+pub fn dequantize<B: Backend>(weight: &Nf4Operand<B>, layout: Nf4Layout) -> FloatTensor<B> {
+    let n = layout.out_features * layout.in_features;
+    let nbytes = n.div_ceil(2);
+    let bytes = unpack_bytes::<B>(weight.words.clone(), nbytes);
+    let high = B::bitwise_right_shift_scalar(bytes.clone(), Scalar::from(4i64));
+    let low = B::bitwise_and_scalar(bytes, Scalar::from(0x0fi64));
+    let codes = B::int_cat(
+        vec![
+            B::int_reshape(high, Shape::new([nbytes, 1])),
+            B::int_reshape(low, Shape::new([nbytes, 1])),
+        ],
+        1,
+    );
+    let codes = B::int_reshape(codes, Shape::new([nbytes * 2]));
+    let mut values = B::float_select(weight.code.clone(), 0, codes);
+    let blocks = n.div_ceil(layout.blocksize);
+    let padded = blocks * layout.blocksize;
+    if padded > nbytes * 2 {
+        let pad = B::float_zeros(
+            Shape::new([padded - nbytes * 2]),
+            &values.device(),
+            values.dtype().into(),
+        );
+        values = B::float_cat(vec![values, pad], 0);
+    }
+    let scaled = B::float_mul(
+        B::float_reshape(values, Shape::new([blocks, layout.blocksize])),
+        B::float_reshape(weight.absmax.clone(), Shape::new([blocks, 1])),
+    );
+    let flat = B::float_slice(
+        B::float_reshape(scaled, Shape::new([padded])),
+        &[Slice::from(0..n)],
+    );
+    B::float_reshape(flat, Shape::new([layout.out_features, layout.in_features]))
+}

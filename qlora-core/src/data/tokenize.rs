@@ -1,0 +1,193 @@
+//! Samples to token ids and labels: context positions get [`IGNORE_INDEX`] unless training on
+//! the source too.
+//!
+//! Prompt/response samples follow the QLoRA code: `bos + prompt` and `response + eos` are
+//! tokenized separately (each truncated to its own limit) and concatenated. Conversations are
+//! rendered whole, and each token is a target when its bytes fall inside an assistant turn; the
+//! turns are located by rendering growing prefixes of the conversation, so the masks are right
+//! for any chat template that renders a conversation as the concatenation of its prefixes.
+
+use std::ops::Range;
+
+use super::format::{ConversationTemplate, Sample, render_guanaco};
+use crate::error::{Error, Result};
+use crate::model::IGNORE_INDEX;
+use crate::text::{Message, Tokenizer};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizeOptions {
+    /// Most tokens kept of the prompt (QLoRA's `--source_max_len`).
+    pub source_max_len: usize,
+    /// Most tokens kept of the response (QLoRA's `--target_max_len`).
+    pub target_max_len: usize,
+    /// Learn the prompt tokens too.
+    pub train_on_source: bool,
+    pub template: ConversationTemplate,
+}
+
+impl Default for TokenizeOptions {
+    fn default() -> Self {
+        TokenizeOptions {
+            source_max_len: 1024,
+            target_max_len: 256,
+            train_on_source: false,
+            template: ConversationTemplate::Guanaco,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub ids: Vec<u32>,
+    pub labels: Vec<i64>,
+    pub truncated: bool,
+}
+
+impl Example {
+    /// Plain language modelling: every token is a target.
+    pub fn language_modelling(ids: Vec<u32>) -> Self {
+        let labels = ids.iter().map(|&id| i64::from(id)).collect();
+        Example {
+            ids,
+            labels,
+            truncated: false,
+        }
+    }
+
+    /// Tokens whose label counts (the first never does: nothing predicts it).
+    pub fn target_tokens(&self) -> usize {
+        self.labels
+            .iter()
+            .skip(1)
+            .filter(|&&l| l != IGNORE_INDEX)
+            .count()
+    }
+}
+
+fn truncate(ids: &mut Vec<u32>, max: usize) -> bool {
+    let cut = ids.len() > max;
+    ids.truncate(max);
+    cut
+}
+
+/// Text and the byte ranges of it that are learned.
+struct Rendered {
+    text: String,
+    targets: Vec<Range<usize>>,
+}
+
+fn render_guanaco_with_targets(messages: &[Message], tokenizer: &Tokenizer) -> Rendered {
+    let bos = tokenizer.bos_token().unwrap_or("");
+    let eos = tokenizer.eos_token().unwrap_or("");
+    let mut text = String::from(bos);
+    let mut targets = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let rendered = render_guanaco(std::slice::from_ref(m));
+        let marker_len = rendered.len() - m.content.len();
+        text.push_str(&rendered[..marker_len]);
+        let start = text.len();
+        text.push_str(&m.content);
+        if m.role == "assistant" {
+            if i + 1 == messages.len() {
+                text.push_str(eos);
+            }
+            targets.push(start..text.len());
+        }
+    }
+    Rendered { text, targets }
+}
+
+fn render_chat_with_targets(messages: &[Message], tokenizer: &Tokenizer) -> Result<Rendered> {
+    let text = tokenizer.apply_chat_template(messages, false)?;
+    let mut targets = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        if m.role != "assistant" {
+            continue;
+        }
+        let before = tokenizer.apply_chat_template(&messages[..i], true)?;
+        let through = tokenizer.apply_chat_template(&messages[..=i], false)?;
+        if !text.starts_with(&before) || !text.starts_with(&through) || through.len() < before.len()
+        {
+            return Err(Error::invalid(
+                "the chat template does not render a conversation as the concatenation of its \
+                 prefixes, so assistant turns cannot be located",
+            ));
+        }
+        targets.push(before.len()..through.len());
+    }
+    Ok(Rendered { text, targets })
+}
+
+/// Tokenize one sample.
+pub fn tokenize(
+    sample: &Sample,
+    tokenizer: &Tokenizer,
+    options: &TokenizeOptions,
+) -> Result<Example> {
+    match sample {
+        Sample::SourceTarget { source, target } => {
+            source_target(source, target, tokenizer, options)
+        }
+        Sample::Text(text) => source_target("", text, tokenizer, options),
+        Sample::Conversation(messages) => {
+            let rendered = match options.template {
+                ConversationTemplate::Guanaco => render_guanaco_with_targets(messages, tokenizer),
+                ConversationTemplate::Chat => render_chat_with_targets(messages, tokenizer)?,
+            };
+            let encoded = tokenizer.encode_with_offsets(&rendered.text, false)?;
+            let mut ids = encoded.ids;
+            let mut labels: Vec<i64> = ids
+                .iter()
+                .zip(&encoded.offsets)
+                .map(|(&id, &(start, end))| {
+                    let learned = options.train_on_source
+                        || (end > start
+                            && rendered
+                                .targets
+                                .iter()
+                                .any(|r| start < r.end && end > r.start));
+                    if learned { i64::from(id) } else { IGNORE_INDEX }
+                })
+                .collect();
+            let max = options.source_max_len + options.target_max_len;
+            let truncated = truncate(&mut ids, max);
+            labels.truncate(max);
+            Ok(Example {
+                ids,
+                labels,
+                truncated,
+            })
+        }
+    }
+}
+
+fn source_target(
+    source: &str,
+    target: &str,
+    tokenizer: &Tokenizer,
+    options: &TokenizeOptions,
+) -> Result<Example> {
+    let bos = tokenizer.bos_token().unwrap_or("");
+    let eos = tokenizer.eos_token().unwrap_or("");
+    let mut source_ids = tokenizer.encode(&format!("{bos}{source}"), false)?;
+    let mut target_ids = tokenizer.encode(&format!("{target}{eos}"), false)?;
+    let truncated = truncate(&mut source_ids, options.source_max_len)
+        | truncate(&mut target_ids, options.target_max_len);
+    let labels = source_ids
+        .iter()
+        .map(|&id| {
+            if options.train_on_source {
+                i64::from(id)
+            } else {
+                IGNORE_INDEX
+            }
+        })
+        .chain(target_ids.iter().map(|&id| i64::from(id)))
+        .collect();
+    source_ids.extend(target_ids);
+    Ok(Example {
+        ids: source_ids,
+        labels,
+        truncated,
+    })
+}

@@ -1,0 +1,167 @@
+//! Checkpoints of a run, `OUT/checkpoint-N/`: the adapter (PEFT form, f32), the optimizer
+//! moments, where the run is (step, epoch, batch, dropout stream) and its configuration. Each is
+//! written whole into a staging directory and renamed into place.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use safetensors::Dtype;
+use serde::{Deserialize, Serialize};
+
+use super::optimizer::SavedMoments;
+use crate::checkpoint::{Checkpoint, OutTensor};
+use crate::dtype::{FloatDtype, decode_f32, f32_bytes};
+use crate::error::{Error, Result};
+use crate::staged_dir::StagedDir;
+
+pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+pub const CONFIG_FILE: &str = "training_config.toml";
+const PREFIX: &str = "checkpoint-";
+
+/// Where a run stands after an optimizer step. Everything random derives from the seed and
+/// these counters, so restoring them restores the run exactly.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPosition {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Epoch of the next batch, and its index within that epoch.
+    pub epoch: u64,
+    pub batch_in_epoch: usize,
+    /// Micro-batches consumed (the dropout stream's counter).
+    pub micro_step: u64,
+    /// Tokens trained on so far.
+    pub tokens: u64,
+}
+
+pub fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
+    out.join(format!("{PREFIX}{step}"))
+}
+
+/// Checkpoints in `out`, oldest first.
+pub fn list_checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
+    let mut found: Vec<(u64, PathBuf)> = std::fs::read_dir(out)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix(PREFIX)?.parse().ok()?;
+            e.path()
+                .join(TRAINER_STATE_FILE)
+                .is_file()
+                .then(|| (step, e.path()))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+/// Write `write_adapter`'s files, the optimizer and the position into `OUT/checkpoint-N/`
+/// atomically, then drop the oldest checkpoints beyond `keep`.
+pub fn save_checkpoint(
+    out: &Path,
+    position: RunPosition,
+    optimizer_step: u64,
+    moments: &[SavedMoments],
+    config_toml: &str,
+    write_adapter: impl FnOnce(&Path) -> Result<()>,
+    keep: Option<usize>,
+) -> Result<PathBuf> {
+    let target = checkpoint_dir(out, position.step);
+    let staged = StagedDir::new(&target, true)?;
+    write_adapter(staged.path())?;
+    let mut tensors = BTreeMap::new();
+    for (i, m) in moments.iter().enumerate() {
+        match m {
+            SavedMoments::F32 { m, v } => {
+                tensors.insert(
+                    format!("state.{i}.m"),
+                    OutTensor::owned(Dtype::F32, vec![m.len()], f32_bytes(m)),
+                );
+                tensors.insert(
+                    format!("state.{i}.v"),
+                    OutTensor::owned(Dtype::F32, vec![v.len()], f32_bytes(v)),
+                );
+            }
+            SavedMoments::U8 {
+                m_codes,
+                m_absmax,
+                v_codes,
+                v_absmax,
+            } => {
+                for (name, codes, absmax) in [("m", m_codes, m_absmax), ("v", v_codes, v_absmax)] {
+                    tensors.insert(
+                        format!("state.{i}.{name}.codes"),
+                        OutTensor::owned(Dtype::U8, vec![codes.len()], codes.clone()),
+                    );
+                    tensors.insert(
+                        format!("state.{i}.{name}.absmax"),
+                        OutTensor::owned(Dtype::F32, vec![absmax.len()], f32_bytes(absmax)),
+                    );
+                }
+            }
+        }
+    }
+    let path = staged.path().join(OPTIMIZER_FILE);
+    let metadata = Some(HashMap::from([
+        ("step".to_string(), optimizer_step.to_string()),
+        ("params".to_string(), moments.len().to_string()),
+    ]));
+    let views: Vec<(&String, &OutTensor<'_>)> = tensors.iter().collect();
+    safetensors::serialize_to_file(views, metadata, &path)
+        .map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
+    let state_path = staged.path().join(TRAINER_STATE_FILE);
+    let json = serde_json::to_string_pretty(&position).expect("position serializes");
+    std::fs::write(&state_path, json + "\n").map_err(|e| Error::io(&state_path, e))?;
+    let config_path = staged.path().join(CONFIG_FILE);
+    std::fs::write(&config_path, config_toml).map_err(|e| Error::io(&config_path, e))?;
+    let saved = staged.commit()?;
+    if let Some(keep) = keep {
+        let all = list_checkpoints(out);
+        if all.len() > keep.max(1) {
+            for (_, old) in &all[..all.len() - keep.max(1)] {
+                std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+            }
+        }
+    }
+    Ok(saved)
+}
+
+/// Position, optimizer step and moments of a checkpoint directory.
+pub fn load_checkpoint(dir: &Path) -> Result<(RunPosition, u64, Vec<SavedMoments>)> {
+    let state_path = dir.join(TRAINER_STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(|e| Error::io(&state_path, e))?;
+    let position: RunPosition = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&state_path, format!("invalid trainer state: {e}")))?;
+    let path = dir.join(OPTIMIZER_FILE);
+    let file = Checkpoint::open_file(&path)?;
+    let info = file.header_metadata();
+    let number = |key: &str| -> Result<u64> {
+        info.and_then(|m| m.get(key))
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| Error::key(&path, key, "missing from the metadata"))
+    };
+    let (step, params) = (number("step")?, number("params")? as usize);
+    let floats = |name: String| -> Result<Vec<f32>> {
+        Ok(decode_f32(file.view(&name)?.data(), FloatDtype::F32))
+    };
+    let bytes_of = |name: String| -> Result<Vec<u8>> { Ok(file.view(&name)?.data().to_vec()) };
+    let mut moments = Vec::with_capacity(params);
+    for i in 0..params {
+        if file.contains(&format!("state.{i}.m")) {
+            moments.push(SavedMoments::F32 {
+                m: floats(format!("state.{i}.m"))?,
+                v: floats(format!("state.{i}.v"))?,
+            });
+        } else {
+            moments.push(SavedMoments::U8 {
+                m_codes: bytes_of(format!("state.{i}.m.codes"))?,
+                m_absmax: floats(format!("state.{i}.m.absmax"))?,
+                v_codes: bytes_of(format!("state.{i}.v.codes"))?,
+                v_absmax: floats(format!("state.{i}.v.absmax"))?,
+            });
+        }
+    }
+    Ok((position, step, moments))
+}

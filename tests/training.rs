@@ -1,0 +1,339 @@
+//! Training runs on the fixture model: the paged optimizer gives the same parameters as the
+//! unpaged one under any budget, 8-bit states track 32-bit ones, an interrupted run resumes to
+//! exactly the uninterrupted result, and the base model never changes.
+
+mod common;
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use common::{bits, fixture};
+use qlora::device::DeviceChoice;
+use qlora::model::{BaseWeight, Llama};
+use qlora::train::{LogProgress, Outcome, TrainSettings, Trainer};
+
+fn settings(out: &Path, extra: TrainSettings) -> TrainSettings {
+    let base = TrainSettings {
+        model: Some(fixture("tiny-llama")),
+        data: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/parity_train.jsonl")),
+        out: Some(out.to_path_buf()),
+        rank: Some(8),
+        batch_size: Some(2),
+        grad_accum: Some(2),
+        max_steps: Some(20),
+        lr: Some(1e-3),
+        save_steps: Some(10),
+        logging_steps: Some(100),
+        ..TrainSettings::default()
+    };
+    base.overridden_by(extra)
+}
+
+fn trainer(out: &Path, extra: TrainSettings, resume: Option<&Path>) -> Trainer {
+    let config = settings(out, extra).resolve().unwrap();
+    Trainer::new(
+        config,
+        DeviceChoice::Cpu,
+        resume,
+        &mut LogProgress::new(100),
+    )
+    .unwrap()
+}
+
+fn adapter_bits(model: &Llama) -> Vec<Vec<u32>> {
+    model
+        .adapters()
+        .iter()
+        .flat_map(|(_, a)| [a.a.clone(), a.b.clone()])
+        .map(|t| bits(&t.into_data().try_into_vec::<f32>().unwrap()))
+        .collect()
+}
+
+/// Losses of `steps` steps.
+fn losses(t: &mut Trainer, steps: usize) -> Vec<f64> {
+    (0..steps).map(|_| t.step().unwrap().loss).collect()
+}
+
+#[test]
+fn paging_never_changes_the_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut unpaged = trainer(
+        &dir.path().join("a"),
+        TrainSettings {
+            optim: Some("adamw_32bit".into()),
+            ..Default::default()
+        },
+        None,
+    );
+    let mut tiny_budget = trainer(
+        &dir.path().join("b"),
+        TrainSettings {
+            optim: Some("paged_adamw_32bit".into()),
+            optim_device_budget_mb: Some(0.0),
+            ..Default::default()
+        },
+        None,
+    );
+    let mut some_budget = trainer(
+        &dir.path().join("c"),
+        TrainSettings {
+            optim: Some("paged_adamw_32bit".into()),
+            optim_device_budget_mb: Some(0.05),
+            ..Default::default()
+        },
+        None,
+    );
+    let a = losses(&mut unpaged, 20);
+    let b = losses(&mut tiny_budget, 20);
+    let c = losses(&mut some_budget, 20);
+    assert_eq!(a, b);
+    assert_eq!(a, c);
+    assert_eq!(
+        adapter_bits(&unpaged.model),
+        adapter_bits(&tiny_budget.model)
+    );
+    assert_eq!(
+        adapter_bits(&unpaged.model),
+        adapter_bits(&some_budget.model)
+    );
+}
+
+#[test]
+fn eight_bit_states_follow_the_32_bit_curve() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rank 64 makes most adapter matrices large enough (>= 4096 values) for 8-bit states.
+    let common = TrainSettings {
+        rank: Some(64),
+        ..Default::default()
+    };
+    let mut full = trainer(
+        &dir.path().join("a"),
+        TrainSettings {
+            optim: Some("paged_adamw_32bit".into()),
+            ..common.clone()
+        },
+        None,
+    );
+    let mut eight = trainer(
+        &dir.path().join("b"),
+        TrainSettings {
+            optim: Some("paged_adamw_8bit".into()),
+            ..common
+        },
+        None,
+    );
+    let a = losses(&mut full, 20);
+    let b = losses(&mut eight, 20);
+    // The stated tolerance: every loss within 2% of the 32-bit run's.
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 0.02 * x.abs(),
+            "step {}: {x} vs {y}",
+            step + 1
+        );
+    }
+    eprintln!("32-bit losses {a:?}\n8-bit losses  {b:?}");
+}
+
+#[test]
+fn resumed_runs_equal_uninterrupted_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let straight_out = dir.path().join("straight");
+    let mut straight = trainer(&straight_out, TrainSettings::default(), None);
+    let summary = straight
+        .run(&mut LogProgress::new(100), &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!((summary.outcome, summary.steps), (Outcome::Finished, 20));
+
+    // A run killed after step 10 leaves what the straight run left there: checkpoint-10.
+    let checkpoint = Trainer::latest_checkpoint(&straight_out).unwrap();
+    assert!(
+        checkpoint.ends_with("checkpoint-10"),
+        "{}",
+        checkpoint.display()
+    );
+
+    // Resume from step 10's checkpoint of the straight run into a fresh directory.
+    let resume_out = dir.path().join("resumed");
+    std::fs::create_dir_all(&resume_out).unwrap();
+    let mut resumed = trainer(&resume_out, TrainSettings::default(), Some(&checkpoint));
+    assert_eq!(resumed.position().step, 10);
+    let resumed_summary = resumed
+        .run(&mut LogProgress::new(100), &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(resumed_summary.steps, 20);
+
+    let metrics = |dir: &Path| -> Vec<(u64, f64)> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    let straight_losses = metrics(&straight_out);
+    let resumed_losses = metrics(&resume_out);
+    assert_eq!(
+        straight_losses[10..],
+        resumed_losses[..],
+        "losses after the resume point"
+    );
+    assert_eq!(adapter_bits(&straight.model), adapter_bits(&resumed.model));
+    for file in ["adapter_model.safetensors", "adapter_config.json"] {
+        assert_eq!(
+            std::fs::read(straight_out.join(file)).unwrap(),
+            std::fs::read(resume_out.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn interrupt_saves_a_checkpoint_and_resume_finishes_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let settings = TrainSettings {
+        max_steps: Some(6),
+        save_steps: Some(100),
+        ..Default::default()
+    };
+    let stop = AtomicBool::new(true);
+    let mut first = trainer(&out, settings.clone(), None);
+    let summary = first.run(&mut LogProgress::new(100), &stop).unwrap();
+    assert_eq!((summary.outcome, summary.steps), (Outcome::Interrupted, 1));
+    let checkpoint = Trainer::latest_checkpoint(&out).unwrap();
+    assert!(checkpoint.ends_with("checkpoint-1"));
+    let mut resumed = trainer(&out, settings.clone(), Some(&checkpoint));
+    let summary = resumed
+        .run(&mut LogProgress::new(100), &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!((summary.outcome, summary.steps), (Outcome::Finished, 6));
+
+    let other = dir.path().join("straight");
+    let mut straight = trainer(&other, settings, None);
+    straight
+        .run(&mut LogProgress::new(100), &AtomicBool::new(false))
+        .unwrap();
+    assert_eq!(adapter_bits(&straight.model), adapter_bits(&resumed.model));
+}
+
+#[test]
+fn only_adapters_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = trainer(
+        dir.path(),
+        TrainSettings {
+            max_steps: Some(5),
+            ..Default::default()
+        },
+        None,
+    );
+    let snapshot = |m: &Llama| -> Vec<Vec<u32>> {
+        let mut out = vec![bits(
+            &m.embed_tokens
+                .clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap(),
+        )];
+        out.push(bits(
+            &m.norm
+                .weight
+                .clone()
+                .into_data()
+                .try_into_vec::<f32>()
+                .unwrap(),
+        ));
+        for (_, linear) in m.linears() {
+            let w = match &linear.weight {
+                BaseWeight::Nf4(q) => q.dequantize_flat(),
+                BaseWeight::Dense(w) => w.clone().flatten(0, 1),
+                BaseWeight::Nf4BnbCpuBf16(_) => unreachable!(),
+            };
+            out.push(bits(&w.into_data().try_into_vec::<f32>().unwrap()));
+        }
+        for layer in &m.layers {
+            out.push(bits(
+                &layer
+                    .input_layernorm
+                    .weight
+                    .clone()
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .unwrap(),
+            ));
+        }
+        out
+    };
+    let before = snapshot(&t.model);
+    let adapters_before = adapter_bits(&t.model);
+    losses(&mut t, 5);
+    assert_eq!(
+        snapshot(&t.model),
+        before,
+        "base, embeddings and norms are bit-identical"
+    );
+    assert_ne!(
+        adapter_bits(&t.model),
+        adapters_before,
+        "the adapters trained"
+    );
+}
+
+#[test]
+fn bad_configurations_fail_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    for (extra, needle) in [
+        (
+            TrainSettings {
+                lr: Some(-0.1),
+                ..Default::default()
+            },
+            "--lr",
+        ),
+        (
+            TrainSettings {
+                rank: Some(0),
+                ..Default::default()
+            },
+            "--rank",
+        ),
+        (
+            TrainSettings {
+                data: Some("nope.jsonl".into()),
+                ..Default::default()
+            },
+            "nope.jsonl",
+        ),
+        (
+            TrainSettings {
+                optim: Some("sgd".into()),
+                ..Default::default()
+            },
+            "unknown optimizer",
+        ),
+        (
+            TrainSettings {
+                target_modules: Some("q_proj,lm_head".into()),
+                ..Default::default()
+            },
+            "lm_head",
+        ),
+    ] {
+        let result = settings(dir.path(), extra).resolve().and_then(|c| {
+            Trainer::new(c, DeviceChoice::Cpu, None, &mut LogProgress::new(100)).map(|_| ())
+        });
+        let err = result.unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
+    let err = qlora::train::TrainSettings::from_toml_file(&{
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "rank = 8\nlearnig_rate = 1\n").unwrap();
+        p
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("learnig_rate"), "{err}");
+}
