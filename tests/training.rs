@@ -337,3 +337,40 @@ fn bad_configurations_fail_before_any_work() {
     .to_string();
     assert!(err.contains("learnig_rate"), "{err}");
 }
+
+#[test]
+fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    // An absurd learning rate blows the adapters up within a few steps.
+    let settings = TrainSettings {
+        lr: Some(1e30),
+        max_steps: Some(20),
+        save_steps: Some(1),
+        max_grad_norm: Some(0.0),
+        ..Default::default()
+    };
+    let mut t = trainer(&out, settings, None);
+    let err = t
+        .run(&mut LogProgress::new(100), &AtomicBool::new(false))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("stopping") && err.contains("last checkpoint"),
+        "{err}"
+    );
+    let last = Trainer::latest_checkpoint(&out).expect("a checkpoint from before the failure");
+    let step: u64 = last
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .trim_start_matches("checkpoint-")
+        .parse()
+        .unwrap();
+    assert!(step >= 1 && step < 20, "{}", last.display());
+    assert!(
+        !out.join("adapter_model.safetensors").exists(),
+        "no final adapter from a failed run"
+    );
+}
