@@ -122,3 +122,86 @@ fn sharded_output_has_a_valid_index() {
     )
     .unwrap();
 }
+
+#[test]
+fn merged_model_can_be_written_as_nf4() {
+    let dir = tempfile::tempdir().unwrap();
+    let dense = dir.path().join("dense");
+    let nf4 = dir.path().join("nf4");
+    merge_model(
+        &fixture("tiny-llama"),
+        &fixture("tiny-llama-lora"),
+        &dense,
+        &options(MergeBase::Original, FloatDtype::F32),
+    )
+    .unwrap();
+    let mut opts = options(MergeBase::Original, FloatDtype::F32);
+    opts.quantize_nf4 = true;
+    merge_model(
+        &fixture("tiny-llama"),
+        &fixture("tiny-llama-lora"),
+        &nf4,
+        &opts,
+    )
+    .unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(nf4.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["quantization_config"]["bnb_4bit_quant_type"], "nf4");
+    // The NF4 checkpoint holds exactly the quantization of the dense merged weights.
+    let from_nf4 = Llama::load(&nf4, &LoadOptions::default()).unwrap();
+    let quantized_on_load = Llama::load(&dense, &LoadOptions::default()).unwrap();
+    let ids = vec![vec![1u32, 5, 9, 200, 3]];
+    let a: Vec<f32> = from_nf4
+        .forward(&ids, None, None)
+        .unwrap()
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let b: Vec<f32> = quantized_on_load
+        .forward(&ids, None, None)
+        .unwrap()
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn merge_refuses_mismatched_adapters_and_existing_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let err = merge_model(
+        &fixture("tiny-llama"),
+        &fixture("tiny-llama-lora"),
+        &out,
+        &options(MergeBase::Original, FloatDtype::F32),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("--force"), "{err}");
+    // An adapter for a model with other shapes.
+    let other = dir.path().join("other");
+    qlora::synthetic::SyntheticModel {
+        vocab_size: 1024,
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        tie_word_embeddings: false,
+    }
+    .write(&other, 1)
+    .unwrap();
+    let err = merge_model(
+        &other,
+        &fixture("tiny-llama-lora"),
+        &dir.path().join("x"),
+        &options(MergeBase::Original, FloatDtype::F32),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("lora_A") && err.to_string().contains("expected"),
+        "{err}"
+    );
+    assert!(!dir.path().join("x").exists());
+}

@@ -368,7 +368,7 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint() {
         .trim_start_matches("checkpoint-")
         .parse()
         .unwrap();
-    assert!(step >= 1 && step < 20, "{}", last.display());
+    assert!((1..20).contains(&step), "{}", last.display());
     assert!(
         !out.join("adapter_model.safetensors").exists(),
         "no final adapter from a failed run"

@@ -60,7 +60,7 @@ fn training_halves_the_eval_loss_and_the_adapter_merges() {
         .expect(&stderr);
     // "trained 40 steps, eval loss B before, A after; adapter in ..."
     let numbers: Vec<f64> = line
-        .split(|c: char| c == ' ' || c == ',' || c == ';')
+        .split([' ', ',', ';'])
         .filter_map(|w| w.parse().ok())
         .collect();
     let (before, after) = (numbers[1], numbers[2]);
