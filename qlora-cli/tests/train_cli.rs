@@ -157,7 +157,7 @@ fn bad_training_configurations_fail_fast() {
         path(&out),
     ];
     for (extra, needle) in [
-        (vec!["--lr", "-1"], "--lr"),
+        (vec!["--lr=-1"], "--lr"),
         (vec!["--rank", "0"], "--rank"),
         (vec!["--optim", "sgd"], "unknown optimizer"),
     ] {
