@@ -3,6 +3,7 @@
 mod data_args;
 mod eval;
 mod generate;
+mod import_gguf;
 mod merge;
 mod model_args;
 mod quantize;
@@ -35,6 +36,8 @@ enum Command {
     Train(Box<train::TrainArgs>),
     /// Merge a LoRA adapter into the base weights as a model transformers loads.
     Merge(merge::MergeArgs),
+    /// Convert a GGUF file (llama.cpp) into a Hugging Face model directory.
+    ImportGguf(import_gguf::ImportGgufArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Train(args) => train::run(*args),
         Command::Merge(args) => merge::run(args),
+        Command::ImportGguf(args) => import_gguf::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,6 +5,7 @@ use anyhow::{Result, bail};
 use bytesize::ByteSize;
 use clap::Args;
 use qlora_core::FloatDtype;
+use qlora_core::gguf::resolve_model;
 use qlora_core::merge::{MergeBase, MergeOptions, merge_model};
 
 #[derive(Args)]
@@ -53,7 +54,12 @@ pub fn run(args: MergeArgs) -> Result<()> {
         overwrite: args.force,
     };
     let start = Instant::now();
-    let report = merge_model(&args.model, &args.adapter, &args.out, &options)?;
+    let report = merge_model(
+        &resolve_model(&args.model)?,
+        &args.adapter,
+        &args.out,
+        &options,
+    )?;
     eprintln!(
         "merged {} adapters into the {} base, wrote {} ({}) in {:.1}s to {}",
         report.merged,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 use qlora_core::device::DeviceChoice;
+use qlora_core::gguf::resolve_model;
 use qlora_core::lora::load_adapter;
 use qlora_core::model::{Bits, Llama, LoadOptions, Nf4Matmul};
 use qlora_core::quant::Nf4Config;
@@ -12,7 +13,8 @@ use qlora_core::text::Tokenizer;
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, safetensors, tokenizer.json).
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json), or a GGUF
+    /// file (imported into the cache on first use).
     #[arg(long)]
     pub model: PathBuf,
     /// Precision of the frozen base: 4 (NF4 with double quantization) or 16 (dense).
@@ -33,14 +35,15 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn load(&self) -> Result<(Llama, Tokenizer)> {
-        let tokenizer = Tokenizer::load(&self.model)?;
+        let dir = resolve_model(&self.model)?;
+        let tokenizer = Tokenizer::load(&dir)?;
         let options = LoadOptions {
             bits: self.bits,
             nf4: Nf4Config::default(),
             nf4_matmul: self.nf4_matmul,
             device: self.device.device()?,
         };
-        let mut model = Llama::load(&self.model, &options)
+        let mut model = Llama::load(&dir, &options)
             .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
         if let Some(adapter) = &self.adapter {
             load_adapter(&mut model, adapter)

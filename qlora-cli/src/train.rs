@@ -7,6 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use qlora_core::device::DeviceChoice;
+use qlora_core::gguf::resolve_model;
 use qlora_core::train::{LogProgress, Outcome, Progress, StepMetrics, TrainSettings, Trainer};
 
 /// Every flag is optional here so that `--config FILE.toml` can supply it; defaults (the QLoRA
@@ -16,7 +17,7 @@ pub struct TrainArgs {
     /// TOML file with the same keys as the flags (dashes as underscores); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Hugging Face model directory.
+    /// Hugging Face model directory, or a GGUF file (imported into the cache on first use).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Training data (JSON Lines or JSON array).
@@ -224,7 +225,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
         Some(path) => TrainSettings::from_toml_file(path)?,
         None => TrainSettings::default(),
     };
-    let config = from_file.overridden_by(args.settings()).resolve()?;
+    let mut config = from_file.overridden_by(args.settings()).resolve()?;
+    config.model = resolve_model(&config.model)?;
     let out = config.out.clone();
     let resume = match args.resume.as_deref() {
         None => None,

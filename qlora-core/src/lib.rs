@@ -4,6 +4,7 @@
 //! - [`checkpoint`]: Hugging Face safetensors checkpoints, single or sharded.
 //! - [`quantize_model`]: turn a Hugging Face model directory into a bitsandbytes 4-bit one.
 //! - [`model`]: the LLaMA-family decoder on Burn, loaded dense, NF4, or from bitsandbytes.
+//! - [`gguf`]: import llama.cpp GGUF files as Hugging Face model directories.
 //! - [`text`]: tokenizer and chat templates; [`generate`] and [`eval`] use them.
 
 pub mod backend;
@@ -15,6 +16,7 @@ pub mod dtype;
 pub mod error;
 pub mod eval;
 pub mod generate;
+pub mod gguf;
 pub mod lora;
 pub mod merge;
 pub mod model;

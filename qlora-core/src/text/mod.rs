@@ -4,4 +4,7 @@ mod chat_template;
 mod tokenizer;
 
 pub use chat_template::{ChatTemplate, Message};
-pub use tokenizer::{Encoded, Tokenizer};
+pub use tokenizer::{
+    CHAT_TEMPLATE_FILE, Encoded, GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
+    Tokenizer,
+};

@@ -1,0 +1,325 @@
+//! A GGUF file (llama.cpp's format): typed metadata, a tensor table, and ggml-quantized data.
+//!
+//! The container is read by `candle-core`'s GGUF reader (versions 1 to 3, bounds-checked) over a
+//! memory map, and tensors are dequantized to f32 with its ggml block formats, one at a time.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use candle_core::quantized::GgmlDType;
+use candle_core::quantized::gguf_file::{Content, TensorInfo, Value, VersionedMagic};
+
+use crate::error::{Error, Result};
+
+/// The ggml tensor types the importer dequantizes.
+pub const SUPPORTED_TYPES: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K";
+
+pub struct GgufFile {
+    path: PathBuf,
+    map: memmap2::Mmap,
+    content: Content,
+}
+
+/// The name ggml gives a tensor type.
+pub fn type_name(dtype: GgmlDType) -> &'static str {
+    match dtype {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
+}
+
+fn supported(dtype: GgmlDType) -> bool {
+    !matches!(
+        dtype,
+        GgmlDType::Q8_1 | GgmlDType::Q2K | GgmlDType::Q3K | GgmlDType::Q8K
+    )
+}
+
+/// Dequantize `data` holding ggml blocks of `dtype` into `len` f32 values.
+pub fn dequantize_blocks(dtype: GgmlDType, data: &[u8], len: usize) -> Result<Vec<f32>> {
+    if !supported(dtype) {
+        return Err(Error::invalid(format!(
+            "ggml type {} is not supported (supported: {SUPPORTED_TYPES})",
+            type_name(dtype)
+        )));
+    }
+    let expected = byte_len(dtype, len)?;
+    if data.len() != expected {
+        return Err(Error::invalid(format!(
+            "{} data of {} bytes, expected {expected} for {len} values",
+            type_name(dtype),
+            data.len()
+        )));
+    }
+    let tensor =
+        candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, data, vec![len], &Device::Cpu)
+            .and_then(|q| q.dequantize(&Device::Cpu))
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(|e| Error::invalid(format!("cannot dequantize {}: {e}", type_name(dtype))))?;
+    Ok(tensor)
+}
+
+/// Bytes that `len` values of `dtype` take; an error when `len` is not whole blocks.
+pub fn byte_len(dtype: GgmlDType, len: usize) -> Result<usize> {
+    let block = dtype.block_size();
+    if !len.is_multiple_of(block) {
+        return Err(Error::invalid(format!(
+            "{len} values are not whole {} blocks of {block}",
+            type_name(dtype)
+        )));
+    }
+    Ok(len / block * dtype.type_size())
+}
+
+impl GgufFile {
+    /// Open and check a GGUF file: header, metadata, and that every tensor is of a supported
+    /// type and lies inside the file.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+        // SAFETY: the map is read-only; like every reader of model files we assume nobody
+        // truncates the file while it is open.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
+        let content = Content::read(&mut Cursor::new(&map[..])).map_err(|e| {
+            Error::file(
+                &path,
+                format!(
+                    "not a readable GGUF file: {e} (supported tensor types: {SUPPORTED_TYPES})"
+                ),
+            )
+        })?;
+        let gguf = GgufFile { path, map, content };
+        for name in gguf.tensor_names() {
+            let info = &gguf.content.tensor_infos[name];
+            if !supported(info.ggml_dtype) {
+                return Err(Error::key(
+                    &gguf.path,
+                    name,
+                    format!(
+                        "tensor type {} is not supported (supported: {SUPPORTED_TYPES})",
+                        type_name(info.ggml_dtype)
+                    ),
+                ));
+            }
+            let bytes = byte_len(info.ggml_dtype, info.shape.elem_count())
+                .map_err(|e| Error::key(&gguf.path, name, e))?;
+            let start = gguf.content.tensor_data_offset + info.offset;
+            if start + bytes as u64 > gguf.map.len() as u64 {
+                return Err(Error::key(
+                    &gguf.path,
+                    name,
+                    format!(
+                        "tensor data ({bytes} bytes at offset {start}) runs past the end of the file ({} bytes): truncated?",
+                        gguf.map.len()
+                    ),
+                ));
+            }
+        }
+        Ok(gguf)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn version(&self) -> u32 {
+        match self.content.magic {
+            VersionedMagic::GgufV1 => 1,
+            VersionedMagic::GgufV2 => 2,
+            VersionedMagic::GgufV3 => 3,
+        }
+    }
+
+    pub fn value(&self, key: &str) -> Option<&Value> {
+        self.content.metadata.get(key)
+    }
+
+    fn wrong_type(&self, key: &str, expected: &str, value: &Value) -> Error {
+        Error::key(
+            &self.path,
+            key,
+            format!("expected {expected}, found {:?}", value.value_type()),
+        )
+    }
+
+    /// An integer of any width.
+    pub fn integer(&self, key: &str) -> Result<Option<i64>> {
+        let Some(value) = self.value(key) else {
+            return Ok(None);
+        };
+        let n = match value {
+            Value::U8(v) => *v as i64,
+            Value::I8(v) => *v as i64,
+            Value::U16(v) => *v as i64,
+            Value::I16(v) => *v as i64,
+            Value::U32(v) => *v as i64,
+            Value::I32(v) => *v as i64,
+            Value::U64(v) => {
+                i64::try_from(*v).map_err(|_| self.wrong_type(key, "an i64", value))?
+            }
+            Value::I64(v) => *v,
+            other => return Err(self.wrong_type(key, "an integer", other)),
+        };
+        Ok(Some(n))
+    }
+
+    /// A count or size: a non-negative integer.
+    pub fn usize(&self, key: &str) -> Result<Option<usize>> {
+        match self.integer(key)? {
+            None => Ok(None),
+            Some(n) => usize::try_from(n)
+                .map(Some)
+                .map_err(|_| Error::key(&self.path, key, format!("expected a count, found {n}"))),
+        }
+    }
+
+    pub fn require_usize(&self, key: &str) -> Result<usize> {
+        self.usize(key)?
+            .ok_or_else(|| Error::key(&self.path, key, "missing metadata"))
+    }
+
+    pub fn float(&self, key: &str) -> Result<Option<f64>> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::F32(v)) => Ok(Some(*v as f64)),
+            Some(Value::F64(v)) => Ok(Some(*v)),
+            Some(other) => Err(self.wrong_type(key, "a float", other)),
+        }
+    }
+
+    pub fn bool(&self, key: &str) -> Result<Option<bool>> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::Bool(v)) => Ok(Some(*v)),
+            Some(other) => Err(self.wrong_type(key, "a bool", other)),
+        }
+    }
+
+    pub fn string(&self, key: &str) -> Result<Option<&str>> {
+        match self.value(key) {
+            None => Ok(None),
+            Some(Value::String(v)) => Ok(Some(v)),
+            Some(other) => Err(self.wrong_type(key, "a string", other)),
+        }
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        let Some(value) = self.value(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = value else {
+            return Err(self.wrong_type(key, "an array of strings", value));
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => Ok(s.as_str()),
+                other => Err(self.wrong_type(key, "an array of strings", other)),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    pub fn integers(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        let Some(value) = self.value(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = value else {
+            return Err(self.wrong_type(key, "an array of integers", value));
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                Value::I32(n) => Ok(*n as i64),
+                Value::U32(n) => Ok(*n as i64),
+                Value::I8(n) => Ok(*n as i64),
+                Value::U8(n) => Ok(*n as i64),
+                Value::I16(n) => Ok(*n as i64),
+                Value::U16(n) => Ok(*n as i64),
+                Value::I64(n) => Ok(*n),
+                other => Err(self.wrong_type(key, "an array of integers", other)),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    pub fn floats(&self, key: &str) -> Result<Option<Vec<f32>>> {
+        let Some(value) = self.value(key) else {
+            return Ok(None);
+        };
+        let Value::Array(items) = value else {
+            return Err(self.wrong_type(key, "an array of floats", value));
+        };
+        items
+            .iter()
+            .map(|v| match v {
+                Value::F32(x) => Ok(*x),
+                Value::F64(x) => Ok(*x as f32),
+                other => Err(self.wrong_type(key, "an array of floats", other)),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Tensor names in sorted order.
+    pub fn tensor_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .content
+            .tensor_infos
+            .keys()
+            .map(String::as_str)
+            .collect();
+        names.sort_unstable();
+        names
+    }
+
+    fn info(&self, name: &str) -> Result<&TensorInfo> {
+        self.content
+            .tensor_infos
+            .get(name)
+            .ok_or_else(|| Error::key(&self.path, name, "missing tensor"))
+    }
+
+    pub fn has_tensor(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
+    /// Shape in row-major (PyTorch) order: GGUF lists dimensions fastest first.
+    pub fn shape(&self, name: &str) -> Result<Vec<usize>> {
+        Ok(self.info(name)?.shape.dims().to_vec())
+    }
+
+    pub fn tensor_type(&self, name: &str) -> Result<GgmlDType> {
+        Ok(self.info(name)?.ggml_dtype)
+    }
+
+    /// The raw ggml blocks of a tensor.
+    pub fn raw(&self, name: &str) -> Result<&[u8]> {
+        let info = self.info(name)?;
+        let len = byte_len(info.ggml_dtype, info.shape.elem_count())
+            .map_err(|e| Error::key(&self.path, name, e))?;
+        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        Ok(&self.map[start..start + len])
+    }
+
+    /// A tensor dequantized to f32, row-major.
+    pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
+        let info = self.info(name)?;
+        dequantize_blocks(info.ggml_dtype, self.raw(name)?, info.shape.elem_count())
+            .map_err(|e| Error::key(&self.path, name, e))
+    }
+}

@@ -1,0 +1,220 @@
+//! GGUF file → Hugging Face LLaMA model directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::config::{ROPE_FREQS_TENSOR, llama_config};
+use super::file::GgufFile;
+use super::tokenizer::tokenizer_files;
+use crate::FloatDtype;
+use crate::checkpoint::{OutTensor, write_safetensors};
+use crate::config::CONFIG_FILE;
+use crate::dtype::encode_f32;
+use crate::error::{Error, Result};
+use crate::quantize_model::write_json;
+use crate::staged_dir::StagedDir;
+use crate::text::{GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    /// Dtype of the written weights. bf16 (the default) is what transformers makes of a GGUF
+    /// (its dequantized values rounded to bf16); f32 keeps the dequantized values exactly.
+    pub dtype: FloatDtype,
+    pub max_shard_bytes: usize,
+    pub overwrite: bool,
+}
+
+impl Default for ImportOptions {
+    fn default() -> Self {
+        ImportOptions {
+            dtype: FloatDtype::BF16,
+            max_shard_bytes: 5_000_000_000,
+            overwrite: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ImportSummary {
+    pub out_dir: PathBuf,
+    pub tensors: usize,
+    pub parameters: usize,
+    /// Count of tensors per ggml type, e.g. ("Q4_1", 210).
+    pub types: BTreeMap<&'static str, usize>,
+}
+
+/// Where llama.cpp's rotary permutation applies, and with how many heads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rotary {
+    None,
+    Query,
+    Key,
+}
+
+/// The Hugging Face name of a GGUF tensor of a LLaMA model.
+fn hf_name(name: &str) -> Option<(String, Rotary)> {
+    let fixed = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(fixed) = fixed {
+        return Some((fixed.to_string(), Rotary::None));
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = rest.split_once('.')?;
+    if suffix != "weight" && suffix != "bias" {
+        return None;
+    }
+    let (target, rotary) = match module {
+        "attn_norm" => ("input_layernorm", Rotary::None),
+        "ffn_norm" => ("post_attention_layernorm", Rotary::None),
+        "attn_q" => ("self_attn.q_proj", Rotary::Query),
+        "attn_k" => ("self_attn.k_proj", Rotary::Key),
+        "attn_v" => ("self_attn.v_proj", Rotary::None),
+        "attn_output" => ("self_attn.o_proj", Rotary::None),
+        "ffn_gate" => ("mlp.gate_proj", Rotary::None),
+        "ffn_up" => ("mlp.up_proj", Rotary::None),
+        "ffn_down" => ("mlp.down_proj", Rotary::None),
+        _ => return None,
+    };
+    Some((format!("model.layers.{layer}.{target}.{suffix}"), rotary))
+}
+
+/// Undo llama.cpp's permutation of q/k rows: within each head, the converter interleaved the
+/// two rotary halves (row 2i+j holds Hugging Face row j*head_dim/2 + i).
+pub fn unpermute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
+    let cols = values.len() / rows;
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let hf = h * head_dim + j * half + i;
+                let gg = h * head_dim + 2 * i + j;
+                out[hf * cols..(hf + 1) * cols]
+                    .copy_from_slice(&values[gg * cols..(gg + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// Write `gguf_path` as a Hugging Face model directory `out_dir`. Tensors are dequantized one
+/// at a time while writing, so memory stays near the largest tensor.
+pub fn import_gguf(
+    gguf_path: impl AsRef<Path>,
+    out_dir: impl AsRef<Path>,
+    options: &ImportOptions,
+) -> Result<ImportSummary> {
+    let gguf = GgufFile::open(gguf_path.as_ref())?;
+    if !matches!(
+        options.dtype,
+        FloatDtype::F32 | FloatDtype::BF16 | FloatDtype::F16
+    ) {
+        return Err(Error::invalid("--dtype must be f32, bf16 or f16"));
+    }
+    let config = llama_config(&gguf, options.dtype)?;
+    let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
+    let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
+    let tokenizer = tokenizer_files(&gguf)?;
+
+    let failure: Mutex<Option<Error>> = Mutex::new(None);
+    let mut tensors = BTreeMap::new();
+    let mut summary = ImportSummary {
+        out_dir: out_dir.as_ref().to_path_buf(),
+        tensors: 0,
+        parameters: 0,
+        types: BTreeMap::new(),
+    };
+    for name in gguf.tensor_names() {
+        if name == ROPE_FREQS_TENSOR {
+            continue; // folded into config.json's rope_scaling
+        }
+        let (target, rotary) = hf_name(name).ok_or_else(|| {
+            Error::key(
+                gguf.path(),
+                name,
+                "not a tensor of a LLaMA model (unsupported architecture variant?)",
+            )
+        })?;
+        let shape = gguf.shape(name)?;
+        let heads = match rotary {
+            Rotary::None => 0,
+            Rotary::Query => heads,
+            Rotary::Key => kv_heads,
+        };
+        if heads > 0 && (shape[0] % heads != 0 || (shape[0] / heads) % 2 != 0) {
+            return Err(Error::key(
+                gguf.path(),
+                name,
+                format!(
+                    "{} rows do not split into {heads} heads of even size",
+                    shape[0]
+                ),
+            ));
+        }
+        *summary
+            .types
+            .entry(super::file::type_name(gguf.tensor_type(name)?))
+            .or_default() += 1;
+        summary.tensors += 1;
+        summary.parameters += shape.iter().product::<usize>();
+
+        let (gguf, failure, dtype) = (&gguf, &failure, options.dtype);
+        let rows = shape[0];
+        let len = shape.iter().product::<usize>() * dtype.size();
+        let produce = move || -> Vec<u8> {
+            let values = match gguf.dequantize(name) {
+                Ok(v) => v,
+                Err(e) => {
+                    // The writer cannot fail from here: fill, record, and fail after it.
+                    failure.lock().expect("lock").get_or_insert(e);
+                    return vec![0; len];
+                }
+            };
+            let values = if heads > 0 {
+                unpermute_rows(&values, rows, heads)
+            } else {
+                values
+            };
+            encode_f32(&values, dtype)
+        };
+        tensors.insert(target, OutTensor::lazy(dtype.safetensors(), shape, produce));
+    }
+    if !tensors.contains_key("model.embed_tokens.weight") {
+        return Err(Error::key(
+            gguf.path(),
+            "token_embd.weight",
+            "missing tensor",
+        ));
+    }
+
+    let staged = StagedDir::new(out_dir.as_ref(), options.overwrite)?;
+    write_safetensors(staged.path(), tensors, options.max_shard_bytes)?;
+    if let Some(error) = failure.lock().expect("lock").take() {
+        return Err(error); // the staged directory is removed
+    }
+
+    write_json(&staged.path().join(CONFIG_FILE), &config)?;
+    let tokenizer_path = staged.path().join(TOKENIZER_FILE);
+    tokenizer
+        .tokenizer
+        .save(&tokenizer_path, false)
+        .map_err(|e| Error::file(&tokenizer_path, format!("cannot write tokenizer: {e}")))?;
+    write_json(
+        &staged.path().join(TOKENIZER_CONFIG_FILE),
+        &tokenizer.tokenizer_config,
+    )?;
+    write_json(
+        &staged.path().join(GENERATION_CONFIG_FILE),
+        &tokenizer.generation_config,
+    )?;
+    staged.commit()?;
+    Ok(summary)
+}

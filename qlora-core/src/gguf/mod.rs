@@ -1,0 +1,12 @@
+//! GGUF (llama.cpp) models: read the file, dequantize its ggml blocks, and import it as a
+//! Hugging Face LLaMA directory the rest of the toolkit loads.
+
+pub mod cache;
+pub mod config;
+pub mod file;
+pub mod import;
+pub mod tokenizer;
+
+pub use cache::resolve_model;
+pub use file::GgufFile;
+pub use import::{ImportOptions, ImportSummary, import_gguf};
