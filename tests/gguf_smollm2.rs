@@ -114,7 +114,9 @@ fn weights_logits_and_greedy_text_match_transformers() {
     )
     .unwrap();
     let prompt = ids(&facts["chat_prompt_ids"]);
-    let logits = model.forward(std::slice::from_ref(&prompt), None, None).unwrap();
+    let logits = model
+        .forward(std::slice::from_ref(&prompt), None, None)
+        .unwrap();
     let [_, seq, vocab] = logits.dims();
     let last: Vec<f32> = logits
         .narrow(1, seq - 1, 1)

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
+use super::file::GgufFile;
 use super::import::{ImportOptions, import_gguf};
 use crate::config::CONFIG_FILE;
 use crate::error::{Error, Result};
@@ -55,8 +56,10 @@ pub fn resolve_model(path: impl AsRef<Path>) -> Result<PathBuf> {
     if dir.join(CONFIG_FILE).is_file() {
         return Ok(dir);
     }
+    // A file that is not a usable GGUF fails here, before anything is announced or written.
+    GgufFile::open(path)?;
     eprintln!(
-        "importing {} into {} (once; `qlora import-gguf` chooses the dtype)",
+        "importing {} into the cache at {} (first use only)",
         path.display(),
         dir.display(),
     );

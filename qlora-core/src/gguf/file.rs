@@ -49,6 +49,14 @@ fn supported(dtype: GgmlDType) -> bool {
     )
 }
 
+/// candle's message without the backtrace it attaches when RUST_BACKTRACE is set.
+fn candle_message(error: candle_core::Error) -> String {
+    match error {
+        candle_core::Error::WithBacktrace { inner, .. } => candle_message(*inner),
+        other => other.to_string(),
+    }
+}
+
 /// Dequantize `data` holding ggml blocks of `dtype` into `len` f32 values.
 pub fn dequantize_blocks(dtype: GgmlDType, data: &[u8], len: usize) -> Result<Vec<f32>> {
     if !supported(dtype) {
@@ -69,7 +77,13 @@ pub fn dequantize_blocks(dtype: GgmlDType, data: &[u8], len: usize) -> Result<Ve
         candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, data, vec![len], &Device::Cpu)
             .and_then(|q| q.dequantize(&Device::Cpu))
             .and_then(|t| t.to_vec1::<f32>())
-            .map_err(|e| Error::invalid(format!("cannot dequantize {}: {e}", type_name(dtype))))?;
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "cannot dequantize {}: {}",
+                    type_name(dtype),
+                    candle_message(e)
+                ))
+            })?;
     Ok(tensor)
 }
 
@@ -98,7 +112,8 @@ impl GgufFile {
             Error::file(
                 &path,
                 format!(
-                    "not a readable GGUF file: {e} (supported tensor types: {SUPPORTED_TYPES})"
+                    "not a readable GGUF file: {} (supported tensor types: {SUPPORTED_TYPES})",
+                    candle_message(e)
                 ),
             )
         })?;
@@ -339,7 +354,10 @@ mod tests {
     fn float_types() {
         let values = [1.5f32, -2.25, 0.0, 3.0e-3];
         let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(dequantize_blocks(GgmlDType::F32, &f32_bytes, 4).unwrap(), values);
+        assert_eq!(
+            dequantize_blocks(GgmlDType::F32, &f32_bytes, 4).unwrap(),
+            values
+        );
         let f16: Vec<u8> = values.iter().flat_map(|v| f16_bytes(*v)).collect();
         let back = dequantize_blocks(GgmlDType::F16, &f16, 4).unwrap();
         assert_eq!(back[..2], [1.5, -2.25]);
@@ -458,7 +476,10 @@ mod tests {
         let err = dequantize_blocks(GgmlDType::Q2K, &[0u8; 84], 256)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("Q2_K") && err.contains("not supported"), "{err}");
+        assert!(
+            err.contains("Q2_K") && err.contains("not supported"),
+            "{err}"
+        );
         assert!(dequantize_blocks(GgmlDType::Q8_0, &[0u8; 33], 32).is_err());
         assert!(byte_len(GgmlDType::Q4_0, 33).is_err());
     }
