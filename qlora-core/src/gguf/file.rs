@@ -232,62 +232,52 @@ impl GgufFile {
         }
     }
 
-    pub fn strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
+    /// An array whose every element `item` accepts; `expected` names it in errors.
+    fn array<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &str,
+        item: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
         let Some(value) = self.value(key) else {
             return Ok(None);
         };
         let Value::Array(items) = value else {
-            return Err(self.wrong_type(key, "an array of strings", value));
+            return Err(self.wrong_type(key, expected, value));
         };
         items
             .iter()
-            .map(|v| match v {
-                Value::String(s) => Ok(s.as_str()),
-                other => Err(self.wrong_type(key, "an array of strings", other)),
-            })
+            .map(|v| item(v).ok_or_else(|| self.wrong_type(key, expected, v)))
             .collect::<Result<Vec<_>>>()
             .map(Some)
+    }
+
+    pub fn strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        self.array(key, "an array of strings", |v| match v {
+            Value::String(s) => Some(s.as_str()),
+            _ => None,
+        })
     }
 
     pub fn integers(&self, key: &str) -> Result<Option<Vec<i64>>> {
-        let Some(value) = self.value(key) else {
-            return Ok(None);
-        };
-        let Value::Array(items) = value else {
-            return Err(self.wrong_type(key, "an array of integers", value));
-        };
-        items
-            .iter()
-            .map(|v| match v {
-                Value::I32(n) => Ok(*n as i64),
-                Value::U32(n) => Ok(*n as i64),
-                Value::I8(n) => Ok(*n as i64),
-                Value::U8(n) => Ok(*n as i64),
-                Value::I16(n) => Ok(*n as i64),
-                Value::U16(n) => Ok(*n as i64),
-                Value::I64(n) => Ok(*n),
-                other => Err(self.wrong_type(key, "an array of integers", other)),
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.array(key, "an array of integers", |v| match v {
+            Value::I8(n) => Some(*n as i64),
+            Value::U8(n) => Some(*n as i64),
+            Value::I16(n) => Some(*n as i64),
+            Value::U16(n) => Some(*n as i64),
+            Value::I32(n) => Some(*n as i64),
+            Value::U32(n) => Some(*n as i64),
+            Value::I64(n) => Some(*n),
+            _ => None,
+        })
     }
 
     pub fn floats(&self, key: &str) -> Result<Option<Vec<f32>>> {
-        let Some(value) = self.value(key) else {
-            return Ok(None);
-        };
-        let Value::Array(items) = value else {
-            return Err(self.wrong_type(key, "an array of floats", value));
-        };
-        items
-            .iter()
-            .map(|v| match v {
-                Value::F32(x) => Ok(*x),
-                Value::F64(x) => Ok(*x as f32),
-                other => Err(self.wrong_type(key, "an array of floats", other)),
-            })
-            .collect::<Result<Vec<_>>>()
-            .map(Some)
+        self.array(key, "an array of floats", |v| match v {
+            Value::F32(x) => Some(*x),
+            Value::F64(x) => Some(*x as f32),
+            _ => None,
+        })
     }
 
     /// Tensor names in sorted order.
