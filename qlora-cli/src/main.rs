@@ -6,6 +6,7 @@ mod generate;
 mod import_gguf;
 mod merge;
 mod model_args;
+mod plan;
 mod quantize;
 mod train;
 
@@ -38,6 +39,8 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Convert a GGUF file (llama.cpp) into a Hugging Face model directory.
     ImportGguf(import_gguf::ImportGgufArgs),
+    /// Plan the peak memory of a training run before loading anything.
+    Plan(plan::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(*args),
         Command::Merge(args) => merge::run(args),
         Command::ImportGguf(args) => import_gguf::run(args),
+        Command::Plan(args) => plan::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,6 +20,7 @@ pub mod gguf;
 pub mod lora;
 pub mod merge;
 pub mod model;
+pub mod plan;
 pub mod quant;
 pub mod quantize_model;
 pub mod staged_dir;
