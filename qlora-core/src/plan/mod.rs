@@ -83,7 +83,7 @@ pub struct MemoryPlan {
 
 /// How many tensors of each kind are alive at the peak, fitted to the peak heap of our
 /// training step on CPU (`examples/plan_check.rs`: three model shapes, sequence 256 and 1024,
-/// checkpointing on and off, all within 7%).
+/// checkpointing on and off, all within 10%).
 mod keep {
     /// Per token and decoder layer, in units of the MLP's intermediate size: the forward
     /// intermediates autodiff keeps and the gradients being formed. Hidden- and query-sized
@@ -97,6 +97,8 @@ mod keep {
     pub const DEQUANTIZED: f64 = 2.0;
     /// Copies of the LoRA gradients.
     pub const GRADIENTS: f64 = 1.0;
+    /// Tokenizer, dataset, batches and bookkeeping, whatever the model.
+    pub const WORKSPACE: u64 = 3 << 20;
 }
 
 /// Bytes of an NF4 tensor with double quantization at block 64: packed codes, 8-bit absmax,
@@ -268,6 +270,12 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
             Bits::Sixteen => 0,
         },
         detail: "the largest projection, dense for one matmul".into(),
+    });
+
+    items.push(PlanItem {
+        key: "workspace",
+        bytes: keep::WORKSPACE,
+        detail: "tokenizer, data, batches".into(),
     });
 
     let peak_bytes = items.iter().map(|i| i.bytes).sum();
