@@ -4,9 +4,7 @@
 //!
 //! Run: `cargo run --release --example plan_check`
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use qlora::config::LlamaConfig;
 use qlora::device::DeviceChoice;
@@ -14,29 +12,13 @@ use qlora::plan::{PlanSettings, plan};
 use qlora::synthetic::SyntheticModel;
 use qlora::train::{LogProgress, TrainSettings, Trainer};
 
-struct Counting;
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+#[path = "../tests/common/alloc.rs"]
+mod alloc;
 
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+use alloc::{Counting, mib, peak_during};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
-
-const MIB: f64 = 1024.0 * 1024.0;
 
 /// A model directory: a synthetic checkpoint with the fixture's tokenizer (ids < 1024).
 fn model_dir(root: &Path, name: &str, shape: Option<SyntheticModel>) -> std::path::PathBuf {
@@ -68,16 +50,14 @@ fn measure(model: &Path, data: &Path, out: &Path, seq: usize, checkpointing: boo
         ..TrainSettings::default()
     };
     let config = settings.resolve().expect("settings");
-    let base = CURRENT.load(Ordering::SeqCst);
-    PEAK.store(base, Ordering::SeqCst);
-    let mut progress = LogProgress::new(1000);
-    let mut trainer =
-        Trainer::new(config, DeviceChoice::Cpu, None, &mut progress).expect("trainer");
-    for _ in 0..2 {
-        trainer.step().expect("step");
-    }
-    let peak = PEAK.load(Ordering::SeqCst) - base;
-    drop(trainer);
+    let ((), peak) = peak_during(|| {
+        let mut progress = LogProgress::new(1000);
+        let mut trainer =
+            Trainer::new(config, DeviceChoice::Cpu, None, &mut progress).expect("trainer");
+        for _ in 0..2 {
+            trainer.step().expect("step");
+        }
+    });
     peak
 }
 
@@ -128,8 +108,8 @@ fn main() {
             println!(
                 "{name:<14} {seq:>5} {:>6} {:>12.1} {:>12.1} {ratio:>7.3}",
                 if checkpointing { "on" } else { "off" },
-                planned as f64 / MIB,
-                measured as f64 / MIB,
+                mib(planned as usize),
+                mib(measured),
             );
         }
     }

@@ -19,15 +19,7 @@ use crate::error::{Error, Result};
 use crate::model::Bits;
 
 /// The seven LLaMA projections LoRA adapts by default.
-pub const ALL_LINEAR: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
+pub use crate::lora::LLAMA_PROJECTIONS as ALL_LINEAR;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanSettings {
