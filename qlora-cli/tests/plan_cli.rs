@@ -1,19 +1,9 @@
 //! `qlora plan` as a user runs it: presets without weights, the fit verdict with suggestions,
 //! the documented JSON keys, and one-line errors.
 
-use std::process::Command;
+mod common;
 
-fn qlora(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_qlora"))
-        .args(args)
-        .output()
-        .expect("run qlora");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use common::qlora;
 
 #[test]
 fn presets_plan_without_weights_and_json_is_stable() {

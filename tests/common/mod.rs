@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod alloc;
+pub mod training_peak;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::file::GgufFile;
-use super::import::{ImportOptions, import_gguf};
+use super::import::{ImportOptions, import_gguf_file};
 use crate::config::CONFIG_FILE;
 use crate::error::{Error, Result};
 
@@ -57,13 +57,13 @@ pub fn resolve_model(path: impl AsRef<Path>) -> Result<PathBuf> {
         return Ok(dir);
     }
     // A file that is not a usable GGUF fails here, before anything is announced or written.
-    GgufFile::open(path)?;
+    let gguf = GgufFile::open(path)?;
     eprintln!(
         "importing {} into the cache at {} (first use only)",
         path.display(),
         dir.display(),
     );
-    match import_gguf(path, &dir, &ImportOptions::default()) {
+    match import_gguf_file(&gguf, &dir, &ImportOptions::default()) {
         Ok(_) => Ok(dir),
         // Another process finished the same import first.
         Err(_) if dir.join(CONFIG_FILE).is_file() => Ok(dir),

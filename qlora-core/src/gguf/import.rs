@@ -112,17 +112,19 @@ pub fn import_gguf(
     out_dir: impl AsRef<Path>,
     options: &ImportOptions,
 ) -> Result<ImportSummary> {
-    let gguf = GgufFile::open(gguf_path.as_ref())?;
-    if !matches!(
-        options.dtype,
-        FloatDtype::F32 | FloatDtype::BF16 | FloatDtype::F16
-    ) {
-        return Err(Error::invalid("--dtype must be f32, bf16 or f16"));
-    }
-    let config = llama_config(&gguf, options.dtype)?;
+    import_gguf_file(&GgufFile::open(gguf_path.as_ref())?, out_dir, options)
+}
+
+/// [`import_gguf`] for a file already opened.
+pub fn import_gguf_file(
+    gguf: &GgufFile,
+    out_dir: impl AsRef<Path>,
+    options: &ImportOptions,
+) -> Result<ImportSummary> {
+    let config = llama_config(gguf, options.dtype)?;
     let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
     let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
-    let tokenizer = tokenizer_files(&gguf)?;
+    let tokenizer = tokenizer_files(gguf)?;
 
     let failure: Mutex<Option<Error>> = Mutex::new(None);
     let mut tensors = BTreeMap::new();
@@ -166,7 +168,7 @@ pub fn import_gguf(
         summary.tensors += 1;
         summary.parameters += shape.iter().product::<usize>();
 
-        let (gguf, failure, dtype) = (&gguf, &failure, options.dtype);
+        let (failure, dtype) = (&failure, options.dtype);
         let rows = shape[0];
         let len = shape.iter().product::<usize>() * dtype.size();
         let produce = move || -> Vec<u8> {

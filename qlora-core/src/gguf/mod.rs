@@ -9,4 +9,4 @@ pub mod tokenizer;
 
 pub use cache::resolve_model;
 pub use file::GgufFile;
-pub use import::{ImportOptions, ImportSummary, import_gguf};
+pub use import::{ImportOptions, ImportSummary, import_gguf, import_gguf_file};

@@ -41,10 +41,6 @@ pub struct TokenizerFiles {
 /// The pre-tokenizer regex of Llama 3 (`tokenizer.ggml.pre` = `llama-bpe`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
-fn tk(e: impl std::fmt::Display) -> String {
-    e.to_string()
-}
-
 pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
     let path = gguf.path();
     let model = gguf
@@ -135,7 +131,7 @@ pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
             .map_err(|e| Error::file(path, format!("tokenizer template: {e}")))?
             .special_tokens(specials)
             .build()
-            .map_err(|e| Error::file(path, format!("tokenizer template: {}", tk(e))))?;
+            .map_err(|e| Error::file(path, format!("tokenizer template: {e}")))?;
         tokenizer.with_post_processor(Some(PostProcessorWrapper::Template(processor)));
     } else if model == "gpt2" {
         tokenizer.with_post_processor(Some(PostProcessorWrapper::ByteLevel(ByteLevel::new(
@@ -218,7 +214,7 @@ fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
     let bpe = BPE::builder()
         .vocab_and_merges(vocabulary(tokens), merges)
         .build()
-        .map_err(|e| Error::key(path, "tokenizer.ggml.merges", tk(e)))?;
+        .map_err(|e| Error::key(path, "tokenizer.ggml.merges", e))?;
 
     let pre = gguf.string("tokenizer.ggml.pre")?.unwrap_or("default");
     let add_prefix_space = gguf
@@ -235,7 +231,7 @@ fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
                 SplitDelimiterBehavior::Isolated,
                 false,
             )
-            .map_err(|e| Error::key(path, "tokenizer.ggml.pre", tk(e)))?;
+            .map_err(|e| Error::key(path, "tokenizer.ggml.pre", e))?;
             PreSequence::new(vec![
                 split.into(),
                 ByteLevel::new(add_prefix_space, true, false).into(),
@@ -294,7 +290,7 @@ fn sentencepiece_bpe(
     }
     let bpe = builder
         .build()
-        .map_err(|e| Error::key(path, "tokenizer.ggml.tokens", tk(e)))?;
+        .map_err(|e| Error::key(path, "tokenizer.ggml.tokens", e))?;
 
     let add_prefix_space = gguf
         .bool("tokenizer.ggml.add_space_prefix")?
@@ -305,12 +301,12 @@ fn sentencepiece_bpe(
     }
     normalizers.push(
         Replace::new(" ", "▁")
-            .map_err(|e| Error::file(path, tk(e)))?
+            .map_err(|e| Error::file(path, e))?
             .into(),
     );
     let mut decoders: Vec<DecoderWrapper> = vec![
         Replace::new("▁", " ")
-            .map_err(|e| Error::file(path, tk(e)))?
+            .map_err(|e| Error::file(path, e))?
             .into(),
         ByteFallback::new().into(),
         Fuse::new().into(),
