@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
 use qlora::FloatDtype;
-use qlora::quant::tensor_ops::DeviceNf4;
+use qlora::backend::Nf4Weight;
 use qlora::quant::{Nf4Config, Nf4Tensor};
 
 const ROWS: usize = 4096;
@@ -71,8 +71,8 @@ fn main() {
     });
 
     let device = Device::flex();
-    let on_device = DeviceNf4::new(&q, &device);
-    let tensor_ops = best_of(|| {
+    let on_device = Nf4Weight::new(&q, &device);
+    let backend_op = best_of(|| {
         let t = on_device.dequantize_flat();
         black_box(t.into_data());
     });
@@ -85,7 +85,7 @@ fn main() {
         ("memcpy (same bytes)", memcpy),
         ("quantize", quantize),
         ("dequantize (CPU)", dequantize),
-        ("dequantize (tensor ops, flex)", tensor_ops),
+        ("dequantize (backend op, flex)", backend_op),
     ] {
         println!(
             "  {name:<31} {:>8.2} ms  {:>6.2} GB/s  {:>5.2}x memcpy time",

@@ -11,7 +11,7 @@ use qlora::device::DeviceChoice;
 use qlora::generate::{SamplingConfig, generate};
 use qlora::model::Llama;
 use qlora::text::Tokenizer;
-use qlora::train::{LogProgress, TrainSettings, Trainer};
+use qlora::train::{LogProgress, TrainConfig, Trainer};
 
 /// Share of held-out prompts answered with the right word.
 fn accuracy(model: &Llama, tokenizer: &Tokenizer, eval: &Path) -> f64 {
@@ -42,21 +42,19 @@ fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let out = tempfile::tempdir().expect("temp dir");
     let eval = root.join("datasets/parity_eval.jsonl");
-    let config = TrainSettings {
-        model: Some(root.join("tests/fixtures/tiny-llama")),
-        data: Some(root.join("datasets/parity_train.jsonl")),
+    let config = TrainConfig {
+        model: root.join("tests/fixtures/tiny-llama"),
+        data: root.join("datasets/parity_train.jsonl"),
         eval_data: Some(eval.clone()),
-        out: Some(out.path().to_path_buf()),
+        out: out.path().to_path_buf(),
         max_steps: Some(steps),
-        batch_size: Some(8),
-        grad_accum: Some(1),
-        lr: Some(1e-3),
+        batch_size: 8,
+        grad_accum: 1,
+        lr: 1e-3,
         eval_steps: Some(steps / 4),
-        logging_steps: Some(25),
-        ..TrainSettings::default()
-    }
-    .resolve()
-    .expect("config");
+        logging_steps: 25,
+        ..TrainConfig::default()
+    };
     let mut progress = LogProgress::new(25);
     let mut trainer =
         Trainer::new(config, DeviceChoice::Cpu, None, &mut progress).expect("trainer");

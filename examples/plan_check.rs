@@ -4,9 +4,9 @@
 //!
 //! Run: `cargo run --release --example plan_check`
 
+use common::synthetic::SyntheticModel;
 use qlora::config::LlamaConfig;
 use qlora::plan::{PlanSettings, plan};
-use qlora::synthetic::SyntheticModel;
 
 #[path = "../tests/common/mod.rs"]
 mod common;

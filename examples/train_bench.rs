@@ -5,33 +5,17 @@
 //!
 //! Run: `cargo run --release --example train_bench [-- STEPS]`
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use qlora::lora::{DropoutStream, LoraConfig, TrainBatch, loss_and_grads};
-use qlora::model::{Bits, Llama, LoadOptions};
-use qlora::synthetic::SyntheticModel;
+use qlora::lora::{LoraConfig, loss_and_grads};
+use qlora::model::{Bits, DropoutStream, Llama, LoadOptions, TrainBatch};
 use qlora::train::{AdamWConfig, OptimizerKind, PagedAdamW};
 
-struct Counting;
-static CURRENT: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+#[path = "../tests/common/mod.rs"]
+mod common;
 
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = CURRENT.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(p, layout) };
-        CURRENT.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-}
+use common::alloc::{Counting, current, peak_during};
+use common::synthetic::SyntheticModel;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -39,7 +23,12 @@ static ALLOC: Counting = Counting;
 const SEQ: usize = 512;
 
 fn run(dir: &std::path::Path, bits: Bits, steps: usize) -> (f64, usize, usize) {
-    PEAK.store(CURRENT.load(Ordering::SeqCst), Ordering::SeqCst);
+    let ((tokens_per_s, model_bytes), peak) = peak_during(|| run_steps(dir, bits, steps));
+    (tokens_per_s, model_bytes, peak)
+}
+
+fn run_steps(dir: &std::path::Path, bits: Bits, steps: usize) -> (f64, usize) {
+    let start = current();
     let mut model = Llama::load(
         dir,
         &LoadOptions {
@@ -48,7 +37,7 @@ fn run(dir: &std::path::Path, bits: Bits, steps: usize) -> (f64, usize, usize) {
         },
     )
     .expect("model");
-    let model_bytes = CURRENT.load(Ordering::SeqCst);
+    let model_bytes = current() - start;
     model.attach_lora(&LoraConfig::default(), 42).expect("lora");
     let sizes: Vec<usize> = model
         .adapters()
@@ -102,7 +91,7 @@ fn run(dir: &std::path::Path, bits: Bits, steps: usize) -> (f64, usize, usize) {
         }
     }
     let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
-    (SEQ as f64 / mean, model_bytes, PEAK.load(Ordering::SeqCst))
+    (SEQ as f64 / mean, model_bytes)
 }
 
 fn main() {

@@ -5,9 +5,9 @@ mod common;
 
 use burn::tensor::{Device, Distribution, Tensor};
 use common::alloc::{Counting, mib, peak_during};
-use qlora::lora::{DropoutStream, LoraConfig, TrainBatch, loss_and_grads};
-use qlora::model::{Llama, LoadOptions};
-use qlora::synthetic::SyntheticModel;
+use common::synthetic::SyntheticModel;
+use qlora::lora::{LoraConfig, loss_and_grads};
+use qlora::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;

@@ -4,9 +4,8 @@
 
 use burn::tensor::{Device, Tensor, TensorData};
 use qlora::FloatDtype;
-use qlora::lora::LoraAdapter;
-use qlora::model::{BaseWeight, Linear};
-use qlora::quant::tensor_ops::DeviceNf4;
+use qlora::backend::Nf4Weight;
+use qlora::model::{BaseWeight, Linear, LoraAdapter};
 use qlora::quant::{Nf4Config, Nf4Tensor};
 
 const OUT: usize = 96;
@@ -176,7 +175,7 @@ fn nf4_base_gradients() {
         Nf4Tensor::quantize(&c.w, &[OUT, IN], FloatDtype::F32, Nf4Config::default()).unwrap();
     let dense = state.dequantize();
     check(
-        BaseWeight::Nf4(DeviceNf4::new(&state, &Device::flex())),
+        BaseWeight::Nf4(Nf4Weight::new(&state, &Device::flex())),
         dense,
         "NF4",
     );

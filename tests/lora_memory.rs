@@ -8,8 +8,7 @@ mod common;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::alloc::{Counting, mib, peak_during};
 use qlora::FloatDtype;
-use qlora::backend::nf4_linear;
-use qlora::quant::tensor_ops::DeviceNf4;
+use qlora::backend::Nf4Weight;
 use qlora::quant::{Nf4Config, Nf4Tensor};
 
 #[global_allocator]
@@ -34,12 +33,12 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 #[test]
 fn nf4_backward_saves_only_packed_state() {
     let device = Device::flex();
-    let weights: Vec<DeviceNf4> = (0..LAYERS)
+    let weights: Vec<Nf4Weight> = (0..LAYERS)
         .map(|l| {
             let w = random(WIDTH * WIDTH, l as u64 + 1);
             let q = Nf4Tensor::quantize(&w, &[WIDTH, WIDTH], FloatDtype::F32, Nf4Config::default())
                 .unwrap();
-            DeviceNf4::new(&q, &device)
+            Nf4Weight::new(&q, &device)
         })
         .collect();
     let dense_bytes = LAYERS * WIDTH * WIDTH * 4;
@@ -53,7 +52,7 @@ fn nf4_backward_saves_only_packed_state() {
         let mut h = x.clone();
         for w in &weights {
             h = if custom_op {
-                nf4_linear(h, w)
+                w.linear(h)
             } else {
                 h.matmul(w.dequantize().transpose())
             };

@@ -181,7 +181,7 @@ fn merge_refuses_mismatched_adapters_and_existing_output() {
     assert!(err.to_string().contains("--force"), "{err}");
     // An adapter for a model with other shapes.
     let other = dir.path().join("other");
-    qlora::synthetic::SyntheticModel {
+    common::synthetic::SyntheticModel {
         vocab_size: 1024,
         hidden_size: 64,
         intermediate_size: 128,

@@ -4,11 +4,11 @@
 mod common;
 
 use common::alloc::{Counting, mib, peak_during};
+use common::synthetic::SyntheticModel;
 use qlora::FloatDtype;
 use qlora::lora::{AdapterDtype, LoraConfig, save_adapter};
 use qlora::merge::{MergeBase, MergeOptions, merge_model};
 use qlora::model::{Bits, Llama, LoadOptions};
-use qlora::synthetic::SyntheticModel;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;

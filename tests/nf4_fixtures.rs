@@ -8,7 +8,6 @@ use common::{bits, f32s, load_tensors};
 use qlora::FloatDtype;
 use qlora::quant::dynamic_map::dynamic_map;
 use qlora::quant::nf4::NF4_CODE;
-use qlora::quant::tensor_ops::DeviceNf4;
 use qlora::quant::{Absmax, Nf4Config, Nf4Tensor};
 
 const CASES: [&str; 6] = [
@@ -105,7 +104,7 @@ pub fn check_tensor_ops_on(device: &Device) {
     for case in CASES {
         for double_quant in [false, true] {
             let (q, _) = quantize_case(case, double_quant);
-            let on_device = DeviceNf4::new(&q, device).dequantize_flat();
+            let on_device = qlora::backend::Nf4Weight::new(&q, device).dequantize_flat();
             let values: Vec<f32> = on_device.into_data().try_into_vec::<f32>().unwrap();
             let key = if double_quant {
                 "dq_dequant"

@@ -10,27 +10,25 @@ use std::sync::atomic::AtomicBool;
 use common::{bits, fixture};
 use qlora::device::DeviceChoice;
 use qlora::model::{BaseWeight, Llama};
-use qlora::train::{LogProgress, Outcome, TrainSettings, Trainer};
+use qlora::train::{LogProgress, OptimizerKind, Outcome, TrainConfig, Trainer};
 
-fn settings(out: &Path, extra: TrainSettings) -> TrainSettings {
-    let base = TrainSettings {
-        model: Some(fixture("tiny-llama")),
-        data: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/parity_train.jsonl")),
-        out: Some(out.to_path_buf()),
-        rank: Some(8),
-        batch_size: Some(2),
-        grad_accum: Some(2),
+fn settings(out: &Path) -> TrainConfig {
+    TrainConfig {
+        model: fixture("tiny-llama"),
+        data: Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/parity_train.jsonl"),
+        out: out.to_path_buf(),
+        rank: 8,
+        batch_size: 2,
+        grad_accum: 2,
         max_steps: Some(20),
-        lr: Some(1e-3),
-        save_steps: Some(10),
-        logging_steps: Some(100),
-        ..TrainSettings::default()
-    };
-    base.overridden_by(extra)
+        lr: 1e-3,
+        save_steps: 10,
+        logging_steps: 100,
+        ..TrainConfig::default()
+    }
 }
 
-fn trainer(out: &Path, extra: TrainSettings, resume: Option<&Path>) -> Trainer {
-    let config = settings(out, extra).resolve().unwrap();
+fn trainer(config: TrainConfig, resume: Option<&Path>) -> Trainer {
     Trainer::new(
         config,
         DeviceChoice::Cpu,
@@ -58,28 +56,25 @@ fn losses(t: &mut Trainer, steps: usize) -> Vec<f64> {
 fn paging_never_changes_the_result() {
     let dir = tempfile::tempdir().unwrap();
     let mut unpaged = trainer(
-        &dir.path().join("a"),
-        TrainSettings {
-            optim: Some("adamw_32bit".into()),
-            ..Default::default()
+        TrainConfig {
+            optim: OptimizerKind::AdamW32,
+            ..settings(&dir.path().join("a"))
         },
         None,
     );
     let mut tiny_budget = trainer(
-        &dir.path().join("b"),
-        TrainSettings {
-            optim: Some("paged_adamw_32bit".into()),
+        TrainConfig {
+            optim: OptimizerKind::PagedAdamW32,
             optim_device_budget_mb: Some(0.0),
-            ..Default::default()
+            ..settings(&dir.path().join("b"))
         },
         None,
     );
     let mut some_budget = trainer(
-        &dir.path().join("c"),
-        TrainSettings {
-            optim: Some("paged_adamw_32bit".into()),
+        TrainConfig {
+            optim: OptimizerKind::PagedAdamW32,
             optim_device_budget_mb: Some(0.05),
-            ..Default::default()
+            ..settings(&dir.path().join("c"))
         },
         None,
     );
@@ -102,23 +97,19 @@ fn paging_never_changes_the_result() {
 fn eight_bit_states_follow_the_32_bit_curve() {
     let dir = tempfile::tempdir().unwrap();
     // Rank 64 makes most adapter matrices large enough (>= 4096 values) for 8-bit states.
-    let common = TrainSettings {
-        rank: Some(64),
-        ..Default::default()
-    };
     let mut full = trainer(
-        &dir.path().join("a"),
-        TrainSettings {
-            optim: Some("paged_adamw_32bit".into()),
-            ..common.clone()
+        TrainConfig {
+            rank: 64,
+            optim: OptimizerKind::PagedAdamW32,
+            ..settings(&dir.path().join("a"))
         },
         None,
     );
     let mut eight = trainer(
-        &dir.path().join("b"),
-        TrainSettings {
-            optim: Some("paged_adamw_8bit".into()),
-            ..common
+        TrainConfig {
+            rank: 64,
+            optim: OptimizerKind::PagedAdamW8,
+            ..settings(&dir.path().join("b"))
         },
         None,
     );
@@ -139,7 +130,7 @@ fn eight_bit_states_follow_the_32_bit_curve() {
 fn resumed_runs_equal_uninterrupted_ones() {
     let dir = tempfile::tempdir().unwrap();
     let straight_out = dir.path().join("straight");
-    let mut straight = trainer(&straight_out, TrainSettings::default(), None);
+    let mut straight = trainer(settings(&straight_out), None);
     let summary = straight
         .run(&mut LogProgress::new(100), &AtomicBool::new(false))
         .unwrap();
@@ -156,7 +147,7 @@ fn resumed_runs_equal_uninterrupted_ones() {
     // Resume from step 10's checkpoint of the straight run into a fresh directory.
     let resume_out = dir.path().join("resumed");
     std::fs::create_dir_all(&resume_out).unwrap();
-    let mut resumed = trainer(&resume_out, TrainSettings::default(), Some(&checkpoint));
+    let mut resumed = trainer(settings(&resume_out), Some(&checkpoint));
     assert_eq!(resumed.position().step, 10);
     let resumed_summary = resumed
         .run(&mut LogProgress::new(100), &AtomicBool::new(false))
@@ -194,25 +185,25 @@ fn resumed_runs_equal_uninterrupted_ones() {
 fn interrupt_saves_a_checkpoint_and_resume_finishes_identically() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let settings = TrainSettings {
+    let run = |out: &Path| TrainConfig {
         max_steps: Some(6),
-        save_steps: Some(100),
-        ..Default::default()
+        save_steps: 100,
+        ..settings(out)
     };
     let stop = AtomicBool::new(true);
-    let mut first = trainer(&out, settings.clone(), None);
+    let mut first = trainer(run(&out), None);
     let summary = first.run(&mut LogProgress::new(100), &stop).unwrap();
     assert_eq!((summary.outcome, summary.steps), (Outcome::Interrupted, 1));
     let checkpoint = Trainer::latest_checkpoint(&out).unwrap();
     assert!(checkpoint.ends_with("checkpoint-1"));
-    let mut resumed = trainer(&out, settings.clone(), Some(&checkpoint));
+    let mut resumed = trainer(run(&out), Some(&checkpoint));
     let summary = resumed
         .run(&mut LogProgress::new(100), &AtomicBool::new(false))
         .unwrap();
     assert_eq!((summary.outcome, summary.steps), (Outcome::Finished, 6));
 
     let other = dir.path().join("straight");
-    let mut straight = trainer(&other, settings, None);
+    let mut straight = trainer(run(&other), None);
     straight
         .run(&mut LogProgress::new(100), &AtomicBool::new(false))
         .unwrap();
@@ -223,10 +214,9 @@ fn interrupt_saves_a_checkpoint_and_resume_finishes_identically() {
 fn only_adapters_change() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = trainer(
-        dir.path(),
-        TrainSettings {
+        TrainConfig {
             max_steps: Some(5),
-            ..Default::default()
+            ..settings(dir.path())
         },
         None,
     );
@@ -285,57 +275,50 @@ fn only_adapters_change() {
 #[test]
 fn bad_configurations_fail_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
-    for (extra, needle) in [
+    let base = settings(dir.path());
+    for (config, needle) in [
         (
-            TrainSettings {
-                lr: Some(-0.1),
-                ..Default::default()
+            TrainConfig {
+                lr: -0.1,
+                ..base.clone()
             },
             "--lr",
         ),
         (
-            TrainSettings {
-                rank: Some(0),
-                ..Default::default()
+            TrainConfig {
+                rank: 0,
+                ..base.clone()
             },
             "--rank",
         ),
         (
-            TrainSettings {
-                data: Some("nope.jsonl".into()),
-                ..Default::default()
+            TrainConfig {
+                data: "nope.jsonl".into(),
+                ..base.clone()
             },
             "nope.jsonl",
         ),
         (
-            TrainSettings {
-                optim: Some("sgd".into()),
-                ..Default::default()
-            },
-            "unknown optimizer",
-        ),
-        (
-            TrainSettings {
-                target_modules: Some("q_proj,lm_head".into()),
-                ..Default::default()
+            TrainConfig {
+                target_modules: "q_proj,lm_head".into(),
+                ..base.clone()
             },
             "lm_head",
         ),
     ] {
-        let result = settings(dir.path(), extra).resolve().and_then(|c| {
-            Trainer::new(c, DeviceChoice::Cpu, None, &mut LogProgress::new(100)).map(|_| ())
-        });
-        let err = result.unwrap_err().to_string();
+        let result = Trainer::new(config, DeviceChoice::Cpu, None, &mut LogProgress::new(100));
+        let err = result.err().expect("a bad configuration").to_string();
         assert!(err.contains(needle), "{err}");
     }
-    let err = qlora::train::TrainSettings::from_toml_file(&{
-        let p = dir.path().join("c.toml");
-        std::fs::write(&p, "rank = 8\nlearnig_rate = 1\n").unwrap();
-        p
-    })
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("learnig_rate"), "{err}");
+    for (toml, needle) in [
+        ("rank = 8\nlearnig_rate = 1\n", "learnig_rate"),
+        ("optim = \"sgd\"\n", "unknown optimizer"),
+    ] {
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let err = TrainConfig::from_toml_file(&path).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err}");
+    }
 }
 
 #[test]
@@ -343,14 +326,14 @@ fn a_diverging_run_stops_with_a_clear_message_and_keeps_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     // An absurd learning rate blows the adapters up within a few steps.
-    let settings = TrainSettings {
-        lr: Some(1e30),
+    let config = TrainConfig {
+        lr: 1e30,
         max_steps: Some(20),
-        save_steps: Some(1),
-        max_grad_norm: Some(0.0),
-        ..Default::default()
+        save_steps: 1,
+        max_grad_norm: 0.0,
+        ..settings(&out)
     };
-    let mut t = trainer(&out, settings, None);
+    let mut t = trainer(config, None);
     let err = t
         .run(&mut LogProgress::new(100), &AtomicBool::new(false))
         .unwrap_err()

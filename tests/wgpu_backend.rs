@@ -4,8 +4,7 @@
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use qlora::FloatDtype;
-use qlora::backend::nf4_linear;
-use qlora::quant::tensor_ops::DeviceNf4;
+use qlora::backend::Nf4Weight;
 use qlora::quant::{Nf4Config, Nf4Tensor};
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -21,11 +20,11 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 fn forward_and_grad(device: &Device, state: &Nf4Tensor, x: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let weight = DeviceNf4::new(state, device);
+    let weight = Nf4Weight::new(state, device);
     let x = Tensor::<2>::from_data(TensorData::new(x.to_vec(), [7, 256]), device)
         .autodiff()
         .require_grad();
-    let y = nf4_linear(x.clone(), &weight);
+    let y = weight.linear(x.clone());
     let grads = (y.clone() * y.clone()).sum().backward();
     (
         y.into_data().try_into_vec().unwrap(),

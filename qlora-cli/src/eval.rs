@@ -2,10 +2,10 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use qlora_core::data::{DatasetFormat, Example, load_examples, read_records};
+use qlora_core::data::{
+    DataOptions, DatasetFormat, Example, OasstOptions, TokenizeOptions, load_examples, read_records,
+};
 use qlora_core::eval::evaluate;
-
-use crate::data_args::DataArgs;
 
 use crate::model_args::ModelArgs;
 
@@ -22,7 +22,9 @@ pub struct EvalArgs {
     #[arg(long, default_value = "text")]
     format: DatasetFormat,
     #[command(flatten)]
-    data_options: DataArgs,
+    tokenize: TokenizeOptions,
+    #[command(flatten)]
+    oasst: OasstOptions,
     /// Print one JSON object {loss, perplexity, tokens, examples} instead of a sentence.
     #[arg(long)]
     json: bool,
@@ -42,11 +44,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
         }
         examples
     } else {
-        let loaded = load_examples(
-            &args.data,
-            &tokenizer,
-            &args.data_options.options(Some(args.format))?,
-        )?;
+        args.tokenize.validate()?;
+        let options = DataOptions {
+            format: Some(args.format),
+            tokenize: args.tokenize,
+            oasst: args.oasst,
+        };
+        let loaded = load_examples(&args.data, &tokenizer, &options)?;
         eprintln!("{}: {loaded}", args.data.display());
         loaded.examples
     };

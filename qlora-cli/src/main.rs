@@ -1,6 +1,5 @@
 //! `qlora`: fine-tune LLaMA-family models with QLoRA from the command line.
 
-mod data_args;
 mod eval;
 mod generate;
 mod import_gguf;
@@ -12,7 +11,8 @@ mod train;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::error::{ContextKind, ErrorKind};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -40,19 +40,59 @@ enum Command {
     /// Convert a GGUF file (llama.cpp) into a Hugging Face model directory.
     ImportGguf(import_gguf::ImportGgufArgs),
     /// Plan the peak memory of a training run before loading anything.
-    Plan(plan::PlanArgs),
+    Plan(Box<plan::PlanArgs>),
+}
+
+/// A bad value for a flag, on one line like every other error (clap's own message has a usage
+/// block and exits with 2).
+fn value_error(err: &clap::Error) -> Option<String> {
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let flag = err.get(ContextKind::InvalidArg)?.to_string();
+    let flag = flag
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let value = err.get(ContextKind::InvalidValue)?.to_string();
+    let reason = std::error::Error::source(err)
+        .map(ToString::to_string)
+        .unwrap_or_else(|| match err.get(ContextKind::ValidValue) {
+            Some(valid) => format!("expected one of {valid}"),
+            None => "invalid".to_string(),
+        });
+    Some(format!("{flag} `{value}`: {reason}"))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(err) => match value_error(&err) {
+            Some(line) => {
+                eprintln!("error: {line}");
+                return ExitCode::FAILURE;
+            }
+            None => err.exit(),
+        },
+    };
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sub = |name: &str| {
+        matches
+            .subcommand_matches(name)
+            .expect("the subcommand ran")
+    };
     let result = match cli.command {
         Command::Quantize(args) => quantize::run(args),
         Command::Generate(args) => generate::run(args),
         Command::Eval(args) => eval::run(args),
-        Command::Train(args) => train::run(*args),
+        Command::Train(args) => train::run(*args, sub("train")),
         Command::Merge(args) => merge::run(args),
         Command::ImportGguf(args) => import_gguf::run(args),
-        Command::Plan(args) => plan::run(args),
+        Command::Plan(args) => plan::run(*args, sub("plan")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

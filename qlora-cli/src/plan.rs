@@ -1,71 +1,38 @@
+use std::path::PathBuf;
+
 use anyhow::{Result, bail};
 use bytesize::ByteSize;
-use clap::Args;
+use clap::{ArgMatches, Args};
+use qlora_core::lora::LoraConfig;
 use qlora_core::model::Bits;
-use qlora_core::plan::{ALL_LINEAR, MemoryPlan, PlanSettings, load_config, plan};
+use qlora_core::plan::{MemoryPlan, PlanSettings, load_config, plan};
+use qlora_core::train::TrainConfig;
 use serde_json::json;
 
+/// `train`'s flags (the same command line plans the run), plus what only a plan needs.
 #[derive(Args)]
 pub struct PlanArgs {
-    /// A model directory, a config.json, or a preset: llama-7b, llama-13b, llama-33b,
-    /// llama-65b, llama-2-70b, llama-3-8b.
+    /// TOML file with train's settings (as `--config` of `qlora train`); flags override it.
     #[arg(long)]
-    model: String,
-    /// 4 (NF4 base, QLoRA) or 16 (dense base).
-    #[arg(long, default_value = "4")]
-    bits: Bits,
-    #[arg(long, alias = "lora-r", default_value_t = 64)]
-    rank: usize,
-    /// `all-linear` or a comma-separated subset of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
-    #[arg(long, default_value = "all-linear")]
-    target_modules: String,
-    #[arg(long, default_value_t = 1)]
-    batch_size: usize,
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: TrainConfig,
     /// Tokens per sequence.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, help_heading = "Plan")]
     seq_len: usize,
-    #[arg(long)]
-    no_gradient_checkpointing: bool,
-    /// paged_adamw_32bit, paged_adamw_8bit, adamw_32bit or adamw_8bit.
-    #[arg(long, default_value = "paged_adamw_32bit")]
-    optim: String,
-    /// Device memory the paged optimizer keeps resident.
-    #[arg(long)]
-    optim_device_budget_mb: Option<f64>,
     /// Compute dtype: f32 (CPU) or bf16/f16 (GPU).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "f32", help_heading = "Plan")]
     compute_dtype: String,
     /// Memory to fit in, e.g. 24GB.
-    #[arg(long)]
+    #[arg(long, help_heading = "Plan")]
     gpu_memory: Option<ByteSize>,
     /// Print the plan as JSON.
-    #[arg(long)]
+    #[arg(long, help_heading = "Plan")]
     json: bool,
 }
 
-fn settings(args: &PlanArgs) -> Result<PlanSettings> {
-    let target_modules: Vec<String> = if args.target_modules == "all-linear" {
-        ALL_LINEAR.iter().map(|s| s.to_string()).collect()
-    } else {
-        args.target_modules
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect()
-    };
-    if let Some(bad) = target_modules
-        .iter()
-        .find(|m| !ALL_LINEAR.contains(&m.as_str()))
-    {
-        bail!("--target-modules: unknown module `{bad}`");
-    }
-    let (paged, eight_bit) = match args.optim.as_str() {
-        "paged_adamw_32bit" => (true, false),
-        "paged_adamw_8bit" => (true, true),
-        "adamw_32bit" => (false, false),
-        "adamw_8bit" => (false, true),
-        other => bail!("--optim: unknown optimizer `{other}`"),
-    };
-    if args.rank == 0 || args.batch_size == 0 || args.seq_len == 0 {
+fn settings(args: &PlanArgs, run: &TrainConfig) -> Result<PlanSettings> {
+    if run.rank == 0 || run.batch_size == 0 || args.seq_len == 0 {
         bail!("--rank, --batch-size and --seq-len must be positive");
     }
     let compute_bytes = match args.compute_dtype.as_str() {
@@ -74,14 +41,14 @@ fn settings(args: &PlanArgs) -> Result<PlanSettings> {
         other => bail!("--compute-dtype: expected f32, bf16 or f16, found `{other}`"),
     };
     Ok(PlanSettings {
-        bits: args.bits,
-        rank: args.rank,
-        target_modules,
-        batch_size: args.batch_size,
+        bits: run.bits,
+        rank: run.rank,
+        target_modules: LoraConfig::parse_target_modules(&run.target_modules)?,
+        batch_size: run.batch_size,
         seq_len: args.seq_len,
-        gradient_checkpointing: !args.no_gradient_checkpointing,
-        optimizer_8bit: eight_bit,
-        optimizer_device_budget: match (paged, args.optim_device_budget_mb) {
+        gradient_checkpointing: run.gradient_checkpointing,
+        optimizer_8bit: run.optim.eight_bit(),
+        optimizer_device_budget: match (run.optim.paged(), run.optim_device_budget_mb) {
             (true, Some(mb)) => Some((mb.max(0.0) * 1024.0 * 1024.0) as u64),
             _ => None,
         },
@@ -145,9 +112,14 @@ fn gib(bytes: u64) -> String {
     ByteSize(bytes).display().iec().to_string()
 }
 
-pub fn run(args: PlanArgs) -> Result<()> {
-    let config = load_config(&args.model)?;
-    let settings = settings(&args)?;
+pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
+    let run = TrainConfig::from_file_and_flags(args.config.as_deref(), &args.settings, matches)?;
+    if run.model.as_os_str().is_empty() {
+        bail!("--model is required: a model directory, a config.json, or a preset");
+    }
+    let model = run.model.display().to_string();
+    let config = load_config(&model)?;
+    let settings = settings(&args, &run)?;
     let MemoryPlan {
         items,
         peak_bytes,
@@ -163,7 +135,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     };
     if args.json {
         let value = json!({
-            "model": args.model,
+            "model": model,
             "parameters": parameters,
             "trainable_parameters": trainable_parameters,
             "items": items.iter().map(|i| json!({"key": i.key, "bytes": i.bytes, "detail": i.detail})).collect::<Vec<_>>(),
@@ -178,7 +150,7 @@ pub fn run(args: PlanArgs) -> Result<()> {
     }
     println!(
         "{}: {parameters} parameters, {trainable_parameters} trainable (LoRA r {})",
-        args.model, settings.rank
+        model, settings.rank
     );
     for item in &items {
         println!(

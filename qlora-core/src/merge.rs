@@ -7,49 +7,30 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::str::FromStr;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use serde_json::Value;
 
-use crate::checkpoint::{Checkpoint, OutTensor, write_safetensors};
+use crate::checkpoint::{
+    Checkpoint, OutTensor, bnb_quantization_config, copy_companion_files, write_json,
+    write_safetensors,
+};
 use crate::config::{CONFIG_FILE, LlamaConfig};
 use crate::dtype::{FloatDtype, decode_f32, encode_f32};
 use crate::error::{Error, Result};
 use crate::lora::read_adapter;
+use crate::model::Bits;
 use crate::quant::{Nf4Config, Nf4Tensor};
-use crate::quantize_model::{bnb_quantization_config, copy_companion_files, write_json};
 use crate::staged_dir::StagedDir;
+use crate::train::TrainConfig;
 
-/// Which base weight the adapter is added to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MergeBase {
-    /// The NF4 weight as the adapter saw it during QLoRA training.
-    Dequantized,
-    /// The full-precision checkpoint weight.
-    Original,
-}
-
-impl std::fmt::Display for MergeBase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            MergeBase::Dequantized => "dequantized",
-            MergeBase::Original => "original",
-        })
-    }
-}
-
-impl FromStr for MergeBase {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "dequantized" => Ok(MergeBase::Dequantized),
-            "original" => Ok(MergeBase::Original),
-            other => Err(Error::invalid(format!(
-                "--base must be dequantized or original, got `{other}`"
-            ))),
-        }
+crate::named_enum! {
+    /// Which base weight the adapter is added to.
+    pub enum MergeBase: "base" {
+        /// The NF4 weight as the adapter saw it during QLoRA training.
+        Dequantized = "dequantized",
+        /// The full-precision checkpoint weight.
+        Original = "original",
     }
 }
 
@@ -87,11 +68,9 @@ struct Adapter {
 fn read_adapters(dir: &Path, config: &LlamaConfig) -> Result<(HashMap<String, Adapter>, bool)> {
     let file = read_adapter(dir)?;
     // Our runs record their base precision next to the adapter; assume QLoRA (NF4) otherwise.
-    let trained_on_nf4 =
-        crate::train::TrainSettings::from_toml_file(&dir.join("training_config.toml"))
-            .ok()
-            .and_then(|s| s.bits)
-            .is_none_or(|bits| bits == 4);
+    let trained_on_nf4 = TrainConfig::from_toml_file(&dir.join("training_config.toml"))
+        .ok()
+        .is_none_or(|c| c.bits == Bits::Four);
     let mut shapes = HashMap::new();
     for layer in 0..config.num_hidden_layers {
         for (name, shape) in config.linear_shapes(layer) {

@@ -7,28 +7,17 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::checkpoint::{Checkpoint, OutTensor, write_safetensors};
+use crate::checkpoint::{
+    Checkpoint, OutTensor, bnb_quantization_config, copy_companion_files, write_json,
+    write_safetensors,
+};
 use crate::config::{CONFIG_FILE, LlamaConfig};
 use crate::dtype::{FloatDtype, decode_f32, encode_f32};
 use crate::error::{Error, Result};
 use crate::quant::{Nf4Config, Nf4Tensor};
 use crate::staged_dir::StagedDir;
-
-/// Files of a model directory that travel with the weights.
-pub const COMPANION_FILES: [&str; 10] = [
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "added_tokens.json",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-    "generation_config.json",
-];
 
 /// transformers' default shard size (`max_shard_size="5GB"`).
 pub const DEFAULT_MAX_SHARD_BYTES: usize = 5_000_000_000;
@@ -62,42 +51,6 @@ pub struct QuantizeReport {
     pub parameters_quantized: usize,
     pub bytes_in: usize,
     pub bytes_out: usize,
-}
-
-/// `quantization_config` as transformers writes it for NF4 with double quantization.
-pub fn bnb_quantization_config(compute_dtype: FloatDtype, double_quant: bool) -> Value {
-    json!({
-        "_load_in_4bit": true,
-        "_load_in_8bit": false,
-        "bnb_4bit_compute_dtype": compute_dtype.torch_name(),
-        "bnb_4bit_quant_storage": "uint8",
-        "bnb_4bit_quant_type": "nf4",
-        "bnb_4bit_use_double_quant": double_quant,
-        "llm_int8_enable_fp32_cpu_offload": false,
-        "llm_int8_has_fp16_weight": false,
-        "llm_int8_skip_modules": null,
-        "llm_int8_threshold": 6.0,
-        "load_in_4bit": true,
-        "load_in_8bit": false,
-        "quant_method": "bitsandbytes",
-    })
-}
-
-/// Copy tokenizer, chat template and generation files from `from` to `to` (those present).
-pub fn copy_companion_files(from: &Path, to: &Path) -> Result<()> {
-    for name in COMPANION_FILES {
-        let source = from.join(name);
-        if source.is_file() {
-            std::fs::copy(&source, to.join(name)).map_err(|e| Error::io(&source, e))?;
-        }
-    }
-    Ok(())
-}
-
-/// Write `value` as `path` in the style of transformers (2-space indent, sorted keys).
-pub fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).expect("JSON value serializes");
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }
 
 /// Quantize the model in `model_dir` into `out_dir`. Nothing is left at `out_dir` on failure.

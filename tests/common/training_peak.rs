@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use super::synthetic::SyntheticModel;
+use qlora::data::{DatasetFormat, TokenizeOptions};
 use qlora::device::DeviceChoice;
-use qlora::synthetic::SyntheticModel;
-use qlora::train::{LogProgress, TrainSettings, Trainer};
+use qlora::train::{LogProgress, TrainConfig, Trainer};
 
 use super::alloc::peak_during;
 use super::fixture;
@@ -48,22 +49,23 @@ pub fn measure_training_peak(
     seq: usize,
     checkpointing: bool,
 ) -> usize {
-    let config = TrainSettings {
-        model: Some(model.to_path_buf()),
-        data: Some(data.to_path_buf()),
-        format: Some("text".into()),
-        out: Some(out.to_path_buf()),
-        batch_size: Some(1),
-        grad_accum: Some(1),
+    let config = TrainConfig {
+        model: model.to_path_buf(),
+        data: data.to_path_buf(),
+        format: Some(DatasetFormat::Text),
+        out: out.to_path_buf(),
+        batch_size: 1,
+        grad_accum: 1,
         max_steps: Some(2),
-        save_steps: Some(1000),
-        logging_steps: Some(1000),
-        target_max_len: Some(seq - 1),
-        gradient_checkpointing: Some(checkpointing),
-        ..TrainSettings::default()
-    }
-    .resolve()
-    .expect("settings");
+        save_steps: 1000,
+        logging_steps: 1000,
+        tokenize: TokenizeOptions {
+            target_max_len: seq - 1,
+            ..TokenizeOptions::default()
+        },
+        gradient_checkpointing: checkpointing,
+        ..TrainConfig::default()
+    };
     let ((), peak) = peak_during(|| {
         let mut progress = LogProgress::new(1000);
         let mut trainer =

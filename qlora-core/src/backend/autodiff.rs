@@ -10,16 +10,31 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::FloatTensor;
 
-use super::{Nf4Operand, QloraOps};
+use super::{Nf4Absmax, Nf4Operand, QloraOps};
 
 /// The weight seen from inside autodiff: its float parts are constants of the graph.
-fn inner_operand<B: Backend, C: CheckpointStrategy>(
-    weight: Nf4Operand<Autodiff<B, C>>,
-) -> Nf4Operand<B> {
+fn inner<B: Backend, C: CheckpointStrategy>(weight: Nf4Operand<Autodiff<B, C>>) -> Nf4Operand<B> {
+    let absmax = match weight.absmax {
+        Nf4Absmax::Plain(a) => Nf4Absmax::Plain(a.into_primitive()),
+        Nf4Absmax::Double {
+            words,
+            nested_absmax,
+            nested_code,
+            nested_blocksize,
+            offset,
+        } => Nf4Absmax::Double {
+            words,
+            nested_absmax: nested_absmax.into_primitive(),
+            nested_code: nested_code.into_primitive(),
+            nested_blocksize,
+            offset,
+        },
+    };
     Nf4Operand {
         words: weight.words,
         code: weight.code.into_primitive(),
-        absmax: weight.absmax.into_primitive(),
+        absmax,
+        layout: weight.layout,
     }
 }
 
@@ -27,67 +42,43 @@ fn inner_operand<B: Backend, C: CheckpointStrategy>(
 struct Nf4MatmulBackward;
 
 impl<B: Backend + QloraOps> Backward<B, 1> for Nf4MatmulBackward {
-    /// The packed weight and its layout: never a dense matrix.
-    type State = (Nf4Operand<B>, [usize; 3]);
+    /// The packed weight: never a dense matrix.
+    type State = Nf4Operand<B>;
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (weight, [out_features, in_features, blocksize]) = ops.state;
+        let weight = ops.state;
         unary::<B, _>(ops.parents, ops.node, grads, |dy| {
-            B::nf4_matmul_transposed(dy, weight, out_features, in_features, blocksize)
+            B::nf4_matmul_transposed(dy, weight)
         });
     }
 }
 
 impl<B: Backend + QloraOps, C: CheckpointStrategy> QloraOps for Autodiff<B, C> {
-    fn nf4_matmul(
-        x: FloatTensor<Self>,
-        weight: Nf4Operand<Self>,
-        out_features: usize,
-        in_features: usize,
-        blocksize: usize,
-    ) -> FloatTensor<Self> {
-        let weight = inner_operand(weight);
-        let layout = [out_features, in_features, blocksize];
+    fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        // The weight is frozen: its dense form is a constant.
+        <Self as AutodiffBackend>::from_inner(B::nf4_dequantize(inner(weight)))
+    }
+
+    fn nf4_matmul(x: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        let weight = inner(weight);
         match Nf4MatmulBackward
             .prepare::<C>([x.node()])
             .compute_bound()
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let y = B::nf4_matmul(
-                    x.into_primitive(),
-                    weight.clone(),
-                    out_features,
-                    in_features,
-                    blocksize,
-                );
-                prep.finish((weight, layout), y)
+                let y = B::nf4_matmul(x.into_primitive(), weight.clone());
+                prep.finish(weight, y)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::nf4_matmul(
-                x.into_primitive(),
-                weight,
-                out_features,
-                in_features,
-                blocksize,
-            )),
+            OpsKind::UnTracked(prep) => prep.finish(B::nf4_matmul(x.into_primitive(), weight)),
         }
     }
 
-    fn nf4_matmul_transposed(
-        dy: FloatTensor<Self>,
-        weight: Nf4Operand<Self>,
-        out_features: usize,
-        in_features: usize,
-        blocksize: usize,
-    ) -> FloatTensor<Self> {
+    fn nf4_matmul_transposed(dy: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
         // Only used inside backward passes; the result is a constant.
-        let weight = inner_operand(weight);
         <Self as AutodiffBackend>::from_inner(B::nf4_matmul_transposed(
             dy.into_primitive(),
-            weight,
-            out_features,
-            in_features,
-            blocksize,
+            inner(weight),
         ))
     }
 }

@@ -1,78 +1,66 @@
 //! The CPU fast path: dequantize with the multi-threaded host code straight from the packed
-//! words, then one gemm.
+//! words.
 
 use burn::backend::Flex;
 use burn::backend::ops::FloatTensorOps;
-use burn::backend::tensor::FloatTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::{DType, TensorData};
 
-use super::{Nf4Layout, Nf4Operand, QloraOps};
-use crate::quant::nf4;
+use super::{Nf4Absmax, Nf4Operand, QloraOps};
+use crate::quant::{DoubleQuant, nf4};
 
-fn dense_weight(weight: &Nf4Operand<Flex>, layout: Nf4Layout) -> FloatTensor<Flex> {
-    let words = weight.words.clone().into_data();
-    let words: Vec<i32> = words.convert::<i32>().try_into_vec().expect("i32 words");
-    let n = layout.out_features * layout.in_features;
-    let mut packed: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
-    packed.truncate(n.div_ceil(2));
-    let code: Vec<f32> = weight
-        .code
+fn host_bytes(words: &IntTensor<Flex>, count: usize) -> Vec<u8> {
+    let words: Vec<i32> = words
         .clone()
         .into_data()
+        .convert::<i32>()
         .try_into_vec()
-        .expect("f32 code");
-    let code: [f32; 16] = code.try_into().expect("16 codes");
-    let absmax: Vec<f32> = weight
-        .absmax
-        .clone()
-        .into_data()
-        .try_into_vec()
-        .expect("f32 absmax");
-    let mut out = vec![0f32; n];
-    nf4::dequantize_into(&packed, &absmax, &code, layout.blocksize, &mut out)
-        .expect("operand matches its layout");
-    Flex::float_from_data(
-        TensorData::new(out, [layout.out_features, layout.in_features]),
-        &Default::default(),
-    )
+        .expect("i32 words");
+    let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
+    bytes.truncate(count);
+    bytes
+}
+
+fn host_floats(t: &FloatTensor<Flex>) -> Vec<f32> {
+    t.clone().into_data().try_into_vec().expect("f32 values")
+}
+
+fn host_absmax(absmax: &Nf4Absmax<Flex>, blocks: usize) -> Vec<f32> {
+    match absmax {
+        Nf4Absmax::Plain(a) => host_floats(a),
+        Nf4Absmax::Double {
+            words,
+            nested_absmax,
+            nested_code,
+            nested_blocksize,
+            offset,
+        } => DoubleQuant {
+            codes: host_bytes(words, blocks),
+            nested_absmax: host_floats(nested_absmax),
+            offset: *offset,
+            code: host_floats(nested_code),
+            blocksize: *nested_blocksize,
+        }
+        .decode(),
+    }
 }
 
 impl QloraOps for Flex {
-    fn nf4_matmul(
-        x: FloatTensor<Self>,
-        weight: Nf4Operand<Self>,
-        out_features: usize,
-        in_features: usize,
-        blocksize: usize,
-    ) -> FloatTensor<Self> {
-        let layout = Nf4Layout {
-            out_features,
-            in_features,
-            blocksize,
-        };
-        if x.dtype() != DType::F32 {
-            let dense = super::generic::dequantize::<Self>(&weight, layout);
-            return Self::float_matmul(x, Self::float_transpose(dense));
+    fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        let layout = weight.layout;
+        if weight.code.dtype() != DType::F32 {
+            return super::generic::dequantize::<Self>(&weight);
         }
-        Self::float_matmul(x, Self::float_transpose(dense_weight(&weight, layout)))
-    }
-
-    fn nf4_matmul_transposed(
-        dy: FloatTensor<Self>,
-        weight: Nf4Operand<Self>,
-        out_features: usize,
-        in_features: usize,
-        blocksize: usize,
-    ) -> FloatTensor<Self> {
-        let layout = Nf4Layout {
-            out_features,
-            in_features,
-            blocksize,
-        };
-        if dy.dtype() != DType::F32 {
-            let dense = super::generic::dequantize::<Self>(&weight, layout);
-            return Self::float_matmul(dy, dense);
-        }
-        Self::float_matmul(dy, dense_weight(&weight, layout))
+        let n = layout.numel();
+        let packed = host_bytes(&weight.words, n.div_ceil(2));
+        let code: [f32; 16] = host_floats(&weight.code).try_into().expect("16 codes");
+        let absmax = host_absmax(&weight.absmax, layout.blocks());
+        let mut out = vec![0f32; n];
+        nf4::dequantize_into(&packed, &absmax, &code, layout.blocksize, &mut out)
+            .expect("operand matches its layout");
+        Flex::float_from_data(
+            TensorData::new(out, [layout.out_features, layout.in_features]),
+            &Default::default(),
+        )
     }
 }

@@ -1,10 +1,12 @@
-//! NF4 dequantization from backend primitives: the default every backend can run.
+//! NF4 dequantization from backend primitives: the default every backend can run, giving the
+//! same f32 bits as the CPU path (each value one table lookup and one multiply; a
+//! double-quantized absmax one lookup, one multiply and one add).
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::{Scalar, Shape, Slice};
 
-use super::{Nf4Layout, Nf4Operand};
+use super::{Nf4Absmax, Nf4Operand};
 
 /// `count` bytes (ints 0..=255) from words holding four each, most significant first.
 fn unpack_bytes<B: Backend>(words: IntTensor<B>, count: usize) -> IntTensor<B> {
@@ -21,9 +23,34 @@ fn unpack_bytes<B: Backend>(words: IntTensor<B>, count: usize) -> IntTensor<B> {
     B::int_slice(bytes, &[Slice::from(0..count)])
 }
 
+/// The f32 absmax of `blocks` blocks.
+fn absmax<B: Backend>(absmax: &Nf4Absmax<B>, blocks: usize) -> FloatTensor<B> {
+    match absmax {
+        Nf4Absmax::Plain(a) => a.clone(),
+        Nf4Absmax::Double {
+            words,
+            nested_absmax,
+            nested_code,
+            nested_blocksize,
+            offset,
+        } => {
+            let codes = unpack_bytes::<B>(words.clone(), blocks);
+            let device = nested_absmax.device();
+            let block = B::int_arange(0..blocks as i64, &device, words.dtype().into());
+            let nested_of_block = B::int_div_scalar(block, Scalar::from(*nested_blocksize as i64));
+            let scaled = B::float_mul(
+                B::float_select(nested_code.clone(), 0, codes),
+                B::float_select(nested_absmax.clone(), 0, nested_of_block),
+            );
+            B::float_add_scalar(scaled, Scalar::from(*offset))
+        }
+    }
+}
+
 /// The dense `[out, in]` f32 weight: `code[q] * absmax[block]`, as bitsandbytes computes it.
-pub fn dequantize<B: Backend>(weight: &Nf4Operand<B>, layout: Nf4Layout) -> FloatTensor<B> {
-    let n = layout.out_features * layout.in_features;
+pub fn dequantize<B: Backend>(weight: &Nf4Operand<B>) -> FloatTensor<B> {
+    let layout = weight.layout;
+    let n = layout.numel();
     let nbytes = n.div_ceil(2);
     let bytes = unpack_bytes::<B>(weight.words.clone(), nbytes);
     let high = B::bitwise_right_shift_scalar(bytes.clone(), Scalar::from(4i64));
@@ -37,7 +64,7 @@ pub fn dequantize<B: Backend>(weight: &Nf4Operand<B>, layout: Nf4Layout) -> Floa
     );
     let codes = B::int_reshape(codes, Shape::new([nbytes * 2]));
     let mut values = B::float_select(weight.code.clone(), 0, codes);
-    let blocks = n.div_ceil(layout.blocksize);
+    let blocks = layout.blocks();
     let padded = blocks * layout.blocksize;
     if padded > nbytes * 2 {
         let pad = B::float_zeros(
@@ -49,7 +76,7 @@ pub fn dequantize<B: Backend>(weight: &Nf4Operand<B>, layout: Nf4Layout) -> Floa
     }
     let scaled = B::float_mul(
         B::float_reshape(values, Shape::new([blocks, layout.blocksize])),
-        B::float_reshape(weight.absmax.clone(), Shape::new([blocks, 1])),
+        B::float_reshape(absmax(&weight.absmax, blocks), Shape::new([blocks, 1])),
     );
     let flat = B::float_slice(
         B::float_reshape(scaled, Shape::new([padded])),

@@ -5,27 +5,21 @@
 //! multi-threaded path of [`crate::quant::nf4`]). Its autodiff implementation has a hand-written
 //! backward that keeps only the packed NF4 state: the dense weight exists during one matmul
 //! and is dequantized again for the input gradient, never stored in the graph.
+//!
+//! [`Nf4Weight`] is a frozen weight on a device, what the model multiplies by; [`Nf4Operand`]
+//! is the same weight as backend primitives, what the operations take.
 
 mod autodiff;
 mod flex;
 mod generic;
-mod nf4_linear;
+mod weight;
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, ExtensionType, backend_extension};
 
-pub use nf4_linear::nf4_linear;
+pub use weight::Nf4Weight;
 
-/// An NF4 weight `[out, in]` as backend primitives: packed bytes four to an i32 word
-/// (most significant first), the 16-value code table, and the f32 absmax of every block.
-#[derive(ExtensionType, Clone, Debug)]
-pub struct Nf4Operand<B: Backend> {
-    pub words: IntTensor<B>,
-    pub code: FloatTensor<B>,
-    pub absmax: FloatTensor<B>,
-}
-
-/// The layout of an NF4 weight that the tensors do not carry.
+/// The shape of an NF4 weight, which its flat tensors do not carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Nf4Layout {
     pub out_features: usize,
@@ -33,22 +27,55 @@ pub struct Nf4Layout {
     pub blocksize: usize,
 }
 
+impl Nf4Layout {
+    pub fn numel(&self) -> usize {
+        self.out_features * self.in_features
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.numel().div_ceil(self.blocksize)
+    }
+}
+
+/// The absmax of every block as backend primitives: f32, or double-quantized
+/// (`nested_code[codes] * nested_absmax[block / nested_blocksize] + offset`).
+#[derive(ExtensionType, Clone, Debug)]
+pub enum Nf4Absmax<B: Backend> {
+    Plain(FloatTensor<B>),
+    Double {
+        /// The 8-bit codes, four to an i32 word, most significant first.
+        words: IntTensor<B>,
+        nested_absmax: FloatTensor<B>,
+        nested_code: FloatTensor<B>,
+        nested_blocksize: usize,
+        offset: f32,
+    },
+}
+
+/// An NF4 weight `[out, in]` as backend primitives: packed bytes four to an i32 word (most
+/// significant first), the 16-value code table, and the absmax of every block.
+#[derive(ExtensionType, Clone, Debug)]
+pub struct Nf4Operand<B: Backend> {
+    pub words: IntTensor<B>,
+    pub code: FloatTensor<B>,
+    #[extension_type]
+    pub absmax: Nf4Absmax<B>,
+    pub layout: Nf4Layout,
+}
+
 #[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
 pub trait QloraOps: Backend {
+    /// The dense `[out, in]` f32 weight: `code[q] * absmax[block]`, as bitsandbytes computes it.
+    fn nf4_dequantize(#[extension_type] weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        generic::dequantize::<Self>(&weight)
+    }
+
     /// `x · Wᵀ` for `x` `[rows, in]` and the NF4 weight `W` `[out, in]`: `[rows, out]`.
     fn nf4_matmul(
         x: FloatTensor<Self>,
         #[extension_type] weight: Nf4Operand<Self>,
-        out_features: usize,
-        in_features: usize,
-        blocksize: usize,
     ) -> FloatTensor<Self> {
-        let layout = Nf4Layout {
-            out_features,
-            in_features,
-            blocksize,
-        };
-        let dense = generic::dequantize::<Self>(&weight, layout);
+        let dense = Self::nf4_dequantize(weight);
         Self::float_matmul(x, Self::float_transpose(dense))
     }
 
@@ -56,16 +83,8 @@ pub trait QloraOps: Backend {
     fn nf4_matmul_transposed(
         dy: FloatTensor<Self>,
         #[extension_type] weight: Nf4Operand<Self>,
-        out_features: usize,
-        in_features: usize,
-        blocksize: usize,
     ) -> FloatTensor<Self> {
-        let layout = Nf4Layout {
-            out_features,
-            in_features,
-            blocksize,
-        };
-        let dense = generic::dequantize::<Self>(&weight, layout);
+        let dense = Self::nf4_dequantize(weight);
         Self::float_matmul(dy, dense)
     }
 }

@@ -1,9 +1,12 @@
 //! Hugging Face safetensors checkpoints: reading (single file or sharded index, memory-mapped)
-//! and writing (sharded, atomically, tensors produced lazily one at a time).
+//! and writing (sharded, atomically, tensors produced lazily one at a time), and the files that
+//! travel with the weights.
 
+mod model_dir;
 mod reader;
 mod writer;
 
+pub use model_dir::{COMPANION_FILES, bnb_quantization_config, copy_companion_files, write_json};
 pub use reader::Checkpoint;
 pub use writer::{OutTensor, write_safetensors};
 

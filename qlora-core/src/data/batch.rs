@@ -5,8 +5,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::tokenize::Example;
-use crate::lora::TrainBatch;
 use crate::model::IGNORE_INDEX;
+use crate::model::TrainBatch;
 
 /// Split off a held-out set of `round(fraction * len)` examples (at least one when the
 /// fraction is positive and there are two or more examples), chosen by `seed`.

@@ -1,9 +1,6 @@
 //! Dataset formats, detected from the first record or chosen with `--format`, and how each
 //! record becomes a training sample.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde_json::Value;
 
 use super::oasst::{OasstOptions, OasstReport, conversations};
@@ -11,51 +8,21 @@ use super::records::Record;
 use crate::error::{Error, Result};
 use crate::text::Message;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DatasetFormat {
-    /// `instruction`, optional `input`, `output` (Stanford Alpaca / QLoRA prompt).
-    Alpaca,
-    /// `input`, `output` (the QLoRA repository's local-file format).
-    InputOutput,
-    /// OpenAssistant oasst1 exports: one message per line, or one tree per line.
-    Oasst,
-    /// `text` in the `### Human: ... ### Assistant: ...` form (openassistant-guanaco).
-    Guanaco,
-    /// `messages` (OpenAI form) or `conversations` (ShareGPT form), rendered with the chat
-    /// template.
-    Messages,
-    /// `text`: plain language modelling.
-    Text,
-}
-
-impl FromStr for DatasetFormat {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "alpaca" => Ok(DatasetFormat::Alpaca),
-            "input-output" => Ok(DatasetFormat::InputOutput),
-            "oasst" | "oasst1" => Ok(DatasetFormat::Oasst),
-            "guanaco" => Ok(DatasetFormat::Guanaco),
-            "messages" | "sharegpt" | "chat" => Ok(DatasetFormat::Messages),
-            "text" => Ok(DatasetFormat::Text),
-            other => Err(Error::invalid(format!(
-                "unknown format `{other}`: expected alpaca, input-output, oasst, guanaco, messages or text"
-            ))),
-        }
-    }
-}
-
-impl fmt::Display for DatasetFormat {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            DatasetFormat::Alpaca => "alpaca",
-            DatasetFormat::InputOutput => "input-output",
-            DatasetFormat::Oasst => "oasst",
-            DatasetFormat::Guanaco => "guanaco",
-            DatasetFormat::Messages => "messages",
-            DatasetFormat::Text => "text",
-        })
+crate::named_enum! {
+    pub enum DatasetFormat: "format" {
+        /// `instruction`, optional `input`, `output` (Stanford Alpaca / QLoRA prompt).
+        Alpaca = "alpaca",
+        /// `input`, `output` (the QLoRA repository's local-file format).
+        InputOutput = "input-output",
+        /// OpenAssistant oasst1 exports: one message per line, or one tree per line.
+        Oasst = "oasst" | "oasst1",
+        /// `text` in the `### Human: ... ### Assistant: ...` form (openassistant-guanaco).
+        Guanaco = "guanaco",
+        /// `messages` (OpenAI form) or `conversations` (ShareGPT form), rendered with the chat
+        /// template.
+        Messages = "messages" | "sharegpt" | "chat",
+        /// `text`: plain language modelling.
+        Text = "text",
     }
 }
 
@@ -88,27 +55,15 @@ impl DatasetFormat {
     }
 }
 
-/// How conversations (oasst, messages) are rendered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ConversationTemplate {
-    /// `### Human: ...### Assistant: ...` as in openassistant-guanaco.
-    #[default]
-    Guanaco,
-    /// The model's own chat template.
-    Chat,
-}
-
-impl FromStr for ConversationTemplate {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "guanaco" => Ok(ConversationTemplate::Guanaco),
-            "chat" => Ok(ConversationTemplate::Chat),
-            other => Err(Error::invalid(format!(
-                "unknown template `{other}`: expected guanaco or chat"
-            ))),
-        }
+crate::named_enum! {
+    /// How conversations (oasst, messages) are rendered.
+    #[derive(Default)]
+    pub enum ConversationTemplate: "template" {
+        /// `### Human: ...### Assistant: ...` as in openassistant-guanaco.
+        #[default]
+        Guanaco = "guanaco",
+        /// The model's own chat template.
+        Chat = "chat",
     }
 }
 

@@ -9,18 +9,41 @@
 
 use std::collections::{BTreeMap, HashSet};
 
+use clap::{ArgAction, Args};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::records::Record;
 use crate::error::{Error, Result};
 use crate::text::Message;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Which OpenAssistant messages are kept (flags of `train` and `eval`).
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(default)]
 pub struct OasstOptions {
-    /// Keep only replies ranked 0 at every branching (the openassistant-guanaco choice).
+    /// OpenAssistant: keep only replies ranked first at every branching (the
+    /// openassistant-guanaco choice).
+    #[arg(long = "oasst-top-ranked", id = "oasst_top_ranked", action = ArgAction::Set,
+          num_args = 0..=1, default_missing_value = "true", default_value_t = false,
+          value_name = "BOOL", help_heading = "Data")]
+    #[serde(rename = "oasst_top_ranked")]
     pub top_ranked: bool,
-    /// Keep only messages in these languages (empty: all).
+    /// OpenAssistant: keep only messages in these languages (comma-separated, e.g. en,de)
+    /// [default: all].
+    #[arg(
+        long = "lang",
+        id = "lang",
+        value_delimiter = ',',
+        help_heading = "Data"
+    )]
+    #[serde(rename = "lang")]
     pub languages: Vec<String>,
+}
+
+impl Default for OasstOptions {
+    fn default() -> Self {
+        crate::settings::defaults()
+    }
 }
 
 /// What the rebuild kept and dropped.

@@ -9,30 +9,48 @@
 
 use std::ops::Range;
 
+use clap::{ArgAction, Args};
+use serde::{Deserialize, Serialize};
+
 use super::format::{ConversationTemplate, Sample, render_guanaco};
 use crate::error::{Error, Result};
 use crate::model::IGNORE_INDEX;
 use crate::text::{Message, Tokenizer};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How samples become tokens (flags of `train` and `eval`, keys of `training_config.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TokenizeOptions {
-    /// Most tokens kept of the prompt (QLoRA's `--source_max_len`).
+    /// Most prompt tokens kept per example (QLoRA's --source_max_len).
+    #[arg(long, default_value_t = 1024, help_heading = "Data")]
     pub source_max_len: usize,
-    /// Most tokens kept of the response (QLoRA's `--target_max_len`).
+    /// Most response tokens kept per example (QLoRA's --target_max_len).
+    #[arg(long, default_value_t = 256, help_heading = "Data")]
     pub target_max_len: usize,
-    /// Learn the prompt tokens too.
+    /// Learn (and score) the prompt tokens too.
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          default_value_t = false, value_name = "BOOL", help_heading = "Data")]
     pub train_on_source: bool,
+    /// How conversations are written: guanaco (`### Human: ...### Assistant: ...`) or chat
+    /// (the model's chat template).
+    #[arg(long, default_value_t = ConversationTemplate::Guanaco, help_heading = "Data")]
     pub template: ConversationTemplate,
 }
 
 impl Default for TokenizeOptions {
     fn default() -> Self {
-        TokenizeOptions {
-            source_max_len: 1024,
-            target_max_len: 256,
-            train_on_source: false,
-            template: ConversationTemplate::Guanaco,
+        crate::settings::defaults()
+    }
+}
+
+impl TokenizeOptions {
+    pub fn validate(&self) -> Result<()> {
+        if self.source_max_len == 0 || self.target_max_len == 0 {
+            return Err(Error::invalid(
+                "--source-max-len and --target-max-len must be at least 1",
+            ));
         }
+        Ok(())
     }
 }
 

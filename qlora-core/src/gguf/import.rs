@@ -8,11 +8,11 @@ use super::config::{ROPE_FREQS_TENSOR, llama_config};
 use super::file::GgufFile;
 use super::tokenizer::tokenizer_files;
 use crate::FloatDtype;
+use crate::checkpoint::write_json;
 use crate::checkpoint::{OutTensor, write_safetensors};
 use crate::config::CONFIG_FILE;
 use crate::dtype::encode_f32;
 use crate::error::{Error, Result};
-use crate::quantize_model::write_json;
 use crate::staged_dir::StagedDir;
 use crate::text::{GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 
@@ -163,7 +163,7 @@ pub fn import_gguf_file(
         }
         *summary
             .types
-            .entry(super::file::type_name(gguf.tensor_type(name)?))
+            .entry(super::blocks::type_name(gguf.tensor_type(name)?))
             .or_default() += 1;
         summary.tensors += 1;
         summary.parameters += shape.iter().product::<usize>();

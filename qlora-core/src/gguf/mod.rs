@@ -1,6 +1,7 @@
 //! GGUF (llama.cpp) models: read the file, dequantize its ggml blocks, and import it as a
 //! Hugging Face LLaMA directory the rest of the toolkit loads.
 
+pub mod blocks;
 pub mod cache;
 pub mod config;
 pub mod file;

@@ -9,18 +9,8 @@
 
 use burn::tensor::Tensor;
 
-use super::adapter::DropoutStream;
 use crate::error::{Error, Result};
-use crate::model::Llama;
-
-/// Token ids, labels (`IGNORE_INDEX` where the loss does not count) and which positions are
-/// real tokens (false = padding), all `[batch][seq]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TrainBatch {
-    pub ids: Vec<Vec<u32>>,
-    pub labels: Vec<Vec<i64>>,
-    pub is_token: Vec<Vec<bool>>,
-}
+use crate::model::{DropoutStream, Llama, TrainBatch};
 
 /// Gradients of `A` and `B` for every adapter, in the order of [`Llama::adapters`].
 #[derive(Debug, Clone)]

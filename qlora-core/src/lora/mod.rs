@@ -1,14 +1,14 @@
-//! LoRA on the frozen (NF4 or dense) base: adapters, their gradients with per-layer gradient
-//! checkpointing, and the PEFT file format.
+//! LoRA on the frozen (NF4 or dense) base: configuration, fresh adapters, their gradients with
+//! per-layer gradient checkpointing, and the PEFT file format. The adapter itself sits in the
+//! model ([`crate::model::LoraAdapter`]).
 
-mod adapter;
+mod attach;
 mod backward;
+mod config;
 mod peft;
 
-pub use adapter::{
-    DropoutStream, LLAMA_PROJECTIONS, LoraAdapter, LoraConfig, LoraInit, init_rng, lora_scale,
-};
-pub use backward::{AdapterGrads, LossAndGrads, TrainBatch, loss_and_grads};
+pub use backward::{AdapterGrads, LossAndGrads, loss_and_grads};
+pub use config::{LoraConfig, LoraInit, lora_scale};
 pub use peft::{
     AdapterDtype, AdapterFile, AdapterSettings, ModuleWeights, load_adapter, read_adapter,
     save_adapter,

@@ -6,40 +6,28 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::str::FromStr;
 
 use burn::tensor::{Tensor, TensorData};
 use serde_json::{Value, json};
 
-use super::adapter::{LLAMA_PROJECTIONS, LoraAdapter, LoraConfig, LoraInit, lora_scale};
+use super::config::{LoraConfig, LoraInit, lora_scale};
 use crate::checkpoint::{Checkpoint, OutTensor};
+use crate::config::Projection;
 use crate::dtype::{FloatDtype, decode_f32, encode_f32};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::{Llama, LoraAdapter};
 
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const KEY_PREFIX: &str = "base_model.model.";
 
-/// The dtype adapter weights are written in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AdapterDtype {
-    #[default]
-    F32,
-    BF16,
-}
-
-impl FromStr for AdapterDtype {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" | "float32" => Ok(AdapterDtype::F32),
-            "bf16" | "bfloat16" => Ok(AdapterDtype::BF16),
-            other => Err(Error::invalid(format!(
-                "unknown adapter dtype `{other}`: expected f32 or bf16"
-            ))),
-        }
+crate::named_enum! {
+    /// The dtype adapter weights are written in.
+    #[derive(Default)]
+    pub enum AdapterDtype: "adapter dtype" {
+        #[default]
+        F32 = "f32" | "float32",
+        BF16 = "bf16" | "bfloat16",
     }
 }
 
@@ -82,7 +70,7 @@ pub fn adapter_config_json(config: &LoraConfig, base_model: &str) -> Value {
         "r": config.r,
         "rank_pattern": {},
         "revision": null,
-        "target_modules": config.target_modules,
+        "target_modules": config.target_names(),
         "task_type": "CAUSAL_LM",
         "use_dora": false,
         "use_rslora": config.use_rslora,
@@ -365,9 +353,10 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<LoraConfig> {
             dropout: file.settings.dropout,
             key: 0,
         });
-        let short = module.rsplit('.').next().expect("module").to_string();
-        if !targets.contains(&short) {
-            targets.push(short);
+        let short = module.rsplit('.').next().expect("module");
+        let projection = Projection::from_name(short).expect("a linear of the model");
+        if !targets.contains(&projection) {
+            targets.push(projection);
         }
     }
     // Keys follow model order, so dropout streams match those of a fresh attach.
@@ -376,7 +365,7 @@ pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<LoraConfig> {
             lora.key = key as u64;
         }
     }
-    targets.sort_by_key(|t| LLAMA_PROJECTIONS.iter().position(|p| p == t));
+    targets.sort();
     Ok(LoraConfig {
         r: file.settings.r,
         alpha: file.settings.alpha,

@@ -1,10 +1,10 @@
 use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
+use super::adapter::DropoutStream;
 use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::rope::RotaryEmbedding;
-use crate::lora::DropoutStream;
 
 /// Grouped-query causal self-attention.
 #[derive(Clone, Debug)]

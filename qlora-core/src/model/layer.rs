@@ -5,6 +5,7 @@ use super::kv_cache::KvCache;
 use super::linear::Linear;
 use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
+use crate::config::Projection;
 
 /// Pre-norm decoder layer: `h = x + attn(norm(x)); out = h + mlp(norm(h))`.
 #[derive(Clone, Debug)]
@@ -16,7 +17,7 @@ pub struct DecoderLayer {
 }
 
 impl DecoderLayer {
-    /// The seven projections, in the order of [`crate::lora::LLAMA_PROJECTIONS`].
+    /// The seven projections, in [`Projection::ALL`] order.
     pub fn linears(&self) -> [&Linear; 7] {
         let (a, m) = (&self.self_attn, &self.mlp);
         [
@@ -28,6 +29,25 @@ impl DecoderLayer {
             &m.up_proj,
             &m.down_proj,
         ]
+    }
+
+    /// [`DecoderLayer::linears`], mutably.
+    pub fn linears_mut(&mut self) -> [&mut Linear; 7] {
+        let (a, m) = (&mut self.self_attn, &mut self.mlp);
+        [
+            &mut a.q_proj,
+            &mut a.k_proj,
+            &mut a.v_proj,
+            &mut a.o_proj,
+            &mut m.gate_proj,
+            &mut m.up_proj,
+            &mut m.down_proj,
+        ]
+    }
+
+    /// Projection `p`.
+    pub fn linear(&self, p: Projection) -> &Linear {
+        self.linears()[p as usize]
     }
 
     pub fn forward(

@@ -5,11 +5,10 @@ use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
 
-use crate::backend::nf4_linear;
-use crate::lora::{DropoutStream, LoraAdapter};
+use super::adapter::{DropoutStream, LoraAdapter};
+use crate::backend::Nf4Weight;
 use crate::quant::Nf4Tensor;
 use crate::quant::bnb_cpu_bf16;
-use crate::quant::tensor_ops::DeviceNf4;
 
 /// The frozen weight `[out, in]` of a linear layer.
 // One per layer, so the size of a tensor handle in the dense variant does not matter.
@@ -18,7 +17,7 @@ use crate::quant::tensor_ops::DeviceNf4;
 pub enum BaseWeight {
     Dense(Tensor<2>),
     /// NF4, dequantized exactly to f32 for each product (bitsandbytes' training and GPU path).
-    Nf4(DeviceNf4),
+    Nf4(Nf4Weight),
     /// NF4 multiplied like bitsandbytes' CPU bf16 inference kernel (host only, no gradients);
     /// see [`bnb_cpu_bf16`].
     Nf4BnbCpuBf16(Arc<Nf4Tensor>),
@@ -85,7 +84,7 @@ impl Linear {
     fn base_forward(&self, rows: Tensor<2>) -> Tensor<2> {
         match &self.weight {
             BaseWeight::Dense(w) => rows.matmul(w.clone().transpose()),
-            BaseWeight::Nf4(q) => nf4_linear(rows, q),
+            BaseWeight::Nf4(q) => q.linear(rows),
             BaseWeight::Nf4BnbCpuBf16(state) => {
                 let [count, _] = rows.dims();
                 let device = rows.device();

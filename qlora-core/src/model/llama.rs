@@ -1,15 +1,15 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
+use super::adapter::{DropoutStream, LoraAdapter};
 use super::attention::LayerContext;
 use super::kv_cache::KvCache;
 use super::layer::DecoderLayer;
 use super::linear::Linear;
 use super::rms_norm::RmsNorm;
 use super::rope::RotaryEmbedding;
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, Projection};
 use crate::error::{Error, Result};
-use crate::lora::{DropoutStream, LoraAdapter, LoraConfig, init_rng};
 
 /// Label value of positions that do not count in the loss (as in PyTorch / transformers).
 pub const IGNORE_INDEX: i64 = -100;
@@ -155,22 +155,13 @@ impl Llama {
         self.forward_with(ids, is_token, cache, None)
     }
 
-    /// Every decoder linear with its module path (`model.layers.3.self_attn.q_proj`).
+    /// Every decoder linear with its module path (`model.layers.3.self_attn.q_proj`), in
+    /// layer order and [`Projection::ALL`] order within a layer.
     pub fn linears(&self) -> Vec<(String, &Linear)> {
-        let mut out = Vec::with_capacity(self.layers.len() * 7);
+        let mut out = Vec::with_capacity(self.layers.len() * Projection::ALL.len());
         for (i, layer) in self.layers.iter().enumerate() {
-            let a = &layer.self_attn;
-            let m = &layer.mlp;
-            for (name, linear) in [
-                ("self_attn.q_proj", &a.q_proj),
-                ("self_attn.k_proj", &a.k_proj),
-                ("self_attn.v_proj", &a.v_proj),
-                ("self_attn.o_proj", &a.o_proj),
-                ("mlp.gate_proj", &m.gate_proj),
-                ("mlp.up_proj", &m.up_proj),
-                ("mlp.down_proj", &m.down_proj),
-            ] {
-                out.push((format!("model.layers.{i}.{name}"), linear));
+            for (p, linear) in Projection::ALL.into_iter().zip(layer.linears()) {
+                out.push((p.path(i), linear));
             }
         }
         out
@@ -178,44 +169,13 @@ impl Llama {
 
     /// [`Llama::linears`], mutably.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::with_capacity(self.layers.len() * 7);
+        let mut out = Vec::with_capacity(self.layers.len() * Projection::ALL.len());
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            for (name, linear) in [
-                ("self_attn.q_proj", &mut a.q_proj),
-                ("self_attn.k_proj", &mut a.k_proj),
-                ("self_attn.v_proj", &mut a.v_proj),
-                ("self_attn.o_proj", &mut a.o_proj),
-                ("mlp.gate_proj", &mut m.gate_proj),
-                ("mlp.up_proj", &mut m.up_proj),
-                ("mlp.down_proj", &mut m.down_proj),
-            ] {
-                out.push((format!("model.layers.{i}.{name}"), linear));
+            for (p, linear) in Projection::ALL.into_iter().zip(layer.linears_mut()) {
+                out.push((p.path(i), linear));
             }
         }
         out
-    }
-
-    /// Give every targeted linear a fresh adapter (replacing any), drawn from `seed`.
-    pub fn attach_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<()> {
-        config.validate()?;
-        let device = self.device.clone();
-        let mut rng = init_rng(seed);
-        for (key, (path, linear)) in self.linears_mut().into_iter().enumerate() {
-            let module = path.rsplit('.').next().expect("module name");
-            if config.target_modules.iter().any(|t| t == module) {
-                linear.lora = Some(LoraAdapter::init(
-                    linear.in_features,
-                    linear.out_features,
-                    config,
-                    key as u64,
-                    &mut rng,
-                    &device,
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// The adapters with their module paths, in model order.

@@ -2,11 +2,13 @@
 //! load, or kept dense) and bitsandbytes 4-bit checkpoints as they are. Weights are converted
 //! one at a time from the memory-mapped files.
 
+use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use super::attention::Attention;
 use super::layer::DecoderLayer;
@@ -15,10 +17,10 @@ use super::llama::Llama;
 use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
 use super::rope::RotaryEmbedding;
+use crate::backend::Nf4Weight;
 use crate::checkpoint::Checkpoint;
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, Projection};
 use crate::error::{Error, Result};
-use crate::quant::tensor_ops::DeviceNf4;
 use crate::quant::{Nf4Config, Nf4Tensor};
 
 /// Precision of the frozen decoder linears.
@@ -31,15 +33,21 @@ pub enum Bits {
     Sixteen,
 }
 
-impl FromStr for Nf4Matmul {
-    type Err = Error;
+impl Bits {
+    /// 4 or 16, as `--bits` and `training_config.toml` write it.
+    pub fn number(self) -> u32 {
+        match self {
+            Bits::Four => 4,
+            Bits::Sixteen => 16,
+        }
+    }
 
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "f32" => Ok(Nf4Matmul::DequantizeF32),
-            "bnb-cpu-bf16" => Ok(Nf4Matmul::BnbCpuBf16),
+    pub fn from_number(bits: u64) -> Result<Self> {
+        match bits {
+            4 => Ok(Bits::Four),
+            16 => Ok(Bits::Sixteen),
             other => Err(Error::invalid(format!(
-                "--nf4-matmul must be f32 or bnb-cpu-bf16, got `{other}`"
+                "--bits must be 4 or 16, got `{other}`"
             ))),
         }
     }
@@ -49,26 +57,42 @@ impl FromStr for Bits {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "4" => Ok(Bits::Four),
-            "16" => Ok(Bits::Sixteen),
-            other => Err(Error::invalid(format!(
-                "--bits must be 4 or 16, got `{other}`"
-            ))),
-        }
+        s.parse::<u64>()
+            .map_err(|_| Error::invalid(format!("--bits must be 4 or 16, got `{s}`")))
+            .and_then(Bits::from_number)
     }
 }
 
-/// How NF4 linears multiply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Nf4Matmul {
-    /// Dequantize to f32 (bit-exact with bitsandbytes) and multiply in f32: what bitsandbytes
-    /// does when training, on GPUs, and on CPUs without AVX512-BF16.
-    #[default]
-    DequantizeF32,
-    /// bitsandbytes' CPU bf16 inference kernel, emulated bit for bit: what transformers +
-    /// bitsandbytes inference gives on CPUs with AVX512-BF16. Inference only.
-    BnbCpuBf16,
+impl fmt::Display for Bits {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.number())
+    }
+}
+
+impl Serialize for Bits {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_u32(self.number())
+    }
+}
+
+impl<'de> Deserialize<'de> for Bits {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        Bits::from_number(u64::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+crate::named_enum! {
+    /// How NF4 linears multiply.
+    #[derive(Default)]
+    pub enum Nf4Matmul: "NF4 matmul" {
+        /// Dequantize to f32 (bit-exact with bitsandbytes) and multiply in f32: what
+        /// bitsandbytes does when training, on GPUs, and on CPUs without AVX512-BF16.
+        #[default]
+        DequantizeF32 = "f32",
+        /// bitsandbytes' CPU bf16 inference kernel, emulated bit for bit: what transformers +
+        /// bitsandbytes inference gives on CPUs with AVX512-BF16. Inference only.
+        BnbCpuBf16 = "bnb-cpu-bf16",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -100,7 +124,7 @@ impl Loader<'_> {
         let groups_fit = state.shape[1].is_multiple_of(state.blocksize);
         match options.nf4_matmul {
             Nf4Matmul::BnbCpuBf16 if groups_fit => BaseWeight::Nf4BnbCpuBf16(Arc::new(state)),
-            _ => BaseWeight::Nf4(DeviceNf4::new(&state, self.device)),
+            _ => BaseWeight::Nf4(Nf4Weight::new(&state, self.device)),
         }
     }
 
@@ -195,10 +219,9 @@ impl Llama {
         let embed_tokens = loader.tensor("model.embed_tokens.weight", [vocab, hidden])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for index in 0..config.num_hidden_layers {
-            let shapes = config.linear_shapes(index);
-            let linear = |i: usize, bias: bool| {
-                let (name, shape) = &shapes[i];
-                loader.linear(name, *shape, bias, options, config.bnb_4bit)
+            let linear = |p: Projection, bias: bool| {
+                let shape = config.projection_shape(p);
+                loader.linear(&p.weight_name(index), shape, bias, options, config.bnb_4bit)
             };
             let attn_bias = config.attention_bias;
             let mlp_bias = config.mlp_bias;
@@ -206,10 +229,10 @@ impl Llama {
             layers.push(DecoderLayer {
                 input_layernorm: norm(&format!("{prefix}.input_layernorm.weight"))?,
                 self_attn: Attention {
-                    q_proj: linear(0, attn_bias)?,
-                    k_proj: linear(1, attn_bias)?,
-                    v_proj: linear(2, attn_bias)?,
-                    o_proj: linear(3, attn_bias)?,
+                    q_proj: linear(Projection::Q, attn_bias)?,
+                    k_proj: linear(Projection::K, attn_bias)?,
+                    v_proj: linear(Projection::V, attn_bias)?,
+                    o_proj: linear(Projection::O, attn_bias)?,
                     num_heads: config.num_attention_heads,
                     num_kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim,
@@ -218,9 +241,9 @@ impl Llama {
                     "{prefix}.post_attention_layernorm.weight"
                 ))?,
                 mlp: Mlp {
-                    gate_proj: linear(4, mlp_bias)?,
-                    up_proj: linear(5, mlp_bias)?,
-                    down_proj: linear(6, mlp_bias)?,
+                    gate_proj: linear(Projection::Gate, mlp_bias)?,
+                    up_proj: linear(Projection::Up, mlp_bias)?,
+                    down_proj: linear(Projection::Down, mlp_bias)?,
                 },
             });
         }

@@ -1,8 +1,8 @@
 use burn::tensor::Tensor;
 use burn::tensor::activation::silu;
 
+use super::adapter::DropoutStream;
 use super::linear::Linear;
-use crate::lora::DropoutStream;
 
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
 #[derive(Clone, Debug)]

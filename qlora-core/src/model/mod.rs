@@ -1,7 +1,10 @@
 //! The LLaMA-family decoder on Burn: embedding, RMSNorm, rotary embedding (Hugging Face's
-//! rotate-half convention), grouped-query causal attention, SwiGLU MLP, `lm_head`.
+//! rotate-half convention), grouped-query causal attention, SwiGLU MLP, `lm_head`, and the
+//! adapter slot of every linear.
 
+mod adapter;
 mod attention;
+mod batch;
 mod kv_cache;
 mod layer;
 mod linear;
@@ -11,7 +14,9 @@ mod mlp;
 mod rms_norm;
 mod rope;
 
+pub use adapter::{DropoutStream, LoraAdapter};
 pub use attention::{Attention, LayerContext};
+pub use batch::TrainBatch;
 pub use kv_cache::KvCache;
 pub use layer::DecoderLayer;
 pub use linear::{BaseWeight, Linear};

@@ -14,18 +14,15 @@ use serde::Serialize;
 
 pub use presets::{PRESETS, preset_config, preset_names};
 
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, Projection};
 use crate::error::{Error, Result};
 use crate::model::Bits;
-
-/// The seven LLaMA projections LoRA adapts by default.
-pub use crate::lora::LLAMA_PROJECTIONS as ALL_LINEAR;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanSettings {
     pub bits: Bits,
     pub rank: usize,
-    pub target_modules: Vec<String>,
+    pub target_modules: Vec<Projection>,
     pub batch_size: usize,
     pub seq_len: usize,
     pub gradient_checkpointing: bool,
@@ -43,7 +40,7 @@ impl Default for PlanSettings {
         PlanSettings {
             bits: Bits::Four,
             rank: 64,
-            target_modules: ALL_LINEAR.iter().map(|s| s.to_string()).collect(),
+            target_modules: Projection::ALL.to_vec(),
             batch_size: 1,
             seq_len: 512,
             gradient_checkpointing: true,
@@ -76,7 +73,7 @@ pub struct MemoryPlan {
 /// How many tensors of each kind are alive at the peak, fitted to the peak heap of our
 /// training step on CPU (`examples/plan_check.rs`: three model shapes, sequence 256 and 1024,
 /// checkpointing on and off, all within 10%).
-mod keep {
+mod alive_at_peak {
     /// Per token and decoder layer, in units of the MLP's intermediate size: the forward
     /// intermediates autodiff keeps and the gradients being formed. Hidden- and query-sized
     /// tensors are folded in (LLaMA shapes keep intermediate/hidden near 2.7).
@@ -118,25 +115,18 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
     let h = config.hidden_size as u64;
     let inter = config.intermediate_size as u64;
     let layers = config.num_hidden_layers as u64;
-    let q_dim = (config.num_attention_heads * config.head_dim) as u64;
-    let kv_dim = (config.num_key_value_heads * config.head_dim) as u64;
     let heads = config.num_attention_heads as u64;
     let vocab = config.vocab_size as u64;
     let d = settings.compute_bytes;
     let (b, s) = (settings.batch_size as u64, settings.seq_len as u64);
     let r = settings.rank as u64;
 
-    // (name, in, out) of each projection of a layer.
-    let projections = [
-        ("q_proj", h, q_dim),
-        ("k_proj", h, kv_dim),
-        ("v_proj", h, kv_dim),
-        ("o_proj", q_dim, h),
-        ("gate_proj", h, inter),
-        ("up_proj", h, inter),
-        ("down_proj", inter, h),
-    ];
-    let adapted = |name: &str| settings.target_modules.iter().any(|t| t == name);
+    // (projection, in, out) of each projection of a layer.
+    let projections = Projection::ALL.map(|p| {
+        let [out, inp] = config.projection_shape(p);
+        (p, inp as u64, out as u64)
+    });
+    let adapted = |p: &Projection| settings.target_modules.contains(p);
 
     let mut items = Vec::new();
     let linear_params: u64 = projections.iter().map(|(_, i, o)| i * o).sum::<u64>() * layers;
@@ -183,7 +173,7 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
 
     let lora_params: u64 = projections
         .iter()
-        .filter(|(name, _, _)| adapted(name))
+        .filter(|(p, _, _)| adapted(p))
         .map(|(_, i, o)| r * (i + o))
         .sum::<u64>()
         * layers;
@@ -194,13 +184,13 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
     });
     items.push(PlanItem {
         key: "lora_gradients",
-        bytes: (keep::GRADIENTS * (lora_params * 4) as f64) as u64,
+        bytes: (alive_at_peak::GRADIENTS * (lora_params * 4) as f64) as u64,
         detail: "gradients of the adapters (f32)".into(),
     });
 
     let optimizer: u64 = projections
         .iter()
-        .filter(|(name, _, _)| adapted(name))
+        .filter(|(p, _, _)| adapted(p))
         .map(|(_, i, o)| {
             adam_state_bytes(r * i, settings.optimizer_8bit)
                 + adam_state_bytes(r * o, settings.optimizer_8bit)
@@ -226,11 +216,11 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
     });
 
     // Activations of one decoder layer at the peak of its backward pass.
-    let layer = ((b * s) as f64 * keep::INTERMEDIATE * inter as f64
-        + keep::SCORES * (b * heads * s * s) as f64)
+    let layer = ((b * s) as f64 * alive_at_peak::INTERMEDIATE * inter as f64
+        + alive_at_peak::SCORES * (b * heads * s * s) as f64)
         * d as f64;
     let layer = layer as u64;
-    let logits = (keep::LOGITS * (b * s * vocab * 4) as f64) as u64;
+    let logits = (alive_at_peak::LOGITS * (b * s * vocab * 4) as f64) as u64;
     if settings.gradient_checkpointing {
         items.push(PlanItem {
             key: "checkpoints",
@@ -258,7 +248,7 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
     items.push(PlanItem {
         key: "dequantized_weight",
         bytes: match settings.bits {
-            Bits::Four => (keep::DEQUANTIZED * (largest * d) as f64) as u64,
+            Bits::Four => (alive_at_peak::DEQUANTIZED * (largest * d) as f64) as u64,
             Bits::Sixteen => 0,
         },
         detail: "the largest projection, dense for one matmul".into(),
@@ -266,7 +256,7 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
 
     items.push(PlanItem {
         key: "workspace",
-        bytes: keep::WORKSPACE,
+        bytes: alive_at_peak::WORKSPACE,
         detail: "tokenizer, data, batches".into(),
     });
 

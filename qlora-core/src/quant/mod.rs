@@ -4,8 +4,8 @@ pub mod blockwise8;
 pub mod bnb_cpu_bf16;
 pub mod dynamic_map;
 pub mod nf4;
+mod python_repr;
 pub mod state;
-pub mod tensor_ops;
 mod torch_sum;
 
 pub use state::{Absmax, DoubleQuant, NESTED_BLOCKSIZE, Nf4Config, Nf4Tensor};

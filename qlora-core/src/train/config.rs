@@ -1,226 +1,254 @@
-//! Everything a training run is configured by, with the QLoRA paper's defaults. The same keys
-//! come from `--config FILE.toml` and from flags (flags win); the effective configuration is
-//! written next to the adapter.
+//! Everything a training run is configured by, declared once: clap parses it from flags, serde
+//! reads it from `--config FILE.toml` and writes it as `training_config.toml`, and the trainer
+//! takes it. Defaults are the QLoRA paper's; TOML keys are the flags' names with underscores
+//! (the QLoRA script's names, such as `learning_rate`, are aliases).
 
 use std::path::{Path, PathBuf};
 
+use clap::{ArgAction, ArgMatches, Args};
 use serde::{Deserialize, Serialize};
 
 use super::optimizer::OptimizerKind;
 use super::schedule::Schedule;
+use crate::data::{DataOptions, DatasetFormat, OasstOptions, TokenizeOptions};
 use crate::error::{Error, Result};
+use crate::lora::{AdapterDtype, LoraConfig, LoraInit};
+use crate::model::Bits;
+use crate::settings;
 
-/// Every setting, as optional values: what a TOML file or the command line supplies.
-/// Names are the flags' with dashes as underscores; the QLoRA script's names are aliases.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainSettings {
-    pub model: Option<PathBuf>,
-    pub data: Option<PathBuf>,
-    pub format: Option<String>,
-    pub out: Option<PathBuf>,
-    pub eval_data: Option<PathBuf>,
-    pub eval_fraction: Option<f64>,
-    pub bits: Option<u32>,
-    #[serde(alias = "lora_r")]
-    pub rank: Option<usize>,
-    #[serde(alias = "lora_alpha")]
-    pub alpha: Option<f64>,
-    #[serde(alias = "lora_dropout")]
-    pub dropout: Option<f64>,
-    pub target_modules: Option<String>,
-    pub use_rslora: Option<bool>,
-    pub lora_init: Option<String>,
-    #[serde(alias = "learning_rate")]
-    pub lr: Option<f64>,
-    pub weight_decay: Option<f64>,
-    #[serde(alias = "per_device_train_batch_size")]
-    pub batch_size: Option<usize>,
-    #[serde(alias = "gradient_accumulation_steps")]
-    pub grad_accum: Option<usize>,
-    pub max_steps: Option<u64>,
-    #[serde(alias = "num_train_epochs")]
-    pub epochs: Option<u64>,
-    #[serde(alias = "lr_scheduler_type")]
-    pub schedule: Option<String>,
-    pub warmup_ratio: Option<f64>,
-    pub warmup_steps: Option<u64>,
-    pub optim: Option<String>,
-    pub optim_device_budget_mb: Option<f64>,
-    pub max_grad_norm: Option<f64>,
-    pub save_steps: Option<u64>,
-    pub save_total_limit: Option<usize>,
-    pub eval_steps: Option<u64>,
-    pub logging_steps: Option<u64>,
-    pub seed: Option<u64>,
-    pub gradient_checkpointing: Option<bool>,
-    pub source_max_len: Option<usize>,
-    pub target_max_len: Option<usize>,
-    pub train_on_source: Option<bool>,
-    pub template: Option<String>,
-    pub oasst_top_ranked: Option<bool>,
-    pub lang: Option<Vec<String>>,
-    pub group_by_length: Option<bool>,
-    pub adapter_dtype: Option<String>,
-}
-
-impl TrainSettings {
-    /// Read a TOML file; unknown keys are an error naming the key.
-    pub fn from_toml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        toml::from_str(&text).map_err(|e| Error::file(path, e.to_string().replace('\n', " ")))
-    }
-
-    /// Take every value set in `over`, keep ours elsewhere.
-    pub fn overridden_by(self, over: TrainSettings) -> TrainSettings {
-        macro_rules! merge {
-            ($($field:ident),* $(,)?) => {
-                TrainSettings { $($field: over.$field.or(self.$field)),* }
-            };
-        }
-        merge!(
-            model,
-            data,
-            format,
-            out,
-            eval_data,
-            eval_fraction,
-            bits,
-            rank,
-            alpha,
-            dropout,
-            target_modules,
-            use_rslora,
-            lora_init,
-            lr,
-            weight_decay,
-            batch_size,
-            grad_accum,
-            max_steps,
-            epochs,
-            schedule,
-            warmup_ratio,
-            warmup_steps,
-            optim,
-            optim_device_budget_mb,
-            max_grad_norm,
-            save_steps,
-            save_total_limit,
-            eval_steps,
-            logging_steps,
-            seed,
-            gradient_checkpointing,
-            source_max_len,
-            target_max_len,
-            train_on_source,
-            template,
-            oasst_top_ranked,
-            lang,
-            group_by_length,
-            adapter_dtype,
-        )
-    }
-
-    /// Fill the defaults (the QLoRA paper's) and check every value.
-    pub fn resolve(self) -> Result<TrainConfig> {
-        let required = |v: Option<PathBuf>, flag: &str| {
-            v.ok_or_else(|| Error::invalid(format!("--{flag} is required")))
-        };
-        let config = TrainConfig {
-            model: required(self.model, "model")?,
-            data: required(self.data, "data")?,
-            out: required(self.out, "out")?,
-            format: self.format,
-            eval_data: self.eval_data,
-            eval_fraction: self.eval_fraction.unwrap_or(0.0),
-            bits: self.bits.unwrap_or(4),
-            rank: self.rank.unwrap_or(64),
-            alpha: self.alpha.unwrap_or(16.0),
-            dropout: self.dropout.unwrap_or(0.05),
-            target_modules: self.target_modules.unwrap_or_else(|| "all-linear".into()),
-            use_rslora: self.use_rslora.unwrap_or(false),
-            lora_init: self.lora_init.unwrap_or_else(|| "kaiming-uniform".into()),
-            lr: self.lr.unwrap_or(2e-4),
-            weight_decay: self.weight_decay.unwrap_or(0.0),
-            batch_size: self.batch_size.unwrap_or(1),
-            grad_accum: self.grad_accum.unwrap_or(16),
-            max_steps: self.max_steps,
-            epochs: self.epochs,
-            schedule: self.schedule.unwrap_or_else(|| "constant".into()).parse()?,
-            warmup_ratio: self.warmup_ratio.unwrap_or(0.03),
-            warmup_steps: self.warmup_steps,
-            optim: self
-                .optim
-                .unwrap_or_else(|| "paged_adamw_32bit".into())
-                .parse()?,
-            optim_device_budget_mb: self.optim_device_budget_mb,
-            max_grad_norm: self.max_grad_norm.unwrap_or(0.3),
-            save_steps: self.save_steps.unwrap_or(250),
-            save_total_limit: self.save_total_limit,
-            eval_steps: self.eval_steps,
-            logging_steps: self.logging_steps.unwrap_or(10),
-            seed: self.seed.unwrap_or(42),
-            gradient_checkpointing: self.gradient_checkpointing.unwrap_or(true),
-            source_max_len: self.source_max_len.unwrap_or(1024),
-            target_max_len: self.target_max_len.unwrap_or(256),
-            train_on_source: self.train_on_source.unwrap_or(false),
-            template: self.template.unwrap_or_else(|| "guanaco".into()),
-            oasst_top_ranked: self.oasst_top_ranked.unwrap_or(false),
-            lang: self.lang.unwrap_or_default(),
-            group_by_length: self.group_by_length.unwrap_or(false),
-            adapter_dtype: self.adapter_dtype.unwrap_or_else(|| "f32".into()),
-        };
-        config.validate()?;
-        Ok(config)
-    }
-}
-
-/// A complete, checked training configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[serde(default)]
 pub struct TrainConfig {
+    /// Hugging Face model directory, or a GGUF file (imported into the cache on first use);
+    /// `qlora plan` also takes a config.json or a preset (llama-7b, ...).
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        value_parser = path,
+        help_heading = "Run"
+    )]
     pub model: PathBuf,
+    /// Training data (JSON Lines or JSON array).
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        value_parser = path,
+        help_heading = "Run"
+    )]
     pub data: PathBuf,
+    /// alpaca, input-output, oasst, guanaco, messages or text [default: detected].
+    #[arg(long, help_heading = "Run")]
+    pub format: Option<DatasetFormat>,
+    /// Output directory: checkpoints, metrics.jsonl and the final adapter.
+    #[arg(
+        long,
+        default_value = "",
+        hide_default_value = true,
+        value_parser = path,
+        help_heading = "Run"
+    )]
     pub out: PathBuf,
-    pub format: Option<String>,
+    /// Held-out data for evaluation (instead of --eval-fraction).
+    #[arg(long, help_heading = "Run")]
     pub eval_data: Option<PathBuf>,
+    /// Fraction of the data held out for evaluation.
+    #[arg(long, default_value_t = 0.0, help_heading = "Run")]
     pub eval_fraction: f64,
-    pub bits: u32,
+    /// Precision of the frozen base: 4 (NF4 with double quantization, QLoRA) or 16 (dense, LoRA).
+    #[arg(long, default_value_t = Bits::Four, help_heading = "Model")]
+    pub bits: Bits,
+    /// LoRA rank.
+    #[arg(
+        long,
+        visible_alias = "lora-r",
+        default_value_t = 64,
+        help_heading = "LoRA"
+    )]
     pub rank: usize,
+    /// LoRA alpha (the adapter is scaled by alpha/rank).
+    #[arg(
+        long,
+        visible_alias = "lora-alpha",
+        default_value_t = 16.0,
+        help_heading = "LoRA"
+    )]
     pub alpha: f64,
+    /// Dropout on the adapters' input.
+    #[arg(
+        long,
+        visible_alias = "lora-dropout",
+        default_value_t = 0.05,
+        help_heading = "LoRA"
+    )]
     pub dropout: f64,
+    /// all-linear, or a comma-separated subset of q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj.
+    #[arg(long, default_value = "all-linear", help_heading = "LoRA")]
     pub target_modules: String,
+    /// Scale adapters by alpha/sqrt(rank) (rank-stabilized LoRA).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          default_value_t = false, value_name = "BOOL", help_heading = "LoRA")]
     pub use_rslora: bool,
-    pub lora_init: String,
+    /// How A starts: kaiming-uniform (PEFT's default) or gaussian.
+    #[arg(long, default_value_t = LoraInit::KaimingUniform, help_heading = "LoRA")]
+    pub lora_init: LoraInit,
+    /// Peak learning rate.
+    #[arg(
+        long,
+        visible_alias = "learning-rate",
+        default_value_t = 2e-4,
+        help_heading = "Optimization"
+    )]
     pub lr: f64,
+    /// Decoupled weight decay.
+    #[arg(long, default_value_t = 0.0, help_heading = "Optimization")]
     pub weight_decay: f64,
+    /// Sequences per micro-batch.
+    #[arg(
+        long,
+        visible_alias = "per-device-train-batch-size",
+        default_value_t = 1,
+        help_heading = "Optimization"
+    )]
     pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(
+        long,
+        visible_alias = "gradient-accumulation-steps",
+        default_value_t = 16,
+        help_heading = "Optimization"
+    )]
     pub grad_accum: usize,
+    /// Optimizer steps (overrides --epochs).
+    #[arg(long, help_heading = "Optimization")]
     pub max_steps: Option<u64>,
+    /// Passes over the data [default: 1].
+    #[arg(
+        long,
+        visible_alias = "num-train-epochs",
+        help_heading = "Optimization"
+    )]
     pub epochs: Option<u64>,
+    /// Learning-rate schedule after warmup: constant, linear or cosine.
+    #[arg(long, visible_alias = "lr-scheduler-type", default_value_t = Schedule::Constant, help_heading = "Optimization")]
     pub schedule: Schedule,
+    /// Warmup as a fraction of the steps.
+    #[arg(long, default_value_t = 0.03, help_heading = "Optimization")]
     pub warmup_ratio: f64,
+    /// Warmup steps (overrides --warmup-ratio).
+    #[arg(long, help_heading = "Optimization")]
     pub warmup_steps: Option<u64>,
+    /// paged_adamw_32bit, paged_adamw_8bit, adamw_32bit or adamw_8bit.
+    #[arg(long, default_value_t = OptimizerKind::PagedAdamW32, help_heading = "Optimization")]
     pub optim: OptimizerKind,
+    /// Device memory (MiB) the paged optimizer may keep resident [default: unlimited].
+    #[arg(long, help_heading = "Optimization")]
     pub optim_device_budget_mb: Option<f64>,
+    /// Global gradient-norm clipping; 0 turns it off.
+    #[arg(long, default_value_t = 0.3, help_heading = "Optimization")]
     pub max_grad_norm: f64,
+    /// Save a checkpoint every N steps.
+    #[arg(long, default_value_t = 250, help_heading = "Run")]
     pub save_steps: u64,
+    /// Keep only the newest N checkpoints [default: all].
+    #[arg(long, help_heading = "Run")]
     pub save_total_limit: Option<usize>,
+    /// Evaluate on the held-out data every N steps (and always at the end).
+    #[arg(long, help_heading = "Run")]
     pub eval_steps: Option<u64>,
+    /// Log a line every N steps when stderr is not a terminal.
+    #[arg(long, default_value_t = 10, help_heading = "Run")]
     pub logging_steps: u64,
+    /// Seed for adapter init, data order, splits and dropout.
+    #[arg(long, default_value_t = 42, help_heading = "Run")]
     pub seed: u64,
+    /// Keep every activation instead of recomputing layers in the backward pass (faster,
+    /// much more memory).
+    #[arg(long = "no-gradient-checkpointing", action = ArgAction::SetFalse, help_heading = "Optimization")]
     pub gradient_checkpointing: bool,
-    pub source_max_len: usize,
-    pub target_max_len: usize,
-    pub train_on_source: bool,
-    pub template: String,
-    pub oasst_top_ranked: bool,
-    pub lang: Vec<String>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub tokenize: TokenizeOptions,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub oasst: OasstOptions,
+    /// Batch sequences of similar length together (less padding).
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          default_value_t = false, value_name = "BOOL", help_heading = "Data")]
     pub group_by_length: bool,
-    pub adapter_dtype: String,
+    /// Dtype of the final adapter: f32 or bf16.
+    #[arg(long, default_value_t = AdapterDtype::F32, help_heading = "Run")]
+    pub adapter_dtype: AdapterDtype,
+}
+
+/// A path flag that may be left empty (the file may give it; [`TrainConfig::validate`] checks).
+fn path(text: &str) -> std::result::Result<PathBuf, std::convert::Infallible> {
+    Ok(PathBuf::from(text))
+}
+
+impl Default for TrainConfig {
+    /// The QLoRA paper's settings, without model, data or output.
+    fn default() -> Self {
+        settings::defaults()
+    }
 }
 
 impl TrainConfig {
-    fn validate(&self) -> Result<()> {
+    /// The settings of the TOML `file` (if any) with the flags given on the command line on
+    /// top (`flags` as clap parsed them from `matches`).
+    pub fn from_file_and_flags(
+        file: Option<&Path>,
+        flags: &TrainConfig,
+        matches: &ArgMatches,
+    ) -> Result<Self> {
+        settings::from_file_and_flags(file, flags, matches)
+    }
+
+    /// Read a `training_config.toml` (or any `--config` file) on its own.
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        settings::from_toml_file(path)
+    }
+
+    /// The configuration as TOML (what `--config` reads back).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings serialize")
+    }
+
+    /// The adapters this run trains.
+    pub fn lora(&self) -> Result<LoraConfig> {
+        let lora = LoraConfig {
+            r: self.rank,
+            alpha: self.alpha,
+            dropout: self.dropout,
+            target_modules: LoraConfig::parse_target_modules(&self.target_modules)?,
+            use_rslora: self.use_rslora,
+            init: self.lora_init,
+        };
+        lora.validate()?;
+        Ok(lora)
+    }
+
+    /// How the data files are read.
+    pub fn data_options(&self) -> DataOptions {
+        DataOptions {
+            format: self.format,
+            tokenize: self.tokenize.clone(),
+            oasst: self.oasst.clone(),
+        }
+    }
+
+    /// Check every value (and that the files exist), naming the flag of a bad one.
+    pub fn validate(&self) -> Result<()> {
+        for (path, flag) in [
+            (&self.model, "model"),
+            (&self.data, "data"),
+            (&self.out, "out"),
+        ] {
+            if path.as_os_str().is_empty() {
+                return Err(Error::invalid(format!("--{flag} is required")));
+            }
+        }
         let fail = |flag: &str, why: &str| Err(Error::invalid(format!("--{flag} {why}")));
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return fail("lr", &format!("must be positive, got {}", self.lr));
@@ -258,9 +286,6 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.eval_fraction) {
             return fail("eval-fraction", "must be in [0, 1)");
         }
-        if self.bits != 4 && self.bits != 16 {
-            return fail("bits", "must be 4 or 16");
-        }
         if self.save_steps == 0 || self.logging_steps == 0 || self.eval_steps == Some(0) {
             return fail(
                 "save-steps/--eval-steps/--logging-steps",
@@ -272,9 +297,8 @@ impl TrainConfig {
         {
             return fail("optim-device-budget-mb", "must be >= 0");
         }
-        if self.source_max_len == 0 || self.target_max_len == 0 {
-            return fail("source-max-len/--target-max-len", "must be at least 1");
-        }
+        self.tokenize.validate()?;
+        LoraConfig::parse_target_modules(&self.target_modules)?;
         if !self.data.is_file() {
             return Err(Error::file(&self.data, "training data not found"));
         }
@@ -288,109 +312,102 @@ impl TrainConfig {
         }
         Ok(())
     }
-
-    /// The configuration as TOML (what `--config` reads back).
-    pub fn to_toml(&self) -> String {
-        let settings = TrainSettings {
-            model: Some(self.model.clone()),
-            data: Some(self.data.clone()),
-            format: self.format.clone(),
-            out: Some(self.out.clone()),
-            eval_data: self.eval_data.clone(),
-            eval_fraction: Some(self.eval_fraction),
-            bits: Some(self.bits),
-            rank: Some(self.rank),
-            alpha: Some(self.alpha),
-            dropout: Some(self.dropout),
-            target_modules: Some(self.target_modules.clone()),
-            use_rslora: Some(self.use_rslora),
-            lora_init: Some(self.lora_init.clone()),
-            lr: Some(self.lr),
-            weight_decay: Some(self.weight_decay),
-            batch_size: Some(self.batch_size),
-            grad_accum: Some(self.grad_accum),
-            max_steps: self.max_steps,
-            epochs: self.epochs,
-            schedule: Some(self.schedule.name().into()),
-            warmup_ratio: Some(self.warmup_ratio),
-            warmup_steps: self.warmup_steps,
-            optim: Some(self.optim.name().into()),
-            optim_device_budget_mb: self.optim_device_budget_mb,
-            max_grad_norm: Some(self.max_grad_norm),
-            save_steps: Some(self.save_steps),
-            save_total_limit: self.save_total_limit,
-            eval_steps: self.eval_steps,
-            logging_steps: Some(self.logging_steps),
-            seed: Some(self.seed),
-            gradient_checkpointing: Some(self.gradient_checkpointing),
-            source_max_len: Some(self.source_max_len),
-            target_max_len: Some(self.target_max_len),
-            train_on_source: Some(self.train_on_source),
-            template: Some(self.template.clone()),
-            oasst_top_ranked: Some(self.oasst_top_ranked),
-            lang: Some(self.lang.clone()),
-            group_by_length: Some(self.group_by_length),
-            adapter_dtype: Some(self.adapter_dtype.clone()),
-        };
-        toml::to_string(&settings).expect("settings serialize")
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::{Command, FromArgMatches};
+
     use super::*;
 
+    fn matches(flags: &[&str]) -> ArgMatches {
+        TrainConfig::augment_args(Command::new("train"))
+            .no_binary_name(true)
+            .try_get_matches_from(flags)
+            .unwrap()
+    }
+
+    fn merged(file: Option<&Path>, flags: &[&str]) -> Result<TrainConfig> {
+        let matches = matches(flags);
+        let parsed = TrainConfig::from_arg_matches(&matches).unwrap();
+        TrainConfig::from_file_and_flags(file, &parsed, &matches)
+    }
+
     #[test]
-    fn unknown_keys_and_bad_values_fail() {
-        let err = toml::from_str::<TrainSettings>("rnak = 8")
-            .unwrap_err()
-            .to_string();
+    fn files_flags_and_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(&file, "rnak = 8").unwrap();
+        let err = merged(Some(&file), &[]).unwrap_err().to_string();
         assert!(err.contains("rnak"), "{err}");
-        let s: TrainSettings = toml::from_str("lora_r = 8\nlearning_rate = 0.001").unwrap();
-        assert_eq!((s.rank, s.lr), (Some(8), Some(0.001)));
-        let base = TrainSettings {
-            model: Some(".".into()),
-            data: Some("Cargo.toml".into()),
-            out: Some("out".into()),
-            ..TrainSettings::default()
+        // Aliases in the file; flags win over the file.
+        std::fs::write(&file, "lora_r = 8\nlearning_rate = 0.001\nseed = 1").unwrap();
+        let c = merged(Some(&file), &["--seed", "5"]).unwrap();
+        assert_eq!((c.rank, c.lr, c.seed, c.alpha), (8, 0.001, 5, 16.0));
+        // A flag left at its default does not override the file.
+        let c = merged(Some(&file), &["--alpha", "32"]).unwrap();
+        assert_eq!((c.rank, c.alpha), (8, 32.0));
+
+        let base = TrainConfig {
+            model: ".".into(),
+            data: "Cargo.toml".into(),
+            out: "out".into(),
+            ..TrainConfig::default()
         };
-        for (over, needle) in [
+        for (config, needle) in [
             (
-                TrainSettings {
-                    lr: Some(-1.0),
-                    ..TrainSettings::default()
+                TrainConfig {
+                    lr: -1.0,
+                    ..base.clone()
                 },
                 "--lr",
             ),
             (
-                TrainSettings {
-                    rank: Some(0),
-                    ..TrainSettings::default()
+                TrainConfig {
+                    rank: 0,
+                    ..base.clone()
                 },
                 "--rank",
             ),
             (
-                TrainSettings {
-                    data: Some("missing.jsonl".into()),
-                    ..TrainSettings::default()
+                TrainConfig {
+                    data: "missing.jsonl".into(),
+                    ..base.clone()
                 },
                 "missing.jsonl",
             ),
+            (
+                TrainConfig {
+                    out: "".into(),
+                    ..base.clone()
+                },
+                "--out is required",
+            ),
         ] {
-            let err = base
-                .clone()
-                .overridden_by(over)
-                .resolve()
-                .unwrap_err()
-                .to_string();
+            let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{err}");
         }
-        let config = base.resolve().unwrap();
+        base.validate().unwrap();
         assert_eq!(
-            (config.rank, config.alpha, config.lr, config.grad_accum),
-            (64, 16.0, 2e-4, 16)
+            (
+                base.rank,
+                base.alpha,
+                base.lr,
+                base.grad_accum,
+                base.gradient_checkpointing
+            ),
+            (64, 16.0, 2e-4, 16, true)
         );
-        let round: TrainSettings = toml::from_str(&config.to_toml()).unwrap();
-        assert_eq!(round.resolve().unwrap(), config);
+        assert_eq!(merged(None, &[]).unwrap(), TrainConfig::default());
+        std::fs::write(&file, base.to_toml()).unwrap();
+        assert_eq!(TrainConfig::from_toml_file(&file).unwrap(), base);
+        let flags = TrainConfig::from_arg_matches(&matches(&[
+            "--no-gradient-checkpointing",
+            "--lang",
+            "en,de",
+        ]))
+        .unwrap();
+        assert!(!flags.gradient_checkpointing);
+        assert_eq!(flags.oasst.languages, ["en", "de"]);
     }
 }

@@ -1,16 +1,18 @@
-//! Training: the paged AdamW optimizer, schedules, the trainer loop with checkpoints and resume.
+//! Training: its configuration, the paged AdamW optimizer, schedules, the step and the run with
+//! checkpoints and resume.
 
 mod checkpoint;
 mod config;
 mod optimizer;
+mod progress;
+mod run;
 mod schedule;
-mod state8;
 mod trainer;
 
 pub use checkpoint::{RunPosition, list_checkpoints, load_checkpoint};
-pub use config::{TrainConfig, TrainSettings};
+pub use config::TrainConfig;
 pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, SavedMoments};
+pub use progress::{LogProgress, METRICS_FILE, Progress, StepMetrics};
+pub use run::{Outcome, TrainSummary};
 pub use schedule::{Schedule, warmup_from_ratio};
-pub use trainer::{
-    LogProgress, METRICS_FILE, Outcome, Progress, StepMetrics, TrainSummary, Trainer,
-};
+pub use trainer::Trainer;

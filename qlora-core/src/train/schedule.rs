@@ -2,42 +2,17 @@
 //! (0-based) is `lr · λ(k)`, with a linear warmup over the first `warmup` steps.
 
 use std::f64::consts::PI;
-use std::str::FromStr;
 
-use crate::error::{Error, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Schedule {
-    /// The QLoRA default.
-    Constant,
-    Linear,
-    Cosine,
-}
-
-impl FromStr for Schedule {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "constant" | "constant_with_warmup" => Ok(Schedule::Constant),
-            "linear" => Ok(Schedule::Linear),
-            "cosine" => Ok(Schedule::Cosine),
-            other => Err(Error::invalid(format!(
-                "unknown schedule `{other}`: expected constant, linear or cosine"
-            ))),
-        }
+crate::named_enum! {
+    pub enum Schedule: "schedule" {
+        /// The QLoRA default.
+        Constant = "constant" | "constant_with_warmup",
+        Linear = "linear",
+        Cosine = "cosine",
     }
 }
 
 impl Schedule {
-    pub fn name(self) -> &'static str {
-        match self {
-            Schedule::Constant => "constant",
-            Schedule::Linear => "linear",
-            Schedule::Cosine => "cosine",
-        }
-    }
-
     /// λ(step) for `total` steps with `warmup` warmup steps.
     pub fn factor(self, step: u64, total: u64, warmup: u64) -> f64 {
         if step < warmup {

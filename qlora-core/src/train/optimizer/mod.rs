@@ -7,51 +7,31 @@
 //! parameters as no budget at all. On CPU the same path runs with host memory on both sides.
 
 use std::collections::VecDeque;
-use std::str::FromStr;
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
-use super::state8::{self, DeviceCodeMap, Quantized, STATE_BLOCK};
 use crate::error::{Error, Result};
+use blockwise_state::{STATE_BLOCK, StateCodeMap};
+use paging::Moment;
+
+mod adamw;
+mod blockwise_state;
+mod paging;
 
 /// Tensors smaller than this keep 32-bit moments even with an 8-bit optimizer
 /// (bitsandbytes' `min_8bit_size`).
 pub const MIN_8BIT_SIZE: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OptimizerKind {
-    PagedAdamW32,
-    PagedAdamW8,
-    AdamW32,
-    AdamW8,
-}
-
-impl FromStr for OptimizerKind {
-    type Err = Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "paged_adamw_32bit" => Ok(OptimizerKind::PagedAdamW32),
-            "paged_adamw_8bit" => Ok(OptimizerKind::PagedAdamW8),
-            "adamw_32bit" | "adamw_torch" | "adamw" => Ok(OptimizerKind::AdamW32),
-            "adamw_8bit" | "adamw_bnb_8bit" => Ok(OptimizerKind::AdamW8),
-            other => Err(Error::invalid(format!(
-                "unknown optimizer `{other}`: expected paged_adamw_32bit, paged_adamw_8bit, adamw_32bit or adamw_8bit"
-            ))),
-        }
+crate::named_enum! {
+    pub enum OptimizerKind: "optimizer" {
+        PagedAdamW32 = "paged_adamw_32bit",
+        PagedAdamW8 = "paged_adamw_8bit",
+        AdamW32 = "adamw_32bit" | "adamw_torch" | "adamw",
+        AdamW8 = "adamw_8bit" | "adamw_bnb_8bit",
     }
 }
 
 impl OptimizerKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            OptimizerKind::PagedAdamW32 => "paged_adamw_32bit",
-            OptimizerKind::PagedAdamW8 => "paged_adamw_8bit",
-            OptimizerKind::AdamW32 => "adamw_32bit",
-            OptimizerKind::AdamW8 => "adamw_8bit",
-        }
-    }
-
     pub fn eight_bit(self) -> bool {
         matches!(self, OptimizerKind::PagedAdamW8 | OptimizerKind::AdamW8)
     }
@@ -79,71 +59,6 @@ impl Default for AdamWConfig {
             beta2: 0.999,
             eps: 1e-8,
             weight_decay: 0.0,
-        }
-    }
-}
-
-/// One moment of one parameter, where it currently lives.
-// Two per parameter, so the size of a tensor handle in the device variants does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
-enum Moment {
-    HostF32(Vec<f32>),
-    HostU8 { codes: Vec<u8>, absmax: Vec<f32> },
-    DeviceF32(Tensor<1>),
-    Device8(Quantized),
-}
-
-impl Moment {
-    fn bytes(&self) -> usize {
-        match self {
-            Moment::HostF32(v) => 4 * v.len(),
-            Moment::HostU8 { codes, absmax } => codes.len() + 4 * absmax.len(),
-            Moment::DeviceF32(t) => 4 * t.dims()[0],
-            Moment::Device8(q) => q.codes.dims()[0] + 4 * q.absmax.dims()[0],
-        }
-    }
-
-    fn on_device(&self) -> bool {
-        matches!(self, Moment::DeviceF32(_) | Moment::Device8(_))
-    }
-
-    fn into_device(self, device: &Device) -> Moment {
-        match self {
-            Moment::HostF32(v) => {
-                let n = v.len();
-                Moment::DeviceF32(Tensor::from_data(TensorData::new(v, [n]), device))
-            }
-            Moment::HostU8 { codes, absmax } => {
-                let n = codes.len();
-                let codes: Vec<i32> = codes.into_iter().map(i32::from).collect();
-                let blocks = absmax.len();
-                Moment::Device8(Quantized {
-                    codes: Tensor::<1, Int>::from_data(TensorData::new(codes, [n]), device),
-                    absmax: Tensor::from_data(TensorData::new(absmax, [blocks]), device),
-                })
-            }
-            resident => resident,
-        }
-    }
-
-    fn into_host(self) -> Moment {
-        match self {
-            Moment::DeviceF32(t) => {
-                Moment::HostF32(t.into_data().try_into_vec().expect("f32 state"))
-            }
-            Moment::Device8(q) => Moment::HostU8 {
-                codes: q
-                    .codes
-                    .into_data()
-                    .try_into_vec_as::<i32>()
-                    .expect("int codes")
-                    .into_iter()
-                    .map(|c| c as u8)
-                    .collect(),
-                absmax: q.absmax.into_data().try_into_vec().expect("f32 absmax"),
-            },
-            host => host,
         }
     }
 }
@@ -182,8 +97,8 @@ pub struct PagedAdamW {
     /// Parameter indices in least-recently-used order (front = oldest) of those resident.
     lru: VecDeque<usize>,
     step: u64,
-    signed: Option<DeviceCodeMap>,
-    unsigned: Option<DeviceCodeMap>,
+    signed: Option<StateCodeMap>,
+    unsigned: Option<StateCodeMap>,
     /// Bytes moved host -> device and device -> host, for reports.
     pub paged_in: usize,
     pub paged_out: usize,
@@ -232,8 +147,8 @@ impl PagedAdamW {
             states,
             lru: VecDeque::new(),
             step: 0,
-            signed: any_8bit.then(|| DeviceCodeMap::new(true, device)),
-            unsigned: any_8bit.then(|| DeviceCodeMap::new(false, device)),
+            signed: any_8bit.then(|| StateCodeMap::new(true, device)),
+            unsigned: any_8bit.then(|| StateCodeMap::new(false, device)),
             paged_in: 0,
             paged_out: 0,
         }
@@ -251,40 +166,6 @@ impl PagedAdamW {
     /// Bytes of moment state in all.
     pub fn state_bytes(&self) -> usize {
         self.states.iter().map(|s| s.m.bytes() + s.v.bytes()).sum()
-    }
-
-    fn resident_bytes(&self) -> usize {
-        self.states
-            .iter()
-            .filter(|s| s.m.on_device())
-            .map(|s| s.m.bytes() + s.v.bytes())
-            .sum()
-    }
-
-    /// Bring parameter `i`'s moments onto the device, paging others out to fit the budget.
-    fn page_in(&mut self, i: usize) {
-        self.lru.retain(|&j| j != i);
-        if !self.states[i].m.on_device() {
-            let need = self.states[i].m.bytes() + self.states[i].v.bytes();
-            if let Some(budget) = self.budget {
-                while self.resident_bytes() + need > budget {
-                    let Some(oldest) = self.lru.pop_front() else {
-                        break;
-                    };
-                    let s = &mut self.states[oldest];
-                    self.paged_out += s.m.bytes() + s.v.bytes();
-                    s.m = std::mem::replace(&mut s.m, Moment::HostF32(Vec::new())).into_host();
-                    s.v = std::mem::replace(&mut s.v, Moment::HostF32(Vec::new())).into_host();
-                }
-            }
-            let s = &mut self.states[i];
-            self.paged_in += need;
-            s.m =
-                std::mem::replace(&mut s.m, Moment::HostF32(Vec::new())).into_device(&self.device);
-            s.v =
-                std::mem::replace(&mut s.v, Moment::HostF32(Vec::new())).into_device(&self.device);
-        }
-        self.lru.push_back(i);
     }
 
     /// Start a step (once per optimizer step, before the per-parameter updates).
@@ -306,16 +187,6 @@ impl PagedAdamW {
         let numel = self.states[i].numel;
         let flat_p = param.reshape([numel]);
         let flat_g = grad.reshape([numel]);
-        let AdamWConfig {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } = self.config;
-        let t = self.step as i32;
-        let bias1 = 1.0 - beta1.powi(t);
-        let bias2 = 1.0 - beta2.powi(t);
-
         let eight_bit = self.states[i].eight_bit;
         let padded = if eight_bit {
             numel.div_ceil(STATE_BLOCK) * STATE_BLOCK
@@ -326,25 +197,16 @@ impl PagedAdamW {
             let s = &self.states[i];
             match (&s.m, &s.v) {
                 (Moment::DeviceF32(m), Moment::DeviceF32(v)) => (m.clone(), v.clone()),
-                (Moment::Device8(m), Moment::Device8(v)) => (
-                    state8::dequantize(m, self.signed.as_ref().expect("8-bit maps"))
+                (Moment::DeviceU8(m), Moment::DeviceU8(v)) => (
+                    blockwise_state::dequantize(m, self.signed.as_ref().expect("8-bit maps"))
                         .narrow(0, 0, numel),
-                    state8::dequantize(v, self.unsigned.as_ref().expect("8-bit maps"))
+                    blockwise_state::dequantize(v, self.unsigned.as_ref().expect("8-bit maps"))
                         .narrow(0, 0, numel),
                 ),
                 _ => unreachable!("paged in"),
             }
         };
-        let m = m * beta1 + flat_g.clone() * (1.0 - beta1);
-        let v = v * beta2 + flat_g.clone() * flat_g * (1.0 - beta2);
-        // torch.optim.AdamW: decay, then p -= lr / bias1 * m / (sqrt(v) / sqrt(bias2) + eps).
-        let decayed = if weight_decay > 0.0 {
-            flat_p * (1.0 - lr * weight_decay)
-        } else {
-            flat_p
-        };
-        let denom = v.clone().sqrt() / bias2.sqrt() + eps;
-        let updated = decayed - m.clone() / denom * (lr / bias1);
+        let (updated, m, v) = adamw::step(flat_p, flat_g, m, v, &self.config, self.step, lr);
 
         let s = &mut self.states[i];
         if eight_bit {
@@ -356,11 +218,11 @@ impl PagedAdamW {
                     x
                 }
             };
-            s.m = Moment::Device8(state8::quantize(
+            s.m = Moment::DeviceU8(blockwise_state::quantize(
                 pad(m),
                 self.signed.as_ref().expect("maps"),
             ));
-            s.v = Moment::Device8(state8::quantize(
+            s.v = Moment::DeviceU8(blockwise_state::quantize(
                 pad(v),
                 self.unsigned.as_ref().expect("maps"),
             ));

@@ -12,12 +12,12 @@ pub const STATE_BLOCK: usize = 256;
 
 /// A code map and its lookup table, uploaded once.
 #[derive(Clone, Debug)]
-pub struct DeviceCodeMap {
+pub struct StateCodeMap {
     pub values: Tensor<1>,
     lut: Tensor<1, Int>,
 }
 
-impl DeviceCodeMap {
+impl StateCodeMap {
     pub fn new(signed: bool, device: &Device) -> Self {
         let map = dynamic_map(signed);
         let lut = CodeLut::new(&map);
@@ -27,7 +27,7 @@ impl DeviceCodeMap {
                 i32::from(lut.code_of(point))
             })
             .collect();
-        DeviceCodeMap {
+        StateCodeMap {
             values: Tensor::from_data(TensorData::new(map.to_vec(), [256]), device),
             lut: Tensor::from_data(TensorData::new(table, [65536]), device),
         }
@@ -36,13 +36,13 @@ impl DeviceCodeMap {
 
 /// A quantized state: codes (one int per value) and absmax per block of 256.
 #[derive(Clone, Debug)]
-pub struct Quantized {
+pub struct BlockwiseState {
     pub codes: Tensor<1, Int>,
     pub absmax: Tensor<1>,
 }
 
 /// Quantize `x` (length a multiple of 256).
-pub fn quantize(x: Tensor<1>, map: &DeviceCodeMap) -> Quantized {
+pub fn quantize(x: Tensor<1>, map: &StateCodeMap) -> BlockwiseState {
     let n = x.dims()[0];
     let blocks = x.reshape([n / STATE_BLOCK, STATE_BLOCK]);
     let absmax = blocks.clone().abs().max_dim(1);
@@ -50,13 +50,13 @@ pub fn quantize(x: Tensor<1>, map: &DeviceCodeMap) -> Quantized {
     let scaled = (blocks / absmax.clone().clamp_min(1e-30)).clamp(-1.0, 1.0);
     let grid = ((scaled + 1.0) * 0.5 * 65535.0 + 0.5).floor().int();
     let codes = map.lut.clone().select(0, grid.reshape([n]));
-    Quantized {
+    BlockwiseState {
         codes,
         absmax: absmax.reshape([n / STATE_BLOCK]),
     }
 }
 
-pub fn dequantize(q: &Quantized, map: &DeviceCodeMap) -> Tensor<1> {
+pub fn dequantize(q: &BlockwiseState, map: &StateCodeMap) -> Tensor<1> {
     let n = q.codes.dims()[0];
     let values = map.values.clone().select(0, q.codes.clone());
     (values.reshape([n / STATE_BLOCK, STATE_BLOCK])

@@ -9,31 +9,16 @@ use serde_json::Value;
 use crate::dtype::FloatDtype;
 use crate::error::{Error, Result};
 
+mod projection;
+mod rope;
+
+pub use projection::Projection;
+pub use rope::{RopeConfig, RopeScaling};
+
 pub const CONFIG_FILE: &str = "config.json";
 
 /// Architectures whose checkpoints share the LLaMA layout and math.
 const SUPPORTED_ARCHITECTURES: [&str; 2] = ["LlamaForCausalLM", "MistralForCausalLM"];
-
-/// Rotary embedding frequencies: plain, linearly scaled, or Llama 3.1's band-wise scaling.
-#[derive(Debug, Clone, PartialEq)]
-pub enum RopeScaling {
-    Default,
-    Linear {
-        factor: f64,
-    },
-    Llama3 {
-        factor: f64,
-        low_freq_factor: f64,
-        high_freq_factor: f64,
-        original_max_position_embeddings: usize,
-    },
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct RopeConfig {
-    pub theta: f64,
-    pub scaling: RopeScaling,
-}
 
 /// The fields we need, typed and validated.
 #[derive(Debug, Clone, PartialEq)]
@@ -220,7 +205,12 @@ impl LlamaConfig {
                 format!("{head_dim} must be even for rotary embeddings"),
             ));
         }
-        let rope = parse_rope(&raw, file)?;
+        let rope = rope::parse_rope(
+            raw.rope_theta,
+            raw.rope_scaling.as_ref(),
+            raw.rope_parameters.as_ref(),
+            file,
+        )?;
         let dtype_name = raw.dtype.as_ref().or(raw.torch_dtype.as_ref());
         let dtype = match dtype_name {
             Some(name) => Some(FloatDtype::from_torch_name(name).ok_or_else(|| {
@@ -283,88 +273,27 @@ impl LlamaConfig {
         })
     }
 
-    /// The names and shapes of the seven projection weights of decoder layer `layer`.
-    pub fn linear_shapes(&self, layer: usize) -> Vec<(String, [usize; 2])> {
+    /// `[out, in]` of projection `p` in every decoder layer.
+    pub fn projection_shape(&self, p: Projection) -> [usize; 2] {
         let (h, i) = (self.hidden_size, self.intermediate_size);
         let q = self.num_attention_heads * self.head_dim;
         let kv = self.num_key_value_heads * self.head_dim;
-        let prefix = format!("model.layers.{layer}");
-        [
-            ("self_attn.q_proj", [q, h]),
-            ("self_attn.k_proj", [kv, h]),
-            ("self_attn.v_proj", [kv, h]),
-            ("self_attn.o_proj", [h, q]),
-            ("mlp.gate_proj", [i, h]),
-            ("mlp.up_proj", [i, h]),
-            ("mlp.down_proj", [h, i]),
-        ]
-        .into_iter()
-        .map(|(module, shape)| (format!("{prefix}.{module}.weight"), shape))
-        .collect()
+        match p {
+            Projection::Q => [q, h],
+            Projection::K | Projection::V => [kv, h],
+            Projection::O => [h, q],
+            Projection::Gate | Projection::Up => [i, h],
+            Projection::Down => [h, i],
+        }
     }
-}
 
-fn parse_rope(raw: &RawConfig, file: &Path) -> Result<RopeConfig> {
-    // Newer files put everything in `rope_parameters`; older ones use `rope_theta` and an
-    // optional `rope_scaling` object.
-    let (key, params, theta) = match (&raw.rope_parameters, &raw.rope_scaling) {
-        (Some(p), _) if !p.is_null() => {
-            let theta = p
-                .get("rope_theta")
-                .and_then(Value::as_f64)
-                .or(raw.rope_theta)
-                .unwrap_or(10000.0);
-            ("rope_parameters", Some(p), theta)
-        }
-        (_, Some(s)) if !s.is_null() => {
-            ("rope_scaling", Some(s), raw.rope_theta.unwrap_or(10000.0))
-        }
-        _ => ("rope_theta", None, raw.rope_theta.unwrap_or(10000.0)),
-    };
-    if theta.is_nan() || theta <= 0.0 {
-        return Err(Error::key(
-            file,
-            "rope_theta",
-            format!("{theta} must be positive"),
-        ));
+    /// The checkpoint names and shapes of the seven projection weights of decoder layer `layer`.
+    pub fn linear_shapes(&self, layer: usize) -> Vec<(String, [usize; 2])> {
+        Projection::ALL
+            .into_iter()
+            .map(|p| (p.weight_name(layer), self.projection_shape(p)))
+            .collect()
     }
-    let Some(params) = params else {
-        return Ok(RopeConfig {
-            theta,
-            scaling: RopeScaling::Default,
-        });
-    };
-    let kind = params
-        .get("rope_type")
-        .or_else(|| params.get("type"))
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let number = |field: &str| -> Result<f64> {
-        params
-            .get(field)
-            .and_then(Value::as_f64)
-            .ok_or_else(|| Error::key(file, format!("{key}.{field}"), "missing or not a number"))
-    };
-    let scaling = match kind {
-        "default" => RopeScaling::Default,
-        "linear" => RopeScaling::Linear {
-            factor: number("factor")?,
-        },
-        "llama3" => RopeScaling::Llama3 {
-            factor: number("factor")?,
-            low_freq_factor: number("low_freq_factor")?,
-            high_freq_factor: number("high_freq_factor")?,
-            original_max_position_embeddings: number("original_max_position_embeddings")? as usize,
-        },
-        other => {
-            return Err(Error::key(
-                file,
-                format!("{key}.rope_type"),
-                format!("`{other}` is not supported (default, linear, llama3)"),
-            ));
-        }
-    };
-    Ok(RopeConfig { theta, scaling })
 }
 
 #[cfg(test)]

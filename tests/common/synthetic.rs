@@ -7,8 +7,6 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::json;
 
-use crate::error::{Error, Result};
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyntheticModel {
     pub vocab_size: usize,
@@ -84,8 +82,8 @@ impl SyntheticModel {
 
     /// Write `config.json` and a bf16 `model.safetensors` with seeded random weights
     /// (norms 1, others small uniform) into `dir`.
-    pub fn write(&self, dir: &Path, seed: u64) -> Result<()> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    pub fn write(&self, dir: &Path, seed: u64) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
         let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let data: Vec<(String, Vec<usize>, Vec<u8>)> = self
             .tensors()
@@ -117,8 +115,7 @@ impl SyntheticModel {
             })
             .collect();
         let path = dir.join("model.safetensors");
-        safetensors::serialize_to_file(views, None, &path)
-            .map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
+        safetensors::serialize_to_file(views, None, &path).map_err(std::io::Error::other)?;
         let config = json!({
             "architectures": ["LlamaForCausalLM"],
             "model_type": "llama",
@@ -142,6 +139,5 @@ impl SyntheticModel {
             &config_path,
             serde_json::to_string_pretty(&config).expect("json"),
         )
-        .map_err(|e| Error::io(&config_path, e))
     }
 }

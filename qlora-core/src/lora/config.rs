@@ -1,0 +1,118 @@
+//! What an adapter set is: rank, alpha, dropout, which projections, the scale, how `A` starts.
+
+use crate::config::Projection;
+use crate::error::{Error, Result};
+
+crate::named_enum! {
+    /// How `A` starts (`B` always starts at zero, so training starts from the base model).
+    #[derive(Default)]
+    pub enum LoraInit: "LoRA init" {
+        /// PEFT's default: kaiming-uniform with `a = sqrt(5)`, i.e. `U(-1/sqrt(in), 1/sqrt(in))`.
+        #[default]
+        KaimingUniform = "kaiming-uniform" | "kaiming" | "default",
+        /// PEFT's `init_lora_weights="gaussian"`: `N(0, 1/r)`.
+        Gaussian = "gaussian",
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraConfig {
+    pub r: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// The projections that get adapters.
+    pub target_modules: Vec<Projection>,
+    /// Scale by `alpha / sqrt(r)` instead of `alpha / r`.
+    pub use_rslora: bool,
+    pub init: LoraInit,
+}
+
+impl Default for LoraConfig {
+    /// The QLoRA paper's settings: r 64, alpha 16, dropout 0.05, every linear layer.
+    fn default() -> Self {
+        LoraConfig {
+            r: 64,
+            alpha: 16.0,
+            dropout: 0.05,
+            target_modules: Projection::ALL.to_vec(),
+            use_rslora: false,
+            init: LoraInit::KaimingUniform,
+        }
+    }
+}
+
+impl LoraConfig {
+    pub fn scale(&self) -> f64 {
+        lora_scale(self.alpha, self.r, self.use_rslora)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.r == 0 {
+            return Err(Error::invalid("LoRA rank must be at least 1"));
+        }
+        if !self.alpha.is_finite() || self.alpha <= 0.0 {
+            return Err(Error::invalid("LoRA alpha must be positive"));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::invalid("LoRA dropout must be in [0, 1)"));
+        }
+        if self.target_modules.is_empty() {
+            return Err(Error::invalid("LoRA needs at least one target module"));
+        }
+        Ok(())
+    }
+
+    /// Parse `all-linear` or a comma-separated list of projection names.
+    pub fn parse_target_modules(spec: &str) -> Result<Vec<Projection>> {
+        if spec == "all-linear" || spec == "all" {
+            return Ok(Projection::ALL.to_vec());
+        }
+        spec.split(',')
+            .map(|name| {
+                let name = name.trim();
+                Projection::from_name(name).ok_or_else(|| {
+                    Error::invalid(format!(
+                        "unknown target module `{name}`; LLaMA has {}",
+                        Projection::names()
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// The target modules' names, as PEFT writes them.
+    pub fn target_names(&self) -> Vec<&'static str> {
+        self.target_modules.iter().map(|p| p.name()).collect()
+    }
+}
+
+/// `alpha / r`, or `alpha / sqrt(r)` with rank-stabilized LoRA.
+pub fn lora_scale(alpha: f64, r: usize, use_rslora: bool) -> f64 {
+    if use_rslora {
+        alpha / (r as f64).sqrt()
+    } else {
+        alpha / r as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_and_validation() {
+        let mut c = LoraConfig::default();
+        assert_eq!(c.scale(), 0.25);
+        c.use_rslora = true;
+        assert_eq!(c.scale(), 2.0);
+        c.r = 0;
+        assert!(c.validate().is_err());
+        assert!(LoraConfig::parse_target_modules("q_proj,lm_head").is_err());
+        assert_eq!(
+            LoraConfig::parse_target_modules("all-linear")
+                .unwrap()
+                .len(),
+            7
+        );
+    }
+}

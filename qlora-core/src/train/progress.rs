@@ -1,0 +1,64 @@
+//! What a run reports as it goes: one metrics line per step, and where progress is shown.
+
+use serde::Serialize;
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: u64,
+    pub tokens_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eval_loss: Option<f64>,
+}
+
+/// Where progress is shown: a bar on a terminal, log lines elsewhere.
+pub trait Progress {
+    fn start(&mut self, total_steps: u64, done: u64);
+    fn step(&mut self, metrics: &StepMetrics);
+    fn message(&mut self, text: &str);
+    fn finish(&mut self);
+}
+
+/// Plain lines on stderr every `every` steps.
+pub struct LogProgress {
+    pub every: u64,
+    total: u64,
+}
+
+impl LogProgress {
+    pub fn new(every: u64) -> Self {
+        LogProgress { every, total: 0 }
+    }
+}
+
+impl Progress for LogProgress {
+    fn start(&mut self, total_steps: u64, done: u64) {
+        self.total = total_steps;
+        eprintln!("training: {total_steps} steps ({done} done)");
+    }
+
+    fn step(&mut self, m: &StepMetrics) {
+        if m.step.is_multiple_of(self.every) || m.step == self.total || m.eval_loss.is_some() {
+            let eval = m
+                .eval_loss
+                .map(|e| format!(" eval_loss {e:.4}"))
+                .unwrap_or_default();
+            eprintln!(
+                "step {}/{} loss {:.4} lr {:.3e} grad_norm {:.3} tokens/s {:.1}{eval}",
+                m.step, self.total, m.loss, m.lr, m.grad_norm, m.tokens_per_s
+            );
+        }
+    }
+
+    fn message(&mut self, text: &str) {
+        eprintln!("{text}");
+    }
+
+    fn finish(&mut self) {}
+}

@@ -1,0 +1,160 @@
+//! A whole run: steps until the end or an interrupt, evaluation, metrics, checkpoints, and the
+//! final adapter.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::checkpoint::{CONFIG_FILE, save_checkpoint};
+use super::progress::{METRICS_FILE, Progress};
+use super::trainer::Trainer;
+use crate::error::{Error, Result};
+use crate::lora::{AdapterDtype, save_adapter};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Finished,
+    /// Stopped on request after saving a checkpoint.
+    Interrupted,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    pub outcome: Outcome,
+    pub steps: u64,
+    pub final_loss: Option<f64>,
+    pub eval_loss_before: Option<f64>,
+    pub eval_loss_after: Option<f64>,
+    pub out: PathBuf,
+}
+
+impl Trainer {
+    fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let (step, moments) = self.optimizer.save();
+        let model = &self.model;
+        let lora = &self.lora;
+        let base = self.config.model.display().to_string();
+        save_checkpoint(
+            &self.config.out,
+            self.position,
+            step,
+            &moments,
+            &self.config.to_toml(),
+            // Checkpoints keep f32 adapters whatever the final dtype: resuming must be exact.
+            |dir| save_adapter(model, dir, lora, &base, AdapterDtype::F32),
+            self.config.save_total_limit,
+        )
+    }
+
+    /// Write the final adapter and configuration into `OUT/` (each file atomically).
+    fn save_final(&self) -> Result<()> {
+        let out = &self.config.out;
+        let staging = tempfile::Builder::new()
+            .prefix(".final-adapter-")
+            .tempdir_in(out)
+            .map_err(|e| Error::io(out, e))?;
+        save_adapter(
+            &self.model,
+            staging.path(),
+            &self.lora,
+            &self.config.model.display().to_string(),
+            self.config.adapter_dtype,
+        )?;
+        std::fs::write(staging.path().join(CONFIG_FILE), self.config.to_toml())
+            .map_err(|e| Error::io(staging.path(), e))?;
+        for entry in std::fs::read_dir(staging.path()).map_err(|e| Error::io(staging.path(), e))? {
+            let entry = entry.map_err(|e| Error::io(staging.path(), e))?;
+            let target = out.join(entry.file_name());
+            std::fs::rename(entry.path(), &target).map_err(|e| Error::io(&target, e))?;
+        }
+        Ok(())
+    }
+
+    /// Keep the metrics of steps up to the current one (a resumed run rewrites the rest).
+    fn open_metrics(&self) -> Result<std::fs::File> {
+        let path = self.config.out.join(METRICS_FILE);
+        let kept: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .ok()
+                    .and_then(|v| v.get("step")?.as_u64())
+                    .is_some_and(|s| s <= self.position.step)
+            })
+            .map(str::to_string)
+            .collect();
+        let mut file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        for line in kept {
+            writeln!(file, "{line}").map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(file)
+    }
+
+    /// Train to the end (or until `interrupt` is set: then save a checkpoint and stop).
+    pub fn run(
+        &mut self,
+        progress: &mut dyn Progress,
+        interrupt: &AtomicBool,
+    ) -> Result<TrainSummary> {
+        std::fs::create_dir_all(&self.config.out).map_err(|e| Error::io(&self.config.out, e))?;
+        let mut metrics = self.open_metrics()?;
+        let metrics_path = self.config.out.join(METRICS_FILE);
+        let eval_loss_before = if self.position.step == 0 {
+            self.eval_loss()?
+        } else {
+            None
+        };
+        if let Some(loss) = eval_loss_before {
+            progress.message(&format!("eval loss before training: {loss:.4}"));
+        }
+        progress.start(self.total_steps, self.position.step);
+        let mut last = None;
+        let mut eval_loss_after = None;
+        while self.position.step < self.total_steps {
+            let mut m = self.step()?;
+            let at = self.position.step;
+            let final_step = at == self.total_steps;
+            if self.config.eval_steps.is_some_and(|e| at.is_multiple_of(e)) || final_step {
+                m.eval_loss = self.eval_loss()?;
+                if final_step {
+                    eval_loss_after = m.eval_loss;
+                }
+            }
+            writeln!(
+                metrics,
+                "{}",
+                serde_json::to_string(&m).expect("metrics serialize")
+            )
+            .map_err(|e| Error::io(&metrics_path, e))?;
+            progress.step(&m);
+            last = Some(m.loss);
+            let interrupted = interrupt.load(Ordering::SeqCst);
+            if !final_step && (at.is_multiple_of(self.config.save_steps) || interrupted) {
+                let dir = self.save_checkpoint()?;
+                progress.message(&format!("saved {}", dir.display()));
+            }
+            if interrupted && !final_step {
+                progress.finish();
+                return Ok(TrainSummary {
+                    outcome: Outcome::Interrupted,
+                    steps: at,
+                    final_loss: last,
+                    eval_loss_before,
+                    eval_loss_after: None,
+                    out: self.config.out.clone(),
+                });
+            }
+        }
+        self.save_final()?;
+        progress.finish();
+        Ok(TrainSummary {
+            outcome: Outcome::Finished,
+            steps: self.position.step,
+            final_loss: last,
+            eval_loss_before,
+            eval_loss_after,
+            out: self.config.out.clone(),
+        })
+    }
+}
