@@ -20,17 +20,24 @@ pub struct GenerateArgs {
     /// A system message to put before --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// Most tokens to generate.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
+    /// Sample only from the k most likely tokens [default: all].
     #[arg(long)]
     top_k: Option<usize>,
+    /// Sample only from the smallest set of tokens whose probability reaches p (nucleus
+    /// sampling) [default: 1].
     #[arg(long)]
     top_p: Option<f32>,
+    /// Discourage tokens already in the text (CTRL-style, as transformers' repetition_penalty);
+    /// 1 is off.
     #[arg(long, default_value_t = 1.0)]
     repetition_penalty: f32,
+    /// Seed for sampling.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Stop when this text appears (repeatable); it is not printed.

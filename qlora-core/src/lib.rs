@@ -3,15 +3,15 @@
 //! Modules are listed in dependency order: each uses only those above it.
 //!
 //! - Foundations: [`error`], [`settings`] (flags and TOML), [`dtype`], [`device`], [`staged_dir`].
-//! - Formats and quantization: [`quant`] (NF4 with double quantization, byte for byte
-//!   bitsandbytes), [`checkpoint`] (safetensors model directories), [`config`] (`config.json`),
-//!   [`text`] (tokenizer, chat templates), [`gguf`] (llama.cpp files), [`quantize_model`].
+//! - Formats and quantization: [`config`] (`config.json`), [`checkpoint`] (safetensors model
+//!   directories), [`quant`] (NF4 with double quantization, byte for byte bitsandbytes),
+//!   [`quantize_model`], [`text`] (tokenizer, chat templates), [`gguf`] (llama.cpp files).
 //! - The model: [`backend`] (the NF4 matmul as a Burn backend extension) and [`model`] (the
 //!   LLaMA decoder with an adapter slot in every linear).
 //! - [`lora`]: adapter configuration, initialization, gradients, PEFT files.
-//! - [`data`]: instruction datasets to token batches.
+//! - [`data`]: instruction datasets to token batches; [`eval`]: the loss over a dataset.
 //! - [`train`]: configuration, optimizer, the training loop.
-//! - Uses of a trained model: [`eval`], [`generate`], [`merge`], [`plan`].
+//! - Uses of a trained model and of training settings: [`generate`], [`merge`], [`plan`].
 
 pub mod error;
 pub mod settings;
@@ -20,12 +20,14 @@ pub mod device;
 pub mod dtype;
 pub mod staged_dir;
 
-pub mod checkpoint;
 pub mod config;
-pub mod gguf;
+
+pub mod checkpoint;
 pub mod quant;
 pub mod quantize_model;
 pub mod text;
+
+pub mod gguf;
 
 pub mod backend;
 pub mod model;
@@ -33,10 +35,10 @@ pub mod model;
 pub mod lora;
 
 pub mod data;
+pub mod eval;
 
 pub mod train;
 
-pub mod eval;
 pub mod generate;
 pub mod merge;
 pub mod plan;

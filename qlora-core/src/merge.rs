@@ -11,12 +11,9 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde_json::Value;
 
-use crate::checkpoint::{
-    Checkpoint, OutTensor, bnb_quantization_config, copy_companion_files, write_json,
-    write_safetensors,
-};
+use crate::checkpoint::{Checkpoint, OutTensor, bnb_quantization_config, write_model_dir};
 use crate::config::{CONFIG_FILE, LlamaConfig};
-use crate::dtype::{FloatDtype, decode_f32, encode_f32};
+use crate::dtype::{FloatDtype, encode_f32};
 use crate::error::{Error, Result};
 use crate::lora::read_adapter;
 use crate::model::Bits;
@@ -234,42 +231,28 @@ pub fn merge_model(
                 );
             }
         } else {
-            let view = checkpoint.view(name)?;
-            let tensor = match FloatDtype::from_safetensors(view.dtype()) {
-                Some(stored) if stored != dtype => {
-                    let shape = view.shape().to_vec();
-                    OutTensor::lazy(dtype.safetensors(), shape, move || {
-                        encode_f32(&decode_f32(view.data(), stored), dtype)
-                    })
-                }
-                _ => OutTensor::Borrowed(view),
-            };
+            let tensor = OutTensor::converted(checkpoint.view(name)?, dtype);
             tensors.insert(name.to_string(), tensor);
         }
     }
-    let bytes_out = tensors
-        .values()
-        .map(|t| safetensors::View::data_len(&t))
-        .sum();
-    write_safetensors(staged.path(), tensors, options.max_shard_bytes)?;
-
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let mut json: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::file(&config_path, format!("invalid JSON: {e}")))?;
-    let object = json
-        .as_object_mut()
-        .ok_or_else(|| Error::file(&config_path, "expected a JSON object"))?;
-    object.remove("quantization_config");
-    if options.quantize_nf4 {
-        object.insert(
-            "quantization_config".into(),
-            bnb_quantization_config(dtype, true),
-        );
-    }
-    object.remove("torch_dtype");
-    object.insert("dtype".into(), Value::from(dtype.torch_name()));
-    write_json(&staged.path().join(CONFIG_FILE), &json)?;
-    copy_companion_files(model_dir, staged.path())?;
+    let quantize_nf4 = options.quantize_nf4;
+    let bytes_out = write_model_dir(
+        staged.path(),
+        tensors,
+        options.max_shard_bytes,
+        model_dir,
+        |config| {
+            config.remove("quantization_config");
+            if quantize_nf4 {
+                config.insert(
+                    "quantization_config".into(),
+                    bnb_quantization_config(dtype, true),
+                );
+            }
+            config.remove("torch_dtype");
+            config.insert("dtype".into(), Value::from(dtype.torch_name()));
+        },
+    )?;
     staged.commit()?;
     Ok(MergeReport {
         merged: merged_count,

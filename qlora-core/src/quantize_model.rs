@@ -9,12 +9,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::checkpoint::{
-    Checkpoint, OutTensor, bnb_quantization_config, copy_companion_files, write_json,
-    write_safetensors,
-};
+use crate::checkpoint::{Checkpoint, OutTensor, bnb_quantization_config, write_model_dir};
 use crate::config::{CONFIG_FILE, LlamaConfig};
-use crate::dtype::{FloatDtype, decode_f32, encode_f32};
+use crate::dtype::FloatDtype;
 use crate::error::{Error, Result};
 use crate::quant::{Nf4Config, Nf4Tensor};
 use crate::staged_dir::StagedDir;
@@ -115,42 +112,29 @@ pub fn quantize_model(
             }
         } else {
             report.dense_tensors += 1;
-            let tensor = match FloatDtype::from_safetensors(view.dtype()) {
-                Some(dtype) if dtype != out_dtype => {
-                    let shape = view.shape().to_vec();
-                    OutTensor::lazy(out_dtype.safetensors(), shape, move || {
-                        encode_f32(&decode_f32(view.data(), dtype), out_dtype)
-                    })
-                }
-                _ => OutTensor::Borrowed(view),
-            };
+            let tensor = OutTensor::converted(view, out_dtype);
             tensors.insert(name.to_string(), tensor);
         }
     }
-    report.bytes_out = tensors
-        .values()
-        .map(|t| safetensors::View::data_len(&t))
-        .sum();
-    write_safetensors(staged.path(), tensors, options.max_shard_bytes)?;
-
-    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
-    let mut config_json: Value = serde_json::from_str(&text)
-        .map_err(|e| Error::file(&config_path, format!("invalid JSON: {e}")))?;
-    let object = config_json
-        .as_object_mut()
-        .ok_or_else(|| Error::file(&config_path, "expected a JSON object"))?;
-    object.insert(
-        "quantization_config".into(),
-        bnb_quantization_config(out_dtype, options.nf4.double_quant),
-    );
-    let dtype_key = if object.contains_key("torch_dtype") && !object.contains_key("dtype") {
-        "torch_dtype"
-    } else {
-        "dtype"
-    };
-    object.insert(dtype_key.into(), Value::from(out_dtype.torch_name()));
-    write_json(&staged.path().join(CONFIG_FILE), &config_json)?;
-    copy_companion_files(model_dir, staged.path())?;
+    let double_quant = options.nf4.double_quant;
+    report.bytes_out = write_model_dir(
+        staged.path(),
+        tensors,
+        options.max_shard_bytes,
+        model_dir,
+        |config| {
+            config.insert(
+                "quantization_config".into(),
+                bnb_quantization_config(out_dtype, double_quant),
+            );
+            let dtype_key = if config.contains_key("torch_dtype") && !config.contains_key("dtype") {
+                "torch_dtype"
+            } else {
+                "dtype"
+            };
+            config.insert(dtype_key.into(), Value::from(out_dtype.torch_name()));
+        },
+    )?;
     staged.commit()?;
     Ok(report)
 }

@@ -10,25 +10,19 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::FloatTensor;
 
-use super::{Nf4Absmax, Nf4Operand, QloraOps};
+use super::{Nf4Absmax, Nf4DoubleAbsmax, Nf4Operand, QloraOps};
 
 /// The weight seen from inside autodiff: its float parts are constants of the graph.
 fn inner<B: Backend, C: CheckpointStrategy>(weight: Nf4Operand<Autodiff<B, C>>) -> Nf4Operand<B> {
     let absmax = match weight.absmax {
         Nf4Absmax::Plain(a) => Nf4Absmax::Plain(a.into_primitive()),
-        Nf4Absmax::Double {
-            words,
-            nested_absmax,
-            nested_code,
-            nested_blocksize,
-            offset,
-        } => Nf4Absmax::Double {
-            words,
-            nested_absmax: nested_absmax.into_primitive(),
-            nested_code: nested_code.into_primitive(),
-            nested_blocksize,
-            offset,
-        },
+        Nf4Absmax::Double(d) => Nf4Absmax::Double(Nf4DoubleAbsmax {
+            words: d.words,
+            nested_absmax: d.nested_absmax.into_primitive(),
+            nested_code: d.nested_code.into_primitive(),
+            nested_blocksize: d.nested_blocksize,
+            offset: d.offset,
+        }),
     };
     Nf4Operand {
         words: weight.words,

@@ -28,18 +28,12 @@ fn host_floats(t: &FloatTensor<Flex>) -> Vec<f32> {
 fn host_absmax(absmax: &Nf4Absmax<Flex>, blocks: usize) -> Vec<f32> {
     match absmax {
         Nf4Absmax::Plain(a) => host_floats(a),
-        Nf4Absmax::Double {
-            words,
-            nested_absmax,
-            nested_code,
-            nested_blocksize,
-            offset,
-        } => DoubleQuant {
-            codes: host_bytes(words, blocks),
-            nested_absmax: host_floats(nested_absmax),
-            offset: *offset,
-            code: host_floats(nested_code),
-            blocksize: *nested_blocksize,
+        Nf4Absmax::Double(d) => DoubleQuant {
+            codes: host_bytes(&d.words, blocks),
+            nested_absmax: host_floats(&d.nested_absmax),
+            offset: d.offset,
+            code: host_floats(&d.nested_code),
+            blocksize: d.nested_blocksize,
         }
         .decode(),
     }

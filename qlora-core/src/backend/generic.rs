@@ -27,22 +27,16 @@ fn unpack_bytes<B: Backend>(words: IntTensor<B>, count: usize) -> IntTensor<B> {
 fn absmax<B: Backend>(absmax: &Nf4Absmax<B>, blocks: usize) -> FloatTensor<B> {
     match absmax {
         Nf4Absmax::Plain(a) => a.clone(),
-        Nf4Absmax::Double {
-            words,
-            nested_absmax,
-            nested_code,
-            nested_blocksize,
-            offset,
-        } => {
-            let codes = unpack_bytes::<B>(words.clone(), blocks);
-            let device = nested_absmax.device();
-            let block = B::int_arange(0..blocks as i64, &device, words.dtype().into());
-            let nested_of_block = B::int_div_scalar(block, Scalar::from(*nested_blocksize as i64));
+        Nf4Absmax::Double(d) => {
+            let codes = unpack_bytes::<B>(d.words.clone(), blocks);
+            let device = d.nested_absmax.device();
+            let block = B::int_arange(0..blocks as i64, &device, d.words.dtype().into());
+            let nested_of_block = B::int_div_scalar(block, Scalar::from(d.nested_blocksize as i64));
             let scaled = B::float_mul(
-                B::float_select(nested_code.clone(), 0, codes),
-                B::float_select(nested_absmax.clone(), 0, nested_of_block),
+                B::float_select(d.nested_code.clone(), 0, codes),
+                B::float_select(d.nested_absmax.clone(), 0, nested_of_block),
             );
-            B::float_add_scalar(scaled, Scalar::from(*offset))
+            B::float_add_scalar(scaled, Scalar::from(d.offset))
         }
     }
 }

@@ -37,19 +37,22 @@ impl Nf4Layout {
     }
 }
 
-/// The absmax of every block as backend primitives: f32, or double-quantized
-/// (`nested_code[codes] * nested_absmax[block / nested_blocksize] + offset`).
+/// The absmax of every block as backend primitives: f32, or double-quantized.
 #[derive(ExtensionType, Clone, Debug)]
 pub enum Nf4Absmax<B: Backend> {
     Plain(FloatTensor<B>),
-    Double {
-        /// The 8-bit codes, four to an i32 word, most significant first.
-        words: IntTensor<B>,
-        nested_absmax: FloatTensor<B>,
-        nested_code: FloatTensor<B>,
-        nested_blocksize: usize,
-        offset: f32,
-    },
+    Double(#[extension_type] Nf4DoubleAbsmax<B>),
+}
+
+/// Double quantization: `absmax = nested_code[code] * nested_absmax[block / nested_blocksize]
+/// + offset`, with the 8-bit codes four to an i32 word, most significant first.
+#[derive(ExtensionType, Clone, Debug)]
+pub struct Nf4DoubleAbsmax<B: Backend> {
+    pub words: IntTensor<B>,
+    pub nested_absmax: FloatTensor<B>,
+    pub nested_code: FloatTensor<B>,
+    pub nested_blocksize: usize,
+    pub offset: f32,
 }
 
 /// An NF4 weight `[out, in]` as backend primitives: packed bytes four to an i32 word (most

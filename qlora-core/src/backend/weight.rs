@@ -1,14 +1,14 @@
 //! A frozen NF4 weight on a device, and what the model does with it.
 
-use burn::backend::Dispatch;
+use burn::backend::{Dispatch, DispatchTensor};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::{Nf4Absmax, Nf4Layout, Nf4Operand, QloraOps};
+use super::{Nf4Absmax, Nf4DoubleAbsmax, Nf4Layout, Nf4Operand, QloraOps};
 use crate::quant::{Absmax, Nf4Tensor};
 
 /// Bytes packed four to an i32 word, most significant first: a device copy costs 4 bits a
 /// value like the host copy.
-fn words_tensor(bytes: &[u8], device: &Device) -> Tensor<1, Int> {
+fn words(bytes: &[u8], device: &Device) -> DispatchTensor {
     let words: Vec<i32> = bytes
         .chunks(4)
         .map(|c| {
@@ -18,35 +18,17 @@ fn words_tensor(bytes: &[u8], device: &Device) -> Tensor<1, Int> {
         })
         .collect();
     let len = words.len();
-    Tensor::from_data(TensorData::new(words, [len]), device)
+    Tensor::<1, Int>::from_data(TensorData::new(words, [len]), device).into_dispatch()
 }
 
-fn floats_tensor(values: &[f32], device: &Device) -> Tensor<1> {
-    Tensor::from_data(TensorData::new(values.to_vec(), [values.len()]), device)
-}
-
-/// The absmax of every block on the device, as the host state has it.
-// One per weight, so the size of tensor handles does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
-enum DeviceAbsmax {
-    Plain(Tensor<1>),
-    Double {
-        words: Tensor<1, Int>,
-        nested_absmax: Tensor<1>,
-        nested_code: Tensor<1>,
-        nested_blocksize: usize,
-        offset: f32,
-    },
+fn floats(values: &[f32], device: &Device) -> DispatchTensor {
+    Tensor::<1>::from_data(TensorData::new(values.to_vec(), [values.len()]), device).into_dispatch()
 }
 
 /// An [`Nf4Tensor`] on a device: `[out, in]` (a 1-D tensor is one row), as packed as on the host.
 #[derive(Clone, Debug)]
 pub struct Nf4Weight {
-    pub layout: Nf4Layout,
-    words: Tensor<1, Int>,
-    code: Tensor<1>,
-    absmax: DeviceAbsmax,
+    operand: Nf4Operand<Dispatch>,
 }
 
 impl Nf4Weight {
@@ -57,51 +39,37 @@ impl Nf4Weight {
             [] => (1, 1),
         };
         let absmax = match &state.absmax {
-            Absmax::Plain(a) => DeviceAbsmax::Plain(floats_tensor(a, device)),
-            Absmax::Double(d) => DeviceAbsmax::Double {
-                words: words_tensor(&d.codes, device),
-                nested_absmax: floats_tensor(&d.nested_absmax, device),
-                nested_code: floats_tensor(&d.code, device),
+            Absmax::Plain(a) => Nf4Absmax::Plain(floats(a, device)),
+            Absmax::Double(d) => Nf4Absmax::Double(Nf4DoubleAbsmax {
+                words: words(&d.codes, device),
+                nested_absmax: floats(&d.nested_absmax, device),
+                nested_code: floats(&d.code, device),
                 nested_blocksize: d.blocksize,
                 offset: d.offset,
-            },
+            }),
         };
         Nf4Weight {
-            layout: Nf4Layout {
-                out_features: rows,
-                in_features: cols,
-                blocksize: state.blocksize,
+            operand: Nf4Operand {
+                words: words(&state.packed, device),
+                code: floats(&state.code, device),
+                absmax,
+                layout: Nf4Layout {
+                    out_features: rows,
+                    in_features: cols,
+                    blocksize: state.blocksize,
+                },
             },
-            words: words_tensor(&state.packed, device),
-            code: floats_tensor(&state.code, device),
-            absmax,
         }
+    }
+
+    /// The shape of the weight.
+    pub fn layout(&self) -> Nf4Layout {
+        self.operand.layout
     }
 
     /// The weight as the backend operations take it.
     pub fn operand(&self) -> Nf4Operand<Dispatch> {
-        let absmax = match &self.absmax {
-            DeviceAbsmax::Plain(a) => Nf4Absmax::Plain(a.clone().into_dispatch()),
-            DeviceAbsmax::Double {
-                words,
-                nested_absmax,
-                nested_code,
-                nested_blocksize,
-                offset,
-            } => Nf4Absmax::Double {
-                words: words.clone().into_dispatch(),
-                nested_absmax: nested_absmax.clone().into_dispatch(),
-                nested_code: nested_code.clone().into_dispatch(),
-                nested_blocksize: *nested_blocksize,
-                offset: *offset,
-            },
-        };
-        Nf4Operand {
-            words: self.words.clone().into_dispatch(),
-            code: self.code.clone().into_dispatch(),
-            absmax,
-            layout: self.layout,
-        }
+        self.operand.clone()
     }
 
     /// The dense `[out, in]` f32 weight, bit-identical to bitsandbytes' dequantization.
@@ -111,7 +79,7 @@ impl Nf4Weight {
 
     /// The dequantized values, flattened.
     pub fn dequantize_flat(&self) -> Tensor<1> {
-        self.dequantize().reshape([self.layout.numel()])
+        self.dequantize().reshape([self.operand.layout.numel()])
     }
 
     /// `x · Wᵀ` for `x` `[rows, in]`, differentiable in `x` when autodiff tracks it (the weight

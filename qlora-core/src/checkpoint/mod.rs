@@ -6,7 +6,9 @@ mod model_dir;
 mod reader;
 mod writer;
 
-pub use model_dir::{COMPANION_FILES, bnb_quantization_config, copy_companion_files, write_json};
+pub use model_dir::{
+    COMPANION_FILES, bnb_quantization_config, copy_companion_files, write_json, write_model_dir,
+};
 pub use reader::Checkpoint;
 pub use writer::{OutTensor, write_safetensors};
 

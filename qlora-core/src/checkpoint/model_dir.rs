@@ -1,10 +1,13 @@
 //! The files of a Hugging Face model directory besides the weights: `config.json` written the
 //! way transformers writes it, and the tokenizer and generation files that travel with a model.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
+use super::writer::{OutTensor, write_safetensors};
+use crate::config::CONFIG_FILE;
 use crate::dtype::FloatDtype;
 use crate::error::{Error, Result};
 
@@ -56,4 +59,32 @@ pub fn copy_companion_files(from: &Path, to: &Path) -> Result<()> {
 pub fn write_json(path: &Path, value: &Value) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("JSON value serializes");
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+/// Fill the (staged) model directory `out`: the weights, sharded past `max_shard_bytes`;
+/// `config.json` of `source_dir` changed by `edit_config`; the companion files of `source_dir`.
+/// Returns the bytes of weights written.
+pub fn write_model_dir(
+    out: &Path,
+    tensors: BTreeMap<String, OutTensor<'_>>,
+    max_shard_bytes: usize,
+    source_dir: &Path,
+    edit_config: impl FnOnce(&mut Map<String, Value>),
+) -> Result<usize> {
+    let bytes = tensors
+        .values()
+        .map(|t| safetensors::View::data_len(&t))
+        .sum();
+    write_safetensors(out, tensors, max_shard_bytes)?;
+    let config_path = source_dir.join(CONFIG_FILE);
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let mut json: Value = serde_json::from_str(&text)
+        .map_err(|e| Error::file(&config_path, format!("invalid JSON: {e}")))?;
+    let object = json
+        .as_object_mut()
+        .ok_or_else(|| Error::file(&config_path, "expected a JSON object"))?;
+    edit_config(object);
+    write_json(&out.join(CONFIG_FILE), &json)?;
+    copy_companion_files(source_dir, out)?;
+    Ok(bytes)
 }

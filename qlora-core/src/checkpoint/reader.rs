@@ -66,18 +66,7 @@ impl Checkpoint {
         if index_path.is_file() {
             Self::open_sharded(dir, &index_path)
         } else if single_path.is_file() {
-            let shard = Shard::open(&single_path)?;
-            let locations = shard
-                .metadata
-                .tensors()
-                .into_keys()
-                .map(|name| (name, 0))
-                .collect();
-            Ok(Checkpoint {
-                dir,
-                shards: vec![shard],
-                locations,
-            })
+            Ok(Self::single(dir, Shard::open(&single_path)?))
         } else if dir.is_dir() {
             Err(Error::file(
                 &dir,
@@ -94,18 +83,23 @@ impl Checkpoint {
     /// One `.safetensors` file on its own (an adapter, a reference file).
     pub fn open_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let shard = Shard::open(path)?;
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Ok(Self::single(dir, Shard::open(path)?))
+    }
+
+    /// A checkpoint of one file.
+    fn single(dir: PathBuf, shard: Shard) -> Self {
         let locations = shard
             .metadata
             .tensors()
             .into_keys()
             .map(|name| (name, 0))
             .collect();
-        Ok(Checkpoint {
-            dir: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        Checkpoint {
+            dir,
             shards: vec![shard],
             locations,
-        })
+        }
     }
 
     fn open_sharded(dir: PathBuf, index_path: &Path) -> Result<Self> {

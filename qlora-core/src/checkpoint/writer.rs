@@ -6,6 +6,7 @@ use safetensors::tensor::{TensorView, View};
 use safetensors::{Dtype, serialize_to_file};
 
 use super::{WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
+use crate::dtype::{FloatDtype, decode_f32, encode_f32};
 use crate::error::{Error, Result};
 
 type Producer<'a> = Box<dyn Fn() -> Vec<u8> + Send + Sync + 'a>;
@@ -43,6 +44,20 @@ impl<'a> OutTensor<'a> {
             shape,
             len,
             produce: Box::new(produce),
+        }
+    }
+
+    /// `view` written as `dtype`: as it is when it is already `dtype` (or not a float),
+    /// else converted when written.
+    pub fn converted(view: TensorView<'a>, dtype: FloatDtype) -> Self {
+        match FloatDtype::from_safetensors(view.dtype()) {
+            Some(stored) if stored != dtype => {
+                let shape = view.shape().to_vec();
+                OutTensor::lazy(dtype.safetensors(), shape, move || {
+                    encode_f32(&decode_f32(view.data(), stored), dtype)
+                })
+            }
+            _ => OutTensor::Borrowed(view),
         }
     }
 }

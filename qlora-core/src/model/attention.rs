@@ -2,7 +2,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Bool, Tensor};
 
 use super::adapter::DropoutStream;
-use super::kv_cache::KvCache;
+use super::kv_cache::LayerCache;
 use super::linear::Linear;
 use super::rope::RotaryEmbedding;
 
@@ -29,12 +29,14 @@ pub struct LayerContext<'a> {
 }
 
 impl Attention {
+    /// Attention over the normalized hidden states `normed` `[batch, seq, hidden]`.
     pub fn forward(
         &self,
-        x: Tensor<3>,
+        normed: Tensor<3>,
         context: &LayerContext<'_>,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<LayerCache<'_>>,
     ) -> Tensor<3> {
+        let x = normed;
         let [batch, seq, _] = x.dims();
         let (heads, kv_heads, dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let split = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, dim]).swap_dims(1, 2);
@@ -44,7 +46,7 @@ impl Attention {
         let q = RotaryEmbedding::apply(q, context.cos, context.sin);
         let k = RotaryEmbedding::apply(k, context.cos, context.sin);
         let (k, v) = match cache {
-            Some((cache, layer)) => cache.append(layer, k, v),
+            Some(cache) => cache.append(k, v),
             None => (k, v),
         };
         let total = k.dims()[2];

@@ -27,15 +27,11 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Append this step's keys and values `[batch, kv_heads, new, head_dim]` for `layer` and
-    /// return all of them.
-    pub fn append(&mut self, layer: usize, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
-        let (k, v) = match self.layers[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
-        };
-        self.layers[layer] = Some((k.clone(), v.clone()));
-        (k, v)
+    /// The keys and values of decoder layer `layer`.
+    pub fn layer(&mut self, layer: usize) -> LayerCache<'_> {
+        LayerCache {
+            entry: &mut self.layers[layer],
+        }
     }
 
     /// Which cached positions of each sequence are real tokens.
@@ -52,5 +48,23 @@ impl KvCache {
             history.extend_from_slice(new);
         }
         self.len += is_token.first().map_or(0, Vec::len);
+    }
+}
+
+/// One decoder layer's part of a [`KvCache`].
+pub struct LayerCache<'a> {
+    entry: &'a mut Option<(Tensor<4>, Tensor<4>)>,
+}
+
+impl LayerCache<'_> {
+    /// Append this step's keys and values `[batch, kv_heads, new, head_dim]` and return all of
+    /// them.
+    pub fn append(self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+        let (k, v) = match self.entry.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *self.entry = Some((k.clone(), v.clone()));
+        (k, v)
     }
 }

@@ -1,7 +1,7 @@
 use burn::tensor::Tensor;
 
 use super::attention::{Attention, LayerContext};
-use super::kv_cache::KvCache;
+use super::kv_cache::LayerCache;
 use super::linear::Linear;
 use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
@@ -54,7 +54,7 @@ impl DecoderLayer {
         &self,
         x: Tensor<3>,
         context: &LayerContext<'_>,
-        cache: Option<(&mut KvCache, usize)>,
+        cache: Option<LayerCache<'_>>,
     ) -> Tensor<3> {
         let attended =
             self.self_attn

@@ -137,7 +137,7 @@ impl Llama {
         let inputs = self.attention_inputs(is_token, cache.as_deref());
         let context = inputs.context(dropout);
         for (index, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, &context, cache.as_deref_mut().map(|c| (c, index)));
+            x = layer.forward(x, &context, cache.as_deref_mut().map(|c| c.layer(index)));
         }
         if let Some(cache) = cache {
             cache.advance(is_token);

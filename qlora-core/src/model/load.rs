@@ -47,7 +47,7 @@ impl Bits {
             4 => Ok(Bits::Four),
             16 => Ok(Bits::Sixteen),
             other => Err(Error::invalid(format!(
-                "--bits must be 4 or 16, got `{other}`"
+                "the base precision must be 4 or 16 bits, got `{other}`"
             ))),
         }
     }
@@ -58,7 +58,11 @@ impl FromStr for Bits {
 
     fn from_str(s: &str) -> Result<Self> {
         s.parse::<u64>()
-            .map_err(|_| Error::invalid(format!("--bits must be 4 or 16, got `{s}`")))
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "the base precision must be 4 or 16 bits, got `{s}`"
+                ))
+            })
             .and_then(Bits::from_number)
     }
 }

@@ -17,7 +17,7 @@ mod rope;
 pub use adapter::{DropoutStream, LoraAdapter};
 pub use attention::{Attention, LayerContext};
 pub use batch::TrainBatch;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, LayerCache};
 pub use layer::DecoderLayer;
 pub use linear::{BaseWeight, Linear};
 pub use llama::{AttentionInputs, IGNORE_INDEX, Llama, LossSum};

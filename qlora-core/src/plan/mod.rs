@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-pub use presets::{PRESETS, preset_config, preset_names};
+pub use presets::{preset_config, preset_names};
 
 use crate::config::{LlamaConfig, Projection};
 use crate::error::{Error, Result};

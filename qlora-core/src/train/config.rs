@@ -17,45 +17,46 @@ use crate::model::Bits;
 use crate::settings;
 
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
+#[command(next_help_heading = "Run")]
 #[serde(default)]
 pub struct TrainConfig {
     /// Hugging Face model directory, or a GGUF file (imported into the cache on first use);
     /// `qlora plan` also takes a config.json or a preset (llama-7b, ...).
-    #[arg(
-        long,
-        default_value = "",
-        hide_default_value = true,
-        value_parser = path,
-        help_heading = "Run"
-    )]
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = path)]
     pub model: PathBuf,
     /// Training data (JSON Lines or JSON array).
-    #[arg(
-        long,
-        default_value = "",
-        hide_default_value = true,
-        value_parser = path,
-        help_heading = "Run"
-    )]
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = path)]
     pub data: PathBuf,
     /// alpaca, input-output, oasst, guanaco, messages or text [default: detected].
-    #[arg(long, help_heading = "Run")]
+    #[arg(long)]
     pub format: Option<DatasetFormat>,
-    /// Output directory: checkpoints, metrics.jsonl and the final adapter.
-    #[arg(
-        long,
-        default_value = "",
-        hide_default_value = true,
-        value_parser = path,
-        help_heading = "Run"
-    )]
-    pub out: PathBuf,
     /// Held-out data for evaluation (instead of --eval-fraction).
-    #[arg(long, help_heading = "Run")]
+    #[arg(long)]
     pub eval_data: Option<PathBuf>,
     /// Fraction of the data held out for evaluation.
-    #[arg(long, default_value_t = 0.0, help_heading = "Run")]
+    #[arg(long, default_value_t = 0.0)]
     pub eval_fraction: f64,
+    /// Output directory: checkpoints, metrics.jsonl and the final adapter.
+    #[arg(long, default_value = "", hide_default_value = true, value_parser = path)]
+    pub out: PathBuf,
+    /// Save a checkpoint every N steps.
+    #[arg(long, default_value_t = 250)]
+    pub save_steps: u64,
+    /// Keep only the newest N checkpoints [default: all].
+    #[arg(long)]
+    pub save_total_limit: Option<usize>,
+    /// Evaluate on the held-out data every N steps (and always at the end).
+    #[arg(long)]
+    pub eval_steps: Option<u64>,
+    /// Log a line every N steps when stderr is not a terminal.
+    #[arg(long, default_value_t = 10)]
+    pub logging_steps: u64,
+    /// Seed for adapter init, data order, splits and dropout.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Dtype of the final adapter: f32 or bf16.
+    #[arg(long, default_value_t = AdapterDtype::F32)]
+    pub adapter_dtype: AdapterDtype,
     /// Precision of the frozen base: 4 (NF4 with double quantization, QLoRA) or 16 (dense, LoRA).
     #[arg(long, default_value_t = Bits::Four, help_heading = "Model")]
     pub bits: Bits,
@@ -87,8 +88,7 @@ pub struct TrainConfig {
     #[arg(long, default_value = "all-linear", help_heading = "LoRA")]
     pub target_modules: String,
     /// Scale adapters by alpha/sqrt(rank) (rank-stabilized LoRA).
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
-          default_value_t = false, value_name = "BOOL", help_heading = "LoRA")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false, value_name = "BOOL", help_heading = "LoRA")]
     pub use_rslora: bool,
     /// How A starts: kaiming-uniform (PEFT's default) or gaussian.
     #[arg(long, default_value_t = LoraInit::KaimingUniform, help_heading = "LoRA")]
@@ -148,21 +148,6 @@ pub struct TrainConfig {
     /// Global gradient-norm clipping; 0 turns it off.
     #[arg(long, default_value_t = 0.3, help_heading = "Optimization")]
     pub max_grad_norm: f64,
-    /// Save a checkpoint every N steps.
-    #[arg(long, default_value_t = 250, help_heading = "Run")]
-    pub save_steps: u64,
-    /// Keep only the newest N checkpoints [default: all].
-    #[arg(long, help_heading = "Run")]
-    pub save_total_limit: Option<usize>,
-    /// Evaluate on the held-out data every N steps (and always at the end).
-    #[arg(long, help_heading = "Run")]
-    pub eval_steps: Option<u64>,
-    /// Log a line every N steps when stderr is not a terminal.
-    #[arg(long, default_value_t = 10, help_heading = "Run")]
-    pub logging_steps: u64,
-    /// Seed for adapter init, data order, splits and dropout.
-    #[arg(long, default_value_t = 42, help_heading = "Run")]
-    pub seed: u64,
     /// Keep every activation instead of recomputing layers in the backward pass (faster,
     /// much more memory).
     #[arg(long = "no-gradient-checkpointing", action = ArgAction::SetFalse, help_heading = "Optimization")]
@@ -174,12 +159,8 @@ pub struct TrainConfig {
     #[serde(flatten)]
     pub oasst: OasstOptions,
     /// Batch sequences of similar length together (less padding).
-    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
-          default_value_t = false, value_name = "BOOL", help_heading = "Data")]
+    #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false, value_name = "BOOL")]
     pub group_by_length: bool,
-    /// Dtype of the final adapter: f32 or bf16.
-    #[arg(long, default_value_t = AdapterDtype::F32, help_heading = "Run")]
-    pub adapter_dtype: AdapterDtype,
 }
 
 /// A path flag that may be left empty (the file may give it; [`TrainConfig::validate`] checks).
