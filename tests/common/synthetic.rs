@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use qlora::config::LlamaConfig;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::json;
@@ -42,7 +43,7 @@ impl SyntheticModel {
     }
 
     fn tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let (h, i, d) = (self.hidden_size, self.intermediate_size, self.head_dim());
+        let h = self.hidden_size;
         let mut shapes = vec![
             (
                 "model.embed_tokens.weight".to_string(),
@@ -53,23 +54,40 @@ impl SyntheticModel {
         if !self.tie_word_embeddings {
             shapes.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
         }
+        let config = LlamaConfig::parse(&self.config_json().to_string(), Path::new("synthetic"))
+            .expect("a valid config");
         for l in 0..self.num_layers {
             let p = format!("model.layers.{l}");
-            for (name, shape) in [
-                ("self_attn.q_proj.weight", vec![self.num_heads * d, h]),
-                ("self_attn.k_proj.weight", vec![self.num_kv_heads * d, h]),
-                ("self_attn.v_proj.weight", vec![self.num_kv_heads * d, h]),
-                ("self_attn.o_proj.weight", vec![h, self.num_heads * d]),
-                ("mlp.gate_proj.weight", vec![i, h]),
-                ("mlp.up_proj.weight", vec![i, h]),
-                ("mlp.down_proj.weight", vec![h, i]),
-                ("input_layernorm.weight", vec![h]),
-                ("post_attention_layernorm.weight", vec![h]),
-            ] {
-                shapes.push((format!("{p}.{name}"), shape));
+            for (name, shape) in config.linear_shapes(l) {
+                shapes.push((name, shape.to_vec()));
+            }
+            for norm in ["input_layernorm", "post_attention_layernorm"] {
+                shapes.push((format!("{p}.{norm}.weight"), vec![h]));
             }
         }
         shapes
+    }
+
+    /// The `config.json` of this shape.
+    fn config_json(&self) -> serde_json::Value {
+        json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim(),
+            "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 8192,
+            "rope_theta": 10000.0,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": "bfloat16",
+            "bos_token_id": 1,
+            "eos_token_id": 2,
+        })
     }
 
     /// Total parameters.
@@ -116,24 +134,7 @@ impl SyntheticModel {
             .collect();
         let path = dir.join("model.safetensors");
         safetensors::serialize_to_file(views, None, &path).map_err(std::io::Error::other)?;
-        let config = json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim(),
-            "rms_norm_eps": 1e-5,
-            "max_position_embeddings": 8192,
-            "rope_theta": 10000.0,
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "torch_dtype": "bfloat16",
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-        });
+        let config = self.config_json();
         let config_path = dir.join("config.json");
         std::fs::write(
             &config_path,

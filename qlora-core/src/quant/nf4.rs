@@ -88,14 +88,14 @@ impl Scaling {
 
 /// Result of blockwise NF4 quantization: packed codes and one f32 absmax per block.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Nf4Blocks {
+pub struct PackedBlocks {
     pub packed: Vec<u8>,
     pub absmax: Vec<f32>,
 }
 
 /// Quantize `values` to NF4 in blocks of `blocksize`. Fails on NaN or infinite input, which
 /// bitsandbytes would silently turn into garbage.
-pub fn quantize(values: &[f32], blocksize: usize) -> Result<Nf4Blocks> {
+pub fn quantize(values: &[f32], blocksize: usize) -> Result<PackedBlocks> {
     check_blocksize(blocksize)?;
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(Error::invalid(format!(
@@ -131,7 +131,7 @@ pub fn quantize(values: &[f32], blocksize: usize) -> Result<Nf4Blocks> {
                 *byte = (hi << 4) | lo;
             }
         });
-    Ok(Nf4Blocks { packed, absmax })
+    Ok(PackedBlocks { packed, absmax })
 }
 
 /// Dequantize packed NF4 codes with per-block f32 absmax into `out` (its length is the element
