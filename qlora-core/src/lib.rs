@@ -2,7 +2,7 @@
 //!
 //! Modules are listed in dependency order: each uses only those above it.
 //!
-//! - Foundations: [`error`], [`settings`] (flags and TOML), [`dtype`], [`device`], [`staged_dir`].
+//! - Foundations: [`error`], [`profile`] (where a step's time goes), [`settings`] (flags and TOML), [`dtype`], [`device`], [`staged_dir`].
 //! - Formats and quantization: [`config`] (`config.json`), [`checkpoint`] (safetensors model
 //!   directories), [`quant`] (NF4 with double quantization, byte for byte bitsandbytes),
 //!   [`quantize_model`], [`text`] (tokenizer, chat templates), [`gguf`] (llama.cpp files).
@@ -14,6 +14,7 @@
 //! - Uses of a trained model and of training settings: [`generate`], [`merge`], [`plan`].
 
 pub mod error;
+pub mod profile;
 pub mod settings;
 
 pub mod device;

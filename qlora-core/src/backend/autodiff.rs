@@ -41,6 +41,7 @@ impl<B: Backend + QloraOps> Backward<B, 1> for Nf4MatmulBackward {
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let weight = ops.state;
+        let _span = crate::profile::span(crate::profile::Phase::BaseBackward);
         unary::<B, _>(ops.parents, ops.node, grads, |dy| {
             B::nf4_matmul_transposed(dy, weight)
         });

@@ -11,6 +11,7 @@ use burn::tensor::Tensor;
 
 use crate::error::{Error, Result};
 use crate::model::{DropoutStream, Llama, TrainBatch};
+use crate::profile::{self, Phase};
 
 /// Gradients of `A` and `B` for every adapter, in the order of [`Llama::adapters`].
 #[derive(Debug, Clone)]
@@ -100,7 +101,10 @@ pub fn loss_and_grads(
     for (index, input) in layer_inputs.into_iter().enumerate().rev() {
         let layer = &tracked.layers[index];
         let x = input.autodiff().require_grad();
-        let y = layer.forward(x.clone(), &context, None);
+        let y = {
+            let _span = profile::span(Phase::Recompute);
+            layer.forward(x.clone(), &context, None)
+        };
         let grads = (y * upstream.clone().autodiff()).sum().backward();
         let mut layer_grads = Vec::new();
         for linear in layer.linears() {

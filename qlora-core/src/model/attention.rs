@@ -5,6 +5,7 @@ use super::adapter::DropoutStream;
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
 use super::rope::RotaryEmbedding;
+use crate::profile::{self, Phase};
 
 /// Grouped-query causal self-attention.
 #[derive(Clone, Debug)]
@@ -43,6 +44,7 @@ impl Attention {
         let q = split(self.q_proj.forward(x.clone(), context.dropout), heads);
         let k = split(self.k_proj.forward(x.clone(), context.dropout), kv_heads);
         let v = split(self.v_proj.forward(x, context.dropout), kv_heads);
+        let _span = profile::span(Phase::Attention);
         let q = RotaryEmbedding::apply(q, context.cos, context.sin);
         let k = RotaryEmbedding::apply(k, context.cos, context.sin);
         let (k, v) = match cache {
@@ -68,6 +70,7 @@ impl Attention {
         let scores = scores.mask_fill(mask, f32::MIN);
         let attended = softmax(scores, 3).matmul(v);
         let merged = attended.swap_dims(1, 2).reshape([batch, seq, heads * dim]);
+        drop(_span);
         self.o_proj.forward(merged, context.dropout)
     }
 }

@@ -7,6 +7,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::adapter::{DropoutStream, LoraAdapter};
 use crate::backend::Nf4Weight;
+use crate::profile::{self, Phase};
 use crate::quant::Nf4Tensor;
 use crate::quant::bnb_cpu_bf16;
 
@@ -70,11 +71,15 @@ impl Linear {
     pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutStream>) -> Tensor<3> {
         let [batch, seq, features] = x.dims();
         let rows = x.reshape([batch * seq, features]);
-        let mut y = self.base_forward(rows.clone());
+        let mut y = {
+            let _span = profile::span(Phase::BaseForward);
+            self.base_forward(rows.clone())
+        };
         if let Some(bias) = &self.bias {
             y = y + bias.clone().unsqueeze_dim(0);
         }
         if let Some(lora) = &self.lora {
+            let _span = profile::span(Phase::Lora);
             y = y + lora.forward(rows, dropout);
         }
         y.reshape([batch, seq, self.out_features])

@@ -10,6 +10,7 @@ use super::rms_norm::RmsNorm;
 use super::rope::RotaryEmbedding;
 use crate::config::{LlamaConfig, Projection};
 use crate::error::{Error, Result};
+use crate::profile::{self, Phase};
 
 /// Label value of positions that do not count in the loss (as in PyTorch / transformers).
 pub const IGNORE_INDEX: i64 = -100;
@@ -54,6 +55,7 @@ impl AttentionInputs {
 impl Llama {
     /// Token embeddings `[batch, seq, hidden]` of `batch` rows of equal length.
     pub fn embed(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
+        let _span = profile::span(Phase::Embedding);
         let batch = ids.len();
         let seq = ids.first().map_or(0, Vec::len);
         if batch == 0 || seq == 0 || ids.iter().any(|row| row.len() != seq) {
@@ -112,6 +114,7 @@ impl Llama {
 
     /// Final norm and `lm_head`: logits `[batch, seq, vocab]`.
     pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+        let _span = profile::span(Phase::HeadAndLoss);
         self.lm_head.forward(self.norm.forward(hidden), None)
     }
 
@@ -196,6 +199,7 @@ impl Llama {
     /// Summed next-token cross-entropy: position `t` predicts `labels[t + 1]`; labels equal to
     /// [`IGNORE_INDEX`] do not count. This is `model(ids, labels=labels).loss` times the count.
     pub fn loss_sum(&self, logits: Tensor<3>, labels: &[Vec<i64>]) -> Result<LossSum> {
+        let _span = profile::span(Phase::HeadAndLoss);
         let [batch, seq, vocab] = logits.dims();
         if labels.len() != batch || labels.iter().any(|row| row.len() != seq) {
             return Err(Error::invalid(
