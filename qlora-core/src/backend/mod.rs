@@ -10,14 +10,31 @@
 //! is the same weight as backend primitives, what the operations take.
 
 mod autodiff;
+pub mod dropout;
 mod flex;
-mod generic;
+pub mod generic;
+pub mod ops;
 mod weight;
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, ExtensionType, backend_extension};
 
 pub use weight::Nf4Weight;
+
+/// The shape of an attention: `q` is `[batch * q_len, heads * head_dim]`, `k` and `v` are
+/// `[batch * k_len, kv_heads * head_dim]`. Query `i` sits at position `k_len - q_len + i` and
+/// sees key `j` when `j` is not after it and both carry the same sequence id.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionShape {
+    pub batch: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub q_len: usize,
+    pub k_len: usize,
+    /// Multiplies the scores (`1 / sqrt(head_dim)`).
+    pub scale: f64,
+}
 
 /// The shape of an NF4 weight, which its flat tensors do not carry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,7 +87,7 @@ pub struct Nf4Operand<B: Backend> {
 pub trait QloraOps: Backend {
     /// The dense `[out, in]` f32 weight: `code[q] * absmax[block]`, as bitsandbytes computes it.
     fn nf4_dequantize(#[extension_type] weight: Nf4Operand<Self>) -> FloatTensor<Self> {
-        generic::dequantize::<Self>(&weight)
+        generic::nf4::dequantize::<Self>(&weight)
     }
 
     /// `x · Wᵀ` for `x` `[rows, in]` and the NF4 weight `W` `[out, in]`: `[rows, out]`.
@@ -89,6 +106,104 @@ pub trait QloraOps: Backend {
     ) -> FloatTensor<Self> {
         let dense = Self::nf4_dequantize(weight);
         Self::float_matmul(dy, dense)
+    }
+
+    /// RMSNorm over the rows of `x` `[rows, hidden]` with `weight` `[hidden]`.
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        generic::layers::rms_norm::<Self>(x, weight, eps)
+    }
+
+    /// The gradient of [`QloraOps::rms_norm`] with respect to `x`.
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        generic::layers::rms_norm_backward::<Self>(x, weight, eps, dy)
+    }
+
+    /// Rotary embedding of every head of `x` `[rows, heads * dim]` with per-row `cos`, `sin`
+    /// `[rows, dim]`; with `-sin` it is its own gradient.
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        generic::layers::rope::<Self>(x, cos, sin)
+    }
+
+    /// `silu(gate) · up`.
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        generic::layers::swiglu::<Self>(gate, up)
+    }
+
+    /// The gradients of [`QloraOps::swiglu`] with respect to `gate` and `up`.
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        generic::layers::swiglu_backward::<Self>(gate, up, dz)
+    }
+
+    /// `x` times the inverted-dropout mask of `seed` ([`dropout::DropoutMask`]); the same call
+    /// on the gradient is the backward pass.
+    fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
+        generic::layers::dropout::<Self>(x, seed, p)
+    }
+
+    /// Causal grouped-query attention with sequence ids ([`AttentionShape`]): the output
+    /// `[batch * q_len, heads * head_dim]` and the log-sum-exp of every query's scores
+    /// `[batch * heads * q_len]`, which the backward pass uses.
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        generic::attention::attention::<Self>(q, k, v, q_ids, k_ids, shape)
+    }
+
+    /// The gradients of [`QloraOps::attention`] with respect to `q`, `k` and `v`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        generic::attention::attention_backward::<Self>(
+            q, k, v, out, lse, d_out, q_ids, k_ids, shape,
+        )
+    }
+
+    /// Per-row next-token loss through the output head: `logsumexp(h wᵀ) - (h wᵀ)[target]` for
+    /// `hidden` `[rows, h]`, `weight` `[vocab, h]`, `targets` `[rows]` (negative: no loss).
+    fn cross_entropy(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        generic::loss::cross_entropy::<Self>(hidden, weight, targets, false).0
+    }
+
+    /// [`QloraOps::cross_entropy`] and the gradient of the summed loss with respect to
+    /// `hidden`, in one pass.
+    fn cross_entropy_with_grad(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (losses, grad) = generic::loss::cross_entropy::<Self>(hidden, weight, targets, true);
+        (losses, grad.expect("asked for the gradient"))
     }
 }
 

@@ -6,7 +6,7 @@ use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::{DType, TensorData};
 
-use super::{Nf4Absmax, Nf4Operand, QloraOps};
+use crate::backend::{Nf4Absmax, Nf4Operand};
 use crate::quant::{DoubleQuant, nf4};
 
 fn host_bytes(words: &IntTensor<Flex>, count: usize) -> Vec<u8> {
@@ -39,22 +39,21 @@ fn host_absmax(absmax: &Nf4Absmax<Flex>, blocks: usize) -> Vec<f32> {
     }
 }
 
-impl QloraOps for Flex {
-    fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
-        let layout = weight.layout;
-        if weight.code.dtype() != DType::F32 {
-            return super::generic::dequantize::<Self>(&weight);
-        }
-        let n = layout.numel();
-        let packed = host_bytes(&weight.words, n.div_ceil(2));
-        let code: [f32; 16] = host_floats(&weight.code).try_into().expect("16 codes");
-        let absmax = host_absmax(&weight.absmax, layout.blocks());
-        let mut out = vec![0f32; n];
-        nf4::dequantize_into(&packed, &absmax, &code, layout.blocksize, &mut out)
-            .expect("operand matches its layout");
-        Flex::float_from_data(
-            TensorData::new(out, [layout.out_features, layout.in_features]),
-            &Default::default(),
-        )
+/// The dense `[out, in]` f32 weight, from the host path of [`nf4::dequantize_into`].
+pub fn dequantize(weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
+    let layout = weight.layout;
+    if weight.code.dtype() != DType::F32 {
+        return crate::backend::generic::nf4::dequantize::<Flex>(&weight);
     }
+    let n = layout.numel();
+    let packed = host_bytes(&weight.words, n.div_ceil(2));
+    let code: [f32; 16] = host_floats(&weight.code).try_into().expect("16 codes");
+    let absmax = host_absmax(&weight.absmax, layout.blocks());
+    let mut out = vec![0f32; n];
+    nf4::dequantize_into(&packed, &absmax, &code, layout.blocksize, &mut out)
+        .expect("operand matches its layout");
+    Flex::float_from_data(
+        TensorData::new(out, [layout.out_features, layout.in_features]),
+        &Default::default(),
+    )
 }

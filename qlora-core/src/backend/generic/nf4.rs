@@ -6,7 +6,7 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::{Scalar, Shape, Slice};
 
-use super::{Nf4Absmax, Nf4Operand};
+use crate::backend::{Nf4Absmax, Nf4Operand};
 
 /// `count` bytes (ints 0..=255) from words holding four each, most significant first.
 fn unpack_bytes<B: Backend>(words: IntTensor<B>, count: usize) -> IntTensor<B> {

@@ -1,0 +1,184 @@
+//! RMSNorm, rotary embedding, SwiGLU and dropout on the CPU: one pass over memory each,
+//! forward and backward, rows split over the thread pool.
+
+use burn::backend::TensorMetadata;
+use burn::backend::flex::FlexTensor;
+use rayon::prelude::*;
+
+use super::kernel::{dot, exp, floats, simd, tensor, uninit};
+use crate::backend::dropout::DropoutMask;
+
+/// Rows a task takes: enough to amortize the scheduling, few enough to balance.
+fn rows_per_task(rows: usize, width: usize) -> usize {
+    let tasks = 8 * rayon::current_num_threads();
+    rows.div_ceil(tasks).max((16384 / width.max(1)).max(1))
+}
+
+fn dims2(t: &FlexTensor) -> [usize; 2] {
+    let shape = t.shape();
+    [shape[0], shape[1]]
+}
+
+/// `1 / sqrt(mean(x²) + eps)`.
+#[inline(always)]
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt()
+}
+
+pub fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+    let [rows, h] = dims2(&x);
+    let (xs, w) = (floats(&x), floats(&weight));
+    let mut out = uninit(rows * h);
+    let per = rows_per_task(rows, h);
+    out.par_chunks_mut(per * h)
+        .zip(xs.par_chunks(per * h))
+        .for_each(|(out, xs)| {
+            simd(|| {
+                for (o, x) in out.chunks_exact_mut(h).zip(xs.chunks_exact(h)) {
+                    let inv = inv_rms(x, eps as f32);
+                    for ((o, x), w) in o.iter_mut().zip(x).zip(w.iter()) {
+                        *o = x * inv * w;
+                    }
+                }
+            })
+        });
+    tensor(out, [rows, h])
+}
+
+pub fn rms_norm_backward(
+    x: FlexTensor,
+    weight: FlexTensor,
+    eps: f64,
+    dy: FlexTensor,
+) -> FlexTensor {
+    let [rows, h] = dims2(&x);
+    let (xs, w, dys) = (floats(&x), floats(&weight), floats(&dy));
+    let mut out = uninit(rows * h);
+    let per = rows_per_task(rows, h);
+    out.par_chunks_mut(per * h)
+        .zip(xs.par_chunks(per * h))
+        .zip(dys.par_chunks(per * h))
+        .for_each(|((out, xs), dys)| {
+            simd(|| {
+                let mut g = vec![0f32; h];
+                for ((o, x), dy) in out
+                    .chunks_exact_mut(h)
+                    .zip(xs.chunks_exact(h))
+                    .zip(dys.chunks_exact(h))
+                {
+                    let inv = inv_rms(x, eps as f32);
+                    for ((g, dy), w) in g.iter_mut().zip(dy).zip(w.iter()) {
+                        *g = dy * w;
+                    }
+                    // dx = r g - x r³ mean(g x)
+                    let c = inv * inv * inv * dot(&g, x) / h as f32;
+                    for ((o, g), x) in o.iter_mut().zip(&g).zip(x) {
+                        *o = g * inv - x * c;
+                    }
+                }
+            })
+        });
+    tensor(out, [rows, h])
+}
+
+pub fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+    let [rows, width] = dims2(&x);
+    let dim = cos.shape()[1];
+    let half = dim / 2;
+    let (xs, c, s) = (floats(&x), floats(&cos), floats(&sin));
+    let mut out = uninit(rows * width);
+    let per = rows_per_task(rows, width);
+    out.par_chunks_mut(per * width)
+        .zip(xs.par_chunks(per * width))
+        .enumerate()
+        .for_each(|(task, (out, xs))| {
+            simd(|| {
+                for (r, (o, x)) in out
+                    .chunks_exact_mut(width)
+                    .zip(xs.chunks_exact(width))
+                    .enumerate()
+                {
+                    let row = task * per + r;
+                    let (c, s) = (&c[row * dim..][..dim], &s[row * dim..][..dim]);
+                    for (o, x) in o.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                        let (x1, x2) = x.split_at(half);
+                        let (o1, o2) = o.split_at_mut(half);
+                        for i in 0..half {
+                            o1[i] = x1[i] * c[i] - x2[i] * s[i];
+                            o2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
+                        }
+                    }
+                }
+            })
+        });
+    tensor(out, [rows, width])
+}
+
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + exp(-x))
+}
+
+pub fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+    let shape = gate.shape();
+    let (g, u) = (floats(&gate), floats(&up));
+    let mut out = uninit(g.len());
+    out.par_chunks_mut(16384)
+        .zip(g.par_chunks(16384).zip(u.par_chunks(16384)))
+        .for_each(|(out, (g, u))| {
+            simd(|| {
+                for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(*g) * u;
+                }
+            })
+        });
+    FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
+}
+
+pub fn swiglu_backward(
+    gate: FlexTensor,
+    up: FlexTensor,
+    dz: FlexTensor,
+) -> (FlexTensor, FlexTensor) {
+    let shape = gate.shape();
+    let (g, u, dz) = (floats(&gate), floats(&up), floats(&dz));
+    let mut dg = uninit(g.len());
+    let mut du = uninit(g.len());
+    dg.par_chunks_mut(16384)
+        .zip(du.par_chunks_mut(16384))
+        .zip(
+            g.par_chunks(16384)
+                .zip(u.par_chunks(16384))
+                .zip(dz.par_chunks(16384)),
+        )
+        .for_each(|((dg, du), ((g, u), dz))| {
+            simd(|| {
+                for i in 0..dg.len() {
+                    let s = sigmoid(g[i]);
+                    let silu = g[i] * s;
+                    dg[i] = dz[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+                    du[i] = dz[i] * silu;
+                }
+            })
+        });
+    (
+        FlexTensor::from_data(burn::tensor::TensorData::new(dg, shape.clone())),
+        FlexTensor::from_data(burn::tensor::TensorData::new(du, shape)),
+    )
+}
+
+pub fn dropout(x: FlexTensor, seed: u64, p: f64) -> FlexTensor {
+    let shape = x.shape();
+    let xs = floats(&x);
+    let mask = DropoutMask::new(seed, p);
+    let mut out = uninit(xs.len());
+    out.par_chunks_mut(4096)
+        .zip(xs.par_chunks(4096))
+        .enumerate()
+        .for_each(|(chunk, (out, xs))| {
+            for (j, (o, x)) in out.iter_mut().zip(xs).enumerate() {
+                *o = x * mask.value(chunk * 4096 + j);
+            }
+        });
+    FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
+}

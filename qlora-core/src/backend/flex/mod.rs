@@ -1,0 +1,97 @@
+//! The CPU (Flex) implementations: multi-threaded kernels over the tensors' host memory.
+
+mod attention;
+mod kernel;
+mod layers;
+mod loss;
+mod nf4;
+
+use burn::backend::Flex;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+
+use super::{AttentionShape, Nf4Operand, QloraOps};
+
+impl QloraOps for Flex {
+    fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        nf4::dequantize(weight)
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        layers::rms_norm(x, weight, eps)
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        layers::rms_norm_backward(x, weight, eps, dy)
+    }
+
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        layers::rope(x, cos, sin)
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        layers::swiglu(gate, up)
+    }
+
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        layers::swiglu_backward(gate, up, dz)
+    }
+
+    fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
+        layers::dropout(x, seed, p)
+    }
+
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention::attention(q, k, v, q_ids, k_ids, shape)
+    }
+
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        attention::attention_backward(q, k, v, out, lse, d_out, q_ids, k_ids, shape)
+    }
+
+    fn cross_entropy(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        loss::cross_entropy(hidden, weight, targets, false).0
+    }
+
+    fn cross_entropy_with_grad(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (losses, grad) = loss::cross_entropy(hidden, weight, targets, true);
+        (losses, grad.expect("asked for the gradient"))
+    }
+}

@@ -1,0 +1,96 @@
+//! RMSNorm, rotary embedding, SwiGLU and dropout as tensor operations, with their gradients.
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, TensorMetadata};
+use burn::tensor::TensorData;
+
+use super::F;
+use crate::backend::dropout::DropoutMask;
+
+/// `x / sqrt(mean(x²) + eps) · weight` over the rows of `x` `[rows, hidden]`.
+pub fn rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    let x = F::<B>(x);
+    let hidden = x.dims()[1];
+    let inv = (x.clone() * x.clone())
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    (x * inv * F(weight).reshape(&[1, hidden])).0
+}
+
+/// The gradient of [`rms_norm`] with respect to `x` (the weight is frozen).
+pub fn rms_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    eps: f64,
+    dy: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let x = F::<B>(x);
+    let hidden = x.dims()[1];
+    let inv = (x.clone() * x.clone())
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
+    let g = F(dy) * F(weight).reshape(&[1, hidden]);
+    // dx = r g - x r³ mean(g x)
+    let dot = (g.clone() * x.clone()).mean_dim(1);
+    let r3 = inv.clone() * inv.clone() * inv.clone();
+    (g * inv - x * r3 * dot).0
+}
+
+/// Rotate every head of `x` `[rows, heads * dim]` by the angles of its row: `x cos +
+/// rotate_half(x) sin` with `cos`, `sin` `[rows, dim]` (Hugging Face's convention). The
+/// gradient is the same rotation with `-sin`.
+pub fn rope<B: Backend>(
+    x: FloatTensor<B>,
+    cos: FloatTensor<B>,
+    sin: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let x = F::<B>(x);
+    let [rows, width] = x.dims()[..] else {
+        unreachable!("two dimensions")
+    };
+    let dim = cos.shape()[1];
+    let heads = width / dim;
+    let x = x.reshape(&[rows, heads, dim]);
+    let half = dim / 2;
+    let x1 = x.clone().narrow(2, 0, half);
+    let x2 = x.clone().narrow(2, half, half);
+    let rotated = F::cat(vec![-x2, x1], 2);
+    let cos = F(cos).reshape(&[rows, 1, dim]);
+    let sin = F(sin).reshape(&[rows, 1, dim]);
+    (x * cos + rotated * sin).reshape(&[rows, width]).0
+}
+
+/// `silu(gate) · up`.
+pub fn swiglu<B: Backend>(gate: FloatTensor<B>, up: FloatTensor<B>) -> FloatTensor<B> {
+    let gate = F::<B>(gate);
+    (gate.clone() * gate.sigmoid() * F(up)).0
+}
+
+/// The gradients of [`swiglu`] with respect to `gate` and `up`.
+pub fn swiglu_backward<B: Backend>(
+    gate: FloatTensor<B>,
+    up: FloatTensor<B>,
+    dz: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (gate, up, dz) = (F::<B>(gate), F::<B>(up), F::<B>(dz));
+    let sig = gate.clone().sigmoid();
+    let silu = gate.clone() * sig.clone();
+    // silu'(a) = σ(a) (1 + a (1 - σ(a)))
+    let d_silu = sig.clone() * (gate * (-sig).add_scalar(1.0)).add_scalar(1.0);
+    let d_gate = dz.clone() * up * d_silu;
+    let d_up = dz * silu;
+    (d_gate.0, d_up.0)
+}
+
+/// `x` times the dropout mask of `seed` with drop probability `p` (its own gradient too).
+pub fn dropout<B: Backend>(x: FloatTensor<B>, seed: u64, p: f64) -> FloatTensor<B> {
+    let shape = x.shape();
+    let device = x.device();
+    let mask = DropoutMask::new(seed, p).values(shape.num_elements());
+    let mask = B::float_from_data(TensorData::new(mask, shape), &device);
+    B::float_mul(x, mask)
+}
