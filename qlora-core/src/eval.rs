@@ -2,7 +2,7 @@
 
 use crate::data::Example;
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::{Llama, TrainBatch};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalReport {
@@ -23,8 +23,11 @@ pub fn evaluate(
     let mut tokens = 0usize;
     for (i, example) in examples.iter().enumerate() {
         if example.ids.len() >= 2 {
-            let logits = model.forward(std::slice::from_ref(&example.ids), None, None)?;
-            let loss = model.loss_sum(logits, std::slice::from_ref(&example.labels))?;
+            let loss = model.loss(&TrainBatch {
+                ids: vec![example.ids.clone()],
+                labels: vec![example.labels.clone()],
+                is_token: vec![vec![true; example.ids.len()]],
+            })?;
             sum += f64::from(loss.sum.into_scalar::<f32>());
             tokens += loss.tokens;
         }

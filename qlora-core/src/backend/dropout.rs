@@ -3,6 +3,7 @@
 //! pass each draw the very same one.
 
 /// SplitMix64's finalizer: a good 64-bit mix for counter-based random numbers.
+#[inline(always)]
 pub fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
@@ -26,7 +27,7 @@ impl DropoutMask {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn value(&self, i: usize) -> f32 {
         if mix(self.seed ^ (i as u64).wrapping_mul(0xd1b54a32d192ed03)) >= self.threshold {
             self.keep

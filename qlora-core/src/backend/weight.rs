@@ -82,6 +82,14 @@ impl Nf4Weight {
         self.dequantize().reshape([self.operand.layout.numel()])
     }
 
+    /// `dy · W` for `dy` `[rows, out]`: the gradient of the input of [`Nf4Weight::linear`].
+    pub fn input_grad(&self, dy: Tensor<2>) -> Tensor<2> {
+        Tensor::from_dispatch(<Dispatch as QloraOps>::nf4_matmul_transposed(
+            dy.into_dispatch(),
+            self.operand(),
+        ))
+    }
+
     /// `x · Wᵀ` for `x` `[rows, in]`, differentiable in `x` when autodiff tracks it (the weight
     /// is never stored dense in the graph).
     pub fn linear(&self, x: Tensor<2>) -> Tensor<2> {

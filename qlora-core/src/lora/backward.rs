@@ -1,16 +1,23 @@
-//! Loss and adapter gradients of one batch, with or without per-layer gradient checkpointing.
+//! Loss and adapter gradients of one batch: a forward pass that keeps what the backward pass
+//! needs, then the backward pass written out layer by layer (no autodiff graph).
 //!
-//! Only adapter matrices are leaves that require gradients; the base, embeddings and norms are
-//! constants of the graph. With checkpointing, the forward pass keeps nothing but each layer's
-//! input; the backward pass then walks the layers from the last, recomputing one layer at a
-//! time under autodiff and back-propagating the incoming gradient through it as the
-//! vector-Jacobian product `d/dθ sum(layer(x) · g)`. Dropout masks are drawn from
-//! `(seed, step, adapter)`, so the recomputation sees exactly the masks of the first pass.
+//! Only adapter matrices receive gradients; the base, embeddings and norms are frozen, so the
+//! backward pass needs no weight gradient but the adapters' and computes no input gradient
+//! for the first layer. With gradient checkpointing the forward pass keeps each layer's input
+//! and its hidden state after attention; the backward pass recomputes, per layer, only what
+//! its gradients read: the queries, keys, values and attention of the first half, the gate
+//! and up projections of the second (never the output projections, whose results the backward
+//! pass does not use). Without checkpointing it keeps all of that instead. Dropout masks come
+//! from `(seed, step, adapter)`, so the recomputation sees exactly the masks of the first pass.
 
 use burn::tensor::Tensor;
 
+use crate::backend::ops;
+use crate::config::Projection;
 use crate::error::{Error, Result};
-use crate::model::{DropoutStream, Llama, TrainBatch};
+use crate::model::{
+    AdapterGrad, AttentionInputs, DecoderLayer, DropoutStream, LayerContext, Llama, TrainBatch,
+};
 use crate::profile::{self, Phase};
 
 /// Gradients of `A` and `B` for every adapter, in the order of [`Llama::adapters`].
@@ -28,20 +35,210 @@ pub struct LossAndGrads {
     pub grads: AdapterGrads,
 }
 
-/// A copy of `model` whose adapter matrices are fresh autodiff leaves.
-fn with_tracked_adapters(model: &Llama) -> Llama {
-    let mut tracked = model.clone();
-    for (_, linear) in tracked.linears_mut() {
-        if let Some(lora) = &mut linear.lora {
-            lora.a = lora.a.clone().autodiff().require_grad();
-            lora.b = lora.b.clone().autodiff().require_grad();
-        }
-    }
-    tracked
+/// What a layer's backward pass reads.
+struct Activations {
+    x: Tensor<2>,
+    n1: Tensor<2>,
+    q: Tensor<2>,
+    k: Tensor<2>,
+    v: Tensor<2>,
+    attended: Tensor<2>,
+    lse: Tensor<1>,
+    h: Tensor<2>,
+    n2: Tensor<2>,
+    gate: Tensor<2>,
+    up: Tensor<2>,
+    z: Tensor<2>,
 }
 
-fn missing_grad(path: &str) -> Error {
-    Error::invalid(format!("no gradient reached the adapter of {path}"))
+/// What the forward pass keeps of a layer (one per layer: the size of tensor handles does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+enum Kept {
+    /// The layer's input and its hidden state after attention.
+    Checkpoint {
+        x: Tensor<2>,
+        h: Tensor<2>,
+    },
+    All(Activations),
+}
+
+/// The first half of a layer: attention, up to (not including) the output projection.
+fn attention_half(
+    layer: &DecoderLayer,
+    x: Tensor<2>,
+    context: &LayerContext<'_>,
+) -> (
+    Tensor<2>,
+    Tensor<2>,
+    Tensor<2>,
+    Tensor<2>,
+    Tensor<2>,
+    Tensor<1>,
+) {
+    let n1 = layer.input_layernorm.forward(x);
+    let (q, k, v) = layer.self_attn.qkv(n1.clone(), context);
+    let (attended, lse) = layer
+        .self_attn
+        .attend(q.clone(), k.clone(), v.clone(), context);
+    (n1, q, k, v, attended, lse)
+}
+
+/// The second half of a layer up to (not including) the down projection.
+fn mlp_half(
+    layer: &DecoderLayer,
+    h: Tensor<2>,
+    context: &LayerContext<'_>,
+) -> (Tensor<2>, Tensor<2>, Tensor<2>, Tensor<2>) {
+    let n2 = layer.post_attention_layernorm.forward(h);
+    let (gate, up) = layer.mlp.gate_up(n2.clone(), context.dropout);
+    let z = {
+        let _span = profile::span(Phase::Elementwise);
+        ops::swiglu(gate.clone(), up.clone())
+    };
+    (n2, gate, up, z)
+}
+
+/// Run a layer forward, keeping what its backward pass needs; returns the output.
+fn forward_keeping(
+    layer: &DecoderLayer,
+    x: Tensor<2>,
+    context: &LayerContext<'_>,
+    checkpointing: bool,
+) -> (Tensor<2>, Kept) {
+    let (n1, q, k, v, attended, lse) = attention_half(layer, x.clone(), context);
+    let o = layer
+        .self_attn
+        .o_proj
+        .forward_rows(attended.clone(), context.dropout);
+    let h = x.clone() + o;
+    let (n2, gate, up, z) = mlp_half(layer, h.clone(), context);
+    let y = h.clone() + layer.mlp.down_proj.forward_rows(z.clone(), context.dropout);
+    let kept = if checkpointing {
+        Kept::Checkpoint { x, h }
+    } else {
+        Kept::All(Activations {
+            x,
+            n1,
+            q,
+            k,
+            v,
+            attended,
+            lse,
+            h,
+            n2,
+            gate,
+            up,
+            z,
+        })
+    };
+    (y, kept)
+}
+
+/// The activations of a checkpointed layer, recomputed from its input and hidden state.
+fn recompute(
+    layer: &DecoderLayer,
+    x: Tensor<2>,
+    h: Tensor<2>,
+    context: &LayerContext<'_>,
+) -> Activations {
+    let _span = profile::span(Phase::Recompute);
+    let (n1, q, k, v, attended, lse) = attention_half(layer, x.clone(), context);
+    let (n2, gate, up, z) = mlp_half(layer, h.clone(), context);
+    Activations {
+        x,
+        n1,
+        q,
+        k,
+        v,
+        attended,
+        lse,
+        h,
+        n2,
+        gate,
+        up,
+        z,
+    }
+}
+
+fn add(a: Option<Tensor<2>>, b: Option<Tensor<2>>) -> Option<Tensor<2>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The backward pass of one layer: the adapters' gradients (in [`Projection::ALL`] order,
+/// `None` where a projection has no adapter) and, with `input_grad`, the gradient of its
+/// input, given the gradient `dy` of its output.
+fn layer_backward(
+    layer: &DecoderLayer,
+    a: Activations,
+    dy: Tensor<2>,
+    inputs: &AttentionInputs,
+    neg_sin: &Tensor<2>,
+    context: &LayerContext<'_>,
+    input_grad: bool,
+) -> Result<([Option<AdapterGrad>; 7], Option<Tensor<2>>)> {
+    let drop = context.dropout;
+    let mut grads: [Option<AdapterGrad>; 7] = Default::default();
+    let (attn, mlp) = (&layer.self_attn, &layer.mlp);
+
+    // The MLP half: y = h + down(swiglu(gate(n2), up(n2))), n2 = norm(h).
+    let (g, dz) = mlp.down_proj.backward(a.z, dy.clone(), drop, true)?;
+    grads[Projection::Down as usize] = g;
+    let (d_gate, d_up) = {
+        let _span = profile::span(Phase::Elementwise);
+        ops::swiglu_backward(a.gate, a.up, dz.expect("asked for the input gradient"))
+    };
+    let (g, dn2_gate) = mlp.gate_proj.backward(a.n2.clone(), d_gate, drop, true)?;
+    grads[Projection::Gate as usize] = g;
+    let (g, dn2_up) = mlp.up_proj.backward(a.n2, d_up, drop, true)?;
+    grads[Projection::Up as usize] = g;
+    let dn2 = add(dn2_gate, dn2_up).expect("input gradients");
+    let dh = dy + layer.post_attention_layernorm.backward(a.h, dn2);
+
+    // The attention half: h = x + o(attention(rope(q(n1)), rope(k(n1)), v(n1))), n1 = norm(x).
+    let (g, d_attended) = attn
+        .o_proj
+        .backward(a.attended.clone(), dh.clone(), drop, true)?;
+    grads[Projection::O as usize] = g;
+    let (dq, dk, dv) = {
+        let _span = profile::span(Phase::Attention);
+        ops::attention_backward(
+            a.q,
+            a.k,
+            a.v,
+            a.attended,
+            a.lse,
+            d_attended.expect("asked for the input gradient"),
+            &inputs.q_ids,
+            &inputs.k_ids,
+            attn.shape(context),
+        )
+    };
+    let (dq, dk) = {
+        let _span = profile::span(Phase::Elementwise);
+        (
+            ops::rope(dq, &inputs.cos, neg_sin),
+            ops::rope(dk, &inputs.cos, neg_sin),
+        )
+    };
+    let mut dn1 = None;
+    for (p, linear, d) in [
+        (Projection::Q, &attn.q_proj, dq),
+        (Projection::K, &attn.k_proj, dk),
+        (Projection::V, &attn.v_proj, dv),
+    ] {
+        let (g, dx) = linear.backward(a.n1.clone(), d, drop, input_grad)?;
+        grads[p as usize] = g;
+        dn1 = add(dn1, dx);
+    }
+    let dx = match dn1 {
+        Some(dn1) => Some(dh + layer.input_layernorm.backward(a.x, dn1)),
+        None => None,
+    };
+    Ok((grads, dx))
 }
 
 /// Loss and adapter gradients of `batch`. `dropout` enables adapter dropout (training).
@@ -54,82 +251,58 @@ pub fn loss_and_grads(
     if model.adapters().is_empty() {
         return Err(Error::invalid("the model has no LoRA adapters to train"));
     }
-    let tracked = with_tracked_adapters(model);
-    if !checkpointing {
-        let logits = tracked.forward_with(&batch.ids, Some(&batch.is_token), None, dropout)?;
-        let loss = tracked.loss_sum(logits, &batch.labels)?;
-        let loss_sum = f64::from(loss.sum.clone().into_scalar::<f32>());
-        let grads = loss.sum.backward();
-        let mut out = AdapterGrads {
-            paths: Vec::new(),
-            grads: Vec::new(),
-        };
-        for (path, adapter) in tracked.adapters() {
-            let ga = adapter.a.grad(&grads).ok_or_else(|| missing_grad(&path))?;
-            let gb = adapter.b.grad(&grads).ok_or_else(|| missing_grad(&path))?;
-            out.paths.push(path);
-            out.grads.push((ga, gb));
-        }
-        return Ok(LossAndGrads {
-            loss_sum,
-            tokens: loss.tokens,
-            grads: out,
-        });
-    }
-
-    // Forward without a graph, keeping each layer's input.
     let inputs = model.attention_inputs(&batch.is_token, None);
     let context = inputs.context(dropout);
-    let mut hidden = model.embed(&batch.ids)?;
-    let mut layer_inputs = Vec::with_capacity(model.layers.len());
+    let (targets, tokens) = model.targets(&batch.labels)?;
+
+    let mut x = model.embed(&batch.ids)?;
+    let mut kept = Vec::with_capacity(model.layers.len());
     for layer in &model.layers {
-        layer_inputs.push(hidden.clone());
-        hidden = layer.forward(hidden, &context, None);
+        let (y, k) = forward_keeping(layer, x, &context, checkpointing);
+        kept.push(k);
+        x = y;
     }
 
-    // The head, then the layers from the last, each recomputed under autodiff.
-    let top = hidden.autodiff().require_grad();
-    let loss = model.loss_sum(model.head(top.clone()), &batch.labels)?;
-    let loss_sum = f64::from(loss.sum.clone().into_scalar::<f32>());
-    let grads = loss.sum.backward();
-    let mut upstream = top
-        .grad(&grads)
-        .ok_or_else(|| Error::invalid("no gradient reached the last hidden state"))?;
-    drop(grads);
+    // The head: loss and the gradient of the last hidden state in one pass.
+    let normed = model.norm.forward(x.clone());
+    let (losses, d_normed) = {
+        let _span = profile::span(Phase::HeadAndLoss);
+        ops::cross_entropy_with_grad(normed, model.head_weight()?, &targets)
+    };
+    let loss_sum = f64::from(losses.sum().into_scalar::<f32>());
+    let mut dy = model.norm.backward(x, d_normed);
 
+    let neg_sin = inputs.sin.clone().neg();
     let mut per_layer = Vec::with_capacity(model.layers.len());
-    for (index, input) in layer_inputs.into_iter().enumerate().rev() {
-        let layer = &tracked.layers[index];
-        let x = input.autodiff().require_grad();
-        let y = {
-            let _span = profile::span(Phase::Recompute);
-            layer.forward(x.clone(), &context, None)
+    for (index, (layer, kept)) in model.layers.iter().zip(kept).enumerate().rev() {
+        let activations = match kept {
+            Kept::Checkpoint { x, h } => recompute(layer, x, h, &context),
+            Kept::All(a) => a,
         };
-        let grads = (y * upstream.clone().autodiff()).sum().backward();
-        let mut layer_grads = Vec::new();
-        for linear in layer.linears() {
-            if let Some(adapter) = &linear.lora {
-                let path = format!("model.layers.{index}");
-                let ga = adapter.a.grad(&grads).ok_or_else(|| missing_grad(&path))?;
-                let gb = adapter.b.grad(&grads).ok_or_else(|| missing_grad(&path))?;
-                layer_grads.push((ga, gb));
-            }
-        }
-        per_layer.push(layer_grads);
-        if index > 0 {
-            upstream = x
-                .grad(&grads)
-                .ok_or_else(|| Error::invalid("no gradient reached a layer input"))?;
-        }
+        let (grads, dx) = layer_backward(
+            layer,
+            activations,
+            dy,
+            &inputs,
+            &neg_sin,
+            &context,
+            index > 0,
+        )?;
+        per_layer.push(grads);
+        dy = match dx {
+            Some(dx) => dx,
+            None => break,
+        };
     }
     per_layer.reverse();
-    let paths = model.adapters().into_iter().map(|(p, _)| p).collect();
+    let (paths, _): (Vec<String>, Vec<_>) = model.adapters().into_iter().unzip();
+    let grads: Vec<AdapterGrad> = per_layer.into_iter().flatten().flatten().collect();
+    if grads.len() != paths.len() {
+        return Err(Error::invalid("an adapter received no gradient"));
+    }
     Ok(LossAndGrads {
         loss_sum,
-        tokens: loss.tokens,
-        grads: AdapterGrads {
-            paths,
-            grads: per_layer.into_iter().flatten().collect(),
-        },
+        tokens,
+        grads: AdapterGrads { paths, grads },
     })
 }

@@ -1,9 +1,11 @@
 //! The adapter slot of a linear layer: `scale · B(A(dropout(x)))` with `A` `[r, in]` and `B`
-//! `[out, r]`, and the counter-based dropout masks training uses. How adapters are configured,
-//! initialized, trained and saved is [`crate::lora`]'s business.
+//! `[out, r]`, its gradients, and where its dropout masks come from. How adapters are
+//! configured, initialized, trained and saved is [`crate::lora`]'s business.
 
-use burn::tensor::{Device, Tensor, TensorData};
-use rayon::prelude::*;
+use burn::tensor::Tensor;
+
+use crate::backend::dropout::mix;
+use crate::backend::ops;
 
 /// One adapter. `key` identifies it among the model's adapters (for dropout streams).
 #[derive(Clone, Debug)]
@@ -17,90 +19,86 @@ pub struct LoraAdapter {
 
 /// Where dropout masks come from during training: a seed and a per-step stream. The mask of an
 /// adapter depends only on `(seed, step, adapter key)`, so recomputing a layer (gradient
-/// checkpointing) or resuming a run draws the very same masks.
+/// checkpointing), the backward pass and a resumed run all see the very same masks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropoutStream {
     pub seed: u64,
     pub step: u64,
 }
 
-/// SplitMix64's finalizer: a good 64-bit mix for counter-based random numbers.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-    z ^ (z >> 31)
-}
-
 impl DropoutStream {
-    /// Inverted-dropout mask `[rows, cols]`: `1/(1-p)` where kept, 0 where dropped.
-    pub fn mask(&self, key: u64, p: f64, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
-        let base = mix(mix(self.seed ^ 0x5157_4c4f_5241)
+    /// The mask seed of the adapter `key` ([`crate::backend::dropout::DropoutMask`]).
+    pub fn seed_for(&self, key: u64) -> u64 {
+        mix(mix(self.seed ^ 0x5157_4c4f_5241)
             ^ mix(self.step.wrapping_add(1))
-            ^ mix(key.wrapping_mul(0x9e3779b97f4a7c15)));
-        let threshold = (p * (u64::MAX as f64)) as u64;
-        let keep = (1.0 / (1.0 - p)) as f32;
-        let mut values = vec![0f32; rows * cols];
-        values
-            .par_chunks_mut(4096)
-            .enumerate()
-            .for_each(|(chunk, out)| {
-                for (i, v) in out.iter_mut().enumerate() {
-                    let counter = (chunk * 4096 + i) as u64;
-                    *v = if mix(base ^ counter.wrapping_mul(0xd1b54a32d192ed03)) >= threshold {
-                        keep
-                    } else {
-                        0.0
-                    };
-                }
-            });
-        Tensor::from_data(TensorData::new(values, [rows, cols]), device)
+            ^ mix(key.wrapping_mul(0x9e3779b97f4a7c15)))
     }
 }
+
+/// Gradients of one adapter: `(dA, dB)`.
+pub type AdapterGrad = (Tensor<2>, Tensor<2>);
 
 impl LoraAdapter {
     pub fn rank(&self) -> usize {
         self.a.dims()[0]
     }
 
-    /// `scale · (dropout(x) Aᵀ) Bᵀ` for `x` `[rows, in]`. Dropout applies only with a stream.
-    pub fn forward(&self, x: Tensor<2>, dropout: Option<&DropoutStream>) -> Tensor<2> {
-        let x = match dropout {
+    /// `x` with this adapter's dropout (the identity without a stream or with p = 0).
+    fn drop(&self, x: Tensor<2>, dropout: Option<&DropoutStream>) -> Tensor<2> {
+        match dropout {
             Some(stream) if self.dropout > 0.0 => {
-                let [rows, cols] = x.dims();
-                let mask = stream.mask(self.key, self.dropout, rows, cols, &x.device());
-                x * mask
+                ops::dropout(x, stream.seed_for(self.key), self.dropout)
             }
             _ => x,
-        };
-        x.matmul(self.a.clone().transpose())
+        }
+    }
+
+    /// `scale · (dropout(x) Aᵀ) Bᵀ` for `x` `[rows, in]`. Dropout applies only with a stream.
+    pub fn forward(&self, x: Tensor<2>, dropout: Option<&DropoutStream>) -> Tensor<2> {
+        self.drop(x, dropout)
+            .matmul(self.a.clone().transpose())
             .matmul(self.b.clone().transpose())
             * self.scale
+    }
+
+    /// The gradients of `A` and `B` and (with `input_grad`) of `x`, given the gradient `dy` of
+    /// [`LoraAdapter::forward`]'s output for input `x`.
+    pub fn backward(
+        &self,
+        x: Tensor<2>,
+        dy: Tensor<2>,
+        dropout: Option<&DropoutStream>,
+        input_grad: bool,
+    ) -> (AdapterGrad, Option<Tensor<2>>) {
+        let xd = self.drop(x, dropout);
+        let t = xd.clone().matmul(self.a.clone().transpose());
+        let dy = dy * self.scale;
+        let db = dy.clone().transpose().matmul(t);
+        let dt = dy.matmul(self.b.clone());
+        let da = dt.clone().transpose().matmul(xd);
+        let dx = input_grad.then(|| self.drop(dt.matmul(self.a.clone()), dropout));
+        ((da, db), dx)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use burn::tensor::{Device, Distribution};
+
     use super::*;
 
     #[test]
     fn dropout_masks_are_reproducible_and_about_right() {
         let device = Device::flex();
         let s = DropoutStream { seed: 42, step: 3 };
-        let m1: Vec<f32> = s
-            .mask(7, 0.1, 64, 100, &device)
-            .into_data()
-            .try_into_vec()
-            .unwrap();
-        let m2: Vec<f32> = s
-            .mask(7, 0.1, 64, 100, &device)
-            .into_data()
-            .try_into_vec()
-            .unwrap();
-        let other: Vec<f32> = s
-            .mask(8, 0.1, 64, 100, &device)
-            .into_data()
-            .try_into_vec()
-            .unwrap();
+        let ones = Tensor::<2>::ones([64, 100], &device);
+        let mask = |key: u64| -> Vec<f32> {
+            ops::dropout(ones.clone(), s.seed_for(key), 0.1)
+                .into_data()
+                .try_into_vec()
+                .unwrap()
+        };
+        let (m1, m2, other) = (mask(7), mask(7), mask(8));
         assert_eq!(m1, m2);
         assert_ne!(m1, other);
         let dropped = m1.iter().filter(|v| **v == 0.0).count() as f64 / m1.len() as f64;
@@ -109,5 +107,40 @@ mod tests {
             m1.iter()
                 .all(|v| *v == 0.0 || (*v - 1.0 / 0.9).abs() < 1e-6)
         );
+    }
+
+    #[test]
+    fn backward_matches_autodiff() {
+        let device = Device::flex();
+        let r = |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Default, &device);
+        let (x, dy) = (r([9, 12]), r([9, 5]));
+        let adapter = LoraAdapter {
+            a: r([4, 12]),
+            b: r([5, 4]),
+            scale: 0.5,
+            dropout: 0.3,
+            key: 3,
+        };
+        let stream = DropoutStream { seed: 1, step: 2 };
+        let ((da, db), dx) = adapter.backward(x.clone(), dy.clone(), Some(&stream), true);
+        let tracked = LoraAdapter {
+            a: adapter.a.clone().autodiff().require_grad(),
+            b: adapter.b.clone().autodiff().require_grad(),
+            ..adapter.clone()
+        };
+        let xa = x.autodiff().require_grad();
+        let y = tracked.forward(xa.clone(), Some(&stream));
+        let grads = (y * dy.autodiff()).sum().backward();
+        for (got, want) in [
+            (da, tracked.a.grad(&grads).unwrap()),
+            (db, tracked.b.grad(&grads).unwrap()),
+            (dx.unwrap(), xa.grad(&grads).unwrap()),
+        ] {
+            let diff = (got - want.to_device(&device))
+                .abs()
+                .max()
+                .into_scalar::<f32>();
+            assert!(diff < 1e-5, "{diff}");
+        }
     }
 }

@@ -1,10 +1,9 @@
-use burn::tensor::activation::softmax;
-use burn::tensor::{Bool, Tensor};
+use burn::tensor::{Int, Tensor};
 
 use super::adapter::DropoutStream;
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
-use super::rope::RotaryEmbedding;
+use crate::backend::{AttentionShape, ops};
 use crate::profile::{self, Phase};
 
 /// Grouped-query causal self-attention.
@@ -19,58 +18,77 @@ pub struct Attention {
     pub head_dim: usize,
 }
 
-/// What every layer needs besides its input: where the tokens sit, what they may attend to,
-/// and (when training) where adapter dropout masks come from.
+/// What every layer needs besides its input: the rotary tables of its tokens, which keys each
+/// query may see (sequence ids; padding has its own), the shape of the batch, and (when
+/// training) where adapter dropout masks come from.
 pub struct LayerContext<'a> {
+    /// `[batch * q_len, head_dim]`, a row per token.
     pub cos: &'a Tensor<2>,
     pub sin: &'a Tensor<2>,
-    /// `[batch, 1, seq, total]`, true where attention is not allowed (future or padding).
-    pub mask: &'a Tensor<4, Bool>,
+    /// Sequence ids of the queries `[batch * q_len]` and of the keys `[batch * k_len]` (the
+    /// cached positions first).
+    pub q_ids: &'a Tensor<1, Int>,
+    pub k_ids: &'a Tensor<1, Int>,
+    pub batch: usize,
+    pub q_len: usize,
+    pub k_len: usize,
     pub dropout: Option<&'a DropoutStream>,
 }
 
 impl Attention {
-    /// Attention over the normalized hidden states `normed` `[batch, seq, hidden]`.
+    pub fn shape(&self, context: &LayerContext<'_>) -> AttentionShape {
+        AttentionShape {
+            batch: context.batch,
+            heads: self.num_heads,
+            kv_heads: self.num_kv_heads,
+            head_dim: self.head_dim,
+            q_len: context.q_len,
+            k_len: context.k_len,
+            scale: (self.head_dim as f64).powf(-0.5),
+        }
+    }
+
+    /// Queries, keys and values of the normalized hidden states `normed` `[rows, hidden]`,
+    /// the rotary embedding applied to queries and keys.
+    pub fn qkv(
+        &self,
+        normed: Tensor<2>,
+        context: &LayerContext<'_>,
+    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+        let q = self.q_proj.forward_rows(normed.clone(), context.dropout);
+        let k = self.k_proj.forward_rows(normed.clone(), context.dropout);
+        let v = self.v_proj.forward_rows(normed, context.dropout);
+        let _span = profile::span(Phase::Elementwise);
+        let q = ops::rope(q, context.cos, context.sin);
+        let k = ops::rope(k, context.cos, context.sin);
+        (q, k, v)
+    }
+
+    /// The attention output `[rows, heads * head_dim]` and its log-sum-exp.
+    pub fn attend(
+        &self,
+        q: Tensor<2>,
+        k: Tensor<2>,
+        v: Tensor<2>,
+        context: &LayerContext<'_>,
+    ) -> (Tensor<2>, Tensor<1>) {
+        let _span = profile::span(Phase::Attention);
+        ops::attention(q, k, v, context.q_ids, context.k_ids, self.shape(context))
+    }
+
+    /// Attention over the normalized hidden states `normed` `[rows, hidden]`.
     pub fn forward(
         &self,
-        normed: Tensor<3>,
+        normed: Tensor<2>,
         context: &LayerContext<'_>,
         cache: Option<LayerCache<'_>>,
-    ) -> Tensor<3> {
-        let x = normed;
-        let [batch, seq, _] = x.dims();
-        let (heads, kv_heads, dim) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let split = |t: Tensor<3>, n: usize| t.reshape([batch, seq, n, dim]).swap_dims(1, 2);
-        let q = split(self.q_proj.forward(x.clone(), context.dropout), heads);
-        let k = split(self.k_proj.forward(x.clone(), context.dropout), kv_heads);
-        let v = split(self.v_proj.forward(x, context.dropout), kv_heads);
-        let _span = profile::span(Phase::Attention);
-        let q = RotaryEmbedding::apply(q, context.cos, context.sin);
-        let k = RotaryEmbedding::apply(k, context.cos, context.sin);
+    ) -> Tensor<2> {
+        let (q, k, v) = self.qkv(normed, context);
         let (k, v) = match cache {
-            Some(cache) => cache.append(k, v),
+            Some(cache) => cache.append(k, v, context.batch),
             None => (k, v),
         };
-        let total = k.dims()[2];
-        // Each key/value head serves `heads / kv_heads` query heads.
-        let groups = heads / kv_heads;
-        let expand = |t: Tensor<4>| {
-            if groups == 1 {
-                t
-            } else {
-                t.unsqueeze_dim::<5>(2)
-                    .expand([batch, kv_heads, groups, total, dim])
-                    .reshape([batch, heads, total, dim])
-            }
-        };
-        let (k, v) = (expand(k), expand(v));
-        let scale = (dim as f64).powf(-0.5);
-        let scores = q.matmul(k.swap_dims(2, 3)) * scale;
-        let mask = context.mask.clone().expand([batch, heads, seq, total]);
-        let scores = scores.mask_fill(mask, f32::MIN);
-        let attended = softmax(scores, 3).matmul(v);
-        let merged = attended.swap_dims(1, 2).reshape([batch, seq, heads * dim]);
-        drop(_span);
-        self.o_proj.forward(merged, context.dropout)
+        let (attended, _) = self.attend(q, k, v, context);
+        self.o_proj.forward_rows(attended, context.dropout)
     }
 }

@@ -3,7 +3,8 @@ use burn::tensor::Tensor;
 /// Keys and values of the positions seen so far, per layer, for incremental decoding.
 #[derive(Clone, Debug, Default)]
 pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    /// Per layer, keys and values `[batch, positions, kv_heads * head_dim]`.
+    layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
     len: usize,
     /// Per sequence, whether each cached position is a real token (not padding).
     key_is_token: Vec<Vec<bool>>,
@@ -53,18 +54,27 @@ impl KvCache {
 
 /// One decoder layer's part of a [`KvCache`].
 pub struct LayerCache<'a> {
-    entry: &'a mut Option<(Tensor<4>, Tensor<4>)>,
+    entry: &'a mut Option<(Tensor<3>, Tensor<3>)>,
 }
 
 impl LayerCache<'_> {
-    /// Append this step's keys and values `[batch, kv_heads, new, head_dim]` and return all of
-    /// them.
-    pub fn append(self, k: Tensor<4>, v: Tensor<4>) -> (Tensor<4>, Tensor<4>) {
+    /// Append this step's keys and values `[batch * new, width]` and return all of them,
+    /// `[batch * positions, width]`.
+    pub fn append(self, k: Tensor<2>, v: Tensor<2>, batch: usize) -> (Tensor<2>, Tensor<2>) {
+        let [rows, width] = k.dims();
+        let (k, v) = (
+            k.reshape([batch, rows / batch, width]),
+            v.reshape([batch, rows / batch, width]),
+        );
         let (k, v) = match self.entry.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1)),
             None => (k, v),
         };
         *self.entry = Some((k.clone(), v.clone()));
-        (k, v)
+        let total = k.dims()[1];
+        (
+            k.reshape([batch * total, width]),
+            v.reshape([batch * total, width]),
+        )
     }
 }

@@ -50,12 +50,13 @@ impl DecoderLayer {
         self.linears()[p as usize]
     }
 
+    /// The layer on the hidden states `x` `[rows, hidden]`.
     pub fn forward(
         &self,
-        x: Tensor<3>,
+        x: Tensor<2>,
         context: &LayerContext<'_>,
         cache: Option<LayerCache<'_>>,
-    ) -> Tensor<3> {
+    ) -> Tensor<2> {
         let attended =
             self.self_attn
                 .forward(self.input_layernorm.forward(x.clone()), context, cache);

@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use burn::tensor::{Tensor, TensorData};
 
-use super::adapter::{DropoutStream, LoraAdapter};
+use super::adapter::{AdapterGrad, DropoutStream, LoraAdapter};
 use crate::backend::Nf4Weight;
+use crate::error::{Error, Result};
 use crate::profile::{self, Phase};
 use crate::quant::Nf4Tensor;
 use crate::quant::bnb_cpu_bf16;
@@ -66,11 +67,9 @@ impl Linear {
         }
     }
 
-    /// `x Wᵀ + b (+ scale · B A dropout(x))` for `x` of shape `[batch, seq, in]`. Dropout of the
-    /// adapter input applies only with a stream (training).
-    pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutStream>) -> Tensor<3> {
-        let [batch, seq, features] = x.dims();
-        let rows = x.reshape([batch * seq, features]);
+    /// `x Wᵀ + b (+ scale · B A dropout(x))` for `x` `[rows, in]`. Dropout of the adapter
+    /// input applies only with a stream (training).
+    pub fn forward_rows(&self, rows: Tensor<2>, dropout: Option<&DropoutStream>) -> Tensor<2> {
         let mut y = {
             let _span = profile::span(Phase::BaseForward);
             self.base_forward(rows.clone())
@@ -82,7 +81,50 @@ impl Linear {
             let _span = profile::span(Phase::Lora);
             y = y + lora.forward(rows, dropout);
         }
-        y.reshape([batch, seq, self.out_features])
+        y
+    }
+
+    /// [`Linear::forward_rows`] for `x` `[batch, seq, in]`.
+    pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutStream>) -> Tensor<3> {
+        let [batch, seq, features] = x.dims();
+        self.forward_rows(x.reshape([batch * seq, features]), dropout)
+            .reshape([batch, seq, self.out_features])
+    }
+
+    /// Given the gradient `dy` of the output for input `x` `[rows, in]`: the adapter's
+    /// gradients (if it has one) and, with `input_grad`, the gradient of `x` (`dy W` plus the
+    /// adapter's part). The weight and bias are frozen.
+    pub fn backward(
+        &self,
+        x: Tensor<2>,
+        dy: Tensor<2>,
+        dropout: Option<&DropoutStream>,
+        input_grad: bool,
+    ) -> Result<(Option<AdapterGrad>, Option<Tensor<2>>)> {
+        let base = if input_grad {
+            let _span = profile::span(Phase::BaseBackward);
+            Some(match &self.weight {
+                BaseWeight::Dense(w) => dy.clone().matmul(w.clone()),
+                BaseWeight::Nf4(q) => q.input_grad(dy.clone()),
+                BaseWeight::Nf4BnbCpuBf16(_) => {
+                    return Err(Error::invalid(
+                        "--nf4-matmul bnb-cpu-bf16 is for inference only; train with f32",
+                    ));
+                }
+            })
+        } else {
+            None
+        };
+        let Some(lora) = &self.lora else {
+            return Ok((None, base));
+        };
+        let _span = profile::span(Phase::Lora);
+        let (grads, dx) = lora.backward(x, dy, dropout, input_grad);
+        let dx = match (base, dx) {
+            (Some(base), Some(dx)) => Some(base + dx),
+            (base, _) => base,
+        };
+        Ok((Some(grads), dx))
     }
 
     /// `x Wᵀ` with the frozen weight only.

@@ -1,13 +1,16 @@
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::adapter::{DropoutStream, LoraAdapter};
 use super::attention::LayerContext;
+use super::batch::TrainBatch;
 use super::kv_cache::KvCache;
 use super::layer::DecoderLayer;
+use super::linear::BaseWeight;
 use super::linear::Linear;
 use super::rms_norm::RmsNorm;
 use super::rope::RotaryEmbedding;
+use crate::backend::ops;
 use crate::config::{LlamaConfig, Projection};
 use crate::error::{Error, Result};
 use crate::profile::{self, Phase};
@@ -34,11 +37,15 @@ pub struct LossSum {
     pub tokens: usize,
 }
 
-/// Per-forward inputs shared by every layer: rotary tables and the attention mask.
+/// Per-forward inputs shared by every layer: rotary tables and sequence ids of the tokens.
 pub struct AttentionInputs {
     pub cos: Tensor<2>,
     pub sin: Tensor<2>,
-    pub mask: Tensor<4, Bool>,
+    pub q_ids: Tensor<1, Int>,
+    pub k_ids: Tensor<1, Int>,
+    pub batch: usize,
+    pub q_len: usize,
+    pub k_len: usize,
 }
 
 impl AttentionInputs {
@@ -46,15 +53,25 @@ impl AttentionInputs {
         LayerContext {
             cos: &self.cos,
             sin: &self.sin,
-            mask: &self.mask,
+            q_ids: &self.q_ids,
+            k_ids: &self.k_ids,
+            batch: self.batch,
+            q_len: self.q_len,
+            k_len: self.k_len,
             dropout,
         }
     }
 }
 
+/// The sequence id attention gives a position: real tokens of a row share one, padding has
+/// its own (so no token attends to padding).
+fn sequence_id(is_token: bool) -> i64 {
+    if is_token { 0 } else { -1 }
+}
+
 impl Llama {
-    /// Token embeddings `[batch, seq, hidden]` of `batch` rows of equal length.
-    pub fn embed(&self, ids: &[Vec<u32>]) -> Result<Tensor<3>> {
+    /// Token embeddings `[batch * seq, hidden]` of `batch` rows of equal length.
+    pub fn embed(&self, ids: &[Vec<u32>]) -> Result<Tensor<2>> {
         let _span = profile::span(Phase::Embedding);
         let batch = ids.len();
         let seq = ids.first().map_or(0, Vec::len);
@@ -72,15 +89,11 @@ impl Llama {
         let flat: Vec<i64> = ids.iter().flatten().map(|&id| i64::from(id)).collect();
         let ids_tensor =
             Tensor::<1, Int>::from_data(TensorData::new(flat, [batch * seq]), &self.device);
-        Ok(self.embed_tokens.clone().select(0, ids_tensor).reshape([
-            batch,
-            seq,
-            self.config.hidden_size,
-        ]))
+        Ok(self.embed_tokens.clone().select(0, ids_tensor))
     }
 
-    /// Rotary tables and mask for `is_token` (`batch` rows of `seq`) following `cache`'s
-    /// positions: keys in the future and keys that are padding are blocked.
+    /// Rotary tables and sequence ids for `is_token` (`batch` rows of `seq`) following
+    /// `cache`'s positions: queries see earlier keys of their own row that are tokens.
     pub fn attention_inputs(
         &self,
         is_token: &[Vec<bool>],
@@ -89,45 +102,51 @@ impl Llama {
         let batch = is_token.len();
         let seq = is_token.first().map_or(0, Vec::len);
         let offset = cache.map_or(0, KvCache::len);
-        let total = offset + seq;
         let history = cache.map(KvCache::key_is_token);
-        let mut blocked = Vec::with_capacity(batch * seq * total);
-        for (b, row_is_token) in is_token.iter().enumerate() {
-            for i in 0..seq {
-                for j in 0..total {
-                    let key_is_token = if j < offset {
-                        history.is_none_or(|h| h.get(b).is_none_or(|row| row[j]))
-                    } else {
-                        row_is_token[j - offset]
-                    };
-                    blocked.push(j > offset + i || !key_is_token);
-                }
+        let mut q_ids = Vec::with_capacity(batch * seq);
+        let mut k_ids = Vec::with_capacity(batch * (offset + seq));
+        for (b, row) in is_token.iter().enumerate() {
+            for j in 0..offset {
+                let cached = history.is_none_or(|h| h.get(b).is_none_or(|r| r[j]));
+                k_ids.push(sequence_id(cached));
+            }
+            for &t in row {
+                q_ids.push(sequence_id(t));
+                k_ids.push(sequence_id(t));
             }
         }
-        let mask = Tensor::<4, Bool>::from_data(
-            TensorData::new(blocked, [batch, 1, seq, total]),
-            &self.device,
-        );
-        let (cos, sin) = self.rope.tables(offset, seq, &self.device);
-        AttentionInputs { cos, sin, mask }
+        let positions: Vec<usize> = (0..batch).flat_map(|_| offset..offset + seq).collect();
+        let (cos, sin) = self.rope.tables(&positions, &self.device);
+        let ids = |v: Vec<i64>| {
+            let n = v.len();
+            Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &self.device)
+        };
+        AttentionInputs {
+            cos,
+            sin,
+            q_ids: ids(q_ids),
+            k_ids: ids(k_ids),
+            batch,
+            q_len: seq,
+            k_len: offset + seq,
+        }
     }
 
-    /// Final norm and `lm_head`: logits `[batch, seq, vocab]`.
-    pub fn head(&self, hidden: Tensor<3>) -> Tensor<3> {
+    /// Final norm and `lm_head`: logits `[rows, vocab]` of hidden states `[rows, hidden]`.
+    pub fn head(&self, hidden: Tensor<2>) -> Tensor<2> {
+        let normed = self.norm.forward(hidden);
         let _span = profile::span(Phase::HeadAndLoss);
-        self.lm_head.forward(self.norm.forward(hidden), None)
+        self.lm_head.forward_rows(normed, None)
     }
 
-    /// Logits `[batch, seq, vocab]` for token `ids` (`batch` rows of equal length). `is_token`
-    /// marks real tokens (false = padding); without it every position is a token. With a
-    /// `cache`, `ids` continue the cached sequence. `dropout` enables adapter dropout (training).
-    pub fn forward_with(
+    /// Hidden states `[batch * seq, hidden]` after the last layer.
+    fn hidden(
         &self,
         ids: &[Vec<u32>],
         is_token: Option<&[Vec<bool>]>,
         mut cache: Option<&mut KvCache>,
         dropout: Option<&DropoutStream>,
-    ) -> Result<Tensor<3>> {
+    ) -> Result<Tensor<2>> {
         let mut x = self.embed(ids)?;
         let all_tokens;
         let is_token = match is_token {
@@ -145,7 +164,70 @@ impl Llama {
         if let Some(cache) = cache {
             cache.advance(is_token);
         }
-        Ok(self.head(x))
+        Ok(x)
+    }
+
+    /// Logits `[batch, seq, vocab]` for token `ids` (`batch` rows of equal length). `is_token`
+    /// marks real tokens (false = padding); without it every position is a token. With a
+    /// `cache`, `ids` continue the cached sequence. `dropout` enables adapter dropout (training).
+    pub fn forward_with(
+        &self,
+        ids: &[Vec<u32>],
+        is_token: Option<&[Vec<bool>]>,
+        cache: Option<&mut KvCache>,
+        dropout: Option<&DropoutStream>,
+    ) -> Result<Tensor<3>> {
+        let hidden = self.hidden(ids, is_token, cache, dropout)?;
+        let (batch, seq) = (ids.len(), ids[0].len());
+        Ok(self
+            .head(hidden)
+            .reshape([batch, seq, self.config.vocab_size]))
+    }
+
+    /// Next-token targets of `labels` (`[batch][seq]`): position `t` predicts `labels[t + 1]`;
+    /// [`IGNORE_INDEX`] (and the last position) predict nothing. Also how many count.
+    pub fn targets(&self, labels: &[Vec<i64>]) -> Result<(Tensor<1, Int>, usize)> {
+        let vocab = self.config.vocab_size as i64;
+        let mut targets = Vec::new();
+        for row in labels {
+            for t in 0..row.len() {
+                let label = row.get(t + 1).copied().unwrap_or(IGNORE_INDEX);
+                if label != IGNORE_INDEX && !(0..vocab).contains(&label) {
+                    return Err(Error::invalid(format!(
+                        "label {label} is outside the vocabulary"
+                    )));
+                }
+                targets.push(if label == IGNORE_INDEX { -1 } else { label });
+            }
+        }
+        let count = targets.iter().filter(|t| **t >= 0).count();
+        let n = targets.len();
+        Ok((
+            Tensor::from_data(TensorData::new(targets, [n]), &self.device),
+            count,
+        ))
+    }
+
+    /// The head's weight `[vocab, hidden]` (the embedding when tied).
+    pub fn head_weight(&self) -> Result<&Tensor<2>> {
+        match &self.lm_head.weight {
+            BaseWeight::Dense(w) => Ok(w),
+            _ => Err(Error::invalid("the output head must be dense")),
+        }
+    }
+
+    /// Summed next-token loss of a batch and how many tokens counted, through the fused
+    /// cross-entropy (the `[tokens, vocab]` logits never exist whole).
+    pub fn loss(&self, batch: &TrainBatch) -> Result<LossSum> {
+        let hidden = self.hidden(&batch.ids, Some(&batch.is_token), None, None)?;
+        let (targets, tokens) = self.targets(&batch.labels)?;
+        let normed = self.norm.forward(hidden);
+        let _span = profile::span(Phase::HeadAndLoss);
+        let losses = ops::cross_entropy(normed, self.head_weight()?, &targets);
+        Ok(LossSum {
+            sum: losses.sum(),
+            tokens,
+        })
     }
 
     /// Logits for inference (no dropout).

@@ -1,8 +1,9 @@
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 
 use super::adapter::DropoutStream;
 use super::linear::Linear;
+use crate::backend::ops;
+use crate::profile::{self, Phase};
 
 /// SwiGLU: `down(silu(gate(x)) * up(x))`.
 #[derive(Clone, Debug)]
@@ -13,9 +14,23 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn forward(&self, x: Tensor<3>, dropout: Option<&DropoutStream>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone(), dropout));
-        self.down_proj
-            .forward(gate * self.up_proj.forward(x, dropout), dropout)
+    /// The gate and up projections of `normed` `[rows, hidden]`.
+    pub fn gate_up(
+        &self,
+        normed: Tensor<2>,
+        dropout: Option<&DropoutStream>,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let gate = self.gate_proj.forward_rows(normed.clone(), dropout);
+        let up = self.up_proj.forward_rows(normed, dropout);
+        (gate, up)
+    }
+
+    pub fn forward(&self, normed: Tensor<2>, dropout: Option<&DropoutStream>) -> Tensor<2> {
+        let (gate, up) = self.gate_up(normed, dropout);
+        let z = {
+            let _span = profile::span(Phase::Elementwise);
+            ops::swiglu(gate, up)
+        };
+        self.down_proj.forward_rows(z, dropout)
     }
 }

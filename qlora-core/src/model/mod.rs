@@ -14,7 +14,7 @@ mod mlp;
 mod rms_norm;
 mod rope;
 
-pub use adapter::{DropoutStream, LoraAdapter};
+pub use adapter::{AdapterGrad, DropoutStream, LoraAdapter};
 pub use attention::{Attention, LayerContext};
 pub use batch::TrainBatch;
 pub use kv_cache::{KvCache, LayerCache};

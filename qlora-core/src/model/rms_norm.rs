@@ -1,5 +1,6 @@
 use burn::tensor::Tensor;
 
+use crate::backend::ops;
 use crate::profile::{self, Phase};
 
 /// `weight * x / sqrt(mean(x^2) + eps)` over the last dimension.
@@ -10,10 +11,15 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    /// Normalize the rows of `x` `[rows, hidden]`.
+    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let _span = profile::span(Phase::Elementwise);
-        let variance = x.clone().powi_scalar(2).mean_dim(2);
-        let normed = x * (variance + self.eps).sqrt().recip();
-        normed * self.weight.clone().unsqueeze_dims::<3>(&[0, 1])
+        ops::rms_norm(x, &self.weight, self.eps)
+    }
+
+    /// The gradient with respect to `x` of [`RmsNorm::forward`] given the output's `dy`.
+    pub fn backward(&self, x: Tensor<2>, dy: Tensor<2>) -> Tensor<2> {
+        let _span = profile::span(Phase::Elementwise);
+        ops::rms_norm_backward(x, &self.weight, self.eps, dy)
     }
 }

@@ -59,15 +59,16 @@ impl RotaryEmbedding {
         RotaryEmbedding { inv_freq, head_dim }
     }
 
-    /// `cos` and `sin` tables `[len, head_dim]` for positions `start..start + len`.
-    pub fn tables(&self, start: usize, len: usize, device: &Device) -> (Tensor<2>, Tensor<2>) {
+    /// `cos` and `sin` tables `[positions, head_dim]`, a row for each position.
+    pub fn tables(&self, positions: &[usize], device: &Device) -> (Tensor<2>, Tensor<2>) {
         let half = self.head_dim / 2;
+        let len = positions.len();
         let mut cos = vec![0f32; len * self.head_dim];
         let mut sin = vec![0f32; len * self.head_dim];
-        for p in 0..len {
+        for (p, &position) in positions.iter().enumerate() {
             for (i, f) in self.inv_freq.iter().enumerate() {
                 // The angle is an f32 product, as in transformers; its cos/sin are rounded once.
-                let angle = f64::from((start + p) as f32 * f);
+                let angle = f64::from(position as f32 * f);
                 let (s, c) = angle.sin_cos();
                 let row = p * self.head_dim;
                 cos[row + i] = c as f32;
@@ -81,17 +82,5 @@ impl RotaryEmbedding {
             Tensor::from_data(TensorData::new(cos, shape), device),
             Tensor::from_data(TensorData::new(sin, shape), device),
         )
-    }
-
-    /// Rotate `x` `[batch, heads, seq, head_dim]` by the tables of its positions.
-    pub fn apply(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<4> {
-        let [_, _, seq, dim] = x.dims();
-        let half = dim / 2;
-        let x1 = x.clone().narrow(3, 0, half);
-        let x2 = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
-        let cos = cos.clone().reshape([1, 1, seq, dim]);
-        let sin = sin.clone().reshape([1, 1, seq, dim]);
-        x * cos + rotated * sin
     }
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::kernel::{View, dot, exp, floats, ints, matmul, max, simd, sum, tensor, uninit};
+use super::kernel::{View, dot, exp, floats, ints, matmul, max, multiversion, sum, tensor, uninit};
 use crate::backend::AttentionShape;
 
 /// Queries a task handles at once.
@@ -88,40 +88,79 @@ impl Shared {
     }
 }
 
-/// Turn the scores of block rows `rows` (each `len` wide, keys `lo..lo + len`) into
-/// probabilities in place; returns each row's log-sum-exp (`-inf` for a row that sees nothing).
-fn softmax_rows(
-    scores: &mut [f32],
-    len: usize,
-    b: usize,
-    rows: std::ops::Range<usize>,
-    lo: usize,
-    vis: &Visibility,
-    s: &AttentionShape,
-) -> Vec<f32> {
-    simd(|| {
-        rows.clone()
-            .zip(scores.chunks_exact_mut(len))
-            .map(|(i, row)| {
-                let q_row = b * s.q_len + i;
-                mask_row(row, b, q_row, lo, vis, s);
-                let m = max(row);
-                if m == f32::NEG_INFINITY {
-                    row.fill(0.0);
-                    return f32::NEG_INFINITY;
-                }
-                for v in row.iter_mut() {
-                    *v = exp(*v - m);
-                }
-                let total = sum(row);
-                let inv = 1.0 / total;
-                for v in row.iter_mut() {
-                    *v *= inv;
-                }
-                m + total.ln()
-            })
-            .collect()
-    })
+multiversion! {
+    /// Turn the scores of the block's rows (query `first + r` of batch `b`, each `len` wide,
+    /// keys `lo..lo + len`) into probabilities in place, writing each row's log-sum-exp
+    /// (`-inf` for a row that sees nothing).
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_block(
+        scores: &mut [f32],
+        lse: &mut [f32],
+        len: usize,
+        b: usize,
+        first: usize,
+        lo: usize,
+        vis: &Visibility,
+        s: &AttentionShape,
+    ) {
+        for (r, row) in scores.chunks_exact_mut(len).enumerate() {
+            let q_row = b * s.q_len + first + r;
+            mask_row(row, b, q_row, lo, vis, s);
+            let m = max(row);
+            if m == f32::NEG_INFINITY {
+                row.fill(0.0);
+                lse[r] = f32::NEG_INFINITY;
+                continue;
+            }
+            for v in row.iter_mut() {
+                *v = exp(*v - m);
+            }
+            let total = sum(row);
+            let inv = 1.0 / total;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+            lse[r] = m + total.ln();
+        }
+    }
+}
+
+multiversion! {
+    /// The block's probabilities from the saved log-sum-exp (into `p`, holding the scores) and
+    /// the gradient of its scores (into `dp`, holding `dO Vᵀ`) of query head `h`.
+    #[allow(clippy::too_many_arguments)]
+    fn score_grads(
+        p: &mut [f32],
+        dp: &mut [f32],
+        len: usize,
+        b: usize,
+        h: usize,
+        first: usize,
+        lo: usize,
+        vis: &Visibility,
+        s: &AttentionShape,
+        lses: &[f32],
+        dos: &[f32],
+        os: &[f32],
+    ) {
+        let d = s.head_dim;
+        let q_stride = s.heads * d;
+        let scale = s.scale as f32;
+        for (r, (p_row, dp_row)) in p.chunks_exact_mut(len).zip(dp.chunks_exact_mut(len)).enumerate() {
+            let i = first + r;
+            let q_row = b * s.q_len + i;
+            let row_lse = lses[(b * s.heads + h) * s.q_len + i];
+            mask_row(p_row, b, q_row, lo, vis, s);
+            for x in p_row.iter_mut() {
+                *x = exp(*x - row_lse);
+            }
+            let at = q_row * q_stride + h * d;
+            let delta = dot(&dos[at..at + d], &os[at..at + d]);
+            for (ds, p) in dp_row.iter_mut().zip(p_row.iter()) {
+                *ds = p * (*ds - delta) * scale;
+            }
+        }
+    }
 }
 
 /// Set the scores a query may not see to `-inf`.
@@ -204,7 +243,16 @@ pub fn attention(
                     false,
                     1,
                 );
-                block_lse = softmax_rows(&mut scores, len, b, rows.clone(), lo, &vis, &s);
+                softmax_block(
+                    &mut scores,
+                    &mut block_lse,
+                    len,
+                    b,
+                    rows.start,
+                    lo,
+                    &vis,
+                    &s,
+                );
                 let p_view = View::rows(&scores, len, 0..n, 0, len);
                 matmul(&mut block_out, d, p_view, v_view, 1.0, false, 1);
             }
@@ -278,23 +326,9 @@ pub fn attention_backward(
                         matmul(&mut p, len, q_view, k_view.t(), s.scale as f32, false, 1);
                         let mut dp = vec![0f32; n * len];
                         matmul(&mut dp, len, do_view, v_view.t(), 1.0, false, 1);
-                        simd(|| {
-                            for (r, i) in rows.clone().enumerate() {
-                                let q_row = b * s.q_len + i;
-                                let row_lse = lses[(b * s.heads + h) * s.q_len + i];
-                                let p_row = &mut p[r * len..(r + 1) * len];
-                                mask_row(p_row, b, q_row, lo, &vis, &s);
-                                for x in p_row.iter_mut() {
-                                    *x = exp(*x - row_lse);
-                                }
-                                let at = q_row * q_stride + h * d;
-                                let delta = dot(&dos[at..at + d], &os[at..at + d]);
-                                let dp_row = &mut dp[r * len..(r + 1) * len];
-                                for (ds, p) in dp_row.iter_mut().zip(p_row.iter()) {
-                                    *ds = p * (*ds - delta) * s.scale as f32;
-                                }
-                            }
-                        });
+                        score_grads(
+                            &mut p, &mut dp, len, b, h, rows.start, lo, &vis, &s, &lses, &dos, &os,
+                        );
                         let p_view = View::rows(&p, len, 0..n, 0, len);
                         let ds_view = View::rows(&dp, len, 0..n, 0, len);
                         matmul(&mut dv[lo * d..], d, p_view.t(), do_view, 1.0, true, 1);

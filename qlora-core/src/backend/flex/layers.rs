@@ -5,7 +5,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::kernel::{dot, exp, floats, simd, tensor, uninit};
+use super::kernel::{dot, exp, floats, multiversion, tensor, uninit};
 use crate::backend::dropout::DropoutMask;
 
 /// Rows a task takes: enough to amortize the scheduling, few enough to balance.
@@ -32,16 +32,7 @@ pub fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
     let per = rows_per_task(rows, h);
     out.par_chunks_mut(per * h)
         .zip(xs.par_chunks(per * h))
-        .for_each(|(out, xs)| {
-            simd(|| {
-                for (o, x) in out.chunks_exact_mut(h).zip(xs.chunks_exact(h)) {
-                    let inv = inv_rms(x, eps as f32);
-                    for ((o, x), w) in o.iter_mut().zip(x).zip(w.iter()) {
-                        *o = x * inv * w;
-                    }
-                }
-            })
-        });
+        .for_each(|(out, xs)| rms_norm_rows(out, xs, &w, eps as f32));
     tensor(out, [rows, h])
 }
 
@@ -58,33 +49,13 @@ pub fn rms_norm_backward(
     out.par_chunks_mut(per * h)
         .zip(xs.par_chunks(per * h))
         .zip(dys.par_chunks(per * h))
-        .for_each(|((out, xs), dys)| {
-            simd(|| {
-                let mut g = vec![0f32; h];
-                for ((o, x), dy) in out
-                    .chunks_exact_mut(h)
-                    .zip(xs.chunks_exact(h))
-                    .zip(dys.chunks_exact(h))
-                {
-                    let inv = inv_rms(x, eps as f32);
-                    for ((g, dy), w) in g.iter_mut().zip(dy).zip(w.iter()) {
-                        *g = dy * w;
-                    }
-                    // dx = r g - x r³ mean(g x)
-                    let c = inv * inv * inv * dot(&g, x) / h as f32;
-                    for ((o, g), x) in o.iter_mut().zip(&g).zip(x) {
-                        *o = g * inv - x * c;
-                    }
-                }
-            })
-        });
+        .for_each(|((out, xs), dys)| rms_norm_backward_rows(out, xs, dys, &w, eps as f32));
     tensor(out, [rows, h])
 }
 
 pub fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
     let [rows, width] = dims2(&x);
     let dim = cos.shape()[1];
-    let half = dim / 2;
     let (xs, c, s) = (floats(&x), floats(&cos), floats(&sin));
     let mut out = uninit(rows * width);
     let per = rows_per_task(rows, width);
@@ -92,24 +63,9 @@ pub fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
         .zip(xs.par_chunks(per * width))
         .enumerate()
         .for_each(|(task, (out, xs))| {
-            simd(|| {
-                for (r, (o, x)) in out
-                    .chunks_exact_mut(width)
-                    .zip(xs.chunks_exact(width))
-                    .enumerate()
-                {
-                    let row = task * per + r;
-                    let (c, s) = (&c[row * dim..][..dim], &s[row * dim..][..dim]);
-                    for (o, x) in o.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-                        let (x1, x2) = x.split_at(half);
-                        let (o1, o2) = o.split_at_mut(half);
-                        for i in 0..half {
-                            o1[i] = x1[i] * c[i] - x2[i] * s[i];
-                            o2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
-                        }
-                    }
-                }
-            })
+            let rows = out.len() / width;
+            let tables = task * per * dim..(task * per + rows) * dim;
+            rope_rows(out, xs, &c[tables.clone()], &s[tables], dim);
         });
     tensor(out, [rows, width])
 }
@@ -125,13 +81,7 @@ pub fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
     let mut out = uninit(g.len());
     out.par_chunks_mut(16384)
         .zip(g.par_chunks(16384).zip(u.par_chunks(16384)))
-        .for_each(|(out, (g, u))| {
-            simd(|| {
-                for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
-                    *o = g * sigmoid(*g) * u;
-                }
-            })
-        });
+        .for_each(|(out, (g, u))| swiglu_span(out, g, u));
     FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
 }
 
@@ -151,16 +101,7 @@ pub fn swiglu_backward(
                 .zip(u.par_chunks(16384))
                 .zip(dz.par_chunks(16384)),
         )
-        .for_each(|((dg, du), ((g, u), dz))| {
-            simd(|| {
-                for i in 0..dg.len() {
-                    let s = sigmoid(g[i]);
-                    let silu = g[i] * s;
-                    dg[i] = dz[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
-                    du[i] = dz[i] * silu;
-                }
-            })
-        });
+        .for_each(|((dg, du), ((g, u), dz))| swiglu_backward_span(dg, du, g, u, dz));
     (
         FlexTensor::from_data(burn::tensor::TensorData::new(dg, shape.clone())),
         FlexTensor::from_data(burn::tensor::TensorData::new(du, shape)),
@@ -175,10 +116,86 @@ pub fn dropout(x: FlexTensor, seed: u64, p: f64) -> FlexTensor {
     out.par_chunks_mut(4096)
         .zip(xs.par_chunks(4096))
         .enumerate()
-        .for_each(|(chunk, (out, xs))| {
-            for (j, (o, x)) in out.iter_mut().zip(xs).enumerate() {
-                *o = x * mask.value(chunk * 4096 + j);
-            }
-        });
+        .for_each(|(chunk, (out, xs))| dropout_span(out, xs, &mask, chunk * 4096));
     FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
+}
+
+multiversion! {
+    fn rms_norm_rows(out: &mut [f32], xs: &[f32], w: &[f32], eps: f32) {
+        let h = w.len();
+        for (o, x) in out.chunks_exact_mut(h).zip(xs.chunks_exact(h)) {
+            let inv = inv_rms(x, eps);
+            for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+                *o = x * inv * w;
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn rms_norm_backward_rows(out: &mut [f32], xs: &[f32], dys: &[f32], w: &[f32], eps: f32) {
+        let h = w.len();
+        let mut g = vec![0f32; h];
+        for ((o, x), dy) in out.chunks_exact_mut(h).zip(xs.chunks_exact(h)).zip(dys.chunks_exact(h)) {
+            let inv = inv_rms(x, eps);
+            for ((g, dy), w) in g.iter_mut().zip(dy).zip(w) {
+                *g = dy * w;
+            }
+            // dx = r g - x r³ mean(g x)
+            let c = inv * inv * inv * dot(&g, x) / h as f32;
+            for ((o, g), x) in o.iter_mut().zip(&g).zip(x) {
+                *o = g * inv - x * c;
+            }
+        }
+    }
+}
+
+multiversion! {
+    /// `cos`, `sin` hold a `dim`-wide row for every row of `xs`.
+    fn rope_rows(out: &mut [f32], xs: &[f32], cos: &[f32], sin: &[f32], dim: usize) {
+        let half = dim / 2;
+        let rows = cos.len() / dim;
+        let width = xs.len() / rows;
+        for ((o, x), (c, s)) in out
+            .chunks_exact_mut(width)
+            .zip(xs.chunks_exact(width))
+            .zip(cos.chunks_exact(dim).zip(sin.chunks_exact(dim)))
+        {
+            for (o, x) in o.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                let (x1, x2) = x.split_at(half);
+                let (o1, o2) = o.split_at_mut(half);
+                for i in 0..half {
+                    o1[i] = x1[i] * c[i] - x2[i] * s[i];
+                    o2[i] = x2[i] * c[half + i] + x1[i] * s[half + i];
+                }
+            }
+        }
+    }
+}
+
+multiversion! {
+    fn swiglu_span(out: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+            *o = g * sigmoid(*g) * u;
+        }
+    }
+}
+
+multiversion! {
+    fn swiglu_backward_span(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dz: &[f32]) {
+        for i in 0..dg.len() {
+            let s = sigmoid(g[i]);
+            dg[i] = dz[i] * u[i] * (s * (1.0 + g[i] * (1.0 - s)));
+            du[i] = dz[i] * (g[i] * s);
+        }
+    }
+}
+
+multiversion! {
+    /// Element `start + j` of the mask times `xs[j]`.
+    fn dropout_span(out: &mut [f32], xs: &[f32], mask: &DropoutMask, start: usize) {
+        for (j, (o, x)) in out.iter_mut().zip(xs).enumerate() {
+            *o = x * mask.value(start + j);
+        }
+    }
 }

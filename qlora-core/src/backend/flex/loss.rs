@@ -6,7 +6,7 @@ use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::kernel::{View, all_threads, exp, floats, ints, matmul, max, simd, sum, tensor};
+use super::kernel::{View, all_threads, exp, floats, ints, matmul, max, multiversion, sum, tensor};
 
 /// Rows of logits held at once.
 const CHUNK: usize = 64;
@@ -48,26 +48,7 @@ pub fn cross_entropy(
         let row_losses: Vec<f32> = logits[..n * vocab]
             .par_chunks_mut(vocab)
             .zip(chunk.par_iter())
-            .map(|(row, &r)| {
-                let target = targets[r] as usize;
-                simd(|| {
-                    let m = max(row);
-                    let picked = row[target];
-                    for v in row.iter_mut() {
-                        *v = exp(*v - m);
-                    }
-                    let total = sum(row);
-                    if grad {
-                        // softmax - onehot(target)
-                        let inv = 1.0 / total;
-                        for v in row.iter_mut() {
-                            *v *= inv;
-                        }
-                        row[target] -= 1.0;
-                    }
-                    m + total.ln() - picked
-                })
-            })
+            .map(|(row, &r)| softmax_loss(row, targets[r] as usize, grad))
             .collect();
         for (&r, loss) in chunk.iter().zip(row_losses) {
             losses[r] = loss;
@@ -84,4 +65,25 @@ pub fn cross_entropy(
         tensor(losses, [rows]),
         d_hidden.map(|d| tensor(d, [rows, h])),
     )
+}
+
+multiversion! {
+    /// The loss of one row of logits for `target`; with `grad` the row becomes
+    /// `softmax - onehot(target)`.
+    fn softmax_loss(row: &mut [f32], target: usize, grad: bool) -> f32 {
+        let m = max(row);
+        let picked = row[target];
+        for v in row.iter_mut() {
+            *v = exp(*v - m);
+        }
+        let total = sum(row);
+        if grad {
+            let inv = 1.0 / total;
+            for v in row.iter_mut() {
+                *v *= inv;
+            }
+            row[target] -= 1.0;
+        }
+        m + total.ln() - picked
+    }
 }
