@@ -187,8 +187,8 @@ fn dropout_masks_match_the_host_stream() {
     assert!((dropped - 0.1).abs() < 0.02, "{dropped}");
 }
 
-/// Two rows: the first two packed sequences (ids 0 and 1) and padding (-1), the second one
-/// sequence and padding.
+/// Two rows: the first two packed sequences (ids 0 and 1) and padding (-1), the second two
+/// sequences in interleaved runs of three and padding.
 fn attention_case(q_len: usize, k_len: usize) -> (AttentionShape, Vec<i64>, Vec<i64>) {
     let shape = AttentionShape {
         batch: 2,
@@ -204,7 +204,8 @@ fn attention_case(q_len: usize, k_len: usize) -> (AttentionShape, Vec<i64>, Vec<
             .map(|j| match b {
                 0 if j < len * 2 / 5 => 0,
                 0 if j < len * 9 / 10 => 1,
-                1 if j < len * 3 / 4 => 0,
+                // Interleaved runs of one id: a sequence's keys need not be contiguous.
+                1 if j < len * 3 / 4 => ((j / 3) % 2) as i64,
                 _ => -1,
             })
             .collect()
@@ -342,4 +343,33 @@ fn cross_entropy_with_its_gradient() {
 
 fn vec_1(x: Tensor<1>) -> Vec<f32> {
     x.into_data().convert::<f32>().try_into_vec().unwrap()
+}
+
+#[test]
+fn nf4_matmuls_decode_tiles_exactly() {
+    use qlora::FloatDtype;
+    use qlora::backend::Nf4Weight;
+    use qlora::quant::{Nf4Config, Nf4Tensor};
+    let cpu = Device::flex();
+    // Ragged shapes: rows that end inside a block, odd element counts.
+    for (out_f, in_f, rows) in [(37, 70, 5), (33, 33, 3), (130, 64, 9), (300, 576, 17)] {
+        let w = values(out_f * in_f, 17, 0.1);
+        let state =
+            Nf4Tensor::quantize(&w, &[out_f, in_f], FloatDtype::F32, Nf4Config::default()).unwrap();
+        let dense_host = state.dequantize();
+        let weight = Nf4Weight::new(&state, &cpu);
+        assert_eq!(
+            vec(weight.dequantize()),
+            dense_host,
+            "{out_f}x{in_f} dequantize"
+        );
+        let dense = t(&dense_host, [out_f, in_f], &cpu);
+        let x = t(&values(rows * in_f, 18, 1.0), [rows, in_f], &cpu);
+        let dy = t(&values(rows * out_f, 19, 1.0), [rows, out_f], &cpu);
+        let y = vec(weight.linear(x.clone()));
+        let want = vec(x.matmul(dense.clone().transpose()));
+        assert_close("x Wᵀ", &y, &want, 1e-6);
+        let dx = vec(weight.input_grad(dy.clone()));
+        assert_close("dy W", &dx, &vec(dy.matmul(dense)), 1e-6);
+    }
 }

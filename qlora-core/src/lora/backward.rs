@@ -3,11 +3,12 @@
 //!
 //! Only adapter matrices receive gradients; the base, embeddings and norms are frozen, so the
 //! backward pass needs no weight gradient but the adapters' and computes no input gradient
-//! for the first layer. With gradient checkpointing the forward pass keeps each layer's input
-//! and its hidden state after attention; the backward pass recomputes, per layer, only what
-//! its gradients read: the queries, keys, values and attention of the first half, the gate
-//! and up projections of the second (never the output projections, whose results the backward
-//! pass does not use). Without checkpointing it keeps all of that instead. Dropout masks come
+//! for the first layer. With gradient checkpointing the forward pass keeps, per layer, three
+//! tensors the size of its input (the input, the attention output, the hidden state after
+//! attention) and the attention's log-sum-exp; the backward pass recomputes only what its
+//! gradients read: the queries, keys and values, and the gate and up projections (never the
+//! attention, nor the output and down projections, whose results the backward pass does not
+//! use). Without checkpointing it keeps all of that instead. Dropout masks come
 //! from `(seed, step, adapter)`, so the recomputation sees exactly the masks of the first pass.
 
 use burn::tensor::Tensor;
@@ -55,9 +56,12 @@ struct Activations {
 /// matter).
 #[allow(clippy::large_enum_variant)]
 enum Kept {
-    /// The layer's input and its hidden state after attention.
+    /// The layer's input, its attention output (and log-sum-exp) and its hidden state after
+    /// attention: each the size of the layer's input.
     Checkpoint {
         x: Tensor<2>,
+        attended: Tensor<2>,
+        lse: Tensor<1>,
         h: Tensor<2>,
     },
     All(Activations),
@@ -115,7 +119,12 @@ fn forward_keeping(
     let (n2, gate, up, z) = mlp_half(layer, h.clone(), context);
     let y = h.clone() + layer.mlp.down_proj.forward_rows(z.clone(), context.dropout);
     let kept = if checkpointing {
-        Kept::Checkpoint { x, h }
+        Kept::Checkpoint {
+            x,
+            attended,
+            lse,
+            h,
+        }
     } else {
         Kept::All(Activations {
             x,
@@ -135,15 +144,17 @@ fn forward_keeping(
     (y, kept)
 }
 
-/// The activations of a checkpointed layer, recomputed from its input and hidden state.
+/// The activations of a checkpointed layer, recomputed from what was kept: the queries, keys
+/// and values (the attention itself was kept), and the MLP up to the down projection.
 fn recompute(
     layer: &DecoderLayer,
-    x: Tensor<2>,
-    h: Tensor<2>,
+    kept: (Tensor<2>, Tensor<2>, Tensor<1>, Tensor<2>),
     context: &LayerContext<'_>,
 ) -> Activations {
     let _span = profile::span(Phase::Recompute);
-    let (n1, q, k, v, attended, lse) = attention_half(layer, x.clone(), context);
+    let (x, attended, lse, h) = kept;
+    let n1 = layer.input_layernorm.forward(x.clone());
+    let (q, k, v) = layer.self_attn.qkv(n1.clone(), context);
     let (n2, gate, up, z) = mlp_half(layer, h.clone(), context);
     Activations {
         x,
@@ -276,7 +287,12 @@ pub fn loss_and_grads(
     let mut per_layer = Vec::with_capacity(model.layers.len());
     for (index, (layer, kept)) in model.layers.iter().zip(kept).enumerate().rev() {
         let activations = match kept {
-            Kept::Checkpoint { x, h } => recompute(layer, x, h, &context),
+            Kept::Checkpoint {
+                x,
+                attended,
+                lse,
+                h,
+            } => recompute(layer, (x, attended, lse, h), &context),
             Kept::All(a) => a,
         };
         let (grads, dx) = layer_backward(

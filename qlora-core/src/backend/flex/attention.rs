@@ -24,6 +24,9 @@ struct Visibility {
     /// `lo > pos` when it sees nothing.
     lo: Vec<usize>,
     pos: Vec<usize>,
+    /// Per query row: every key in `lo..=pos` carries its id (the usual case: sequences are
+    /// contiguous), so the mask is that interval.
+    interval: Vec<bool>,
 }
 
 impl Visibility {
@@ -32,15 +35,27 @@ impl Visibility {
         let offset = s.k_len - s.q_len;
         let mut lo = vec![0; q_ids.len()];
         let mut pos = vec![0; q_ids.len()];
+        let mut interval = vec![false; q_ids.len()];
         for b in 0..s.batch {
+            let keys = &k_ids[b * s.k_len..(b + 1) * s.k_len];
             let mut first: HashMap<i64, usize> = HashMap::new();
-            for (j, id) in k_ids[b * s.k_len..(b + 1) * s.k_len].iter().enumerate() {
+            // End (exclusive) of the run of equal ids each key belongs to.
+            let mut run_end = vec![keys.len(); keys.len()];
+            for (j, id) in keys.iter().enumerate() {
                 first.entry(*id).or_insert(j);
+            }
+            for j in (0..keys.len().saturating_sub(1)).rev() {
+                run_end[j] = if keys[j + 1] == keys[j] {
+                    run_end[j + 1]
+                } else {
+                    j + 1
+                };
             }
             for i in 0..s.q_len {
                 let row = b * s.q_len + i;
                 pos[row] = offset + i;
                 lo[row] = first.get(&q_ids[row]).copied().unwrap_or(usize::MAX);
+                interval[row] = lo[row] <= pos[row] && run_end[lo[row]] > pos[row];
             }
         }
         Visibility {
@@ -48,6 +63,7 @@ impl Visibility {
             k_ids,
             lo,
             pos,
+            interval,
         }
     }
 
@@ -64,12 +80,6 @@ impl Visibility {
             }
         }
         if lo >= hi { (0, 0) } else { (lo, hi) }
-    }
-
-    /// Whether query row `row` (batch-major) sees key `j` of its batch `b`.
-    #[inline(always)]
-    fn sees(&self, b: usize, row: usize, j: usize, s: &AttentionShape) -> bool {
-        j >= self.lo[row] && j <= self.pos[row] && self.k_ids[b * s.k_len + j] == self.q_ids[row]
     }
 }
 
@@ -163,7 +173,7 @@ multiversion! {
     }
 }
 
-/// Set the scores a query may not see to `-inf`.
+/// Set the scores a query may not see to `-inf`: the row holds keys `lo..lo + row.len()`.
 #[inline(always)]
 fn mask_row(
     row: &mut [f32],
@@ -174,10 +184,20 @@ fn mask_row(
     s: &AttentionShape,
 ) {
     let (first, last) = (vis.lo[q_row], vis.pos[q_row]);
-    for (j, v) in row.iter_mut().enumerate() {
-        let key = lo + j;
-        if key < first || key > last || !vis.sees(b, q_row, key, s) {
-            *v = f32::NEG_INFINITY;
+    if first > last {
+        row.fill(f32::NEG_INFINITY);
+        return;
+    }
+    let start = first.saturating_sub(lo).min(row.len());
+    let end = (last + 1).saturating_sub(lo).min(row.len());
+    row[..start].fill(f32::NEG_INFINITY);
+    row[end..].fill(f32::NEG_INFINITY);
+    if !vis.interval[q_row] {
+        let keys = &vis.k_ids[b * s.k_len..(b + 1) * s.k_len];
+        for (j, v) in row[start..end].iter_mut().enumerate() {
+            if keys[lo + start + j] != vis.q_ids[q_row] {
+                *v = f32::NEG_INFINITY;
+            }
         }
     }
 }

@@ -141,6 +141,28 @@ pub fn matmul(
     accumulate: bool,
     threads: usize,
 ) {
+    let (m, n) = (a.rows, b.cols);
+    if m > 0 && n > 0 {
+        assert!((m - 1) * ldc + n <= out.len(), "output out of bounds");
+    }
+    // SAFETY: the output's extent was checked against `out`.
+    unsafe { matmul_raw(out.as_mut_ptr(), ldc, a, b, alpha, accumulate, threads) }
+}
+
+/// [`matmul`] into raw memory, for tasks that each write their own columns of one output.
+///
+/// # Safety
+/// `out` must be valid for writes of rows `0..a.rows` (stride `ldc`), columns `0..b.cols`, and
+/// no one else may access those elements meanwhile.
+pub unsafe fn matmul_raw(
+    out: *mut f32,
+    ldc: usize,
+    a: View<'_>,
+    b: View<'_>,
+    alpha: f32,
+    accumulate: bool,
+    threads: usize,
+) {
     assert_eq!(a.cols, b.rows, "inner dimensions");
     a.check();
     b.check();
@@ -148,11 +170,11 @@ pub fn matmul(
     if m == 0 || n == 0 {
         return;
     }
-    assert!((m - 1) * ldc + n <= out.len(), "output out of bounds");
     if k == 0 {
         if !accumulate {
             for i in 0..m {
-                out[i * ldc..i * ldc + n].fill(0.0);
+                // SAFETY: row i of the output, as the caller promised.
+                unsafe { std::slice::from_raw_parts_mut(out.add(i * ldc), n).fill(0.0) };
             }
         }
         return;
@@ -162,13 +184,14 @@ pub fn matmul(
     } else {
         Parallelism::None
     };
-    // SAFETY: every index the three views and `out` reach was bounds-checked above.
+    // SAFETY: every index the two views reach was bounds-checked above; the output's by the
+    // caller.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out,
             1,
             ldc as isize,
             accumulate,

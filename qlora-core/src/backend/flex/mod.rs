@@ -16,6 +16,14 @@ impl QloraOps for Flex {
         nf4::dequantize(weight)
     }
 
+    fn nf4_matmul(x: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        nf4::matmul_x_wt(x, weight)
+    }
+
+    fn nf4_matmul_transposed(dy: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        nf4::matmul_dy_w(dy, weight)
+    }
+
     fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
         layers::rms_norm(x, weight, eps)
     }
