@@ -70,24 +70,38 @@ pub struct MemoryPlan {
     pub trainable_parameters: u64,
 }
 
-/// How many tensors of each kind are alive at the peak, fitted to the peak heap of our
-/// training step on CPU (`examples/plan_check.rs`: three model shapes, sequence 256 and 1024,
-/// checkpointing on and off, all within 10%).
+/// How many tensors of each kind are alive at the peak, per token and decoder layer unless
+/// said otherwise. The fused CPU path (f32) is fitted to the peak heap of our training step
+/// (`examples/plan_check.rs`: three model shapes, sequence 256 and 1024, checkpointing on and
+/// off); the tensor-op path of GPUs (bf16/f16) counts the tensors its operations keep whole.
 mod alive_at_peak {
-    /// Per token and decoder layer, in units of the MLP's intermediate size: the forward
-    /// intermediates autodiff keeps and the gradients being formed. Hidden- and query-sized
-    /// tensors are folded in (LLaMA shapes keep intermediate/hidden near 2.7).
+    /// Fused CPU path, one layer's backward pass: intermediate-sized tensors (the recomputed
+    /// gate, up and SwiGLU output)...
+    pub const CPU_INTERMEDIATE: f64 = 3.0;
+    /// ...and hidden-sized ones (the gradient being formed).
+    pub const CPU_HIDDEN: f64 = 1.0;
+    /// Fused CPU path without checkpointing, kept for every layer: the hidden-sized inputs,
+    /// norms, queries, attention output and post-attention state (one of them shared with the
+    /// next layer), keys and values, and gate, up and SwiGLU output.
+    pub const KEPT_HIDDEN: f64 = 5.0;
+    pub const KEPT_KV: f64 = 2.0;
+    pub const KEPT_INTERMEDIATE: f64 = 3.0;
+    /// Fused CPU path: rows of logits the loss holds at once (`backend/flex/loss.rs`).
+    pub const LOSS_CHUNK: u64 = 64;
+    /// GPU path, one layer: intermediate-sized tensors (hidden- and query-sized ones folded
+    /// in; LLaMA shapes keep intermediate/hidden near 2.7)...
     pub const INTERMEDIATE: f64 = 12.25;
-    /// Attention-score tensors (scores, softmax, their gradients) per layer.
+    /// ...and attention-score tensors (scores, softmax, their gradients).
     pub const SCORES: f64 = 3.6;
-    /// f32 vocabulary-sized tensors in the loss (logits and their gradient).
+    /// GPU path: f32 vocabulary-sized tensors in the loss (logits and their gradient).
     pub const LOGITS: f64 = 1.5;
-    /// Dense copies of the largest frozen weight while it is multiplied.
+    /// GPU path: dense copies of the largest frozen weight while it is multiplied.
     pub const DEQUANTIZED: f64 = 2.0;
     /// Copies of the LoRA gradients.
     pub const GRADIENTS: f64 = 1.0;
-    /// Tokenizer, dataset, batches and bookkeeping, whatever the model.
-    pub const WORKSPACE: u64 = 3 << 20;
+    /// Tokenizer, dataset, batches, rotary tables, attention blocks and bookkeeping, whatever
+    /// the model.
+    pub const WORKSPACE: u64 = 6 << 20;
 }
 
 /// Bytes of an NF4 tensor with double quantization at block 64: packed codes, 8-bit absmax,
@@ -215,17 +229,54 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
         ),
     });
 
-    // Activations of one decoder layer at the peak of its backward pass.
-    let layer = ((b * s) as f64 * alive_at_peak::INTERMEDIATE * inter as f64
-        + alive_at_peak::SCORES * (b * heads * s * s) as f64)
-        * d as f64;
-    let layer = layer as u64;
-    let logits = (alive_at_peak::LOGITS * (b * s * vocab * 4) as f64) as u64;
+    let tokens = b * s;
+    let kv = (config.num_key_value_heads * config.head_dim) as u64;
+    let largest = projections.iter().map(|(_, i, o)| i * o).max().unwrap_or(0);
+    // The fused CPU kernels (f32) or the tensor-op path of GPUs.
+    let fused = d == 4;
+    let (layer, kept_per_layer, logits, dequantized) = if fused {
+        use alive_at_peak::*;
+        let layer = tokens as f64 * (CPU_INTERMEDIATE * inter as f64 + CPU_HIDDEN * h as f64);
+        let kept = tokens as f64
+            * (KEPT_HIDDEN * h as f64 + KEPT_KV * kv as f64 + KEPT_INTERMEDIATE * inter as f64);
+        // A chunk of logits, and the head's input and its gradient.
+        let logits = LOSS_CHUNK.min(tokens) * vocab * 4 + 2 * tokens * h * 4;
+        // Every thread decodes a tile of at most 256 rows (or columns) of a weight.
+        let tile = 256 * (h.max(inter)) * 4 * 2;
+        ((layer * 4.0) as u64, (kept * 4.0) as u64, logits, tile)
+    } else {
+        use alive_at_peak::*;
+        let layer = (tokens as f64 * INTERMEDIATE * inter as f64
+            + SCORES * (b * heads * s * s) as f64)
+            * d as f64;
+        let logits = (LOGITS * (tokens * vocab * 4) as f64) as u64;
+        let dequantized = (DEQUANTIZED * (largest * d) as f64) as u64;
+        (layer as u64, layer as u64, logits, dequantized)
+    };
     if settings.gradient_checkpointing {
+        // The layer's input, attention output and post-attention state, and the attention's
+        // log-sum-exp (f32).
+        let per_layer = if fused {
+            tokens * (3 * h * d + heads * 4)
+        } else {
+            tokens * h * d
+        };
+        // The backward pass frees a layer's checkpoint as the adapters' gradients of that
+        // layer appear: at its peak the two together are the larger of them.
+        let checkpoints = layers * per_layer;
+        let grads = (alive_at_peak::GRADIENTS * (lora_params * 4) as f64) as u64;
         items.push(PlanItem {
             key: "checkpoints",
-            bytes: layers * b * s * h * d,
-            detail: format!("the input of each of {layers} layers"),
+            bytes: checkpoints.saturating_sub(grads),
+            detail: format!(
+                "{} of each of {layers} layers ({}), beyond the gradients that replace them",
+                if fused {
+                    "the input, attention output and post-attention state"
+                } else {
+                    "the input"
+                },
+                mib(checkpoints)
+            ),
         });
         items.push(PlanItem {
             key: "layer_activations",
@@ -233,25 +284,45 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
             detail: "one layer recomputed in the backward pass".into(),
         });
     } else {
+        let kept = layers * kept_per_layer;
+        let grads = (alive_at_peak::GRADIENTS * (lora_params * 4) as f64) as u64;
+        let bytes = if fused {
+            kept.saturating_sub(grads)
+        } else {
+            kept
+        };
         items.push(PlanItem {
             key: "layer_activations",
-            bytes: layers * layer,
-            detail: format!("all {layers} layers kept for the backward pass"),
+            bytes,
+            detail: format!(
+                "all {layers} layers kept for the backward pass ({}), beyond the gradients that replace them",
+                mib(kept)
+            ),
         });
     }
     items.push(PlanItem {
         key: "logits_and_loss",
         bytes: logits,
-        detail: format!("logits over {vocab} tokens, log-softmax and gradient (f32)"),
+        detail: if fused {
+            format!(
+                "logits over {vocab} tokens, {} rows at a time (f32)",
+                alive_at_peak::LOSS_CHUNK
+            )
+        } else {
+            format!("logits over {vocab} tokens, log-softmax and gradient (f32)")
+        },
     });
-    let largest = projections.iter().map(|(_, i, o)| i * o).max().unwrap_or(0);
     items.push(PlanItem {
         key: "dequantized_weight",
         bytes: match settings.bits {
-            Bits::Four => (alive_at_peak::DEQUANTIZED * (largest * d) as f64) as u64,
+            Bits::Four => dequantized,
             Bits::Sixteen => 0,
         },
-        detail: "the largest projection, dense for one matmul".into(),
+        detail: if fused {
+            "tiles of the weights being multiplied, decoded per thread".into()
+        } else {
+            "the largest projection, dense for one matmul".into()
+        },
     });
 
     items.push(PlanItem {
