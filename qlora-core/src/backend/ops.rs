@@ -53,6 +53,57 @@ pub fn dropout(x: Tensor<2>, seed: u64, p: f64) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as QloraOps>::dropout(x.into_dispatch(), seed, p))
 }
 
+/// `base + scale · (dropout(x) Aᵀ) Bᵀ` (no dropout when `p` is 0).
+#[allow(clippy::too_many_arguments)]
+pub fn lora_forward(
+    base: Tensor<2>,
+    x: Tensor<2>,
+    a: &Tensor<2>,
+    b: &Tensor<2>,
+    scale: f64,
+    seed: u64,
+    p: f64,
+) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as QloraOps>::lora_forward(
+        base.into_dispatch(),
+        x.into_dispatch(),
+        a.clone().into_dispatch(),
+        b.clone().into_dispatch(),
+        scale,
+        seed,
+        p,
+    ))
+}
+
+/// `(dA, dB, dx_base + dx)` of [`lora_forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn lora_backward(
+    x: Tensor<2>,
+    a: &Tensor<2>,
+    b: &Tensor<2>,
+    dy: Tensor<2>,
+    dx_base: Tensor<2>,
+    scale: f64,
+    seed: u64,
+    p: f64,
+) -> (Tensor<2>, Tensor<2>, Tensor<2>) {
+    let (da, db, dx) = <Dispatch as QloraOps>::lora_backward(
+        x.into_dispatch(),
+        a.clone().into_dispatch(),
+        b.clone().into_dispatch(),
+        dy.into_dispatch(),
+        dx_base.into_dispatch(),
+        scale,
+        seed,
+        p,
+    );
+    (
+        Tensor::from_dispatch(da),
+        Tensor::from_dispatch(db),
+        Tensor::from_dispatch(dx),
+    )
+}
+
 /// The output `[batch * q_len, heads * dim]` and log-sum-exp `[batch * heads * q_len]`.
 pub fn attention(
     q: Tensor<2>,

@@ -43,40 +43,44 @@ impl LoraAdapter {
         self.a.dims()[0]
     }
 
-    /// `x` with this adapter's dropout (the identity without a stream or with p = 0).
-    fn drop(&self, x: Tensor<2>, dropout: Option<&DropoutStream>) -> Tensor<2> {
+    /// The dropout seed and probability of this adapter under `dropout` (`p` 0: none).
+    fn dropout_of(&self, dropout: Option<&DropoutStream>) -> (u64, f64) {
         match dropout {
-            Some(stream) if self.dropout > 0.0 => {
-                ops::dropout(x, stream.seed_for(self.key), self.dropout)
-            }
-            _ => x,
+            Some(stream) if self.dropout > 0.0 => (stream.seed_for(self.key), self.dropout),
+            _ => (0, 0.0),
         }
     }
 
     /// `scale · (dropout(x) Aᵀ) Bᵀ` for `x` `[rows, in]`. Dropout applies only with a stream.
     pub fn forward(&self, x: Tensor<2>, dropout: Option<&DropoutStream>) -> Tensor<2> {
-        self.drop(x, dropout)
-            .matmul(self.a.clone().transpose())
-            .matmul(self.b.clone().transpose())
-            * self.scale
+        let [rows, _] = x.dims();
+        let base = Tensor::zeros([rows, self.b.dims()[0]], &x.device());
+        self.add_to(base, x, dropout)
     }
 
-    /// The gradients of `A` and `B` and (with `input_grad`) of `x`, given the gradient `dy` of
-    /// [`LoraAdapter::forward`]'s output for input `x`.
+    /// `base + ` [`LoraAdapter::forward`]`(x)`, accumulated into `base`.
+    pub fn add_to(
+        &self,
+        base: Tensor<2>,
+        x: Tensor<2>,
+        dropout: Option<&DropoutStream>,
+    ) -> Tensor<2> {
+        let (seed, p) = self.dropout_of(dropout);
+        ops::lora_forward(base, x, &self.a, &self.b, self.scale, seed, p)
+    }
+
+    /// The gradients of `A` and `B`, and `dx_base` plus the gradient of `x`, given the
+    /// gradient `dy` of [`LoraAdapter::forward`]'s output for input `x`.
     pub fn backward(
         &self,
         x: Tensor<2>,
         dy: Tensor<2>,
         dropout: Option<&DropoutStream>,
-        input_grad: bool,
-    ) -> (AdapterGrad, Option<Tensor<2>>) {
-        let xd = self.drop(x, dropout);
-        let t = xd.clone().matmul(self.a.clone().transpose());
-        let dy = dy * self.scale;
-        let db = dy.clone().transpose().matmul(t);
-        let dt = dy.matmul(self.b.clone());
-        let da = dt.clone().transpose().matmul(xd);
-        let dx = input_grad.then(|| self.drop(dt.matmul(self.a.clone()), dropout));
+        dx_base: Tensor<2>,
+    ) -> (AdapterGrad, Tensor<2>) {
+        let (seed, p) = self.dropout_of(dropout);
+        let (da, db, dx) =
+            ops::lora_backward(x, &self.a, &self.b, dy, dx_base, self.scale, seed, p);
         ((da, db), dx)
     }
 }
@@ -122,7 +126,8 @@ mod tests {
             key: 3,
         };
         let stream = DropoutStream { seed: 1, step: 2 };
-        let ((da, db), dx) = adapter.backward(x.clone(), dy.clone(), Some(&stream), true);
+        let zeros = Tensor::zeros([9, 12], &device);
+        let ((da, db), dx) = adapter.backward(x.clone(), dy.clone(), Some(&stream), zeros);
         let tracked = LoraAdapter {
             a: adapter.a.clone().autodiff().require_grad(),
             b: adapter.b.clone().autodiff().require_grad(),
@@ -134,7 +139,7 @@ mod tests {
         for (got, want) in [
             (da, tracked.a.grad(&grads).unwrap()),
             (db, tracked.b.grad(&grads).unwrap()),
-            (dx.unwrap(), xa.grad(&grads).unwrap()),
+            (dx, xa.grad(&grads).unwrap()),
         ] {
             let diff = (got - want.to_device(&device))
                 .abs()

@@ -79,7 +79,7 @@ impl Linear {
         }
         if let Some(lora) = &self.lora {
             let _span = profile::span(Phase::Lora);
-            y = y + lora.forward(rows, dropout);
+            y = lora.add_to(y, rows, dropout);
         }
         y
     }
@@ -119,12 +119,12 @@ impl Linear {
             return Ok((None, base));
         };
         let _span = profile::span(Phase::Lora);
-        let (grads, dx) = lora.backward(x, dy, dropout, input_grad);
-        let dx = match (base, dx) {
-            (Some(base), Some(dx)) => Some(base + dx),
-            (base, _) => base,
+        let dx_base = match base {
+            Some(base) => base,
+            None => Tensor::zeros(x.dims(), &x.device()),
         };
-        Ok((Some(grads), dx))
+        let (grads, dx) = lora.backward(x, dy, dropout, dx_base);
+        Ok((Some(grads), input_grad.then_some(dx)))
     }
 
     /// `x Wᵀ` with the frozen weight only.

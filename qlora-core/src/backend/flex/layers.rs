@@ -193,7 +193,7 @@ multiversion! {
 
 multiversion! {
     /// Element `start + j` of the mask times `xs[j]`.
-    fn dropout_span(out: &mut [f32], xs: &[f32], mask: &DropoutMask, start: usize) {
+    pub(super) fn dropout_span(out: &mut [f32], xs: &[f32], mask: &DropoutMask, start: usize) {
         for (j, (o, x)) in out.iter_mut().zip(xs).enumerate() {
             *o = x * mask.value(start + j);
         }

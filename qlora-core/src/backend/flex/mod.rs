@@ -3,6 +3,7 @@
 mod attention;
 mod kernel;
 mod layers;
+mod lora;
 mod loss;
 mod nf4;
 
@@ -59,6 +60,31 @@ impl QloraOps for Flex {
 
     fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
         layers::dropout(x, seed, p)
+    }
+
+    fn lora_forward(
+        base: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f64,
+        seed: u64,
+        p: f64,
+    ) -> FloatTensor<Self> {
+        lora::lora_forward(base, x, a, b, scale, seed, p)
+    }
+
+    fn lora_backward(
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        dx_base: FloatTensor<Self>,
+        scale: f64,
+        seed: u64,
+        p: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        lora::lora_backward(x, a, b, dy, dx_base, scale, seed, p)
     }
 
     fn attention(

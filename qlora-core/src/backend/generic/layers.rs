@@ -94,3 +94,46 @@ pub fn dropout<B: Backend>(x: FloatTensor<B>, seed: u64, p: f64) -> FloatTensor<
     let mask = B::float_from_data(TensorData::new(mask, shape), &device);
     B::float_mul(x, mask)
 }
+
+/// `x` with dropout, or `x` itself when `p` is 0.
+fn maybe_dropout<B: Backend>(x: FloatTensor<B>, seed: u64, p: f64) -> FloatTensor<B> {
+    if p > 0.0 { dropout::<B>(x, seed, p) } else { x }
+}
+
+/// `base + scale · (dropout(x) Aᵀ) Bᵀ`.
+pub fn lora_forward<B: Backend>(
+    base: FloatTensor<B>,
+    x: FloatTensor<B>,
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    scale: f64,
+    seed: u64,
+    p: f64,
+) -> FloatTensor<B> {
+    let xd = F::<B>(maybe_dropout::<B>(x, seed, p));
+    let t = xd.matmul(F(a).swap(0, 1));
+    (F(base) + t.matmul(F(b).swap(0, 1)).scale(scale)).0
+}
+
+/// `(dA, dB, dx_base + dx)` of [`lora_forward`].
+#[allow(clippy::too_many_arguments)]
+pub fn lora_backward<B: Backend>(
+    x: FloatTensor<B>,
+    a: FloatTensor<B>,
+    b: FloatTensor<B>,
+    dy: FloatTensor<B>,
+    dx_base: FloatTensor<B>,
+    scale: f64,
+    seed: u64,
+    p: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let xd = F::<B>(maybe_dropout::<B>(x, seed, p));
+    let (a, b, dy) = (F::<B>(a), F::<B>(b), F::<B>(dy).scale(scale));
+    let t = xd.clone().matmul(a.clone().swap(0, 1));
+    let db = dy.clone().swap(0, 1).matmul(t);
+    let dt = dy.matmul(b);
+    let da = dt.clone().swap(0, 1).matmul(xd);
+    let dxd = dt.matmul(a);
+    let dx = F::<B>(dx_base) + F(maybe_dropout::<B>(dxd.0, seed, p));
+    (da.0, db.0, dx.0)
+}
