@@ -151,8 +151,8 @@ fn run(dir: &std::path::Path, a: &Args) -> Measured {
                 .zip(adapters.iter_mut())
                 .enumerate()
             {
-                adapter.a = optimizer.update(2 * k, adapter.a.clone(), ga, 2e-4);
-                adapter.b = optimizer.update(2 * k + 1, adapter.b.clone(), gb, 2e-4);
+                adapter.a = optimizer.update(2 * k, adapter.a.clone(), ga, 1.0, 2e-4);
+                adapter.b = optimizer.update(2 * k + 1, adapter.b.clone(), gb, 1.0, 2e-4);
             }
             // Wait for the update (on a GPU it would be queued).
             let _ = adapters[0].b.clone().into_data();

@@ -24,6 +24,19 @@ pub use weight::Nf4Weight;
 /// The shape of an attention: `q` is `[batch * q_len, heads * head_dim]`, `k` and `v` are
 /// `[batch * k_len, kv_heads * head_dim]`. Query `i` sits at position `k_len - q_len + i` and
 /// sees key `j` when `j` is not after it and both carry the same sequence id.
+/// One AdamW step's settings (`step` counts from 1; `grad_scale` multiplies the gradient
+/// first, e.g. the mean over tokens and clipping).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub step: u64,
+    pub grad_scale: f64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
     pub batch: usize,
@@ -214,6 +227,18 @@ pub trait QloraOps: Backend {
         generic::attention::attention_backward::<Self>(
             q, k, v, out, lse, d_out, q_ids, k_ids, shape,
         )
+    }
+
+    /// One AdamW step (`torch.optim.AdamW`'s arithmetic) of a flat parameter with 32-bit
+    /// moments: the new parameter, first and second moments.
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        generic::layers::adamw_step::<Self>(param, grad, m, v, settings)
     }
 
     /// Per-row next-token loss through the output head: `logsumexp(h wᵀ) - (h wᵀ)[target]` for

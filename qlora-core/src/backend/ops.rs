@@ -4,7 +4,7 @@
 use burn::backend::Dispatch;
 use burn::tensor::{Int, Tensor};
 
-use super::{AttentionShape, QloraOps};
+use super::{AdamWStep, AttentionShape, QloraOps};
 
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as QloraOps>::rms_norm(
@@ -177,4 +177,26 @@ pub fn cross_entropy_with_grad(
         targets.clone().into_dispatch(),
     );
     (Tensor::from_dispatch(losses), Tensor::from_dispatch(grad))
+}
+
+/// One AdamW step of a flat parameter: `(param, m, v)` updated.
+pub fn adamw_step(
+    param: Tensor<1>,
+    grad: Tensor<1>,
+    m: Tensor<1>,
+    v: Tensor<1>,
+    settings: AdamWStep,
+) -> (Tensor<1>, Tensor<1>, Tensor<1>) {
+    let (p, m, v) = <Dispatch as QloraOps>::adamw_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        m.into_dispatch(),
+        v.into_dispatch(),
+        settings,
+    );
+    (
+        Tensor::from_dispatch(p),
+        Tensor::from_dispatch(m),
+        Tensor::from_dispatch(v),
+    )
 }

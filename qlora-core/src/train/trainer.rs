@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::eval::evaluate;
 use crate::lora::{LoraConfig, load_adapter, loss_and_grads};
 use crate::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
+use crate::profile::{self, Phase};
 use crate::quant::Nf4Config;
 use crate::text::Tokenizer;
 
@@ -244,21 +245,19 @@ impl Trainer {
         }
         let mut grad_norm = 0.0;
         if targets > 0 {
-            // Gradient of the mean token loss over the whole accumulated batch.
+            let _span = profile::span(Phase::Optimizer);
+            let grads = sum.expect("at least one micro-batch");
+            // The gradient of the mean token loss over the whole accumulated batch is the sum
+            // times `1 / targets`: the scale (and clipping) ride in the update.
             let scale = 1.0 / targets as f64;
-            let grads: Vec<(Tensor<2>, Tensor<2>)> = sum
-                .expect("at least one micro-batch")
-                .into_iter()
-                .map(|(a, b)| (a * scale, b * scale))
-                .collect();
-            let squares: f64 = grads
+            let squares: Vec<Tensor<1>> = grads
                 .iter()
-                .map(|(a, b)| {
-                    f64::from(a.clone().powi_scalar(2).sum().into_scalar::<f32>())
-                        + f64::from(b.clone().powi_scalar(2).sum().into_scalar::<f32>())
-                })
-                .sum();
-            grad_norm = squares.sqrt();
+                .flat_map(|(a, b)| [a, b])
+                .map(|g| g.clone().powi_scalar(2).sum())
+                .collect();
+            // One read back for the whole norm.
+            let squares = f64::from(Tensor::cat(squares, 0).sum().into_scalar::<f32>());
+            grad_norm = squares.sqrt() * scale;
             if !grad_norm.is_finite() {
                 return Err(Error::invalid(format!(
                     "the gradient norm became {grad_norm} at step {}; stopping (the last checkpoint is kept)",
@@ -279,13 +278,13 @@ impl Trainer {
                 .filter_map(|(_, l)| l.lora.as_mut())
                 .collect();
             for (k, ((ga, gb), adapter)) in grads.into_iter().zip(adapters.iter_mut()).enumerate() {
-                let (ga, gb) = if clip < 1.0 {
-                    (ga * clip, gb * clip)
-                } else {
-                    (ga, gb)
-                };
-                adapter.a = self.optimizer.update(2 * k, adapter.a.clone(), ga, lr);
-                adapter.b = self.optimizer.update(2 * k + 1, adapter.b.clone(), gb, lr);
+                let grad_scale = scale * clip;
+                adapter.a = self
+                    .optimizer
+                    .update(2 * k, adapter.a.clone(), ga, grad_scale, lr);
+                adapter.b = self
+                    .optimizer
+                    .update(2 * k + 1, adapter.b.clone(), gb, grad_scale, lr);
             }
         }
         self.position.step += 1;

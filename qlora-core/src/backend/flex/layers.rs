@@ -199,3 +199,93 @@ multiversion! {
         }
     }
 }
+
+pub fn adamw_step(
+    param: FlexTensor,
+    grad: FlexTensor,
+    m: FlexTensor,
+    v: FlexTensor,
+    s: crate::backend::AdamWStep,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let shape = param.shape();
+    let (p, g, m, v) = (floats(&param), floats(&grad), floats(&m), floats(&v));
+    let bias1 = 1.0 - s.beta1.powi(s.step as i32);
+    let bias2 = 1.0 - s.beta2.powi(s.step as i32);
+    let c = AdamWConsts {
+        grad_scale: s.grad_scale as f32,
+        beta1: s.beta1 as f32,
+        one_minus_beta1: (1.0 - s.beta1) as f32,
+        beta2: s.beta2 as f32,
+        one_minus_beta2: (1.0 - s.beta2) as f32,
+        decay: if s.weight_decay > 0.0 {
+            (1.0 - s.lr * s.weight_decay) as f32
+        } else {
+            1.0
+        },
+        inv_sqrt_bias2: (1.0 / bias2.sqrt()) as f32,
+        eps: s.eps as f32,
+        step_size: (s.lr / bias1) as f32,
+    };
+    let n = p.len();
+    let (mut p2, mut m2, mut v2) = (uninit(n), uninit(n), uninit(n));
+    const CHUNK: usize = 16384;
+    p2.par_chunks_mut(CHUNK)
+        .zip(m2.par_chunks_mut(CHUNK))
+        .zip(v2.par_chunks_mut(CHUNK))
+        .enumerate()
+        .for_each(|(k, ((po, mo), vo))| {
+            let r = k * CHUNK..k * CHUNK + po.len();
+            adamw_span(
+                po,
+                mo,
+                vo,
+                &p[r.clone()],
+                &g[r.clone()],
+                &m[r.clone()],
+                &v[r],
+                &c,
+            );
+        });
+    (
+        FlexTensor::from_data(burn::tensor::TensorData::new(p2, shape.clone())),
+        FlexTensor::from_data(burn::tensor::TensorData::new(m2, shape.clone())),
+        FlexTensor::from_data(burn::tensor::TensorData::new(v2, shape)),
+    )
+}
+
+/// An AdamW step's constants in f32.
+struct AdamWConsts {
+    grad_scale: f32,
+    beta1: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    decay: f32,
+    inv_sqrt_bias2: f32,
+    eps: f32,
+    step_size: f32,
+}
+
+multiversion! {
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_span(
+        po: &mut [f32],
+        mo: &mut [f32],
+        vo: &mut [f32],
+        p: &[f32],
+        g: &[f32],
+        m: &[f32],
+        v: &[f32],
+        c: &AdamWConsts,
+    ) {
+        for i in 0..po.len() {
+            let g = g[i] * c.grad_scale;
+            let m = m[i] * c.beta1 + g * c.one_minus_beta1;
+            let v = v[i] * c.beta2 + (g * g) * c.one_minus_beta2;
+            let denom = v.sqrt() * c.inv_sqrt_bias2 + c.eps;
+            po[i] = p[i] * c.decay - (m * (1.0 / denom)) * c.step_size;
+            mo[i] = m;
+            vo[i] = v;
+        }
+    }
+}

@@ -10,7 +10,7 @@ mod nf4;
 use burn::backend::Flex;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 
-use super::{AttentionShape, Nf4Operand, QloraOps};
+use super::{AdamWStep, AttentionShape, Nf4Operand, QloraOps};
 
 impl QloraOps for Flex {
     fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
@@ -110,6 +110,16 @@ impl QloraOps for Flex {
         shape: AttentionShape,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         attention::attention_backward(q, k, v, out, lse, d_out, q_ids, k_ids, shape)
+    }
+
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        layers::adamw_step(param, grad, m, v, settings)
     }
 
     fn cross_entropy(

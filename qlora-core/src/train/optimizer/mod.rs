@@ -10,11 +10,11 @@ use std::collections::VecDeque;
 
 use burn::tensor::{Device, Tensor};
 
+use crate::backend::{AdamWStep, ops};
 use crate::error::{Error, Result};
 use blockwise_state::{STATE_BLOCK, StateCodeMap};
 use paging::Moment;
 
-mod adamw;
 mod blockwise_state;
 mod paging;
 
@@ -173,12 +173,14 @@ impl PagedAdamW {
         self.step += 1;
     }
 
-    /// Update parameter `i` with gradient `grad` (both of the parameter's shape) at `lr`.
+    /// Update parameter `i` with gradient `grad · grad_scale` (both of the parameter's
+    /// shape) at `lr`.
     pub fn update<const D: usize>(
         &mut self,
         i: usize,
         param: Tensor<D>,
         grad: Tensor<D>,
+        grad_scale: f64,
         lr: f64,
     ) -> Tensor<D> {
         assert!(self.step > 0, "begin_step first");
@@ -206,7 +208,22 @@ impl PagedAdamW {
                 _ => unreachable!("paged in"),
             }
         };
-        let (updated, m, v) = adamw::step(flat_p, flat_g, m, v, &self.config, self.step, lr);
+        let AdamWConfig {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } = self.config;
+        let settings = AdamWStep {
+            lr,
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            step: self.step,
+            grad_scale,
+        };
+        let (updated, m, v) = ops::adamw_step(flat_p, flat_g, m, v, settings);
 
         let s = &mut self.states[i];
         if eight_bit {
