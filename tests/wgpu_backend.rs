@@ -52,3 +52,77 @@ fn nf4_matmul_on_wgpu_matches_cpu() {
         );
     }
 }
+
+/// A whole training step (every fused operation through its tensor-op default on wgpu)
+/// against the CPU kernels: the same loss and adapter gradients.
+#[test]
+fn training_step_on_wgpu_matches_cpu() {
+    use qlora::lora::{LoraConfig, loss_and_grads};
+    use qlora::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 37 + 5) % 1000).collect();
+    let batch = TrainBatch {
+        labels: vec![ids.iter().map(|&i| i64::from(i)).collect(), vec![-100; 40]],
+        is_token: vec![vec![true; 40], [vec![true; 30], vec![false; 10]].concat()],
+        ids: vec![ids.clone(), ids],
+    };
+    let run = |device: Device| {
+        let mut model = Llama::load(
+            &fixture,
+            &LoadOptions {
+                device: device.clone(),
+                ..LoadOptions::default()
+            },
+        )
+        .unwrap();
+        let config = LoraConfig {
+            r: 8,
+            dropout: 0.1,
+            ..LoraConfig::default()
+        };
+        model.attach_lora(&config, 1).unwrap();
+        for (k, (_, linear)) in model.linears_mut().into_iter().enumerate() {
+            let lora = linear.lora.as_mut().unwrap();
+            let n = linear.out_features * 8;
+            lora.b = Tensor::from_data(
+                TensorData::new(
+                    values(n, k as u64 + 9)
+                        .iter()
+                        .map(|v| v * 0.02)
+                        .collect::<Vec<f32>>(),
+                    [linear.out_features, 8],
+                ),
+                &device,
+            );
+        }
+        let stream = DropoutStream { seed: 3, step: 1 };
+        let result = loss_and_grads(&model, &batch, true, Some(&stream)).unwrap();
+        let grads: Vec<Vec<f32>> = result
+            .grads
+            .grads
+            .into_iter()
+            .flat_map(|(a, b)| [a, b])
+            .map(|t| t.into_data().try_into_vec().unwrap())
+            .collect();
+        (result.loss_sum, grads)
+    };
+    let (cpu_loss, cpu) = run(Device::flex());
+    let (gpu_loss, gpu) = run(Device::wgpu(DeviceKind::DefaultDevice));
+    assert!(
+        (cpu_loss - gpu_loss).abs() <= 1e-4 * cpu_loss.abs(),
+        "{cpu_loss} vs {gpu_loss}"
+    );
+    for (i, (a, b)) in cpu.iter().zip(&gpu).enumerate() {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff <= 1e-3 * scale,
+            "gradient {i}: max diff {diff} (scale {scale})"
+        );
+    }
+}

@@ -76,8 +76,8 @@ pub struct MemoryPlan {
 /// off); the tensor-op path of GPUs (bf16/f16) counts the tensors its operations keep whole.
 mod alive_at_peak {
     /// Fused CPU path, one layer's backward pass: intermediate-sized tensors (the recomputed
-    /// gate, up and SwiGLU output)...
-    pub const CPU_INTERMEDIATE: f64 = 3.0;
+    /// gate, up and SwiGLU output, and a LoRA input and its gradient)...
+    pub const CPU_INTERMEDIATE: f64 = 4.0;
     /// ...and hidden-sized ones (the gradient being formed).
     pub const CPU_HIDDEN: f64 = 1.0;
     /// Fused CPU path without checkpointing, kept for every layer: the hidden-sized inputs,
