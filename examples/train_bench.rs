@@ -120,10 +120,9 @@ fn run(dir: &std::path::Path, a: &Args) -> Measured {
         &model.device,
     );
     let ids: Vec<u32> = (0..a.seq as u32).map(|i| (i * 7919 + 13) % 49152).collect();
-    let batch = TrainBatch {
-        labels: vec![ids.iter().map(|&i| i64::from(i)).collect()],
-        is_token: vec![vec![true; a.seq]],
-        ids: vec![ids],
+    let batch = {
+        let labels = vec![ids.iter().map(|&i| i64::from(i)).collect()];
+        TrainBatch::new(vec![ids], labels, vec![vec![true; a.seq]])
     };
     let mut seconds = Vec::new();
     let mut phases = vec![Duration::ZERO; Phase::ALL.len()];

@@ -44,10 +44,9 @@ fn checkpointing_matches_and_saves_memory() {
         );
     }
     let ids: Vec<u32> = (0..SEQ as u32).map(|i| (i * 7919) % 2048).collect();
-    let batch = TrainBatch {
-        labels: vec![ids.iter().map(|&i| i64::from(i)).collect()],
-        is_token: vec![vec![true; SEQ]],
-        ids: vec![ids],
+    let batch = {
+        let labels = vec![ids.iter().map(|&i| i64::from(i)).collect()];
+        TrainBatch::new(vec![ids], labels, vec![vec![true; SEQ]])
     };
     let stream = DropoutStream { seed: 3, step: 11 };
 

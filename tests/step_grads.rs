@@ -52,11 +52,7 @@ fn hand_written_backward_equals_autodiff() {
     labels[0][..10].fill(-100);
     let is_token = vec![vec![true; 50], [vec![true; 41], vec![false; 9]].concat()];
     labels[1][41..].fill(-100);
-    let batch = TrainBatch {
-        ids,
-        labels,
-        is_token,
-    };
+    let batch = TrainBatch::new(ids, labels, is_token);
     let stream = DropoutStream { seed: 9, step: 2 };
 
     // Autodiff of the forward pass.

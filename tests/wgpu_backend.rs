@@ -62,11 +62,12 @@ fn training_step_on_wgpu_matches_cpu() {
     let fixture =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama");
     let ids: Vec<u32> = (0..40u32).map(|i| (i * 37 + 5) % 1000).collect();
-    let batch = TrainBatch {
-        labels: vec![ids.iter().map(|&i| i64::from(i)).collect(), vec![-100; 40]],
-        is_token: vec![vec![true; 40], [vec![true; 30], vec![false; 10]].concat()],
-        ids: vec![ids.clone(), ids],
-    };
+    let labels = vec![ids.iter().map(|&i| i64::from(i)).collect(), vec![-100; 40]];
+    let batch = TrainBatch::new(
+        vec![ids.clone(), ids],
+        labels,
+        vec![vec![true; 40], [vec![true; 30], vec![false; 10]].concat()],
+    );
     let run = |device: Device| {
         let mut model = Llama::load(
             &fixture,

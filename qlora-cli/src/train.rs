@@ -44,8 +44,11 @@ impl Progress for BarProgress {
             .map(|e| format!(" eval {e:.4}"))
             .unwrap_or_default();
         self.bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} tok/s{eval}",
-            m.loss, m.lr, m.tokens_per_s
+            "loss {:.4} lr {:.2e} {:.0} tok/s pad {:.0}%{eval}",
+            m.loss,
+            m.lr,
+            m.tokens_per_s,
+            100.0 * m.padding
         ));
         if m.eval_loss.is_some() {
             self.bar

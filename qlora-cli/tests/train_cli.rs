@@ -225,3 +225,95 @@ fn eval_works_for_every_format() {
         assert!(report["tokens"].as_u64().unwrap() > 0, "{format}: {report}");
     }
 }
+
+#[test]
+fn eval_with_packing_gives_the_same_loss_for_every_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("tests/fixtures/tiny-llama");
+    let write = |name: &str, lines: Vec<String>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, lines.join("\n") + "\n").unwrap();
+        p
+    };
+    let words = |n: usize| -> String {
+        (0..n)
+            .map(|i| ["alpha", "beta", "gamma", "delta"][i % 4])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let files = [
+        ("alpaca", root().join("datasets/alpaca_sample.jsonl")),
+        ("oasst", root().join("datasets/oasst1_sample.jsonl")),
+        (
+            "input-output",
+            write(
+                "io.jsonl",
+                (1..8)
+                    .map(|n| serde_json::json!({"input": words(n), "output": words(3 * n)}).to_string())
+                    .collect(),
+            ),
+        ),
+        (
+            "guanaco",
+            write(
+                "g.jsonl",
+                (1..8)
+                    .map(|n| {
+                        serde_json::json!({"text": format!("### Human: {}### Assistant: {}", words(n), words(2 * n))})
+                            .to_string()
+                    })
+                    .collect(),
+            ),
+        ),
+        (
+            "messages",
+            write(
+                "m.jsonl",
+                (1..8)
+                    .map(|n| {
+                        serde_json::json!({"messages": [
+                            {"role": "user", "content": words(n)},
+                            {"role": "assistant", "content": words(4 * n)}
+                        ]})
+                        .to_string()
+                    })
+                    .collect(),
+            ),
+        ),
+        (
+            "text",
+            write(
+                "t.jsonl",
+                (1..8)
+                    .map(|n| serde_json::json!({"text": words(5 * n)}).to_string())
+                    .collect(),
+            ),
+        ),
+    ];
+    for (format, file) in files {
+        let eval = |extra: &[&str]| -> serde_json::Value {
+            let mut args = vec![
+                "eval",
+                "--model",
+                path(&model),
+                "--data",
+                path(&file),
+                "--format",
+                format,
+                "--json",
+            ];
+            args.extend_from_slice(extra);
+            let (code, stdout, stderr) = qlora(&args);
+            assert_eq!(code, 0, "{format}: {stderr}");
+            serde_json::from_str(stdout.trim()).unwrap()
+        };
+        let plain = eval(&[]);
+        let packed = eval(&["--packing", "--max-seq-len", "1024"]);
+        assert_eq!(plain["tokens"], packed["tokens"], "{format}");
+        let (a, b) = (
+            plain["loss"].as_f64().unwrap(),
+            packed["loss"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() <= 1e-5, "{format}: {a} vs {b}");
+    }
+}

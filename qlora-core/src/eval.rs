@@ -1,8 +1,8 @@
 //! `qlora eval`: mean next-token cross-entropy and perplexity of a model over a dataset.
 
-use crate::data::Example;
+use crate::data::{Example, collate_rows, pack};
 use crate::error::{Error, Result};
-use crate::model::{Llama, TrainBatch};
+use crate::model::Llama;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalReport {
@@ -13,25 +13,37 @@ pub struct EvalReport {
 }
 
 /// Mean loss over all target tokens of `examples` (a token-weighted mean across the file,
-/// not a mean of per-example means).
+/// not a mean of per-example means). With `packing`, examples are packed into rows of up to
+/// that many tokens, each still seeing only itself: the same loss, fewer forward passes.
+/// `progress` gets the number of examples done.
 pub fn evaluate(
     model: &Llama,
     examples: &[Example],
+    packing: Option<usize>,
     mut progress: impl FnMut(usize),
 ) -> Result<EvalReport> {
+    let usable: Vec<usize> = (0..examples.len())
+        .filter(|&i| examples[i].ids.len() >= 2)
+        .collect();
+    let rows: Vec<Vec<usize>> = match packing {
+        Some(max_len) => {
+            let lengths: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+            pack(&lengths, &usable, max_len)
+        }
+        None => usable.iter().map(|&i| vec![i]).collect(),
+    };
+    let pad = model.config.pad_token_id.unwrap_or(0);
     let mut sum = 0f64;
     let mut tokens = 0usize;
-    for (i, example) in examples.iter().enumerate() {
-        if example.ids.len() >= 2 {
-            let loss = model.loss(&TrainBatch {
-                ids: vec![example.ids.clone()],
-                labels: vec![example.labels.clone()],
-                is_token: vec![vec![true; example.ids.len()]],
-            })?;
-            sum += f64::from(loss.sum.into_scalar::<f32>());
-            tokens += loss.tokens;
-        }
-        progress(i + 1);
+    let mut done = examples.len() - usable.len();
+    for row in rows {
+        let members: Vec<&Example> = row.iter().map(|&i| &examples[i]).collect();
+        let batch = collate_rows(&[members], pad, packing);
+        let loss = model.loss(&batch)?;
+        sum += f64::from(loss.sum.into_scalar::<f32>());
+        tokens += loss.tokens;
+        done += row.len();
+        progress(done);
     }
     if tokens == 0 {
         return Err(Error::invalid("no target tokens to evaluate"));

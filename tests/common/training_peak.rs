@@ -64,6 +64,8 @@ pub fn measure_training_peak(
             ..TokenizeOptions::default()
         },
         gradient_checkpointing: checkpointing,
+        // Rows of `seq` tokens: one example each.
+        max_seq_len: seq,
         ..TrainConfig::default()
     };
     let ((), peak) = peak_during(|| {

@@ -9,7 +9,9 @@ mod oasst;
 mod records;
 mod tokenize;
 
-pub use batch::{collate, epoch_batches, split_eval};
+pub use batch::{
+    Batching, PACKING_WINDOW, collate, collate_rows, epoch_batches, epoch_plan, pack, split_eval,
+};
 pub use dataset::{DataOptions, LoadedData, load_examples};
 pub use format::{
     ALPACA_PROMPT_NO_INPUT, ALPACA_PROMPT_WITH_INPUT, ConversationTemplate, DatasetFormat, Located,

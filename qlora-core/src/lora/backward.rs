@@ -262,9 +262,9 @@ pub fn loss_and_grads(
     if model.adapters().is_empty() {
         return Err(Error::invalid("the model has no LoRA adapters to train"));
     }
-    let inputs = model.attention_inputs(&batch.is_token, None);
+    let inputs = model.batch_inputs(batch)?;
     let context = inputs.context(dropout);
-    let (targets, tokens) = model.targets(&batch.labels)?;
+    let (targets, tokens) = model.targets(batch)?;
 
     let mut x = model.embed(&batch.ids)?;
     let mut kept = Vec::with_capacity(model.layers.len());

@@ -184,20 +184,18 @@ impl Llama {
             .reshape([batch, seq, self.config.vocab_size]))
     }
 
-    /// Next-token targets of `labels` (`[batch][seq]`): position `t` predicts `labels[t + 1]`;
-    /// [`IGNORE_INDEX`] (and the last position) predict nothing. Also how many count.
-    pub fn targets(&self, labels: &[Vec<i64>]) -> Result<(Tensor<1, Int>, usize)> {
+    /// Next-token targets of `batch` ([`TrainBatch::next_labels`], -1 for none), checked
+    /// against the vocabulary, and how many count.
+    pub fn targets(&self, batch: &TrainBatch) -> Result<(Tensor<1, Int>, usize)> {
         let vocab = self.config.vocab_size as i64;
-        let mut targets = Vec::new();
-        for row in labels {
-            for t in 0..row.len() {
-                let label = row.get(t + 1).copied().unwrap_or(IGNORE_INDEX);
-                if label != IGNORE_INDEX && !(0..vocab).contains(&label) {
-                    return Err(Error::invalid(format!(
-                        "label {label} is outside the vocabulary"
-                    )));
-                }
-                targets.push(if label == IGNORE_INDEX { -1 } else { label });
+        let mut targets = batch.next_labels();
+        for label in &mut targets {
+            if *label == IGNORE_INDEX {
+                *label = -1;
+            } else if !(0..vocab).contains(label) {
+                return Err(Error::invalid(format!(
+                    "label {label} is outside the vocabulary"
+                )));
             }
         }
         let count = targets.iter().filter(|t| **t >= 0).count();
@@ -208,6 +206,28 @@ impl Llama {
         ))
     }
 
+    /// Rotary tables and sequence ids of a (possibly packed) batch: positions restart at 0
+    /// for every example, and an example attends only to itself.
+    pub fn batch_inputs(&self, batch: &TrainBatch) -> Result<AttentionInputs> {
+        let rows = batch.ids.len();
+        let seq = batch.ids.first().map_or(0, Vec::len);
+        let (cos, sin) = self.rope.tables(&batch.rope_positions(), &self.device);
+        let ids = batch.sequence_ids();
+        if ids.len() != rows * seq {
+            return Err(Error::invalid("batch rows must have equal lengths"));
+        }
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows * seq]), &self.device);
+        Ok(AttentionInputs {
+            cos,
+            sin,
+            q_ids: ids.clone(),
+            k_ids: ids,
+            batch: rows,
+            q_len: seq,
+            k_len: seq,
+        })
+    }
+
     /// The head's weight `[vocab, hidden]` (the embedding when tied).
     pub fn head_weight(&self) -> Result<&Tensor<2>> {
         match &self.lm_head.weight {
@@ -216,12 +236,30 @@ impl Llama {
         }
     }
 
-    /// Summed next-token loss of a batch and how many tokens counted, through the fused
-    /// cross-entropy (the `[tokens, vocab]` logits never exist whole).
+    /// Logits `[rows, seq, vocab]` of a (possibly packed) batch.
+    pub fn logits(&self, batch: &TrainBatch) -> Result<Tensor<3>> {
+        let inputs = self.batch_inputs(batch)?;
+        let context = inputs.context(None);
+        let mut x = self.embed(&batch.ids)?;
+        for layer in &self.layers {
+            x = layer.forward(x, &context, None);
+        }
+        Ok(self
+            .head(x)
+            .reshape([inputs.batch, inputs.q_len, self.config.vocab_size]))
+    }
+
+    /// Summed next-token loss of a (possibly packed) batch and how many tokens counted,
+    /// through the fused cross-entropy (the `[tokens, vocab]` logits never exist whole).
     pub fn loss(&self, batch: &TrainBatch) -> Result<LossSum> {
-        let hidden = self.hidden(&batch.ids, Some(&batch.is_token), None, None)?;
-        let (targets, tokens) = self.targets(&batch.labels)?;
-        let normed = self.norm.forward(hidden);
+        let inputs = self.batch_inputs(batch)?;
+        let context = inputs.context(None);
+        let mut x = self.embed(&batch.ids)?;
+        for layer in &self.layers {
+            x = layer.forward(x, &context, None);
+        }
+        let (targets, tokens) = self.targets(batch)?;
+        let normed = self.norm.forward(x);
         let _span = profile::span(Phase::HeadAndLoss);
         let losses = ops::cross_entropy(normed, self.head_weight()?, &targets);
         Ok(LossSum {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::optimizer::OptimizerKind;
 use super::schedule::Schedule;
-use crate::data::{DataOptions, DatasetFormat, OasstOptions, TokenizeOptions};
+use crate::data::{Batching, DataOptions, DatasetFormat, OasstOptions, TokenizeOptions};
 use crate::error::{Error, Result};
 use crate::lora::{AdapterDtype, LoraConfig, LoraInit};
 use crate::model::Bits;
@@ -158,9 +158,16 @@ pub struct TrainConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub oasst: OasstOptions,
-    /// Batch sequences of similar length together (less padding).
+    /// Batch sequences of similar length together (less padding; without packing).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false, value_name = "BOOL")]
     pub group_by_length: bool,
+    /// Pad every example to its batch's longest instead of packing whole examples into rows
+    /// of up to --max-seq-len tokens (each example still sees only itself).
+    #[arg(long = "no-packing", action = ArgAction::SetFalse, help_heading = "Data")]
+    pub packing: bool,
+    /// Tokens a packed row holds; a longer example is cut to this and gets a row of its own.
+    #[arg(long, default_value_t = 2048, help_heading = "Data")]
+    pub max_seq_len: usize,
 }
 
 /// A path flag that may be left empty (the file may give it; [`TrainConfig::validate`] checks).
@@ -208,6 +215,15 @@ impl TrainConfig {
         };
         lora.validate()?;
         Ok(lora)
+    }
+
+    /// How an epoch's examples become micro-batches.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            batch_size: self.batch_size,
+            group_by_length: self.group_by_length,
+            packing: self.packing.then_some(self.max_seq_len),
+        }
     }
 
     /// How the data files are read.
@@ -279,6 +295,9 @@ impl TrainConfig {
             return fail("optim-device-budget-mb", "must be >= 0");
         }
         self.tokenize.validate()?;
+        if self.max_seq_len < 2 {
+            return fail("max-seq-len", "must be at least 2");
+        }
         LoraConfig::parse_target_modules(&self.target_modules)?;
         if !self.data.is_file() {
             return Err(Error::file(&self.data, "training data not found"));

@@ -15,4 +15,4 @@ pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, Saved
 pub use progress::{LogProgress, METRICS_FILE, Progress, StepMetrics};
 pub use run::{Outcome, TrainSummary};
 pub use schedule::{Schedule, warmup_from_ratio};
-pub use trainer::Trainer;
+pub use trainer::{StepGradients, Trainer};

@@ -12,7 +12,10 @@ pub struct StepMetrics {
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens: u64,
+    /// Real (never padding) tokens a second.
     pub tokens_per_s: f64,
+    /// The share of the step's positions that were padding.
+    pub padding: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
 }
@@ -50,8 +53,14 @@ impl Progress for LogProgress {
                 .map(|e| format!(" eval_loss {e:.4}"))
                 .unwrap_or_default();
             eprintln!(
-                "step {}/{} loss {:.4} lr {:.3e} grad_norm {:.3} tokens/s {:.1}{eval}",
-                m.step, self.total, m.loss, m.lr, m.grad_norm, m.tokens_per_s
+                "step {}/{} loss {:.4} lr {:.3e} grad_norm {:.3} tokens/s {:.1} padding {:.1}%{eval}",
+                m.step,
+                self.total,
+                m.loss,
+                m.lr,
+                m.grad_norm,
+                m.tokens_per_s,
+                100.0 * m.padding
             );
         }
     }

@@ -11,7 +11,7 @@ use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
 use super::progress::{Progress, StepMetrics};
 use super::schedule::warmup_from_ratio;
-use crate::data::{Example, LoadedData, collate, epoch_batches, load_examples, split_eval};
+use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, split_eval};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::eval::evaluate;
@@ -33,8 +33,9 @@ pub struct Trainer {
     pub(super) position: RunPosition,
     pub(super) total_steps: u64,
     pub(super) warmup: u64,
-    pub(super) batches_per_epoch: usize,
     pub(super) lengths: Vec<usize>,
+    /// The micro-batches of the current epoch (rows of example indices), and which epoch.
+    pub(super) plan: (u64, Vec<Vec<Vec<usize>>>),
 }
 
 impl Trainer {
@@ -95,7 +96,8 @@ impl Trainer {
         );
 
         let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
-        let batches_per_epoch = train.len().div_ceil(config.batch_size);
+        let plan = epoch_plan(&lengths, &config.batching(), config.seed, 0);
+        let batches_per_epoch = plan.len();
         let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum) as u64;
         let total_steps = match (config.max_steps, config.epochs) {
             (Some(steps), _) => steps,
@@ -116,8 +118,8 @@ impl Trainer {
             position: RunPosition::default(),
             total_steps,
             warmup,
-            batches_per_epoch,
             lengths,
+            plan: (0, plan),
         };
         if let Some(dir) = resume {
             trainer.restore(dir)?;
@@ -169,19 +171,23 @@ impl Trainer {
 
     /// The next micro-batch in data order, advancing the position.
     fn next_batch(&mut self) -> TrainBatch {
-        let batches = epoch_batches(
-            &self.lengths,
-            self.config.batch_size,
-            self.config.group_by_length,
-            self.config.seed,
-            self.position.epoch,
-        );
-        let indices = &batches[self.position.batch_in_epoch];
-        let examples: Vec<&Example> = indices.iter().map(|&i| &self.train[i]).collect();
+        if self.plan.0 != self.position.epoch {
+            let plan = epoch_plan(
+                &self.lengths,
+                &self.config.batching(),
+                self.config.seed,
+                self.position.epoch,
+            );
+            self.plan = (self.position.epoch, plan);
+        }
+        let rows: Vec<Vec<&Example>> = self.plan.1[self.position.batch_in_epoch]
+            .iter()
+            .map(|row| row.iter().map(|&i| &self.train[i]).collect())
+            .collect();
         let pad = self.tokenizer.pad_id().unwrap_or(0);
-        let batch = collate(&examples, pad);
+        let batch = collate_rows(&rows, pad, self.config.batching().packing);
         self.position.batch_in_epoch += 1;
-        if self.position.batch_in_epoch >= self.batches_per_epoch {
+        if self.position.batch_in_epoch >= self.plan.1.len() {
             self.position.batch_in_epoch = 0;
             self.position.epoch += 1;
         }
@@ -193,17 +199,35 @@ impl Trainer {
         if self.eval.is_empty() {
             return Ok(None);
         }
-        Ok(Some(evaluate(&self.model, &self.eval, |_| {})?.loss))
+        let packing = self.config.batching().packing;
+        Ok(Some(
+            evaluate(&self.model, &self.eval, packing, |_| {})?.loss,
+        ))
     }
+}
 
-    /// One optimizer step: `grad_accum` micro-batches, clipping, the update.
-    pub fn step(&mut self) -> Result<StepMetrics> {
-        let start = Instant::now();
+/// The micro-batches of one optimizer step, summed: the gradients of the summed token loss
+/// (divide by `targets` for the step's mean), and what they held.
+pub struct StepGradients {
+    pub grads: Vec<(Tensor<2>, Tensor<2>)>,
+    pub loss_sum: f64,
+    /// Tokens with a target: the step's loss is `loss_sum / targets`, whatever the
+    /// micro-batches (not a mean of per-micro-batch means).
+    pub targets: usize,
+    /// Real tokens, and all positions (padding included).
+    pub tokens: u64,
+    pub positions: u64,
+}
+
+impl Trainer {
+    /// Run the next `grad_accum` micro-batches forward and backward and sum their gradients.
+    pub fn accumulate(&mut self) -> Result<StepGradients> {
         let mut sum: Option<Vec<(Tensor<2>, Tensor<2>)>> = None;
-        let (mut loss_sum, mut targets, mut tokens) = (0f64, 0usize, 0u64);
+        let (mut loss_sum, mut targets, mut tokens, mut positions) = (0f64, 0usize, 0u64, 0u64);
         for _ in 0..self.config.grad_accum {
             let batch = self.next_batch();
-            tokens += batch.is_token.iter().flatten().filter(|t| **t).count() as u64;
+            tokens += batch.tokens() as u64;
+            positions += batch.positions() as u64;
             let stream = DropoutStream {
                 seed: self.config.seed,
                 step: self.position.micro_step,
@@ -226,6 +250,25 @@ impl Trainer {
                     .collect(),
             });
         }
+        Ok(StepGradients {
+            grads: sum.expect("at least one micro-batch"),
+            loss_sum,
+            targets,
+            tokens,
+            positions,
+        })
+    }
+
+    /// One optimizer step: `grad_accum` micro-batches, clipping, the update.
+    pub fn step(&mut self) -> Result<StepMetrics> {
+        let start = Instant::now();
+        let StepGradients {
+            grads,
+            loss_sum,
+            targets,
+            tokens,
+            positions,
+        } = self.accumulate()?;
         let step = self.position.step;
         let lr = self.config.lr
             * self
@@ -246,7 +289,6 @@ impl Trainer {
         let mut grad_norm = 0.0;
         if targets > 0 {
             let _span = profile::span(Phase::Optimizer);
-            let grads = sum.expect("at least one micro-batch");
             // The gradient of the mean token loss over the whole accumulated batch is the sum
             // times `1 / targets`: the scale (and clipping) ride in the update.
             let scale = 1.0 / targets as f64;
@@ -297,6 +339,7 @@ impl Trainer {
             grad_norm,
             tokens: self.position.tokens,
             tokens_per_s: tokens as f64 / seconds.max(1e-9),
+            padding: 1.0 - tokens as f64 / positions.max(1) as f64,
             eval_loss: None,
         })
     }
