@@ -1,6 +1,7 @@
 //! What a training step (or a packed evaluation) feeds the model.
 
-use super::llama::IGNORE_INDEX;
+/// Label value of positions that do not count in the loss (as in PyTorch / transformers).
+pub const IGNORE_INDEX: i64 = -100;
 
 /// Rows of tokens, `[batch][seq]` each: ids, labels (`IGNORE_INDEX` where the loss does not
 /// count), which positions are real tokens (false = padding), and which example of its row each

@@ -3,7 +3,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::adapter::{DropoutStream, LoraAdapter};
 use super::attention::LayerContext;
-use super::batch::TrainBatch;
+use super::batch::{IGNORE_INDEX, TrainBatch};
 use super::kv_cache::KvCache;
 use super::layer::DecoderLayer;
 use super::linear::BaseWeight;
@@ -14,9 +14,6 @@ use crate::backend::ops;
 use crate::config::{LlamaConfig, Projection};
 use crate::error::{Error, Result};
 use crate::profile::{self, Phase};
-
-/// Label value of positions that do not count in the loss (as in PyTorch / transformers).
-pub const IGNORE_INDEX: i64 = -100;
 
 /// A `LlamaForCausalLM`.
 #[derive(Clone, Debug)]

@@ -16,11 +16,11 @@ mod rope;
 
 pub use adapter::{AdapterGrad, DropoutStream, LoraAdapter};
 pub use attention::{Attention, LayerContext};
-pub use batch::TrainBatch;
+pub use batch::{IGNORE_INDEX, TrainBatch};
 pub use kv_cache::{KvCache, LayerCache};
 pub use layer::DecoderLayer;
 pub use linear::{BaseWeight, Linear};
-pub use llama::{AttentionInputs, IGNORE_INDEX, Llama, LossSum};
+pub use llama::{AttentionInputs, Llama, LossSum};
 pub use load::{Bits, LoadOptions, Nf4Matmul};
 pub use mlp::Mlp;
 pub use rms_norm::RmsNorm;
