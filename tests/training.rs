@@ -1,6 +1,6 @@
-//! Training runs on the fixture model: the paged optimizer gives the same parameters as the
-//! unpaged one under any budget, 8-bit states track 32-bit ones, an interrupted run resumes to
-//! exactly the uninterrupted result, and the base model never changes.
+//! Training runs on the fixture model: on the CPU a paged optimizer is its unpaged form, 8-bit
+//! states track 32-bit ones, an interrupted run resumes to exactly the uninterrupted result, and
+//! the base model never changes.
 
 mod common;
 
@@ -52,45 +52,33 @@ fn losses(t: &mut Trainer, steps: usize) -> Vec<f64> {
     (0..steps).map(|_| t.step().unwrap().loss).collect()
 }
 
+/// On the CPU the "device" is host memory: a paged optimizer is its unpaged form whatever the
+/// budget (as in bitsandbytes). Real paging is tested on wgpu (`tests/paging_wgpu.rs`).
 #[test]
-fn paging_never_changes_the_result() {
+fn paged_kinds_equal_unpaged_ones_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let mut unpaged = trainer(
         TrainConfig {
-            optim: OptimizerKind::AdamW32,
+            rank: 64,
+            optim: OptimizerKind::AdamW8,
             ..settings(&dir.path().join("a"))
         },
         None,
     );
-    let mut tiny_budget = trainer(
+    let mut paged = trainer(
         TrainConfig {
-            optim: OptimizerKind::PagedAdamW32,
+            rank: 64,
+            optim: OptimizerKind::PagedAdamW8,
             optim_device_budget_mb: Some(0.0),
             ..settings(&dir.path().join("b"))
         },
         None,
     );
-    let mut some_budget = trainer(
-        TrainConfig {
-            optim: OptimizerKind::PagedAdamW32,
-            optim_device_budget_mb: Some(0.05),
-            ..settings(&dir.path().join("c"))
-        },
-        None,
-    );
-    let a = losses(&mut unpaged, 20);
-    let b = losses(&mut tiny_budget, 20);
-    let c = losses(&mut some_budget, 20);
+    let a = losses(&mut unpaged, 6);
+    let b = losses(&mut paged, 6);
     assert_eq!(a, b);
-    assert_eq!(a, c);
-    assert_eq!(
-        adapter_bits(&unpaged.model),
-        adapter_bits(&tiny_budget.model)
-    );
-    assert_eq!(
-        adapter_bits(&unpaged.model),
-        adapter_bits(&some_budget.model)
-    );
+    assert_eq!(adapter_bits(&unpaged.model), adapter_bits(&paged.model));
+    assert_eq!(paged.optimizer_paging(), (0, 0), "nothing pages on the CPU");
 }
 
 #[test]

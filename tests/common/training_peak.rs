@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use super::synthetic::SyntheticModel;
 use qlora::data::{DatasetFormat, TokenizeOptions};
 use qlora::device::DeviceChoice;
-use qlora::train::{LogProgress, TrainConfig, Trainer};
+use qlora::train::{LogProgress, OptimizerKind, TrainConfig, Trainer};
 
 use super::alloc::peak_during;
 use super::fixture;
@@ -49,7 +49,21 @@ pub fn measure_training_peak(
     seq: usize,
     checkpointing: bool,
 ) -> usize {
+    let optim = TrainConfig::default().optim;
+    measure_training_peak_with(model, data, out, seq, checkpointing, optim)
+}
+
+/// [`measure_training_peak`] with optimizer `optim`.
+pub fn measure_training_peak_with(
+    model: &Path,
+    data: &Path,
+    out: &Path,
+    seq: usize,
+    checkpointing: bool,
+    optim: OptimizerKind,
+) -> usize {
     let config = TrainConfig {
+        optim,
         model: model.to_path_buf(),
         data: data.to_path_buf(),
         format: Some(DatasetFormat::Text),

@@ -21,13 +21,41 @@ use burn::backend::{Backend, ExtensionType, backend_extension};
 
 pub use weight::Nf4Weight;
 
-/// The shape of an attention: `q` is `[batch * q_len, heads * head_dim]`, `k` and `v` are
-/// `[batch * k_len, kv_heads * head_dim]`. Query `i` sits at position `k_len - q_len + i` and
-/// sees key `j` when `j` is not after it and both carry the same sequence id.
+/// An 8-bit blockwise optimizer state as bitsandbytes keeps it: a u8 code a value and an f32
+/// absmax a block of 256 (the last block may be shorter). The codes of an `n`-value state are
+/// packed four to a u32 word, the first in the low byte (`ceil(n / 4)` words; WGSL has no u8).
+#[derive(ExtensionType, Clone, Debug)]
+pub struct Blockwise8<B: Backend> {
+    pub codes: IntTensor<B>,
+    pub absmax: FloatTensor<B>,
+}
+
+/// The dynamic code maps of the two AdamW moments (signed for the first, unsigned for the
+/// second) and their 65536-point lookup tables, for the tensor-operation default.
+#[derive(ExtensionType, Clone, Debug)]
+pub struct StateMaps<B: Backend> {
+    pub signed: FloatTensor<B>,
+    pub signed_lut: IntTensor<B>,
+    pub unsigned: FloatTensor<B>,
+    pub unsigned_lut: IntTensor<B>,
+}
+
+/// Whose arithmetic an AdamW step follows, to the rounding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdamWArithmetic {
+    /// `torch.optim.AdamW`: `m.lerp_(g, 1 - β1)`, `denom = sqrt(v) / sqrt(bc2) + eps`,
+    /// `p += (-lr / bc1 · m) / denom`.
+    Torch,
+    /// bitsandbytes' 32-bit update (its paged and 8-bit optimizers' tensors under 4096
+    /// values): `m = m β1 + (1 - β1) g`, `p += lr·sqrt(bc2)/bc1 · m / (sqrt(v) + eps·sqrt(bc2))`.
+    Bitsandbytes,
+}
+
 /// One AdamW step's settings (`step` counts from 1; `grad_scale` multiplies the gradient
 /// first, e.g. the mean over tokens and clipping).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AdamWStep {
+    pub arithmetic: AdamWArithmetic,
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -37,6 +65,9 @@ pub struct AdamWStep {
     pub grad_scale: f64,
 }
 
+/// The shape of an attention: `q` is `[batch * q_len, heads * head_dim]`, `k` and `v` are
+/// `[batch * k_len, kv_heads * head_dim]`. Query `i` sits at position `k_len - q_len + i` and
+/// sees key `j` when `j` is not after it and both carry the same sequence id.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionShape {
     pub batch: usize,
@@ -238,7 +269,20 @@ pub trait QloraOps: Backend {
         v: FloatTensor<Self>,
         settings: AdamWStep,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        generic::layers::adamw_step::<Self>(param, grad, m, v, settings)
+        generic::optim::adamw_step::<Self>(param, grad, m, v, settings)
+    }
+
+    /// One step of bitsandbytes' 8-bit blockwise AdamW (`AdamW8bit`) on a flat parameter of
+    /// `numel` values: decode the moments, update them and the parameter, encode them again.
+    fn adamw8_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        #[extension_type] m: Blockwise8<Self>,
+        #[extension_type] v: Blockwise8<Self>,
+        #[extension_type] maps: StateMaps<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, Blockwise8<Self>, Blockwise8<Self>) {
+        generic::optim::adamw8_step::<Self>(param, grad, m, v, maps, settings)
     }
 
     /// Per-row next-token loss through the output head: `logsumexp(h wᵀ) - (h wᵀ)[target]` for

@@ -4,7 +4,7 @@
 use burn::backend::Dispatch;
 use burn::tensor::{Int, Tensor};
 
-use super::{AdamWStep, AttentionShape, QloraOps};
+use super::{AdamWStep, AttentionShape, Blockwise8, QloraOps, StateMaps};
 
 pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as QloraOps>::rms_norm(
@@ -199,4 +199,37 @@ pub fn adamw_step(
         Tensor::from_dispatch(m),
         Tensor::from_dispatch(v),
     )
+}
+
+/// An 8-bit state on a device: u8 codes four to a u32 word and an f32 absmax a block of 256.
+pub type Codes8 = (Tensor<1, Int>, Tensor<1>);
+
+/// One step of bitsandbytes' 8-bit AdamW: the parameter and both moments, updated.
+pub fn adamw8_step(
+    param: Tensor<1>,
+    grad: Tensor<1>,
+    m: Codes8,
+    v: Codes8,
+    maps: StateMaps<Dispatch>,
+    settings: AdamWStep,
+) -> (Tensor<1>, Codes8, Codes8) {
+    let wrap = |(codes, absmax): Codes8| Blockwise8 {
+        codes: codes.into_dispatch(),
+        absmax: absmax.into_dispatch(),
+    };
+    let unwrap = |b: Blockwise8<Dispatch>| -> Codes8 {
+        (
+            Tensor::from_dispatch(b.codes),
+            Tensor::from_dispatch(b.absmax),
+        )
+    };
+    let (p, m, v) = <Dispatch as QloraOps>::adamw8_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        wrap(m),
+        wrap(v),
+        maps,
+        settings,
+    );
+    (Tensor::from_dispatch(p), unwrap(m), unwrap(v))
 }

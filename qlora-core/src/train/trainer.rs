@@ -169,6 +169,16 @@ impl Trainer {
         self.position
     }
 
+    /// Bytes of optimizer state moved (host -> device, device -> host) so far.
+    pub fn optimizer_paging(&self) -> (usize, usize) {
+        (self.optimizer.paged_in, self.optimizer.paged_out)
+    }
+
+    /// Bytes of optimizer state in all (device and host).
+    pub fn optimizer_state_bytes(&self) -> usize {
+        self.optimizer.state_bytes()
+    }
+
     /// The next micro-batch in data order, advancing the position.
     fn next_batch(&mut self) -> TrainBatch {
         if self.plan.0 != self.position.epoch {

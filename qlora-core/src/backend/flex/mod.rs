@@ -6,11 +6,12 @@ mod layers;
 mod lora;
 mod loss;
 mod nf4;
+mod optim;
 
 use burn::backend::Flex;
 use burn::backend::tensor::{FloatTensor, IntTensor};
 
-use super::{AdamWStep, AttentionShape, Nf4Operand, QloraOps};
+use super::{AdamWStep, AttentionShape, Blockwise8, Nf4Operand, QloraOps, StateMaps};
 
 impl QloraOps for Flex {
     fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
@@ -119,7 +120,18 @@ impl QloraOps for Flex {
         v: FloatTensor<Self>,
         settings: AdamWStep,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        layers::adamw_step(param, grad, m, v, settings)
+        optim::adamw_step(param, grad, m, v, settings)
+    }
+
+    fn adamw8_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: Blockwise8<Self>,
+        v: Blockwise8<Self>,
+        _maps: StateMaps<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, Blockwise8<Self>, Blockwise8<Self>) {
+        optim::adamw8_step(param, grad, m, v, settings)
     }
 
     fn cross_entropy(

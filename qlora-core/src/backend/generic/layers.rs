@@ -137,28 +137,3 @@ pub fn lora_backward<B: Backend>(
     let dx = F::<B>(dx_base) + F(maybe_dropout::<B>(dxd.0, seed, p));
     (da.0, db.0, dx.0)
 }
-
-/// One AdamW step as `torch.optim.AdamW` computes it: decay, then
-/// `p -= lr / bias1 · m / (sqrt(v) / sqrt(bias2) + eps)`.
-pub fn adamw_step<B: Backend>(
-    param: FloatTensor<B>,
-    grad: FloatTensor<B>,
-    m: FloatTensor<B>,
-    v: FloatTensor<B>,
-    s: crate::backend::AdamWStep,
-) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let bias1 = 1.0 - s.beta1.powi(s.step as i32);
-    let bias2 = 1.0 - s.beta2.powi(s.step as i32);
-    let g = F::<B>(grad).scale(s.grad_scale);
-    let m = F::<B>(m).scale(s.beta1) + g.clone().scale(1.0 - s.beta1);
-    let v = F::<B>(v).scale(s.beta2) + (g.clone() * g).scale(1.0 - s.beta2);
-    let p = F::<B>(param);
-    let decayed = if s.weight_decay > 0.0 {
-        p.scale(1.0 - s.lr * s.weight_decay)
-    } else {
-        p
-    };
-    let denom = v.clone().sqrt().scale(1.0 / bias2.sqrt()).add_scalar(s.eps);
-    let updated = decayed - (m.clone() * denom.recip()).scale(s.lr / bias1);
-    (updated.0, m.0, v.0)
-}

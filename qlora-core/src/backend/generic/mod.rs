@@ -6,6 +6,7 @@ pub mod attention;
 pub mod layers;
 pub mod loss;
 pub mod nf4;
+pub mod optim;
 
 use std::ops::{Add, Mul, Neg, Sub};
 

@@ -1,65 +1,74 @@
-//! 8-bit blockwise optimizer states on the device, as bitsandbytes keeps them: blocks of 256,
-//! one f32 absmax per block, codes of the signed dynamic map for the first moment and of the
-//! unsigned one for the second. Quantization uses the 65536-point lookup table of
-//! bitsandbytes' CPU kernel ([`crate::quant::blockwise8`]), here as tensor operations.
+//! The code maps of bitsandbytes' 8-bit optimizer states on a device: the signed dynamic map
+//! for the first moment, the unsigned one for the second, each with the 65536-point lookup
+//! table of bitsandbytes' CPU quantizer ([`crate::quant::blockwise8`]).
 
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::backend::Dispatch;
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 
+use crate::backend::StateMaps;
+pub use crate::backend::generic::optim::STATE_BLOCK;
 use crate::quant::blockwise8::CodeLut;
 use crate::quant::dynamic_map::dynamic_map;
 
-pub const STATE_BLOCK: usize = 256;
-
-/// A code map and its lookup table, uploaded once.
+/// Both maps and lookup tables, uploaded once.
 #[derive(Clone, Debug)]
-pub struct StateCodeMap {
-    pub values: Tensor<1>,
-    lut: Tensor<1, Int>,
+pub struct DeviceMaps {
+    maps: [(Tensor<1>, Tensor<1, Int>); 2],
 }
 
-impl StateCodeMap {
-    pub fn new(signed: bool, device: &Device) -> Self {
-        let map = dynamic_map(signed);
-        let lut = CodeLut::new(&map);
-        let table: Vec<i32> = (0..65536u32)
-            .map(|i| {
-                let point = (i as f32 + i as f32) / 65535.0 - 1.0;
-                i32::from(lut.code_of(point))
-            })
-            .collect();
-        StateCodeMap {
-            values: Tensor::from_data(TensorData::new(map.to_vec(), [256]), device),
-            lut: Tensor::from_data(TensorData::new(table, [65536]), device),
+impl DeviceMaps {
+    pub fn new(device: &Device) -> Self {
+        let maps = [true, false].map(|signed| {
+            let map = dynamic_map(signed);
+            let lut = CodeLut::new(&map);
+            let table: Vec<i32> = (0..65536u32)
+                .map(|i| {
+                    let point = (i as f32 + i as f32) / 65535.0 - 1.0;
+                    i32::from(lut.code_of(point))
+                })
+                .collect();
+            (
+                Tensor::from_data(TensorData::new(map.to_vec(), [256]), device),
+                Tensor::from_data(TensorData::new(table, [65536]), device),
+            )
+        });
+        DeviceMaps { maps }
+    }
+
+    pub fn operand(&self) -> StateMaps<Dispatch> {
+        let [(signed, signed_lut), (unsigned, unsigned_lut)] = self.maps.clone();
+        StateMaps {
+            signed: signed.into_dispatch(),
+            signed_lut: signed_lut.into_dispatch(),
+            unsigned: unsigned.into_dispatch(),
+            unsigned_lut: unsigned_lut.into_dispatch(),
         }
     }
 }
 
-/// A quantized state: codes (one int per value) and absmax per block of 256.
-#[derive(Clone, Debug)]
-pub struct BlockwiseState {
-    pub codes: Tensor<1, Int>,
-    pub absmax: Tensor<1>,
+/// u8 codes as a device tensor of u32 words, four codes a word, the first in the low byte
+/// (a byte a value on every backend; WGSL has no u8).
+pub fn codes_tensor(codes: &[u8], device: &Device) -> Tensor<1, Int> {
+    let words: Vec<u32> = codes
+        .chunks(4)
+        .map(|c| {
+            let mut b = [0u8; 4];
+            b[..c.len()].copy_from_slice(c);
+            u32::from_le_bytes(b)
+        })
+        .collect();
+    let n = words.len();
+    Tensor::from_data(TensorData::new(words, [n]), (device, DType::U32))
 }
 
-/// Quantize `x` (length a multiple of 256).
-pub fn quantize(x: Tensor<1>, map: &StateCodeMap) -> BlockwiseState {
-    let n = x.dims()[0];
-    let blocks = x.reshape([n / STATE_BLOCK, STATE_BLOCK]);
-    let absmax = blocks.clone().abs().max_dim(1);
-    // An all-zero block scales to zeros (absmax is clamped only to divide).
-    let scaled = (blocks / absmax.clone().clamp_min(1e-30)).clamp(-1.0, 1.0);
-    let grid = ((scaled + 1.0) * 0.5 * 65535.0 + 0.5).floor().int();
-    let codes = map.lut.clone().select(0, grid.reshape([n]));
-    BlockwiseState {
-        codes,
-        absmax: absmax.reshape([n / STATE_BLOCK]),
-    }
-}
-
-pub fn dequantize(q: &BlockwiseState, map: &StateCodeMap) -> Tensor<1> {
-    let n = q.codes.dims()[0];
-    let values = map.values.clone().select(0, q.codes.clone());
-    (values.reshape([n / STATE_BLOCK, STATE_BLOCK])
-        * q.absmax.clone().reshape([n / STATE_BLOCK, 1]))
-    .reshape([n])
+/// The first `len` codes of a tensor made by [`codes_tensor`] (or updated by the optimizer).
+pub fn codes_from_words(words: Tensor<1, Int>, len: usize) -> Vec<u8> {
+    let words = words
+        .into_data()
+        .convert::<u32>()
+        .try_into_vec::<u32>()
+        .expect("u32 code words");
+    let mut codes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    codes.truncate(len);
+    codes
 }

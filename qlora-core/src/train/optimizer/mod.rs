@@ -1,22 +1,33 @@
 //! Paged AdamW: decoupled weight decay, 32-bit or 8-bit blockwise moments, and the moments
 //! paged between host memory and the device under a byte budget.
 //!
-//! Each parameter's moments live in host memory; an update pages them onto the device (the
-//! least recently used resident states go back to the host when the budget is exceeded), runs
-//! there, and leaves them resident. Paging copies bits, so any budget gives the same
-//! parameters as no budget at all. On CPU the same path runs with host memory on both sides.
+//! The arithmetic is that of the library each name comes from: `adamw_32bit` is
+//! `torch.optim.AdamW`, `paged_adamw_32bit` bitsandbytes' 32-bit update, the 8-bit kinds
+//! bitsandbytes' `AdamW8bit` (u8 codes in blocks of 256 with an f32 absmax a block: about
+//! 2.03 bytes a value for both moments; tensors under 4096 values keep 32-bit moments).
+//!
+//! Paged kinds on a GPU keep each parameter's moments in host memory until an update needs
+//! them, then on the device, the least recently used going back to the host when the resident
+//! bytes would exceed the budget. Paging copies bits, so any budget gives the same parameters
+//! as no budget at all. On the CPU there is nothing to page to: paged kinds equal their
+//! unpaged forms, as in bitsandbytes.
 
 use std::collections::VecDeque;
 
 use burn::tensor::{Device, Tensor};
 
-use crate::backend::{AdamWStep, ops};
+use crate::backend::{AdamWArithmetic, AdamWStep, ops};
 use crate::error::{Error, Result};
-use blockwise_state::{STATE_BLOCK, StateCodeMap};
+use blockwise_state::{DeviceMaps, STATE_BLOCK};
 use paging::Moment;
 
 mod blockwise_state;
 mod paging;
+
+/// Whether `device` is the CPU (where the "device" memory is host memory).
+fn is_cpu(device: &Device) -> bool {
+    *device == Device::flex()
+}
 
 /// Tensors smaller than this keep 32-bit moments even with an 8-bit optimizer
 /// (bitsandbytes' `min_8bit_size`).
@@ -65,7 +76,7 @@ impl Default for AdamWConfig {
 
 #[derive(Clone, Debug)]
 struct ParamState {
-    /// Elements of the parameter (the moments are padded to whole blocks when 8-bit).
+    /// Elements of the parameter.
     numel: usize,
     eight_bit: bool,
     m: Moment,
@@ -91,14 +102,16 @@ pub struct PagedAdamW {
     kind: OptimizerKind,
     config: AdamWConfig,
     device: Device,
+    /// Whether moments move between host and device (a paged kind on a GPU); otherwise they
+    /// live on the device from their first update on and the paging counters stay at 0.
+    pages: bool,
     /// Resident bytes allowed on the device; `None` means no limit.
     budget: Option<usize>,
     states: Vec<ParamState>,
     /// Parameter indices in least-recently-used order (front = oldest) of those resident.
     lru: VecDeque<usize>,
     step: u64,
-    signed: Option<StateCodeMap>,
-    unsigned: Option<StateCodeMap>,
+    maps: Option<DeviceMaps>,
     /// Bytes moved host -> device and device -> host, for reports.
     pub paged_in: usize,
     pub paged_out: usize,
@@ -118,10 +131,9 @@ impl PagedAdamW {
             .map(|&numel| {
                 let eight_bit = kind.eight_bit() && numel >= MIN_8BIT_SIZE;
                 let (m, v) = if eight_bit {
-                    let padded = numel.div_ceil(STATE_BLOCK) * STATE_BLOCK;
                     let zero = || Moment::HostU8 {
-                        codes: vec![0; padded],
-                        absmax: vec![0.0; padded / STATE_BLOCK],
+                        codes: vec![0; numel],
+                        absmax: vec![0.0; numel.div_ceil(STATE_BLOCK)],
                     };
                     (zero(), zero())
                 } else {
@@ -139,16 +151,18 @@ impl PagedAdamW {
             })
             .collect();
         let any_8bit = kind.eight_bit();
+        // On the CPU the "device" is host memory: nothing to page to.
+        let pages = kind.paged() && !is_cpu(device);
         PagedAdamW {
             kind,
             config,
             device: device.clone(),
-            budget: if kind.paged() { budget_bytes } else { None },
+            pages,
+            budget: if pages { budget_bytes } else { None },
             states,
             lru: VecDeque::new(),
             step: 0,
-            signed: any_8bit.then(|| StateCodeMap::new(true, device)),
-            unsigned: any_8bit.then(|| StateCodeMap::new(false, device)),
+            maps: any_8bit.then(|| DeviceMaps::new(device)),
             paged_in: 0,
             paged_out: 0,
         }
@@ -166,6 +180,11 @@ impl PagedAdamW {
     /// Bytes of moment state in all.
     pub fn state_bytes(&self) -> usize {
         self.states.iter().map(|s| s.m.bytes() + s.v.bytes()).sum()
+    }
+
+    /// Bytes of parameter `i`'s moments.
+    pub fn parameter_state_bytes(&self, i: usize) -> usize {
+        self.states[i].m.bytes() + self.states[i].v.bytes()
     }
 
     /// Start a step (once per optimizer step, before the per-parameter updates).
@@ -189,32 +208,20 @@ impl PagedAdamW {
         let numel = self.states[i].numel;
         let flat_p = param.reshape([numel]);
         let flat_g = grad.reshape([numel]);
-        let eight_bit = self.states[i].eight_bit;
-        let padded = if eight_bit {
-            numel.div_ceil(STATE_BLOCK) * STATE_BLOCK
-        } else {
-            numel
-        };
-        let (m, v) = {
-            let s = &self.states[i];
-            match (&s.m, &s.v) {
-                (Moment::DeviceF32(m), Moment::DeviceF32(v)) => (m.clone(), v.clone()),
-                (Moment::DeviceU8(m), Moment::DeviceU8(v)) => (
-                    blockwise_state::dequantize(m, self.signed.as_ref().expect("8-bit maps"))
-                        .narrow(0, 0, numel),
-                    blockwise_state::dequantize(v, self.unsigned.as_ref().expect("8-bit maps"))
-                        .narrow(0, 0, numel),
-                ),
-                _ => unreachable!("paged in"),
-            }
-        };
         let AdamWConfig {
             beta1,
             beta2,
             eps,
             weight_decay,
         } = self.config;
+        let eight_bit = self.states[i].eight_bit;
+        let arithmetic = match self.kind {
+            OptimizerKind::AdamW32 => AdamWArithmetic::Torch,
+            // bitsandbytes' optimizers, whose small tensors keep 32-bit moments too.
+            _ => AdamWArithmetic::Bitsandbytes,
+        };
         let settings = AdamWStep {
+            arithmetic,
             lr,
             beta1,
             beta2,
@@ -223,30 +230,45 @@ impl PagedAdamW {
             step: self.step,
             grad_scale,
         };
-        let (updated, m, v) = ops::adamw_step(flat_p, flat_g, m, v, settings);
-
         let s = &mut self.states[i];
-        if eight_bit {
-            let pad = |x: Tensor<1>| {
-                if padded > numel {
-                    let device = x.device();
-                    Tensor::cat(vec![x, Tensor::zeros([padded - numel], &device)], 0)
-                } else {
-                    x
-                }
-            };
-            s.m = Moment::DeviceU8(blockwise_state::quantize(
-                pad(m),
-                self.signed.as_ref().expect("maps"),
-            ));
-            s.v = Moment::DeviceU8(blockwise_state::quantize(
-                pad(v),
-                self.unsigned.as_ref().expect("maps"),
-            ));
-        } else {
-            s.m = Moment::DeviceF32(m);
-            s.v = Moment::DeviceF32(v);
-        }
+        let m = std::mem::replace(&mut s.m, Moment::HostF32(Vec::new()));
+        let v = std::mem::replace(&mut s.v, Moment::HostF32(Vec::new()));
+        let updated = match (m, v) {
+            (Moment::DeviceF32(m), Moment::DeviceF32(v)) => {
+                let (p, m, v) = ops::adamw_step(flat_p, flat_g, m, v, settings);
+                (s.m, s.v) = (Moment::DeviceF32(m), Moment::DeviceF32(v));
+                p
+            }
+            (
+                Moment::DeviceU8 {
+                    codes: mc,
+                    absmax: ma,
+                    len,
+                },
+                Moment::DeviceU8 {
+                    codes: vc,
+                    absmax: va,
+                    ..
+                },
+            ) => {
+                let maps = self.maps.as_ref().expect("8-bit maps").operand();
+                let (p, (mc, ma), (vc, va)) =
+                    ops::adamw8_step(flat_p, flat_g, (mc, ma), (vc, va), maps, settings);
+                s.m = Moment::DeviceU8 {
+                    codes: mc,
+                    absmax: ma,
+                    len,
+                };
+                s.v = Moment::DeviceU8 {
+                    codes: vc,
+                    absmax: va,
+                    len,
+                };
+                p
+            }
+            _ => unreachable!("paged in"),
+        };
+        debug_assert!(eight_bit == matches!(s.m, Moment::DeviceU8 { .. }));
         updated.reshape(shape)
     }
 
@@ -296,7 +318,7 @@ impl PagedAdamW {
             )));
         }
         for (i, (s, moments)) in self.states.iter_mut().zip(saved).enumerate() {
-            let padded = s.numel.div_ceil(STATE_BLOCK) * STATE_BLOCK;
+            let blocks = s.numel.div_ceil(STATE_BLOCK);
             match (s.eight_bit, moments) {
                 (false, SavedMoments::F32 { m, v }) if m.len() == s.numel && v.len() == s.numel => {
                     s.m = Moment::HostF32(m);
@@ -310,7 +332,11 @@ impl PagedAdamW {
                         v_codes,
                         v_absmax,
                     },
-                ) if m_codes.len() == padded && v_codes.len() == padded => {
+                ) if m_codes.len() == s.numel
+                    && v_codes.len() == s.numel
+                    && m_absmax.len() == blocks
+                    && v_absmax.len() == blocks =>
+                {
                     s.m = Moment::HostU8 {
                         codes: m_codes,
                         absmax: m_absmax,

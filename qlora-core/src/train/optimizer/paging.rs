@@ -6,7 +6,7 @@
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::PagedAdamW;
-use super::blockwise_state::BlockwiseState;
+use super::blockwise_state::{codes_from_words, codes_tensor};
 
 /// One moment of one parameter, where it currently lives.
 // Two per parameter, so the size of a tensor handle in the device variants does not matter.
@@ -14,9 +14,17 @@ use super::blockwise_state::BlockwiseState;
 #[derive(Clone, Debug)]
 pub(super) enum Moment {
     HostF32(Vec<f32>),
-    HostU8 { codes: Vec<u8>, absmax: Vec<f32> },
+    HostU8 {
+        codes: Vec<u8>,
+        absmax: Vec<f32>,
+    },
     DeviceF32(Tensor<1>),
-    DeviceU8(BlockwiseState),
+    /// `len` u8 codes packed four to a u32 word (a byte a value) and an f32 absmax a block.
+    DeviceU8 {
+        codes: Tensor<1, Int>,
+        absmax: Tensor<1>,
+        len: usize,
+    },
 }
 
 impl Moment {
@@ -25,12 +33,12 @@ impl Moment {
             Moment::HostF32(v) => 4 * v.len(),
             Moment::HostU8 { codes, absmax } => codes.len() + 4 * absmax.len(),
             Moment::DeviceF32(t) => 4 * t.dims()[0],
-            Moment::DeviceU8(q) => q.codes.dims()[0] + 4 * q.absmax.dims()[0],
+            Moment::DeviceU8 { codes, absmax, .. } => 4 * codes.dims()[0] + 4 * absmax.dims()[0],
         }
     }
 
     pub(super) fn on_device(&self) -> bool {
-        matches!(self, Moment::DeviceF32(_) | Moment::DeviceU8(_))
+        matches!(self, Moment::DeviceF32(_) | Moment::DeviceU8 { .. })
     }
 
     pub(super) fn into_device(self, device: &Device) -> Moment {
@@ -40,13 +48,12 @@ impl Moment {
                 Moment::DeviceF32(Tensor::from_data(TensorData::new(v, [n]), device))
             }
             Moment::HostU8 { codes, absmax } => {
-                let n = codes.len();
-                let codes: Vec<i32> = codes.into_iter().map(i32::from).collect();
-                let blocks = absmax.len();
-                Moment::DeviceU8(BlockwiseState {
-                    codes: Tensor::<1, Int>::from_data(TensorData::new(codes, [n]), device),
+                let (blocks, len) = (absmax.len(), codes.len());
+                Moment::DeviceU8 {
+                    codes: codes_tensor(&codes, device),
                     absmax: Tensor::from_data(TensorData::new(absmax, [blocks]), device),
-                })
+                    len,
+                }
             }
             resident => resident,
         }
@@ -57,16 +64,9 @@ impl Moment {
             Moment::DeviceF32(t) => {
                 Moment::HostF32(t.into_data().try_into_vec().expect("f32 state"))
             }
-            Moment::DeviceU8(q) => Moment::HostU8 {
-                codes: q
-                    .codes
-                    .into_data()
-                    .try_into_vec_as::<i32>()
-                    .expect("int codes")
-                    .into_iter()
-                    .map(|c| c as u8)
-                    .collect(),
-                absmax: q.absmax.into_data().try_into_vec().expect("f32 absmax"),
+            Moment::DeviceU8 { codes, absmax, len } => Moment::HostU8 {
+                codes: codes_from_words(codes, len),
+                absmax: absmax.into_data().try_into_vec().expect("f32 absmax"),
             },
             host => host,
         }
@@ -99,7 +99,9 @@ impl PagedAdamW {
                 }
             }
             let s = &mut self.states[i];
-            self.paged_in += need;
+            if self.pages {
+                self.paged_in += need;
+            }
             s.m =
                 std::mem::replace(&mut s.m, Moment::HostF32(Vec::new())).into_device(&self.device);
             s.v =
