@@ -14,8 +14,10 @@ mod common;
 use common::alloc::{Counting, mib};
 use common::fixture;
 use common::training_peak::{
-    SYNTHETIC_30M, measure_training_peak, synthetic_model, write_long_texts,
+    SYNTHETIC_30M, measure_training_peak, measure_training_peak_with, synthetic_model,
+    write_long_texts,
 };
+use qlora::train::OptimizerKind;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;
@@ -48,7 +50,7 @@ fn main() {
                 gradient_checkpointing: checkpointing,
                 ..PlanSettings::default()
             };
-            let planned = plan(&config, &settings).peak_bytes;
+            let planned = plan(&config, &settings).expect("plan").peak_bytes;
             let ratio = planned as f64 / measured as f64;
             worst = worst.max((ratio - 1.0).abs());
             println!(
@@ -60,4 +62,36 @@ fn main() {
         }
     }
     println!("largest difference: {:.1}%", worst * 100.0);
+
+    // Optimizer states: 32-bit against 8-bit on the quickstart model's shape.
+    let dir = tmp.path().join("smollm2-135M");
+    let config = LlamaConfig::load(&dir).expect("config");
+    println!(
+        "\n{:<18} {:>12} {:>12} {:>7}",
+        "optim (smollm2)", "planned MiB", "measured MiB", "ratio"
+    );
+    let mut peaks = Vec::new();
+    for optim in [OptimizerKind::AdamW32, OptimizerKind::AdamW8] {
+        let out = tmp.path().join(format!("out-{optim}"));
+        let measured = measure_training_peak_with(&dir, &data, &out, 256, true, optim);
+        let settings = PlanSettings {
+            seq_len: 256,
+            optimizer_8bit: optim.eight_bit(),
+            ..PlanSettings::default()
+        };
+        let planned = plan(&config, &settings).expect("plan").peak_bytes as usize;
+        println!(
+            "{:<18} {:>12.1} {:>12.1} {:>7.3}",
+            optim.to_string(),
+            mib(planned),
+            mib(measured),
+            planned as f64 / measured as f64
+        );
+        peaks.push((planned, measured));
+    }
+    println!(
+        "8-bit states lower the peak by {:.1} MiB planned, {:.1} MiB measured",
+        mib(peaks[0].0 - peaks[1].0),
+        mib(peaks[0].1.saturating_sub(peaks[1].1))
+    );
 }

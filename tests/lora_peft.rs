@@ -181,3 +181,112 @@ fn mismatched_adapters_are_clear_errors() {
         "{err}"
     );
 }
+
+/// The fixture adapter's weights under edited configs: what PEFT applies is what we apply.
+/// Losses from PEFT 0.21 (`PeftModel.from_pretrained` on the f32 fixture model, the reference
+/// ids as labels), each config being the fixture's with the one change shown.
+#[test]
+fn adapter_configs_apply_exactly_what_peft_applies() {
+    let cases: [(&str, serde_json::Value, f32, usize); 4] = [
+        (
+            "q_only",
+            serde_json::json!({"target_modules": ["q_proj"]}),
+            6.950955,
+            2,
+        ),
+        (
+            "layer1",
+            serde_json::json!({"layers_to_transform": [1]}),
+            6.962568,
+            7,
+        ),
+        (
+            "alpha_pattern",
+            serde_json::json!({"alpha_pattern": {"q_proj": 32, "mlp.down_proj": 4}}),
+            7.060173,
+            14,
+        ),
+        (
+            "regex",
+            serde_json::json!({"target_modules": r".*\.layers\.0\..*_proj"}),
+            7.116964,
+            7,
+        ),
+    ];
+    let ids = reference_ids();
+    let labels: Vec<Vec<i64>> = ids
+        .iter()
+        .map(|r| r.iter().map(|&i| i64::from(i)).collect())
+        .collect();
+    for (name, change, peft_loss, adapters) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let source = fixture("tiny-llama-lora");
+        std::fs::copy(
+            source.join("adapter_model.safetensors"),
+            dir.path().join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let mut config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(source.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        for (k, v) in change.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
+        let mut model = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
+        load_adapter(&mut model, dir.path()).unwrap();
+        assert_eq!(model.adapters().len(), adapters, "{name}");
+        let logits = model.forward(&ids, None, None).unwrap();
+        let loss = model.loss_sum(logits, &labels).unwrap();
+        let mean = loss.sum.into_scalar::<f32>() / loss.tokens as f32;
+        assert!(
+            (mean - peft_loss).abs() <= 1e-4,
+            "{name}: loss {mean}, PEFT {peft_loss}"
+        );
+    }
+}
+
+/// What PEFT refuses, we refuse, with its reason and the key.
+#[test]
+fn adapter_configs_peft_refuses_are_refused() {
+    for (change, key, reason) in [
+        (serde_json::json!({"r": 16}), "lora_A.weight", "r 16"),
+        (
+            serde_json::json!({"r": 0}),
+            "r",
+            "should be a positive integer",
+        ),
+        (
+            serde_json::json!({"rank_pattern": {"q_proj": 4}}),
+            "q_proj.lora_A.weight",
+            "r 4",
+        ),
+        (
+            serde_json::json!({"target_modules": ["lm_head"]}),
+            "adapter_config.json",
+            "matches none",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let source = fixture("tiny-llama-lora");
+        std::fs::copy(
+            source.join("adapter_model.safetensors"),
+            dir.path().join("adapter_model.safetensors"),
+        )
+        .unwrap();
+        let mut config: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(source.join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        for (k, v) in change.as_object().unwrap() {
+            config[k] = v.clone();
+        }
+        std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
+        let mut model = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
+        let err = load_adapter(&mut model, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key) && err.contains(reason), "{change}: {err}");
+    }
+}

@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::sync::Mutex;
+
 use burn::tensor::{Device, Tensor, TensorData};
 use common::alloc::{Counting, current, mib};
 use common::synthetic::SyntheticModel;
@@ -14,6 +16,9 @@ use qlora::train::{AdamWConfig, OptimizerKind, PagedAdamW};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
+
+/// The allocator counts the whole process: the tests take turns.
+static COUNTING: Mutex<()> = Mutex::new(());
 
 /// Sizes of the LoRA A and B matrices of every projection of SmolLM2-135M at rank `r`.
 fn smollm2_adapter_sizes(r: usize) -> Vec<usize> {
@@ -76,6 +81,7 @@ fn state_bytes(kind: OptimizerKind, sizes: &[usize], device: &Device) -> usize {
 
 #[test]
 fn state_bytes_per_trainable_value() {
+    let _turn = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let sizes = smollm2_adapter_sizes(64);
     let values: usize = sizes.iter().sum();
     assert_eq!(values, 19_537_920);
@@ -98,6 +104,7 @@ fn state_bytes_per_trainable_value() {
 
 #[test]
 fn eight_bit_states_lower_the_training_peak_on_smollm2_shape() {
+    let _turn = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("long.jsonl");
     write_long_texts(&data, 2);

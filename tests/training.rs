@@ -173,9 +173,13 @@ fn resumed_runs_equal_uninterrupted_ones() {
 fn interrupt_saves_a_checkpoint_and_resume_finishes_identically() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
+    // 8-bit states (rank 64 makes most of them 8-bit): their codes and absmax round-trip
+    // through the checkpoint.
     let run = |out: &Path| TrainConfig {
         max_steps: Some(6),
         save_steps: 100,
+        rank: 64,
+        optim: OptimizerKind::PagedAdamW8,
         ..settings(out)
     };
     let stop = AtomicBool::new(true);

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use qlora_core::device::DeviceChoice;
 use qlora_core::gguf::resolve_model;
-use qlora_core::lora::load_adapter;
+use qlora_core::lora::{apply_adapter, read_adapter};
 use qlora_core::model::{Bits, Llama, LoadOptions, Nf4Matmul};
 use qlora_core::quant::Nf4Config;
 use qlora_core::text::Tokenizer;
@@ -46,8 +46,18 @@ impl ModelArgs {
         let mut model = Llama::load(&dir, &options)
             .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
         if let Some(adapter) = &self.adapter {
-            load_adapter(&mut model, adapter)
-                .with_context(|| format!("cannot apply the adapter in {}", adapter.display()))?;
+            let context = || format!("cannot apply the adapter in {}", adapter.display());
+            let file = read_adapter(adapter).with_context(context)?;
+            if !file.ignored.is_empty() {
+                eprintln!(
+                    "warning: {}: target_modules does not cover {} of the file's modules ({}, ...); \
+                     they are ignored, as PEFT ignores them",
+                    adapter.display(),
+                    file.ignored.len(),
+                    file.ignored[0]
+                );
+            }
+            apply_adapter(&mut model, file).with_context(context)?;
         }
         Ok((model, tokenizer))
     }

@@ -56,6 +56,26 @@ fn settings(args: &PlanArgs, run: &TrainConfig) -> Result<PlanSettings> {
     })
 }
 
+/// Device memory a paged optimizer may keep its states in when no budget is given: what the
+/// planner leaves of the device's `capacity` after the step's peak with no state resident
+/// (rows of `--max-seq-len` tokens, f32 compute). Returns the budget and that planned peak.
+pub fn automatic_optimizer_budget(run: &TrainConfig, capacity: u64) -> Result<(u64, u64)> {
+    let config = load_config(&run.model.to_string_lossy())?;
+    let settings = PlanSettings {
+        bits: run.bits,
+        rank: run.rank,
+        target_modules: LoraConfig::parse_target_modules(&run.target_modules)?,
+        batch_size: run.batch_size,
+        seq_len: run.max_seq_len,
+        gradient_checkpointing: run.gradient_checkpointing,
+        optimizer_8bit: run.optim.eight_bit(),
+        optimizer_device_budget: Some(0),
+        compute_bytes: 4,
+    };
+    let peak = plan(&config, &settings)?.peak_bytes;
+    Ok((capacity.saturating_sub(peak), peak))
+}
+
 /// Changes that shrink the peak, each with its resulting figure.
 fn alternatives(
     config: &qlora_core::config::LlamaConfig,
@@ -65,8 +85,10 @@ fn alternatives(
     let mut try_change = |label: String, change: &dyn Fn(&mut PlanSettings)| {
         let mut s = base.clone();
         change(&mut s);
-        if s != *base {
-            out.push((label, plan(config, &s).peak_bytes));
+        if s != *base
+            && let Ok(p) = plan(config, &s)
+        {
+            out.push((label, p.peak_bytes));
         }
     };
     if base.batch_size > 1 {
@@ -126,7 +148,7 @@ pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
         host_bytes,
         parameters,
         trainable_parameters,
-    } = plan(&config, &settings);
+    } = plan(&config, &settings)?;
     let limit = args.gpu_memory.map(|m| m.as_u64());
     let fits = limit.map(|l| peak_bytes <= l);
     let suggestions: Vec<(String, u64)> = match fits {
@@ -182,4 +204,23 @@ pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_automatic_budget_is_what_the_plan_leaves() {
+        let run = TrainConfig {
+            model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llama"),
+            optim: qlora_core::train::OptimizerKind::PagedAdamW8,
+            ..TrainConfig::default()
+        };
+        let gib = 1 << 30;
+        let (budget, peak) = automatic_optimizer_budget(&run, gib).unwrap();
+        assert!(peak > 0 && budget == gib - peak, "{budget} {peak}");
+        // A device smaller than the step leaves nothing: every state is paged.
+        assert_eq!(automatic_optimizer_budget(&run, peak / 2).unwrap().0, 0);
+    }
 }

@@ -65,6 +65,53 @@ impl Progress for BarProgress {
     }
 }
 
+/// What a paged optimizer does on this device, said once; on a GPU without
+/// `--optim-device-budget-mb`, the budget the planner leaves.
+fn optimizer_budget(
+    config: &mut TrainConfig,
+    device: DeviceChoice,
+    progress: &mut dyn Progress,
+) -> Result<()> {
+    let optim = config.optim;
+    if !optim.paged() {
+        return Ok(());
+    }
+    if device == DeviceChoice::Cpu {
+        let unpaged = if optim.eight_bit() {
+            "adamw_8bit"
+        } else {
+            "bitsandbytes' 32-bit AdamW"
+        };
+        progress.message(&format!(
+            "{optim} on the CPU: device memory is host memory, so nothing is paged and it runs \
+             as {unpaged} (as in bitsandbytes)"
+        ));
+        return Ok(());
+    }
+    if config.optim_device_budget_mb.is_some() {
+        return Ok(());
+    }
+    match qlora_core::device::memory_capacity(&device.device()?) {
+        Some(capacity) => {
+            let (budget, peak) = crate::plan::automatic_optimizer_budget(config, capacity)?;
+            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+            config.optim_device_budget_mb = Some(mib(budget));
+            progress.message(&format!(
+                "{optim}: up to {:.0} MiB of optimizer state on the device ({:.0} MiB device \
+                 memory - {:.0} MiB planned step peak); --optim-device-budget-mb sets it",
+                mib(budget),
+                mib(capacity),
+                mib(peak)
+            ));
+        }
+        None => progress.message(&format!(
+            "{optim}: the device reports no memory capacity, so every state stays on it; \
+             --optim-device-budget-mb sets a budget"
+        )),
+    }
+    Ok(())
+}
+
 pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let mut config =
         TrainConfig::from_file_and_flags(args.config.as_deref(), &args.settings, matches)?;
@@ -116,6 +163,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
         .context("cannot install the Ctrl-C handler")?;
     }
 
+    optimizer_budget(&mut config, args.device, progress.as_mut())?;
     let mut trainer = Trainer::new(config, args.device, resume.as_deref(), progress.as_mut())?;
     let summary = trainer.run(progress.as_mut(), &interrupt)?;
     match summary.outcome {

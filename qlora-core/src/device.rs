@@ -53,3 +53,15 @@ impl DeviceChoice {
         }
     }
 }
+
+/// Bytes the device may hold at once, as its runtime reports them (CUDA: the card's memory;
+/// Vulkan: its largest device-local heap), or `None` where there is no figure: the CPU, whose
+/// memory is the host's, and runtimes that report none.
+pub fn memory_capacity(device: &Device) -> Option<u64> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let burn_dispatch::DispatchDevice::Cube(cube) = device.as_dispatch() {
+        return cube.client().properties().memory.max_memory();
+    }
+    let _ = device;
+    None
+}

@@ -40,7 +40,15 @@ pub fn evaluate(
         let members: Vec<&Example> = row.iter().map(|&i| &examples[i]).collect();
         let batch = collate_rows(&[members], pad, packing);
         let loss = model.loss(&batch)?;
-        sum += f64::from(loss.sum.into_scalar::<f32>());
+        let row_sum = f64::from(loss.sum.into_scalar::<f32>());
+        if !row_sum.is_finite() {
+            return Err(Error::invalid(format!(
+                "the loss became {row_sum} on example {} (the model's weights or the adapter \
+                 produce non-finite values on it)",
+                row[0] + 1
+            )));
+        }
+        sum += row_sum;
         tokens += loss.tokens;
         done += row.len();
         progress(done);

@@ -92,7 +92,23 @@ where
         Some(path) => read_table::<T>(path)?,
         None => toml::Table::new(),
     };
-    let mut flag_table = toml::Table::try_from(flags).expect("settings serialize");
+    let mut flag_table = toml::Table::try_from(flags).map_err(|e| {
+        // TOML integers are i64: a larger flag value cannot be one.
+        let too_large = keys::<T>().into_iter().find_map(|(id, _)| {
+            let raw = matches.get_raw(&id)?;
+            raw.filter_map(|v| v.to_str()?.parse::<u64>().ok())
+                .find(|&v| v > i64::MAX as u64)
+                .map(|v| (id.clone(), v))
+        });
+        match too_large {
+            Some((id, v)) => Error::invalid(format!(
+                "--{} {v}: too large (at most {})",
+                id.replace('_', "-"),
+                i64::MAX
+            )),
+            None => Error::invalid(format!("the settings cannot be represented: {e}")),
+        }
+    })?;
     for (id, _) in keys::<T>() {
         if matches.value_source(&id) == Some(ValueSource::CommandLine) {
             match flag_table.remove(&id) {

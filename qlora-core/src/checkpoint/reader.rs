@@ -202,7 +202,15 @@ impl Checkpoint {
                 format!("shape {:?}, expected {:?}", view.shape(), shape),
             ));
         }
-        Ok(decode_f32(view.data(), dtype))
+        let values = decode_f32(view.data(), dtype);
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::key(
+                self.file_of(name),
+                name,
+                format!("holds {} at index {i}: the weights are damaged", values[i]),
+            ));
+        }
+        Ok(values)
     }
 
     /// The `__metadata__` of the (first) file.

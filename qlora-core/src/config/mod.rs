@@ -180,6 +180,12 @@ impl LlamaConfig {
                 return Err(bad(key, "must be positive".into()));
             }
         }
+        if !(raw.rms_norm_eps.is_finite() && raw.rms_norm_eps > 0.0) {
+            return Err(bad(
+                "rms_norm_eps",
+                format!("{} must be a positive number", raw.rms_norm_eps),
+            ));
+        }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
         if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {

@@ -6,10 +6,12 @@ mod attach;
 mod backward;
 mod config;
 mod peft;
+mod targeting;
 
 pub use backward::{AdapterGrads, LossAndGrads, loss_and_grads};
 pub use config::{LoraConfig, LoraInit, lora_scale};
 pub use peft::{
-    AdapterDtype, AdapterFile, AdapterSettings, ModuleWeights, load_adapter, read_adapter,
-    save_adapter,
+    AdapterDtype, AdapterFile, AdapterSettings, ModuleWeights, apply_adapter, load_adapter,
+    read_adapter, save_adapter,
 };
+pub use targeting::Targeting;

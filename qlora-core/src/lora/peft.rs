@@ -11,6 +11,7 @@ use burn::tensor::{Tensor, TensorData};
 use serde_json::{Value, json};
 
 use super::config::{LoraConfig, LoraInit, lora_scale};
+use super::targeting::Targeting;
 use crate::checkpoint::{Checkpoint, OutTensor};
 use crate::config::Projection;
 use crate::dtype::{FloatDtype, decode_f32, encode_f32};
@@ -137,29 +138,24 @@ fn parse_key(key: &str) -> Option<(&str, &str)> {
 }
 
 /// The settings of an adapter file that matter for using it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct AdapterSettings {
     pub r: usize,
     pub alpha: f64,
     pub dropout: f64,
     pub use_rslora: bool,
-    /// Per-module alphas (`alpha_pattern`), matched as suffixes of the module path.
-    pub alpha_pattern: Vec<(String, f64)>,
+    /// Which modules the config targets, with their ranks and alphas.
+    pub targeting: Targeting,
 }
 
 impl AdapterSettings {
-    /// The scale of the adapter of `module` with rank `rank`.
+    /// `module`'s scale: its alpha (`alpha_pattern` or `lora_alpha`) over its rank (or the
+    /// rank's square root with rsLoRA).
     pub fn scale(&self, module: &str, rank: usize) -> f64 {
-        let alpha = self
-            .alpha_pattern
-            .iter()
-            .find(|(pattern, _)| module.ends_with(pattern.as_str()))
-            .map_or(self.alpha, |(_, a)| *a);
-        lora_scale(alpha, rank, self.use_rslora)
+        lora_scale(self.targeting.alpha(module), rank, self.use_rslora)
     }
 }
 
-/// One module's matrices: `A` `[r, in]` and `B` `[out, r]` (shapes as stored) in f32.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModuleWeights {
     pub a_shape: Vec<usize>,
@@ -195,11 +191,15 @@ impl ModuleWeights {
 }
 
 /// An adapter directory read and checked for what we support, not yet tied to a model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct AdapterFile {
     pub settings: AdapterSettings,
-    /// Module path (`model.layers.0.self_attn.q_proj`) to its matrices.
+    /// Module path (`model.layers.0.self_attn.q_proj`) to its matrices: the modules the config
+    /// targets, checked against its ranks.
     pub modules: BTreeMap<String, ModuleWeights>,
+    /// Modules with weights in the file that the config does not target: PEFT ignores them
+    /// (with a warning), and so do we.
+    pub ignored: Vec<String>,
     pub weights_path: std::path::PathBuf,
 }
 
@@ -237,29 +237,20 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
             "fully trained extra modules are not supported",
         ));
     }
+    let object = json
+        .as_object()
+        .ok_or_else(|| Error::file(&config_path, "expected a JSON object"))?;
+    let targeting = Targeting::from_json(object).map_err(|(key, message)| bad(key, &message))?;
+    let (r, alpha) = targeting.r_and_alpha();
     let settings = AdapterSettings {
-        r: json
-            .get("r")
-            .and_then(Value::as_u64)
-            .ok_or_else(|| bad("r", "missing or not an integer"))? as usize,
-        alpha: json
-            .get("lora_alpha")
-            .and_then(Value::as_f64)
-            .ok_or_else(|| bad("lora_alpha", "missing or not a number"))?,
+        r,
+        alpha,
         dropout: json
             .get("lora_dropout")
             .and_then(Value::as_f64)
             .unwrap_or(0.0),
         use_rslora: flag("use_rslora"),
-        alpha_pattern: json
-            .get("alpha_pattern")
-            .and_then(Value::as_object)
-            .map(|m| {
-                m.iter()
-                    .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                    .collect()
-            })
-            .unwrap_or_default(),
+        targeting,
     };
 
     let weights_path = dir.join(ADAPTER_WEIGHTS_FILE);
@@ -289,14 +280,27 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
                 format!("unsupported dtype {:?}", view.dtype()),
             )
         })?;
+        let values = decode_f32(view.data(), dtype);
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::key(
+                &weights_path,
+                key,
+                format!("holds {} at index {i}: the adapter is damaged", values[i]),
+            ));
+        }
         halves.entry(module.to_string()).or_default()[usize::from(part == "lora_B")] =
-            Some((view.shape().to_vec(), decode_f32(view.data(), dtype)));
+            Some((view.shape().to_vec(), values));
     }
     if halves.is_empty() {
         return Err(Error::file(&weights_path, "contains no LoRA weights"));
     }
     let mut modules = BTreeMap::new();
+    let mut ignored = Vec::new();
     for (module, [a, b]) in halves {
+        if !settings.targeting.targets(&module) {
+            ignored.push(module);
+            continue;
+        }
         let missing = |part: &str| {
             Error::key(
                 &weights_path,
@@ -306,6 +310,17 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
         };
         let (a_shape, a) = a.ok_or_else(|| missing("lora_A"))?;
         let (b_shape, b) = b.ok_or_else(|| missing("lora_B"))?;
+        let rank = settings.targeting.rank(&module);
+        if a_shape.first() != Some(&rank) {
+            return Err(Error::key(
+                &weights_path,
+                format!("{KEY_PREFIX}{module}.lora_A.weight"),
+                format!(
+                    "shape {a_shape:?}, but the config gives this module r {rank} (PEFT refuses \
+                     the size mismatch)"
+                ),
+            ));
+        }
         modules.insert(
             module,
             ModuleWeights {
@@ -316,9 +331,16 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
             },
         );
     }
+    if modules.is_empty() {
+        return Err(Error::file(
+            &config_path,
+            "target_modules matches none of the adapter's weights",
+        ));
+    }
     Ok(AdapterFile {
         settings,
         modules,
+        ignored,
         weights_path,
     })
 }
@@ -326,7 +348,12 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
 /// Load a PEFT LoRA adapter from `dir` onto `model` (replacing any adapters). Returns the
 /// adapter's configuration.
 pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<LoraConfig> {
-    let file = read_adapter(dir)?;
+    apply_adapter(model, read_adapter(dir)?)
+}
+
+/// Put the adapters of `file` (from [`read_adapter`]) on `model` (replacing any adapters).
+/// Returns the adapter's configuration.
+pub fn apply_adapter(model: &mut Llama, file: AdapterFile) -> Result<LoraConfig> {
     let device = model.device.clone();
     model.detach_lora();
     let mut linears: HashMap<String, _> = model.linears_mut().into_iter().collect();

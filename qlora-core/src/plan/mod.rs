@@ -125,7 +125,57 @@ fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
-pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
+/// Bytes beyond which nothing is planned (1 EiB): far above any device, and low enough that the
+/// sums of the plan's terms cannot overflow.
+const PLANNABLE: f64 = (1u64 << 60) as f64;
+
+/// Refuse sizes whose plan would not fit in 64 bits, naming what to lower. Each term is
+/// estimated in f64 (which cannot overflow) with the plan's largest factors.
+fn check_plannable(config: &LlamaConfig, settings: &PlanSettings) -> Result<()> {
+    let f = |x: usize| x as f64;
+    let (h, inter, layers, vocab) = (
+        f(config.hidden_size),
+        f(config.intermediate_size),
+        f(config.num_hidden_layers),
+        f(config.vocab_size),
+    );
+    let heads = f(config.num_attention_heads);
+    let kv = f(config.num_key_value_heads) * f(config.head_dim);
+    let (b, s, r) = (
+        f(settings.batch_size),
+        f(settings.seq_len),
+        f(settings.rank),
+    );
+    let width = h
+        .max(inter)
+        .max(heads * f(config.head_dim))
+        .max(kv)
+        .max(vocab);
+    let terms = [
+        ("the model's sizes", layers * 7.0 * width * width * 8.0),
+        ("--rank", r * layers * 7.0 * 2.0 * width * 16.0),
+        (
+            "--seq-len and --batch-size",
+            b * s * layers * 8.0 * width * 8.0,
+        ),
+        ("--seq-len and --batch-size", b * heads * s * s * 8.0),
+    ];
+    for (what, bytes) in terms {
+        if bytes.is_nan() || bytes >= PLANNABLE {
+            return Err(Error::invalid(format!(
+                "{what}: the plan would exceed 1 EiB (--seq-len {}, --batch-size {}, --rank {}): \
+                 nothing fits; lower them",
+                settings.seq_len, settings.batch_size, settings.rank
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The peak memory of a training step of `config` with `settings`, item by item. Sizes too
+/// large to plan (over 1 EiB) are an error.
+pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> Result<MemoryPlan> {
+    check_plannable(config, settings)?;
     let h = config.hidden_size as u64;
     let inter = config.intermediate_size as u64;
     let layers = config.num_hidden_layers as u64;
@@ -332,13 +382,13 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> MemoryPlan {
     });
 
     let peak_bytes = items.iter().map(|i| i.bytes).sum();
-    MemoryPlan {
+    Ok(MemoryPlan {
         items,
         peak_bytes,
         host_bytes: optimizer - on_device,
         parameters: linear_params + embed_params + norm_params,
         trainable_parameters: lora_params,
-    }
+    })
 }
 
 /// The config of `model`: a preset name, a model directory, or a `config.json`.
@@ -374,11 +424,11 @@ mod tests {
     fn presets_parse_and_plan() {
         for name in preset_names() {
             let config = load_config(name).unwrap();
-            let plan = plan(&config, &PlanSettings::default());
+            let plan = plan(&config, &PlanSettings::default()).unwrap();
             assert!(plan.peak_bytes > 0);
         }
         let config = load_config("llama-7b").unwrap();
-        let plan = plan(&config, &PlanSettings::default());
+        let plan = plan(&config, &PlanSettings::default()).unwrap();
         // 6.5B parameters in the projections: about 3.4 GB at 4.127 bits.
         let base = plan.items.iter().find(|i| i.key == "base_weights").unwrap();
         assert!(

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use burn::tensor::Tensor;
 
-use super::checkpoint::{RunPosition, list_checkpoints, load_checkpoint};
+use super::checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
 use super::progress::{Progress, StepMetrics};
@@ -122,6 +122,11 @@ impl Trainer {
             plan: (0, plan),
         };
         if let Some(dir) = resume {
+            let saved_path = dir.join(CONFIG_FILE);
+            let saved = TrainConfig::from_toml_file(&saved_path)?;
+            for change in trainer.config.resume_changes(&saved, dir)? {
+                progress.message(&format!("resuming with {change}"));
+            }
             trainer.restore(dir)?;
             progress.message(&format!(
                 "resumed from {} at step {}",
