@@ -403,3 +403,39 @@ fn bad_files_are_errors_naming_the_problem() {
     );
     assert!(!out.exists(), "nothing written on failure");
 }
+
+/// The cache keeps an import until it is damaged: a truncated or missing file is noticed and
+/// the GGUF imported again; an input that cannot be imported says how to clear the entry.
+#[test]
+fn damaged_cache_entries_are_imported_again() {
+    use qlora::gguf::resolve_gguf_in;
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("tiny.gguf");
+    tiny_llama_gguf(&gguf);
+    let cache = tmp.path().join("cache");
+    let dir = resolve_gguf_in(&gguf, &cache).unwrap();
+    let weights = dir.join("model.safetensors");
+    let complete = std::fs::read(&weights).unwrap();
+    let modified = std::fs::metadata(&weights).unwrap().modified().unwrap();
+    // Used as is the second time.
+    assert_eq!(resolve_gguf_in(&gguf, &cache).unwrap(), dir);
+    assert_eq!(
+        std::fs::metadata(&weights).unwrap().modified().unwrap(),
+        modified
+    );
+
+    // Truncated (a full disk, a killed copy): imported again, whole.
+    std::fs::write(&weights, &complete[..complete.len() / 2]).unwrap();
+    assert_eq!(resolve_gguf_in(&gguf, &cache).unwrap(), dir);
+    assert_eq!(std::fs::read(&weights).unwrap(), complete);
+    // A file gone.
+    std::fs::remove_file(dir.join("config.json")).unwrap();
+    resolve_gguf_in(&gguf, &cache).unwrap();
+    assert!(dir.join("config.json").is_file());
+    Llama::load(&dir, &LoadOptions::default()).unwrap();
+    // An entry without its manifest (an import killed before it finished) is redone too.
+    std::fs::remove_file(dir.join(".qlora-import.json")).unwrap();
+    std::fs::write(&weights, b"garbage").unwrap();
+    resolve_gguf_in(&gguf, &cache).unwrap();
+    assert_eq!(std::fs::read(&weights).unwrap(), complete);
+}

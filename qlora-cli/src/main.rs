@@ -7,6 +7,7 @@ mod merge;
 mod model_args;
 mod plan;
 mod quantize;
+mod signals;
 mod train;
 
 use std::process::ExitCode;
@@ -80,6 +81,10 @@ fn main() -> ExitCode {
         },
     };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Err(err) = signals::install() {
+        eprintln!("error: cannot install the signal handlers: {err}");
+        return ExitCode::FAILURE;
+    }
     let sub = |name: &str| {
         matches
             .subcommand_matches(name)
@@ -95,6 +100,10 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan::run(*args, sub("plan")),
     };
     match result {
+        // A run stopped by a signal after saving its checkpoint.
+        Ok(()) if signals::received().is_some() => {
+            ExitCode::from(signals::exit_code(signals::received().unwrap_or(2)) as u8)
+        }
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the cause chain joined, naming the file and key.

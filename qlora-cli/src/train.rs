@@ -1,9 +1,9 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressStyle};
 use qlora_core::device::DeviceChoice;
@@ -149,19 +149,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     };
 
     let interrupt = Arc::new(AtomicBool::new(false));
-    {
-        let flag = interrupt.clone();
-        ctrlc::set_handler(move || {
-            if flag.swap(true, Ordering::SeqCst) {
-                // A second Ctrl-C: stop now.
-                std::process::exit(130);
-            }
-            eprintln!(
-                "\ninterrupted: saving a checkpoint after this step (Ctrl-C again to quit now)"
-            );
-        })
-        .context("cannot install the Ctrl-C handler")?;
-    }
+    crate::signals::set_training(interrupt.clone());
 
     optimizer_budget(&mut config, args.device, progress.as_mut())?;
     let mut trainer = Trainer::new(config, args.device, resume.as_deref(), progress.as_mut())?;
@@ -183,7 +171,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
             );
         }
         Outcome::Interrupted => eprintln!(
-            "stopped at step {}; continue with --resume (checkpoint in {})",
+            "stopped at step {}, no final adapter; continue with --resume (checkpoint in {})",
             summary.steps,
             summary.out.display()
         ),

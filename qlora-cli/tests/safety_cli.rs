@@ -214,3 +214,279 @@ fn non_finite_weights_and_bad_norm_eps_are_errors_naming_where() {
         "{stderr}"
     );
 }
+
+/// Send `signal` (a `kill` name: TERM, INT) to process `pid`.
+#[cfg(unix)]
+fn send(signal: &str, pid: u32) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// SIGTERM (what schedulers send before preemption) and Ctrl-C stop training after a step
+/// with a checkpoint, no final adapter, and exit 143 / 130, so `train && merge` stops too; the
+/// run resumes from that checkpoint.
+#[cfg(unix)]
+#[test]
+fn signals_save_a_checkpoint_and_exit_non_zero() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let model = path(&root().join("tests/fixtures/tiny-llama"));
+    let data = path(&root().join("datasets/parity_train.jsonl"));
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let out = dir.path().join(signal);
+        let child = Command::new(env!("CARGO_BIN_EXE_qlora"))
+            .args([
+                "train",
+                "--model",
+                &model,
+                "--data",
+                &data,
+                "--out",
+                &path(&out),
+                "--max-seq-len",
+                "128",
+                "--rank",
+                "4",
+                "--grad-accum",
+                "1",
+                "--max-steps",
+                "100000",
+                "--logging-steps",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Once a step is logged, the run is training.
+        let metrics = out.join("metrics.jsonl");
+        let started = std::time::Instant::now();
+        while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
+            assert!(started.elapsed().as_secs() < 120, "training never started");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        send(signal, child.id());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{signal}: {stderr}");
+        assert!(stderr.contains("saving a checkpoint"), "{signal}: {stderr}");
+        assert!(
+            !out.join("adapter_config.json").exists(),
+            "no final adapter"
+        );
+        let checkpoints: Vec<_> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("checkpoint-"))
+            .collect();
+        assert_eq!(checkpoints.len(), 1, "{checkpoints:?}");
+    }
+}
+
+/// Write a LLaMA checkpoint big enough that quantizing it takes a while (bf16, ~30M
+/// parameters), from the fixture's config.
+fn big_model(dir: &Path) {
+    use safetensors::Dtype;
+    use safetensors::tensor::{TensorView, serialize_to_file};
+    std::fs::create_dir_all(dir).unwrap();
+    let (h, inter, layers, vocab) = (512usize, 1536usize, 8usize, 1024usize);
+    let mut config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/fixtures/tiny-llama/config.json")).unwrap(),
+    )
+    .unwrap();
+    config["hidden_size"] = h.into();
+    config["intermediate_size"] = inter.into();
+    config["num_hidden_layers"] = layers.into();
+    config["num_attention_heads"] = 8.into();
+    config["num_key_value_heads"] = 8.into();
+    config["head_dim"] = 64.into();
+    config["vocab_size"] = vocab.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut shapes = vec![
+        ("model.embed_tokens.weight".to_string(), vec![vocab, h]),
+        ("lm_head.weight".to_string(), vec![vocab, h]),
+        ("model.norm.weight".to_string(), vec![h]),
+    ];
+    for l in 0..layers {
+        for (name, shape) in [
+            ("self_attn.q_proj", [h, h]),
+            ("self_attn.k_proj", [h, h]),
+            ("self_attn.v_proj", [h, h]),
+            ("self_attn.o_proj", [h, h]),
+            ("mlp.gate_proj", [inter, h]),
+            ("mlp.up_proj", [inter, h]),
+            ("mlp.down_proj", [h, inter]),
+        ] {
+            shapes.push((format!("model.layers.{l}.{name}.weight"), shape.to_vec()));
+        }
+        for norm in ["input_layernorm", "post_attention_layernorm"] {
+            shapes.push((format!("model.layers.{l}.{norm}.weight"), vec![h]));
+        }
+    }
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let n: usize = shape.iter().product();
+            // bf16 values in [-0.03, 0.03), varied so every block has its own scale.
+            let bytes = (0..n)
+                .flat_map(|i| {
+                    let v = ((i * 2_654_435_761) % 1000) as f32 * 6e-5 - 0.03;
+                    ((v.to_bits() >> 16) as u16).to_le_bytes()
+                })
+                .collect();
+            (name, shape, bytes)
+        })
+        .collect();
+    let views: Vec<(String, TensorView<'_>)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::BF16, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
+}
+
+/// Ctrl-C while `quantize` writes its output: exit 130 and no hidden staging directory left.
+#[cfg(unix)]
+#[test]
+fn a_signal_during_an_output_removes_the_unfinished_output() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    big_model(&model);
+    let outputs = dir.path().join("outputs");
+    std::fs::create_dir(&outputs).unwrap();
+    let out = outputs.join("nf4");
+    let child = Command::new(env!("CARGO_BIN_EXE_qlora"))
+        .args(["quantize", "--model", &path(&model), "--out", &path(&out)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = || {
+        std::fs::read_dir(&outputs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".partial-"))
+            .count()
+    };
+    let started = std::time::Instant::now();
+    while staging() == 0 {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "quantize never started writing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    send("INT", child.id());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{stderr}");
+    assert_eq!(staging(), 0, "{stderr}");
+    assert!(!out.exists());
+}
+
+/// `--force` replaces an output, never an input, and replaces a file as well as a directory.
+#[test]
+fn force_never_deletes_an_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(root().join("tests/fixtures/tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let adapter = path(&root().join("tests/fixtures/tiny-llama-lora"));
+    let files_before = std::fs::read_dir(&model).unwrap().count();
+    for out in [model.clone(), dir.path().to_path_buf()] {
+        let (code, _, stderr) = qlora(&[
+            "merge",
+            "--model",
+            &path(&model),
+            "--adapter",
+            &adapter,
+            "--out",
+            &path(&out),
+            "--force",
+        ]);
+        assert_eq!(code, 1, "{stderr}");
+        assert!(stderr.contains("is (or contains) the input"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+    let (code, _, stderr) = qlora(&[
+        "quantize",
+        "--model",
+        &path(&model),
+        "--out",
+        &path(&model),
+        "--force",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("is (or contains) the input"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&model).unwrap().count(), files_before);
+
+    // An existing regular file as --out: replaced by the output directory, nothing left over.
+    let file = dir.path().join("merged");
+    std::fs::write(&file, "not a model").unwrap();
+    let (code, _, stderr) = qlora(&[
+        "merge",
+        "--model",
+        &path(&model),
+        "--adapter",
+        &adapter,
+        "--out",
+        &path(&file),
+        "--force",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(file.join("config.json").is_file());
+    let hidden: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+}
+
+/// Every file of a run's output gets the same, ordinary permissions.
+#[cfg(unix)]
+#[test]
+fn outputs_have_ordinary_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, stderr) = train(&out, &["--max-steps", "2", "--save-steps", "1"]);
+    assert_eq!(code, 0, "{stderr}");
+    let probe = dir.path().join("probe");
+    std::fs::write(&probe, "").unwrap();
+    let ordinary = std::fs::metadata(&probe).unwrap().permissions().mode() & 0o777;
+    let mut files = Vec::new();
+    for entry in walk(&out) {
+        if entry.is_file() {
+            let mode = std::fs::metadata(&entry).unwrap().permissions().mode() & 0o777;
+            files.push((entry, mode));
+        }
+    }
+    assert!(files.len() >= 8, "{files:?}");
+    for (file, mode) in files {
+        assert_eq!(mode, ordinary, "{}: {mode:o}", file.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path);
+    }
+    out
+}

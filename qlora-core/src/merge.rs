@@ -182,7 +182,7 @@ pub fn merge_model(
             ));
         }
     }
-    let staged = StagedDir::new(out_dir, options.overwrite)?;
+    let staged = StagedDir::new(out_dir, options.overwrite, &[model_dir, adapter_dir])?;
     let mut tensors: BTreeMap<String, OutTensor<'_>> = BTreeMap::new();
     let bnb_suffixes = [
         ".absmax",

@@ -86,7 +86,7 @@ pub fn quantize_model(
         }
     }
 
-    let staged = StagedDir::new(out_dir, options.overwrite)?;
+    let staged = StagedDir::new(out_dir, options.overwrite, &[model_dir])?;
     let mut tensors: BTreeMap<String, OutTensor<'_>> = BTreeMap::new();
     let mut report = QuantizeReport {
         out_dir: out_dir.to_path_buf(),

@@ -1,9 +1,62 @@
 //! Output directories that appear whole or not at all: everything is written into a hidden
-//! sibling directory that is renamed into place on success and removed on any failure.
+//! sibling directory (`.NAME.partial-PID-XXXXXX`) that is renamed into place on success and
+//! removed on any failure. Staging directories in progress are registered, so a signal handler
+//! can remove them on the way out ([`remove_all_in_progress`]); those a killed process left
+//! behind are swept the next time an output is staged in the same directory.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+
+/// Staging directories being written by this process.
+static IN_PROGRESS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn in_progress() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    IN_PROGRESS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Remove every staging directory this process is writing (for a signal handler about to
+/// exit: destructors will not run).
+pub fn remove_all_in_progress() {
+    for dir in in_progress().drain(..) {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The process id in a staging entry's name (`.NAME.partial-PID-...`), if it is one of ours.
+fn staging_owner(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".partial-")?;
+    let (pid, _) = tail.split_once('-')?;
+    pid.parse().ok()
+}
+
+/// Remove the staging entries in `parent` whose process is gone (it was killed mid-write).
+/// Where liveness cannot be read (no `/proc`), nothing is removed.
+pub fn sweep_stale(parent: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = staging_owner(&name.to_string_lossy()) else {
+            continue;
+        };
+        if pid != std::process::id() && !proc.join(pid.to_string()).exists() {
+            let path = entry.path();
+            let _ = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+        }
+    }
+}
 
 pub struct StagedDir {
     target: PathBuf,
@@ -13,8 +66,24 @@ pub struct StagedDir {
 impl StagedDir {
     /// Start writing `target`. Refuses an existing target unless `overwrite`; the old
     /// directory is then replaced only when the new one is complete.
-    pub fn new(target: impl AsRef<Path>, overwrite: bool) -> Result<Self> {
+    /// `inputs` are the files and directories the output is made from: a target that is or
+    /// contains one of them is refused, since replacing it would delete the input.
+    pub fn new(target: impl AsRef<Path>, overwrite: bool, inputs: &[&Path]) -> Result<Self> {
         let target = target.as_ref().to_path_buf();
+        if let Ok(resolved) = std::fs::canonicalize(&target) {
+            for input in inputs {
+                if std::fs::canonicalize(input).is_ok_and(|i| i.starts_with(&resolved)) {
+                    return Err(Error::file(
+                        &target,
+                        format!(
+                            "is (or contains) the input {}: writing the output there would \
+                             delete it; choose another output",
+                            input.display()
+                        ),
+                    ));
+                }
+            }
+        }
         if target.exists() && !overwrite {
             return Err(Error::file(
                 &target,
@@ -26,12 +95,13 @@ impl StagedDir {
             _ => PathBuf::from("."),
         };
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        sweep_stale(&parent);
         let name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "output".into());
         let staging = tempfile::Builder::new()
-            .prefix(&format!(".{name}.partial-"))
+            .prefix(&format!(".{name}.partial-{}-", std::process::id()))
             .tempdir_in(&parent)
             .map_err(|e| Error::io(&parent, e))?;
         // tempfile creates private (0700) directories; the output should be an ordinary one.
@@ -41,6 +111,7 @@ impl StagedDir {
             std::fs::set_permissions(staging.path(), std::fs::Permissions::from_mode(0o755))
                 .map_err(|e| Error::io(staging.path(), e))?;
         }
+        in_progress().push(staging.path().to_path_buf());
         Ok(StagedDir {
             target,
             staging: Some(staging),
@@ -59,11 +130,19 @@ impl StagedDir {
     /// Move the finished directory into place.
     pub fn commit(mut self) -> Result<PathBuf> {
         let staging = self.staging.take().expect("not committed").keep();
-        if self.target.exists() {
+        in_progress().retain(|p| *p != staging);
+        if let Ok(meta) = std::fs::symlink_metadata(&self.target) {
+            // Whatever is there (a directory, a file, a link) goes only once the new output is
+            // complete.
             let old = staging.with_extension("old");
             std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
             std::fs::rename(&staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
-            std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))?;
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir_all(&old)
+            } else {
+                std::fs::remove_file(&old)
+            };
+            removed.map_err(|e| Error::io(&old, e))?;
         } else {
             std::fs::rename(&staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
         }
@@ -71,29 +150,81 @@ impl StagedDir {
     }
 }
 
+impl Drop for StagedDir {
+    fn drop(&mut self) {
+        if let Some(staging) = self.staging.take() {
+            in_progress().retain(|p| p != staging.path());
+            // `staging` removes the directory as it drops.
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The registry is process-wide: the tests take turns.
+    static TURN: Mutex<()> = Mutex::new(());
+
     #[test]
     fn appears_only_on_commit() {
+        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let root = tempfile::tempdir().unwrap();
         let target = root.path().join("out");
         {
-            let staged = StagedDir::new(&target, false).unwrap();
+            let staged = StagedDir::new(&target, false, &[]).unwrap();
             std::fs::write(staged.path().join("a"), "x").unwrap();
             // dropped without commit
         }
         assert!(!target.exists());
         assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
-        let staged = StagedDir::new(&target, false).unwrap();
+        let staged = StagedDir::new(&target, false, &[]).unwrap();
         std::fs::write(staged.path().join("a"), "x").unwrap();
         staged.commit().unwrap();
         assert!(target.join("a").is_file());
-        assert!(StagedDir::new(&target, false).is_err());
-        let staged = StagedDir::new(&target, true).unwrap();
+        assert!(StagedDir::new(&target, false, &[]).is_err());
+        let staged = StagedDir::new(&target, true, &[]).unwrap();
         std::fs::write(staged.path().join("b"), "y").unwrap();
         staged.commit().unwrap();
         assert!(target.join("b").is_file() && !target.join("a").exists());
+
+        // Replacing a file, and refusing to replace an input.
+        let file = root.path().join("file");
+        std::fs::write(&file, "old").unwrap();
+        let staged = StagedDir::new(&file, true, &[]).unwrap();
+        std::fs::write(staged.path().join("c"), "z").unwrap();
+        staged.commit().unwrap();
+        assert!(file.join("c").is_file());
+        let input = target.join("b");
+        let err = StagedDir::new(&target, true, &[&input]).err().unwrap();
+        assert!(
+            err.to_string().contains("is (or contains) the input"),
+            "{err}"
+        );
+        assert!(StagedDir::new(&input, true, &[&input]).is_err());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn stale_staging_of_dead_processes_is_swept() {
+        let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
+        let root = tempfile::tempdir().unwrap();
+        // A process id that cannot be alive (above the kernel's limit), and our own.
+        let dead = root.path().join(".out.partial-4194305-abc123");
+        let dead_old = root.path().join(".out.partial-4194305-abc123.old");
+        let ours = root
+            .path()
+            .join(format!(".out.partial-{}-xyz", std::process::id()));
+        let unrelated = root.path().join(".out.partial-notapid");
+        for dir in [&dead, &dead_old, &ours, &unrelated] {
+            std::fs::create_dir(dir).unwrap();
+        }
+        let staged = StagedDir::new(root.path().join("other"), false, &[]).unwrap();
+        assert!(!dead.exists() && !dead_old.exists());
+        assert!(ours.exists() && unrelated.exists());
+        assert_eq!(*in_progress(), [staged.path().to_path_buf()]);
+        remove_all_in_progress();
+        assert!(!staged.path().exists());
+        drop(staged);
     }
 }

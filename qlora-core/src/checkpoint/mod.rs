@@ -10,7 +10,7 @@ pub use model_dir::{
     COMPANION_FILES, bnb_quantization_config, copy_companion_files, write_json, write_model_dir,
 };
 pub use reader::Checkpoint;
-pub use writer::{OutTensor, write_safetensors};
+pub use writer::{OutTensor, write_safetensors, write_safetensors_file};
 
 /// Name of the single-file weights of a Hugging Face model directory.
 pub const WEIGHTS_FILE: &str = "model.safetensors";

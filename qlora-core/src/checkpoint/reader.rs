@@ -207,7 +207,10 @@ impl Checkpoint {
             return Err(Error::key(
                 self.file_of(name),
                 name,
-                format!("holds {} at index {i}: the weights are damaged", values[i]),
+                format!(
+                    "holds a non-finite value ({}) at element {i}: the weights are damaged",
+                    values[i]
+                ),
             ));
         }
         Ok(values)

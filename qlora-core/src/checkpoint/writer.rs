@@ -9,6 +9,25 @@ use super::{WEIGHTS_FILE, WEIGHTS_INDEX_FILE};
 use crate::dtype::{FloatDtype, decode_f32, encode_f32};
 use crate::error::{Error, Result};
 
+/// Write one safetensors file. The crate writes through a private (0600) temporary file; the
+/// result gets the permissions any other file we create gets (0666 less the umask), read from
+/// a probe file next to it.
+pub fn write_safetensors_file<'a, V: View + 'a>(
+    tensors: impl IntoIterator<Item = (&'a String, V)>,
+    metadata: Option<HashMap<String, String>>,
+    path: &Path,
+) -> Result<()> {
+    serialize_to_file(tensors, metadata, path)
+        .map_err(|e| Error::file(path, format!("cannot write safetensors: {e}")))?;
+    let probe = path.with_extension("permissions-probe");
+    let mode = std::fs::File::create(&probe)
+        .and_then(|f| f.metadata())
+        .map(|m| m.permissions());
+    let _ = std::fs::remove_file(&probe);
+    let mode = mode.map_err(|e| Error::io(&probe, e))?;
+    std::fs::set_permissions(path, mode).map_err(|e| Error::io(path, e))
+}
+
 type Producer<'a> = Box<dyn Fn() -> Vec<u8> + Send + Sync + 'a>;
 
 /// A tensor to write. Data is borrowed, owned, or produced only when the writer reaches it, so
@@ -128,17 +147,7 @@ pub fn write_safetensors(
     }
 
     let write = |file: &str, shard: &[(&String, &OutTensor<'_>)]| -> Result<()> {
-        let path = dir.join(file);
-        serialize_to_file(shard.iter().copied(), metadata.clone(), &path)
-            .map_err(|e| Error::file(&path, format!("cannot write safetensors: {e}")))?;
-        // The crate writes through a private temp file; give the result ordinary permissions.
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
-                .map_err(|e| Error::io(&path, e))?;
-        }
-        Ok(())
+        write_safetensors_file(shard.iter().copied(), metadata.clone(), &dir.join(file))
     };
 
     if shards.len() == 1 {

@@ -6,7 +6,6 @@ use std::time::UNIX_EPOCH;
 
 use super::file::GgufFile;
 use super::import::{ImportOptions, import_gguf_file};
-use crate::config::CONFIG_FILE;
 use crate::error::{Error, Result};
 
 /// `$QLORA_CACHE`, else `$XDG_CACHE_HOME/qlora`, else `~/.cache/qlora`.
@@ -40,6 +39,54 @@ pub fn resolve_model(path: impl AsRef<Path>) -> Result<PathBuf> {
     if !is_gguf(path) {
         return Ok(path.to_path_buf());
     }
+    resolve_gguf_in(path, &cache_root()?)
+}
+
+/// What a cache entry held when it was complete: every file with its size.
+const MANIFEST: &str = ".qlora-import.json";
+
+/// Record the files of a finished import (written last, atomically).
+fn write_manifest(dir: &Path) -> Result<()> {
+    let mut files = serde_json::Map::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let len = entry
+            .metadata()
+            .map_err(|e| Error::io(entry.path(), e))?
+            .len();
+        files.insert(name, len.into());
+    }
+    let staged = dir.join(format!("{MANIFEST}.tmp"));
+    let text = serde_json::json!({ "files": files }).to_string();
+    std::fs::write(&staged, text).map_err(|e| Error::io(&staged, e))?;
+    std::fs::rename(&staged, dir.join(MANIFEST)).map_err(|e| Error::io(dir, e))
+}
+
+/// Whether the entry in `dir` is as its import left it: the manifest is there and every file it
+/// lists has its size.
+fn is_complete(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join(MANIFEST)) else {
+        return false;
+    };
+    let Ok(manifest) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    let Some(files) = manifest.get("files").and_then(|f| f.as_object()) else {
+        return false;
+    };
+    !files.is_empty()
+        && files.iter().all(|(name, len)| {
+            std::fs::metadata(dir.join(name)).is_ok_and(|m| Some(m.len()) == len.as_u64())
+        })
+}
+
+/// [`resolve_model`] for a GGUF `path` with the cache at `cache`. An entry that is incomplete
+/// or damaged (a file missing or of another size than the import wrote) is imported again.
+pub fn resolve_gguf_in(path: &Path, cache: &Path) -> Result<PathBuf> {
     let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
     let modified = meta
         .modified()
@@ -50,23 +97,42 @@ pub fn resolve_model(path: impl AsRef<Path>) -> Result<PathBuf> {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
-    let dir = cache_root()?
+    let dir = cache
         .join("gguf")
         .join(format!("{stem}-{}-{modified}", meta.len()));
-    if dir.join(CONFIG_FILE).is_file() {
+    if is_complete(&dir) {
         return Ok(dir);
     }
     // A file that is not a usable GGUF fails here, before anything is announced or written.
     let gguf = GgufFile::open(path)?;
+    let exists = dir.exists();
     eprintln!(
-        "importing {} into the cache at {} (first use only)",
+        "{} {} into the cache at {}{}",
+        if exists { "re-importing" } else { "importing" },
         path.display(),
         dir.display(),
+        if exists {
+            " (the cached copy is incomplete or damaged)"
+        } else {
+            " (first use only)"
+        }
     );
-    match import_gguf_file(&gguf, &dir, &ImportOptions::default()) {
-        Ok(_) => Ok(dir),
+    let options = ImportOptions {
+        overwrite: exists,
+        ..ImportOptions::default()
+    };
+    let clear = |e: Error| {
+        Error::invalid(format!(
+            "{e} (importing into the cache; to start over, remove {})",
+            dir.display()
+        ))
+    };
+    match import_gguf_file(&gguf, &dir, &options) {
+        Ok(_) => {}
         // Another process finished the same import first.
-        Err(_) if dir.join(CONFIG_FILE).is_file() => Ok(dir),
-        Err(e) => Err(e),
+        Err(_) if is_complete(&dir) => return Ok(dir),
+        Err(e) => return Err(clear(e)),
     }
+    write_manifest(&dir).map_err(clear)?;
+    Ok(dir)
 }

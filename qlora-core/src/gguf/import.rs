@@ -197,7 +197,7 @@ pub fn import_gguf_file(
         ));
     }
 
-    let staged = StagedDir::new(out_dir.as_ref(), options.overwrite)?;
+    let staged = StagedDir::new(out_dir.as_ref(), options.overwrite, &[gguf.path()])?;
     write_safetensors(staged.path(), tensors, options.max_shard_bytes)?;
     if let Some(error) = failure.lock().expect("lock").take() {
         return Err(error); // the staged directory is removed

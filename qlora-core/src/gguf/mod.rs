@@ -8,6 +8,6 @@ pub mod file;
 pub mod import;
 pub mod tokenizer;
 
-pub use cache::resolve_model;
+pub use cache::{resolve_gguf_in, resolve_model};
 pub use file::GgufFile;
 pub use import::{ImportOptions, ImportSummary, import_gguf, import_gguf_file};

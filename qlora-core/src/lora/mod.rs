@@ -11,7 +11,7 @@ mod targeting;
 pub use backward::{AdapterGrads, LossAndGrads, loss_and_grads};
 pub use config::{LoraConfig, LoraInit, lora_scale};
 pub use peft::{
-    AdapterDtype, AdapterFile, AdapterSettings, ModuleWeights, apply_adapter, load_adapter,
-    read_adapter, save_adapter,
+    ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, AdapterFile, AdapterSettings,
+    ModuleWeights, apply_adapter, load_adapter, read_adapter, save_adapter,
 };
 pub use targeting::Targeting;

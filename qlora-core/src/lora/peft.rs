@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::config::{LoraConfig, LoraInit, lora_scale};
 use super::targeting::Targeting;
-use crate::checkpoint::{Checkpoint, OutTensor};
+use crate::checkpoint::{Checkpoint, OutTensor, write_safetensors_file};
 use crate::config::Projection;
 use crate::dtype::{FloatDtype, decode_f32, encode_f32};
 use crate::error::{Error, Result};
@@ -112,8 +112,7 @@ pub fn save_adapter(
     let weights = dir.join(ADAPTER_WEIGHTS_FILE);
     let metadata = Some(HashMap::from([("format".to_string(), "pt".to_string())]));
     let views: Vec<(&String, &OutTensor<'_>)> = tensors.iter().collect();
-    safetensors::serialize_to_file(views, metadata, &weights)
-        .map_err(|e| Error::file(&weights, format!("cannot write: {e}")))?;
+    write_safetensors_file(views, metadata, &weights)?;
     let config_path = dir.join(ADAPTER_CONFIG_FILE);
     let text = serde_json::to_string_pretty(&adapter_config_json(config, base_model))
         .expect("JSON value serializes");
@@ -285,7 +284,10 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
             return Err(Error::key(
                 &weights_path,
                 key,
-                format!("holds {} at index {i}: the adapter is damaged", values[i]),
+                format!(
+                    "holds a non-finite value ({}) at element {i}: the adapter is damaged",
+                    values[i]
+                ),
             ));
         }
         halves.entry(module.to_string()).or_default()[usize::from(part == "lora_B")] =

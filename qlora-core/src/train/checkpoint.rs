@@ -9,7 +9,7 @@ use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
 
 use super::optimizer::SavedMoments;
-use crate::checkpoint::{Checkpoint, OutTensor};
+use crate::checkpoint::{Checkpoint, OutTensor, write_safetensors_file};
 use crate::dtype::{FloatDtype, decode_f32, f32_bytes};
 use crate::error::{Error, Result};
 use crate::staged_dir::StagedDir;
@@ -69,7 +69,7 @@ pub fn save_checkpoint(
     keep: Option<usize>,
 ) -> Result<PathBuf> {
     let target = checkpoint_dir(out, position.step);
-    let staged = StagedDir::new(&target, true)?;
+    let staged = StagedDir::new(&target, true, &[])?;
     write_adapter(staged.path())?;
     let mut tensors = BTreeMap::new();
     for (i, m) in moments.iter().enumerate() {
@@ -109,8 +109,7 @@ pub fn save_checkpoint(
         ("params".to_string(), moments.len().to_string()),
     ]));
     let views: Vec<(&String, &OutTensor<'_>)> = tensors.iter().collect();
-    safetensors::serialize_to_file(views, metadata, &path)
-        .map_err(|e| Error::file(&path, format!("cannot write: {e}")))?;
+    write_safetensors_file(views, metadata, &path)?;
     let state_path = staged.path().join(TRAINER_STATE_FILE);
     let json = serde_json::to_string_pretty(&position).expect("position serializes");
     std::fs::write(&state_path, json + "\n").map_err(|e| Error::io(&state_path, e))?;

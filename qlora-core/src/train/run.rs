@@ -9,7 +9,8 @@ use super::checkpoint::{CONFIG_FILE, save_checkpoint};
 use super::progress::{METRICS_FILE, Progress};
 use super::trainer::Trainer;
 use crate::error::{Error, Result};
-use crate::lora::{AdapterDtype, save_adapter};
+use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, save_adapter};
+use crate::staged_dir::sweep_stale;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -46,11 +47,15 @@ impl Trainer {
         )
     }
 
-    /// Write the final adapter and configuration into `OUT/` (each file atomically).
+    /// Write the final adapter and configuration into `OUT/`: all files are written into a
+    /// staging directory first, then renamed into place with `adapter_config.json` last, so an
+    /// adapter PEFT (or we) can load is always complete. A staging directory a killed run left
+    /// is swept on the next run.
     fn save_final(&self) -> Result<()> {
         let out = &self.config.out;
+        sweep_stale(out);
         let staging = tempfile::Builder::new()
-            .prefix(".final-adapter-")
+            .prefix(&format!(".final-adapter.partial-{}-", std::process::id()))
             .tempdir_in(out)
             .map_err(|e| Error::io(out, e))?;
         save_adapter(
@@ -62,10 +67,15 @@ impl Trainer {
         )?;
         std::fs::write(staging.path().join(CONFIG_FILE), self.config.to_toml())
             .map_err(|e| Error::io(staging.path(), e))?;
-        for entry in std::fs::read_dir(staging.path()).map_err(|e| Error::io(staging.path(), e))? {
-            let entry = entry.map_err(|e| Error::io(staging.path(), e))?;
-            let target = out.join(entry.file_name());
-            std::fs::rename(entry.path(), &target).map_err(|e| Error::io(&target, e))?;
+        // A half-replaced adapter must not look complete: the config goes first and comes last.
+        let marker = out.join(ADAPTER_CONFIG_FILE);
+        if marker.exists() {
+            std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
+        }
+        for file in [ADAPTER_WEIGHTS_FILE, CONFIG_FILE, ADAPTER_CONFIG_FILE] {
+            let target = out.join(file);
+            std::fs::rename(staging.path().join(file), &target)
+                .map_err(|e| Error::io(&target, e))?;
         }
         Ok(())
     }
