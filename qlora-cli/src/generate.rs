@@ -70,6 +70,16 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         (None, None) => bail!("give --prompt or --chat"),
     };
+    let context = model.config.max_position_embeddings;
+    if prompt_ids.len() + config.max_new_tokens > context {
+        eprintln!(
+            "warning: {} prompt tokens + --max-new-tokens {} go past the model's \
+             max_position_embeddings {context}: it was not trained that far, and the text \
+             usually degrades there",
+            prompt_ids.len(),
+            config.max_new_tokens
+        );
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut write_error = None;

@@ -16,26 +16,22 @@ fn path(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
-/// `qlora train` on the fixture model, two short rows a step; `extra` flags appended.
+/// `qlora train` on the fixture model, two short rows a step; `extra` flags appended (they
+/// replace the defaults here of the same name).
 fn train(out: &Path, extra: &[&str]) -> (i32, String) {
     let model = path(&root().join("tests/fixtures/tiny-llama"));
     let data = path(&root().join("datasets/parity_train.jsonl"));
     let out = path(out);
-    let mut args = vec![
-        "train",
-        "--model",
-        &model,
-        "--data",
-        &data,
-        "--out",
-        &out,
-        "--max-seq-len",
-        "128",
-        "--rank",
-        "4",
-        "--grad-accum",
-        "1",
-    ];
+    let mut args = vec!["train", "--model", &model, "--data", &data, "--out", &out];
+    for (flag, value) in [
+        ("--max-seq-len", "128"),
+        ("--rank", "4"),
+        ("--grad-accum", "1"),
+    ] {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
     args.extend_from_slice(extra);
     let (code, _, stderr) = qlora(&args);
     (code, stderr)
@@ -489,4 +485,108 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         out.push(path);
     }
     out
+}
+
+/// `train --adapter DIR` continues an adapter PEFT saved: its r, alpha and targets are the
+/// run's, its weights the starting point (a step at lr 1e-12 leaves them where they were).
+#[test]
+fn training_continues_an_existing_adapter() {
+    use safetensors::SafeTensors;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let lora = root().join("tests/fixtures/tiny-llama-lora");
+    let (code, stderr) = train(
+        &out,
+        &[
+            "--adapter",
+            &path(&lora),
+            "--max-steps",
+            "1",
+            "--lr",
+            "1e-12",
+            "--dropout",
+            "0",
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("continuing the adapter in") && stderr.contains("r 8, alpha 16"),
+        "{stderr}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        (config["r"].as_u64(), config["lora_alpha"].as_f64()),
+        (Some(8), Some(16.0))
+    );
+    let before = std::fs::read(lora.join("adapter_model.safetensors")).unwrap();
+    let after = std::fs::read(out.join("adapter_model.safetensors")).unwrap();
+    let (before, after) = (
+        SafeTensors::deserialize(&before).unwrap(),
+        SafeTensors::deserialize(&after).unwrap(),
+    );
+    assert_eq!(before.len(), after.len());
+    for (name, view) in before.tensors() {
+        let other = after.tensor(&name).unwrap();
+        let f = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect()
+        };
+        for (a, b) in f(view.data()).iter().zip(f(other.data())) {
+            assert!((a - b).abs() <= 1e-9, "{name}: {a} -> {b}");
+        }
+    }
+
+    // An adapter with its own rank for some modules cannot be continued as one.
+    let patterned = dir.path().join("patterned");
+    std::fs::create_dir(&patterned).unwrap();
+    std::fs::copy(
+        lora.join("adapter_model.safetensors"),
+        patterned.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lora.join("adapter_config.json")).unwrap())
+            .unwrap();
+    config["alpha_pattern"] = serde_json::json!({"q_proj": 32});
+    std::fs::write(patterned.join("adapter_config.json"), config.to_string()).unwrap();
+    let (code, stderr) = train(
+        &dir.path().join("run2"),
+        &["--adapter", &path(&patterned), "--max-steps", "1"],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("own rank or alpha"), "{stderr}");
+}
+
+/// Likely mistakes are warned about, not refused.
+#[test]
+fn likely_mistakes_are_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    // k_proj of the fixture model is 128 -> 64: rank 100 is above min(in, out).
+    let (code, stderr) = train(
+        &dir.path().join("run"),
+        &["--max-steps", "1", "--rank", "100"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("warning: r 100 is above min(in, out) = 64 of k_proj"),
+        "{stderr}"
+    );
+    let model = path(&root().join("tests/fixtures/tiny-llama"));
+    let (code, _, stderr) = qlora(&[
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "300",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("go past the model's max_position_embeddings 256"),
+        "{stderr}"
+    );
 }

@@ -54,6 +54,11 @@ pub struct TrainConfig {
     /// Seed for adapter init, data order, splits and dropout.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Start from this LoRA adapter (ours or one PEFT saved) instead of fresh ones; its r,
+    /// alpha, target modules and rsLoRA setting replace --rank, --alpha, --target-modules and
+    /// --use-rslora.
+    #[arg(long, help_heading = "LoRA")]
+    pub adapter: Option<PathBuf>,
     /// Dtype of the final adapter: f32 or bf16.
     #[arg(long, default_value_t = AdapterDtype::F32)]
     pub adapter_dtype: AdapterDtype,
