@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod alloc;
+pub mod fuzz;
 pub mod synthetic;
 pub mod training_peak;
 

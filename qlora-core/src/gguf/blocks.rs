@@ -61,6 +61,17 @@ pub fn dequantize_blocks(dtype: GgmlDType, data: &[u8], len: usize) -> Result<Ve
             data.len()
         )));
     }
+    // candle reads the bytes as blocks in place, which needs them aligned for the block type
+    // (up to 8 bytes); a file with an odd tensor offset or alignment gets an aligned copy.
+    let aligned: Vec<u64>;
+    let data = if (data.as_ptr() as usize).is_multiple_of(8) {
+        data
+    } else {
+        let mut words = vec![0u64; data.len().div_ceil(8)];
+        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..data.len()].copy_from_slice(data);
+        aligned = words;
+        &bytemuck::cast_slice::<u64, u8>(&aligned)[..data.len()]
+    };
     let tensor =
         candle_core::quantized::ggml_file::qtensor_from_ggml(dtype, data, vec![len], &Device::Cpu)
             .and_then(|q| q.dequantize(&Device::Cpu))

@@ -74,8 +74,22 @@ impl Tokenizer {
                 "missing: the model directory needs a tokenizer.json",
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| Error::file(&path, format!("cannot load tokenizer: {e}")))?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        // The tokenizers crate panics on some malformed files (it unwraps inside its
+        // deserializers): check the JSON first, and keep a panic from escaping.
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&text) {
+            return Err(Error::file(&path, format!("invalid JSON: {e}")));
+        }
+        let inner = std::panic::catch_unwind(|| {
+            <tokenizers::Tokenizer as std::str::FromStr>::from_str(&text)
+        })
+        .map_err(|_| {
+            Error::file(
+                &path,
+                "cannot load tokenizer: the tokenizers library failed on it",
+            )
+        })?
+        .map_err(|e| Error::file(&path, format!("cannot load tokenizer: {e}")))?;
         let config_path = dir.join(TOKENIZER_CONFIG_FILE);
         let config = read_json(&config_path)?.unwrap_or(Value::Null);
         let generation = read_json(&dir.join(GENERATION_CONFIG_FILE))?.unwrap_or(Value::Null);
