@@ -26,7 +26,7 @@ fn values(n: usize, seed: u64) -> Vec<f32> {
 }
 
 /// Device memory the runtime holds beside the tensors we measure.
-const SMALL_BUFFERS: usize = 4096;
+const SMALL_BUFFERS: usize = 8192;
 
 /// Device memory is counted device-wide: the tests take turns.
 static DEVICE: Mutex<()> = Mutex::new(());
@@ -106,7 +106,8 @@ fn paged_states_stay_under_the_budget_and_change_nothing() {
         let unpaged = run(kind, None);
         assert_eq!(unpaged.paged_out, 0);
         // Everything resident: the device holds the states, and a few small buffers of the
-        // runtime (kernel metadata, allocation rounding: 2.3 KiB and 4 KiB measured here).
+        // runtime (kernel metadata, allocation rounding: 2.3 KiB with 32-bit and 4.9 KiB with 8-bit
+        // states measured here).
         assert!(unpaged.most_resident >= unpaged.all_states as u64);
         assert!(unpaged.most_resident <= (unpaged.all_states + SMALL_BUFFERS) as u64);
         for budget in [0, unpaged.all_states / 3, unpaged.all_states / 2] {

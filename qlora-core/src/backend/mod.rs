@@ -21,9 +21,11 @@ use burn::backend::{Backend, ExtensionType, backend_extension};
 
 pub use weight::Nf4Weight;
 
-/// An 8-bit blockwise optimizer state as bitsandbytes keeps it: a u8 code a value and an f32
-/// absmax a block of 256 (the last block may be shorter). The codes of an `n`-value state are
-/// packed four to a u32 word, the first in the low byte (`ceil(n / 4)` words; WGSL has no u8).
+/// Both 8-bit blockwise AdamW moments of one parameter, as bitsandbytes keeps each: a u8 code
+/// a value and an f32 absmax a block of 256 (the last block may be shorter). For an `n`-value
+/// parameter `codes` holds the first moment's `ceil(n / 4)` words, then the second's (four
+/// codes a u32 word, the first in the low byte; WGSL has no u8), and `absmax` the first
+/// moment's `ceil(n / 256)` block maxima, then the second's: two buffers a parameter.
 #[derive(ExtensionType, Clone, Debug)]
 pub struct Blockwise8<B: Backend> {
     pub codes: IntTensor<B>,
@@ -277,12 +279,11 @@ pub trait QloraOps: Backend {
     fn adamw8_step(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        #[extension_type] m: Blockwise8<Self>,
-        #[extension_type] v: Blockwise8<Self>,
+        #[extension_type] state: Blockwise8<Self>,
         #[extension_type] maps: StateMaps<Self>,
         settings: AdamWStep,
-    ) -> (FloatTensor<Self>, Blockwise8<Self>, Blockwise8<Self>) {
-        generic::optim::adamw8_step::<Self>(param, grad, m, v, maps, settings)
+    ) -> (FloatTensor<Self>, Blockwise8<Self>) {
+        generic::optim::adamw8_step::<Self>(param, grad, state, maps, settings)
     }
 
     /// Per-row next-token loss through the output head: `logsumexp(h wᵀ) - (h wᵀ)[target]` for

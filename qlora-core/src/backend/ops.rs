@@ -201,35 +201,35 @@ pub fn adamw_step(
     )
 }
 
-/// An 8-bit state on a device: u8 codes four to a u32 word and an f32 absmax a block of 256.
+/// Both 8-bit moments of a parameter on a device ([`Blockwise8`]'s layout): the code words of
+/// the first moment then the second's, and their block maxima likewise.
 pub type Codes8 = (Tensor<1, Int>, Tensor<1>);
 
-/// One step of bitsandbytes' 8-bit AdamW: the parameter and both moments, updated.
+/// One step of bitsandbytes' 8-bit AdamW: the parameter and its moments, updated.
 pub fn adamw8_step(
     param: Tensor<1>,
     grad: Tensor<1>,
-    m: Codes8,
-    v: Codes8,
+    state: Codes8,
     maps: StateMaps<Dispatch>,
     settings: AdamWStep,
-) -> (Tensor<1>, Codes8, Codes8) {
-    let wrap = |(codes, absmax): Codes8| Blockwise8 {
+) -> (Tensor<1>, Codes8) {
+    let (codes, absmax) = state;
+    let state = Blockwise8 {
         codes: codes.into_dispatch(),
         absmax: absmax.into_dispatch(),
     };
-    let unwrap = |b: Blockwise8<Dispatch>| -> Codes8 {
-        (
-            Tensor::from_dispatch(b.codes),
-            Tensor::from_dispatch(b.absmax),
-        )
-    };
-    let (p, m, v) = <Dispatch as QloraOps>::adamw8_step(
+    let (p, state) = <Dispatch as QloraOps>::adamw8_step(
         param.into_dispatch(),
         grad.into_dispatch(),
-        wrap(m),
-        wrap(v),
+        state,
         maps,
         settings,
     );
-    (Tensor::from_dispatch(p), unwrap(m), unwrap(v))
+    (
+        Tensor::from_dispatch(p),
+        (
+            Tensor::from_dispatch(state.codes),
+            Tensor::from_dispatch(state.absmax),
+        ),
+    )
 }

@@ -126,12 +126,11 @@ impl QloraOps for Flex {
     fn adamw8_step(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-        m: Blockwise8<Self>,
-        v: Blockwise8<Self>,
+        state: Blockwise8<Self>,
         _maps: StateMaps<Self>,
         settings: AdamWStep,
-    ) -> (FloatTensor<Self>, Blockwise8<Self>, Blockwise8<Self>) {
-        optim::adamw8_step(param, grad, m, v, settings)
+    ) -> (FloatTensor<Self>, Blockwise8<Self>) {
+        optim::adamw8_step(param, grad, state, settings)
     }
 
     fn cross_entropy(

@@ -221,26 +221,25 @@ fn encode_block(x: &[f32], lut: &CodeLut, out: &mut [u8]) -> f32 {
 pub fn adamw8_step(
     param: FlexTensor,
     grad: FlexTensor,
-    m: Blockwise8<burn::backend::Flex>,
-    v: Blockwise8<burn::backend::Flex>,
+    state: Blockwise8<burn::backend::Flex>,
     s: AdamWStep,
-) -> (
-    FlexTensor,
-    Blockwise8<burn::backend::Flex>,
-    Blockwise8<burn::backend::Flex>,
-) {
+) -> (FlexTensor, Blockwise8<burn::backend::Flex>) {
     const BLOCK: usize = 256;
     let (p, g) = (floats(&param), floats(&grad));
     let numel = p.len();
-    let (mut mw, mut vw) = (code_words(&m.codes), code_words(&v.codes));
-    let words = mw.len();
-    // Four codes a word, the first in the low byte: the words' bytes in order.
-    let mq = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut mw)[..numel];
-    let vq = &mut bytemuck::cast_slice_mut::<u32, u8>(&mut vw)[..numel];
-    let (mut am, mut av) = (
-        floats(&m.absmax).into_owned(),
-        floats(&v.absmax).into_owned(),
+    let (w, blocks) = (numel.div_ceil(4), numel.div_ceil(BLOCK));
+    let mut words = code_words(&state.codes);
+    let mut absmax = floats(&state.absmax).into_owned();
+    assert_eq!(
+        (words.len(), absmax.len()),
+        (2 * w, 2 * blocks),
+        "8-bit state layout"
     );
+    let (mw, vw) = words.split_at_mut(w);
+    // Four codes a word, the first in the low byte: the words' bytes in order.
+    let mq = &mut bytemuck::cast_slice_mut::<u32, u8>(mw)[..numel];
+    let vq = &mut bytemuck::cast_slice_mut::<u32, u8>(vw)[..numel];
+    let (am, av) = absmax.split_at_mut(blocks);
     let c = Consts::new(&s);
     let mut out = uninit(numel);
     out.par_chunks_mut(BLOCK)
@@ -251,16 +250,11 @@ pub fn adamw8_step(
             let r = b * BLOCK..b * BLOCK + po.len();
             adamw8_block(po, &p[r.clone()], &g[r], mq, vq, (am, av), &c);
         });
-    let blocks = am.len();
     (
         tensor(out, [numel]),
         Blockwise8 {
-            codes: FlexTensor::from_data(TensorData::new(mw, [words])),
-            absmax: tensor(am, [blocks]),
-        },
-        Blockwise8 {
-            codes: FlexTensor::from_data(TensorData::new(vw, [words])),
-            absmax: tensor(av, [blocks]),
+            codes: FlexTensor::from_data(TensorData::new(words, [2 * w])),
+            absmax: tensor(absmax, [2 * blocks]),
         },
     )
 }

@@ -45,12 +45,18 @@ pub fn adamw_step<B: Backend>(
     }
 }
 
-/// `code[codes] · absmax` per block: the f32 values of an 8-bit state.
-fn decode<B: Backend>(state: &Blockwise8<B>, map: &FloatTensor<B>, n: usize) -> F<B> {
+/// `code[codes] · absmax` per block: the f32 values of one 8-bit moment (`words` code words,
+/// `absmax` its block maxima).
+fn decode<B: Backend>(
+    words: IntTensor<B>,
+    absmax: FloatTensor<B>,
+    map: &FloatTensor<B>,
+    n: usize,
+) -> F<B> {
     let blocks = n.div_ceil(STATE_BLOCK);
-    let codes = unpack::<B>(state.codes.clone(), n);
+    let codes = unpack::<B>(words, n);
     let values = F::<B>(B::float_select(map.clone(), 0, codes));
-    let scales = F::<B>(state.absmax.clone())
+    let scales = F::<B>(absmax)
         .reshape(&[blocks, 1])
         .expand(&[blocks, STATE_BLOCK])
         .reshape(&[blocks * STATE_BLOCK])
@@ -114,7 +120,7 @@ fn pad_blocks<B: Backend>(x: F<B>) -> F<B> {
 
 /// Blocks of 256 scaled by their absmax into [-1, 1] and coded through the lookup table; a
 /// block whose absmax is 0 gets code 0 throughout, as in bitsandbytes.
-fn encode<B: Backend>(x: F<B>, lut: &IntTensor<B>) -> Blockwise8<B> {
+fn encode<B: Backend>(x: F<B>, lut: &IntTensor<B>) -> (IntTensor<B>, FloatTensor<B>) {
     let n = x.dims()[0];
     let blocks = n.div_ceil(STATE_BLOCK);
     let x = pad_blocks(x).reshape(&[blocks, STATE_BLOCK]);
@@ -139,25 +145,40 @@ fn encode<B: Backend>(x: F<B>, lut: &IntTensor<B>) -> Blockwise8<B> {
         .reshape(&[blocks * STATE_BLOCK])
         .narrow(0, 0, n);
     let codes = B::float_into_int((F::<B>::from_int(codes) * live).0, IntDType::I32);
-    Blockwise8 {
-        codes: pack::<B>(codes),
-        absmax: absmax.reshape(&[blocks]).0,
-    }
+    (pack::<B>(codes), absmax.reshape(&[blocks]).0)
 }
 
 /// One step of bitsandbytes' `AdamW8bit` (its CPU arithmetic, without fused multiply-adds).
 pub fn adamw8_step<B: Backend>(
     param: FloatTensor<B>,
     grad: FloatTensor<B>,
-    m: Blockwise8<B>,
-    v: Blockwise8<B>,
+    state: Blockwise8<B>,
     maps: StateMaps<B>,
     s: AdamWStep,
-) -> (FloatTensor<B>, Blockwise8<B>, Blockwise8<B>) {
+) -> (FloatTensor<B>, Blockwise8<B>) {
     let n = param.shape()[0];
+    let (w, b) = (n.div_ceil(4), n.div_ceil(STATE_BLOCK));
+    let half_int = |t: &IntTensor<B>, k: usize, len: usize| {
+        B::int_slice(t.clone(), &[Slice::from(k * len..(k + 1) * len)])
+    };
+    let half_float = |t: &FloatTensor<B>, k: usize, len: usize| {
+        B::float_slice(t.clone(), &[Slice::from(k * len..(k + 1) * len)])
+    };
     let g = F::<B>(grad).scale(s.grad_scale);
-    let m = decode(&m, &maps.signed, n).scale(s.beta1) + g.clone().scale(1.0 - s.beta1);
-    let v = decode(&v, &maps.unsigned, n).scale(s.beta2) + (g.clone() * g).scale(1.0 - s.beta2);
+    let m = decode::<B>(
+        half_int(&state.codes, 0, w),
+        half_float(&state.absmax, 0, b),
+        &maps.signed,
+        n,
+    );
+    let v = decode::<B>(
+        half_int(&state.codes, 1, w),
+        half_float(&state.absmax, 1, b),
+        &maps.unsigned,
+        n,
+    );
+    let m = m.scale(s.beta1) + g.clone().scale(1.0 - s.beta1);
+    let v = v.scale(s.beta2) + (g.clone() * g).scale(1.0 - s.beta2);
     let bc1 = 1.0 - s.beta1.powi(s.step as i32);
     let bc2_sqrt = (1.0 - s.beta2.powi(s.step as i32)).sqrt();
     let denom = v.clone().sqrt().scale(1.0 / bc2_sqrt).add_scalar(s.eps);
@@ -168,9 +189,13 @@ pub fn adamw8_step<B: Backend>(
         p
     };
     let update = m.clone().scale(-s.lr / bc1) * denom.recip();
+    let (mc, ma) = encode(m, &maps.signed_lut);
+    let (vc, va) = encode(v, &maps.unsigned_lut);
     (
         (p + update).0,
-        encode(m, &maps.signed_lut),
-        encode(v, &maps.unsigned_lut),
+        Blockwise8 {
+            codes: B::int_cat(vec![mc, vc], 0),
+            absmax: B::float_cat(vec![ma, va], 0),
+        },
     )
 }

@@ -46,29 +46,36 @@ impl DeviceMaps {
     }
 }
 
-/// u8 codes as a device tensor of u32 words, four codes a word, the first in the low byte
-/// (a byte a value on every backend; WGSL has no u8).
-pub fn codes_tensor(codes: &[u8], device: &Device) -> Tensor<1, Int> {
-    let words: Vec<u32> = codes
-        .chunks(4)
-        .map(|c| {
+/// Both moments' u8 codes as one device tensor of u32 words: the first moment's
+/// `ceil(n / 4)` words, then the second's, four codes a word, the first in the low byte (a byte
+/// a value on every backend; WGSL has no u8).
+pub fn codes_tensor(m: &[u8], v: &[u8], device: &Device) -> Tensor<1, Int> {
+    // Sized exactly: the tensor keeps the buffer as it is.
+    let mut words = Vec::with_capacity(m.len().div_ceil(4) + v.len().div_ceil(4));
+    for codes in [m, v] {
+        words.extend(codes.chunks(4).map(|c| {
             let mut b = [0u8; 4];
             b[..c.len()].copy_from_slice(c);
             u32::from_le_bytes(b)
-        })
-        .collect();
+        }));
+    }
     let n = words.len();
     Tensor::from_data(TensorData::new(words, [n]), (device, DType::U32))
 }
 
-/// The first `len` codes of a tensor made by [`codes_tensor`] (or updated by the optimizer).
-pub fn codes_from_words(words: Tensor<1, Int>, len: usize) -> Vec<u8> {
+/// The `len` codes of each moment of a tensor made by [`codes_tensor`] (or updated by the
+/// optimizer).
+pub fn codes_from_words(words: Tensor<1, Int>, len: usize) -> (Vec<u8>, Vec<u8>) {
     let words = words
         .into_data()
         .convert::<u32>()
         .try_into_vec::<u32>()
         .expect("u32 code words");
-    let mut codes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    codes.truncate(len);
-    codes
+    let (m, v) = words.split_at(len.div_ceil(4));
+    let bytes = |w: &[u32]| -> Vec<u8> {
+        let mut codes: Vec<u8> = w.iter().flat_map(|w| w.to_le_bytes()).collect();
+        codes.truncate(len);
+        codes
+    };
+    (bytes(m), bytes(v))
 }

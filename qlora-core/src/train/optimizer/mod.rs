@@ -19,7 +19,7 @@ use burn::tensor::{Device, Tensor};
 use crate::backend::{AdamWArithmetic, AdamWStep, ops};
 use crate::error::{Error, Result};
 use blockwise_state::{DeviceMaps, STATE_BLOCK};
-use paging::Moment;
+use paging::Moments;
 
 mod blockwise_state;
 mod paging;
@@ -79,8 +79,20 @@ struct ParamState {
     /// Elements of the parameter.
     numel: usize,
     eight_bit: bool,
-    m: Moment,
-    v: Moment,
+    moments: Moments,
+}
+
+impl ParamState {
+    /// The moments, leaving an empty placeholder until they are put back.
+    fn take(&mut self) -> Moments {
+        std::mem::replace(
+            &mut self.moments,
+            Moments::Host(SavedMoments::F32 {
+                m: Vec::new(),
+                v: Vec::new(),
+            }),
+        )
+    }
 }
 
 /// Host form of one parameter's state, for checkpoints.
@@ -130,23 +142,24 @@ impl PagedAdamW {
             .iter()
             .map(|&numel| {
                 let eight_bit = kind.eight_bit() && numel >= MIN_8BIT_SIZE;
-                let (m, v) = if eight_bit {
-                    let zero = || Moment::HostU8 {
-                        codes: vec![0; numel],
-                        absmax: vec![0.0; numel.div_ceil(STATE_BLOCK)],
-                    };
-                    (zero(), zero())
+                let blocks = numel.div_ceil(STATE_BLOCK);
+                let zeros = if eight_bit {
+                    SavedMoments::U8 {
+                        m_codes: vec![0; numel],
+                        m_absmax: vec![0.0; blocks],
+                        v_codes: vec![0; numel],
+                        v_absmax: vec![0.0; blocks],
+                    }
                 } else {
-                    (
-                        Moment::HostF32(vec![0.0; numel]),
-                        Moment::HostF32(vec![0.0; numel]),
-                    )
+                    SavedMoments::F32 {
+                        m: vec![0.0; numel],
+                        v: vec![0.0; numel],
+                    }
                 };
                 ParamState {
                     numel,
                     eight_bit,
-                    m,
-                    v,
+                    moments: Moments::Host(zeros),
                 }
             })
             .collect();
@@ -179,12 +192,12 @@ impl PagedAdamW {
 
     /// Bytes of moment state in all.
     pub fn state_bytes(&self) -> usize {
-        self.states.iter().map(|s| s.m.bytes() + s.v.bytes()).sum()
+        self.states.iter().map(|s| s.moments.bytes()).sum()
     }
 
     /// Bytes of parameter `i`'s moments.
     pub fn parameter_state_bytes(&self, i: usize) -> usize {
-        self.states[i].m.bytes() + self.states[i].v.bytes()
+        self.states[i].moments.bytes()
     }
 
     /// Start a step (once per optimizer step, before the per-parameter updates).
@@ -231,44 +244,22 @@ impl PagedAdamW {
             grad_scale,
         };
         let s = &mut self.states[i];
-        let m = std::mem::replace(&mut s.m, Moment::HostF32(Vec::new()));
-        let v = std::mem::replace(&mut s.v, Moment::HostF32(Vec::new()));
-        let updated = match (m, v) {
-            (Moment::DeviceF32(m), Moment::DeviceF32(v)) => {
+        let updated = match s.take() {
+            Moments::DeviceF32 { m, v } => {
                 let (p, m, v) = ops::adamw_step(flat_p, flat_g, m, v, settings);
-                (s.m, s.v) = (Moment::DeviceF32(m), Moment::DeviceF32(v));
+                s.moments = Moments::DeviceF32 { m, v };
                 p
             }
-            (
-                Moment::DeviceU8 {
-                    codes: mc,
-                    absmax: ma,
-                    len,
-                },
-                Moment::DeviceU8 {
-                    codes: vc,
-                    absmax: va,
-                    ..
-                },
-            ) => {
+            Moments::DeviceU8 { codes, absmax, len } => {
                 let maps = self.maps.as_ref().expect("8-bit maps").operand();
-                let (p, (mc, ma), (vc, va)) =
-                    ops::adamw8_step(flat_p, flat_g, (mc, ma), (vc, va), maps, settings);
-                s.m = Moment::DeviceU8 {
-                    codes: mc,
-                    absmax: ma,
-                    len,
-                };
-                s.v = Moment::DeviceU8 {
-                    codes: vc,
-                    absmax: va,
-                    len,
-                };
+                let (p, (codes, absmax)) =
+                    ops::adamw8_step(flat_p, flat_g, (codes, absmax), maps, settings);
+                s.moments = Moments::DeviceU8 { codes, absmax, len };
                 p
             }
-            _ => unreachable!("paged in"),
+            Moments::Host(_) => unreachable!("paged in"),
         };
-        debug_assert!(eight_bit == matches!(s.m, Moment::DeviceU8 { .. }));
+        debug_assert!(eight_bit == matches!(s.moments, Moments::DeviceU8 { .. }));
         updated.reshape(shape)
     }
 
@@ -279,28 +270,9 @@ impl PagedAdamW {
             .states
             .iter_mut()
             .map(|s| {
-                s.m = std::mem::replace(&mut s.m, Moment::HostF32(Vec::new())).into_host();
-                s.v = std::mem::replace(&mut s.v, Moment::HostF32(Vec::new())).into_host();
-                match (&s.m, &s.v) {
-                    (Moment::HostF32(m), Moment::HostF32(v)) => SavedMoments::F32 {
-                        m: m.clone(),
-                        v: v.clone(),
-                    },
-                    (
-                        Moment::HostU8 {
-                            codes: mc,
-                            absmax: ma,
-                        },
-                        Moment::HostU8 {
-                            codes: vc,
-                            absmax: va,
-                        },
-                    ) => SavedMoments::U8 {
-                        m_codes: mc.clone(),
-                        m_absmax: ma.clone(),
-                        v_codes: vc.clone(),
-                        v_absmax: va.clone(),
-                    },
+                s.moments = s.take().into_host();
+                match &s.moments {
+                    Moments::Host(saved) => saved.clone(),
                     _ => unreachable!("paged out"),
                 }
             })
@@ -319,11 +291,8 @@ impl PagedAdamW {
         }
         for (i, (s, moments)) in self.states.iter_mut().zip(saved).enumerate() {
             let blocks = s.numel.div_ceil(STATE_BLOCK);
-            match (s.eight_bit, moments) {
-                (false, SavedMoments::F32 { m, v }) if m.len() == s.numel && v.len() == s.numel => {
-                    s.m = Moment::HostF32(m);
-                    s.v = Moment::HostF32(v);
-                }
+            let fits = match (s.eight_bit, &moments) {
+                (false, SavedMoments::F32 { m, v }) => m.len() == s.numel && v.len() == s.numel,
                 (
                     true,
                     SavedMoments::U8 {
@@ -332,21 +301,17 @@ impl PagedAdamW {
                         v_codes,
                         v_absmax,
                     },
-                ) if m_codes.len() == s.numel
-                    && v_codes.len() == s.numel
-                    && m_absmax.len() == blocks
-                    && v_absmax.len() == blocks =>
-                {
-                    s.m = Moment::HostU8 {
-                        codes: m_codes,
-                        absmax: m_absmax,
-                    };
-                    s.v = Moment::HostU8 {
-                        codes: v_codes,
-                        absmax: v_absmax,
-                    };
+                ) => {
+                    m_codes.len() == s.numel
+                        && v_codes.len() == s.numel
+                        && m_absmax.len() == blocks
+                        && v_absmax.len() == blocks
                 }
-                _ => {
+                _ => false,
+            };
+            match fits {
+                true => s.moments = Moments::Host(moments),
+                false => {
                     return Err(Error::invalid(format!(
                         "optimizer state of parameter {i} does not match ({} elements, {})",
                         s.numel,
