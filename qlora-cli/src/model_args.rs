@@ -48,17 +48,22 @@ impl ModelArgs {
         if let Some(adapter) = &self.adapter {
             let context = || format!("cannot apply the adapter in {}", adapter.display());
             let file = read_adapter(adapter).with_context(context)?;
-            if !file.ignored.is_empty() {
-                eprintln!(
-                    "warning: {}: target_modules does not cover {} of the file's modules ({}, ...); \
-                     they are ignored, as PEFT ignores them",
-                    adapter.display(),
-                    file.ignored.len(),
-                    file.ignored[0]
-                );
-            }
+            warn_ignored_modules(adapter, &file.ignored);
             apply_adapter(&mut model, file).with_context(context)?;
         }
         Ok((model, tokenizer))
+    }
+}
+
+/// Say which weights of an adapter file its config does not target (PEFT ignores them with a
+/// warning, and so do we).
+pub fn warn_ignored_modules(adapter: &std::path::Path, ignored: &[String]) {
+    if let Some(first) = ignored.first() {
+        eprintln!(
+            "warning: {}: target_modules does not cover {} of the file's modules ({first}, ...); \
+             they are ignored, as PEFT ignores them",
+            adapter.display(),
+            ignored.len(),
+        );
     }
 }

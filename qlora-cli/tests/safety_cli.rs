@@ -590,3 +590,57 @@ fn likely_mistakes_are_warned_about() {
         "{stderr}"
     );
 }
+
+/// Weights an adapter's config does not target are ignored, with a warning, by every command
+/// that reads adapters.
+#[test]
+fn untargeted_adapter_weights_are_ignored_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = root().join("tests/fixtures/tiny-llama-lora");
+    let adapter = dir.path().join("adapter");
+    std::fs::create_dir(&adapter).unwrap();
+    std::fs::copy(
+        lora.join("adapter_model.safetensors"),
+        adapter.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lora.join("adapter_config.json")).unwrap())
+            .unwrap();
+    config["target_modules"] = serde_json::json!(["q_proj"]);
+    std::fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
+    let model = path(&root().join("tests/fixtures/tiny-llama"));
+    let data = path(&root().join("datasets/parity_eval.jsonl"));
+    let runs: [Vec<String>; 2] = [
+        vec![
+            "eval".into(),
+            "--model".into(),
+            model.clone(),
+            "--adapter".into(),
+            path(&adapter),
+            "--data".into(),
+            data,
+            "--format".into(),
+            "alpaca".into(),
+        ],
+        vec![
+            "merge".into(),
+            "--model".into(),
+            model,
+            "--adapter".into(),
+            path(&adapter),
+            "--out".into(),
+            path(&dir.path().join("merged")),
+        ],
+    ];
+    for args in runs {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, _, stderr) = qlora(&args);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stderr.contains("target_modules does not cover 12 of the file's modules"),
+            "{}: {stderr}",
+            args[0]
+        );
+    }
+}

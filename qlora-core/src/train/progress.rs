@@ -18,6 +18,9 @@ pub struct StepMetrics {
     pub padding: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// Device memory in use after the step (GPU backends; the CPU reports none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_memory_bytes: Option<u64>,
 }
 
 /// Where progress is shown: a bar on a terminal, log lines elsewhere.

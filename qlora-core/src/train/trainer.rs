@@ -399,6 +399,11 @@ impl Trainer {
             tokens_per_s: tokens as f64 / seconds.max(1e-9),
             padding: 1.0 - tokens as f64 / positions.max(1) as f64,
             eval_loss: None,
+            device_memory_bytes: self
+                .model
+                .device
+                .memory_pool_usage()
+                .map(|u| u.bytes_in_use),
         })
     }
 }
