@@ -46,3 +46,32 @@ fn readers_survive_mutated_inputs() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// What the long run found in the GGUF reader (dimensions whose product overflows, offsets
+/// past the end): errors naming the tensor, not panics.
+#[test]
+fn gguf_tensor_extents_that_overflow_are_errors() {
+    use common::fuzz::small_gguf;
+    let work = tempfile::tempdir().unwrap();
+    let seed = small_gguf();
+    let name = b"token_embd.weight";
+    // Tensor infos: the name, then its dimension count (u32) and dimensions (u64 each), the
+    // type (u32) and the offset (u64).
+    let at = seed
+        .windows(name.len())
+        .rposition(|w| w == name)
+        .expect("tensor info")
+        + name.len();
+    let dims_at = at + 4;
+    for (patch_at, value) in [
+        (dims_at, u64::MAX / 3),      // first dimension: the product overflows
+        (dims_at + 16 + 4, u64::MAX), // offset: past any file
+    ] {
+        let mut bytes = seed.clone();
+        bytes[patch_at..patch_at + 8].copy_from_slice(&value.to_le_bytes());
+        let path = work.path().join("x.gguf");
+        std::fs::write(&path, &bytes).unwrap();
+        let err = qlora::gguf::GgufFile::open(&path).err().expect("an error");
+        assert!(err.to_string().contains("token_embd.weight"), "{err}");
+    }
+}

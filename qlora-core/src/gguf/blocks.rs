@@ -95,7 +95,9 @@ pub fn byte_len(dtype: GgmlDType, len: usize) -> Result<usize> {
             type_name(dtype)
         )));
     }
-    Ok(len / block * dtype.type_size())
+    (len / block)
+        .checked_mul(dtype.type_size())
+        .ok_or_else(|| Error::invalid(format!("{len} values are too many to address")))
 }
 
 #[cfg(test)]

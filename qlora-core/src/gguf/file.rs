@@ -51,19 +51,7 @@ impl GgufFile {
                     ),
                 ));
             }
-            let bytes = byte_len(info.ggml_dtype, info.shape.elem_count())
-                .map_err(|e| Error::key(&gguf.path, name, e))?;
-            let start = gguf.content.tensor_data_offset + info.offset;
-            if start + bytes as u64 > gguf.map.len() as u64 {
-                return Err(Error::key(
-                    &gguf.path,
-                    name,
-                    format!(
-                        "tensor data ({bytes} bytes at offset {start}) runs past the end of the file ({} bytes): truncated?",
-                        gguf.map.len()
-                    ),
-                ));
-            }
+            gguf.extent(name)?;
         }
         Ok(gguf)
     }
@@ -233,19 +221,45 @@ impl GgufFile {
         Ok(self.info(name)?.ggml_dtype)
     }
 
+    /// Values of a tensor, its dimensions multiplied without overflow.
+    fn elements(&self, name: &str) -> Result<usize> {
+        self.info(name)?
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| Error::key(&self.path, name, "its dimensions are too large to address"))
+    }
+
+    /// Where a tensor's data lies in the file: start and length, checked to lie inside it.
+    fn extent(&self, name: &str) -> Result<(usize, usize)> {
+        let info = self.info(name)?;
+        let bytes = byte_len(info.ggml_dtype, self.elements(name)?)
+            .map_err(|e| Error::key(&self.path, name, e))?;
+        let file_len = self.map.len();
+        let start = (self.content.tensor_data_offset as u128) + u128::from(info.offset);
+        if start + bytes as u128 > file_len as u128 {
+            return Err(Error::key(
+                &self.path,
+                name,
+                format!(
+                    "tensor data ({bytes} bytes at offset {start}) runs past the end of the file ({file_len} bytes): truncated?"
+                ),
+            ));
+        }
+        Ok((start as usize, bytes))
+    }
+
     /// The raw ggml blocks of a tensor.
     pub fn raw(&self, name: &str) -> Result<&[u8]> {
-        let info = self.info(name)?;
-        let len = byte_len(info.ggml_dtype, info.shape.elem_count())
-            .map_err(|e| Error::key(&self.path, name, e))?;
-        let start = (self.content.tensor_data_offset + info.offset) as usize;
+        let (start, len) = self.extent(name)?;
         Ok(&self.map[start..start + len])
     }
 
     /// A tensor dequantized to f32, row-major.
     pub fn dequantize(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.info(name)?;
-        dequantize_blocks(info.ggml_dtype, self.raw(name)?, info.shape.elem_count())
+        dequantize_blocks(info.ggml_dtype, self.raw(name)?, self.elements(name)?)
             .map_err(|e| Error::key(&self.path, name, e))
     }
 }
