@@ -4,21 +4,12 @@
 //! differentiates it), and their hand-written backward passes against that autodiff and
 //! against central differences.
 
+mod common;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use common::values;
 use qlora::backend::AttentionShape;
 use qlora::backend::ops;
-
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn t<const D: usize>(v: &[f32], shape: [usize; D], device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(v.to_vec(), shape), device)

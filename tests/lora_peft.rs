@@ -182,6 +182,25 @@ fn mismatched_adapters_are_clear_errors() {
     );
 }
 
+/// The fixture adapter with `change` applied to its config, in a temporary directory.
+fn edited_fixture_adapter(change: &serde_json::Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = fixture("tiny-llama-lora");
+    std::fs::copy(
+        source.join("adapter_model.safetensors"),
+        dir.path().join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(source.join("adapter_config.json")).unwrap())
+            .unwrap();
+    for (k, v) in change.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
+    dir
+}
+
 /// The fixture adapter's weights under edited configs: what PEFT applies is what we apply.
 /// Losses from PEFT 0.21 (`PeftModel.from_pretrained` on the f32 fixture model, the reference
 /// ids as labels), each config being the fixture's with the one change shown.
@@ -219,21 +238,7 @@ fn adapter_configs_apply_exactly_what_peft_applies() {
         .map(|r| r.iter().map(|&i| i64::from(i)).collect())
         .collect();
     for (name, change, peft_loss, adapters) in cases {
-        let dir = tempfile::tempdir().unwrap();
-        let source = fixture("tiny-llama-lora");
-        std::fs::copy(
-            source.join("adapter_model.safetensors"),
-            dir.path().join("adapter_model.safetensors"),
-        )
-        .unwrap();
-        let mut config: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(source.join("adapter_config.json")).unwrap(),
-        )
-        .unwrap();
-        for (k, v) in change.as_object().unwrap() {
-            config[k] = v.clone();
-        }
-        std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
+        let dir = edited_fixture_adapter(&change);
         let mut model = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
         load_adapter(&mut model, dir.path()).unwrap();
         assert_eq!(model.adapters().len(), adapters, "{name}");
@@ -268,21 +273,7 @@ fn adapter_configs_peft_refuses_are_refused() {
             "matches none",
         ),
     ] {
-        let dir = tempfile::tempdir().unwrap();
-        let source = fixture("tiny-llama-lora");
-        std::fs::copy(
-            source.join("adapter_model.safetensors"),
-            dir.path().join("adapter_model.safetensors"),
-        )
-        .unwrap();
-        let mut config: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(source.join("adapter_config.json")).unwrap(),
-        )
-        .unwrap();
-        for (k, v) in change.as_object().unwrap() {
-            config[k] = v.clone();
-        }
-        std::fs::write(dir.path().join("adapter_config.json"), config.to_string()).unwrap();
+        let dir = edited_fixture_adapter(&change);
         let mut model = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
         let err = load_adapter(&mut model, dir.path())
             .unwrap_err()

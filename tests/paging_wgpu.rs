@@ -9,21 +9,9 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use common::bits;
+use common::{bits, values};
 use qlora::device::DeviceChoice;
 use qlora::train::{AdamWConfig, LogProgress, OptimizerKind, PagedAdamW, TrainConfig, Trainer};
-
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
-}
 
 /// Device memory the runtime holds beside the tensors we measure.
 const SMALL_BUFFERS: usize = 8192;
@@ -56,7 +44,7 @@ fn run(kind: OptimizerKind, budget: Option<usize>) -> Run {
     let mut params: Vec<Tensor<1>> = sizes
         .iter()
         .enumerate()
-        .map(|(i, &n)| Tensor::from_data(TensorData::new(values(n, i as u64), [n]), &device))
+        .map(|(i, &n)| Tensor::from_data(TensorData::new(values(n, i as u64, 0.5), [n]), &device))
         .collect();
     let grads: Vec<Vec<Tensor<1>>> = (0..4u64)
         .map(|step| {
@@ -64,7 +52,7 @@ fn run(kind: OptimizerKind, budget: Option<usize>) -> Run {
                 .iter()
                 .enumerate()
                 .map(|(i, &n)| {
-                    let g = values(n, 100 * step + i as u64);
+                    let g = values(n, 100 * step + i as u64, 0.5);
                     Tensor::from_data(TensorData::new(g, [n]), &device)
                 })
                 .collect()

@@ -6,21 +6,9 @@
 mod common;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use common::fixture;
+use common::{fixture, values};
 use qlora::lora::{LoraConfig, loss_and_grads};
 use qlora::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
-
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn to_vec(t: Tensor<2>) -> Vec<f32> {
     t.into_data().convert::<f32>().try_into_vec().unwrap()

@@ -16,6 +16,23 @@ fn path(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
 
+/// The fixture PEFT adapter copied to `dir` with `key` of its config set to `value`.
+fn edited_fixture_adapter(dir: &Path, key: &str, value: serde_json::Value) -> PathBuf {
+    let lora = root().join("tests/fixtures/tiny-llama-lora");
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::copy(
+        lora.join("adapter_model.safetensors"),
+        dir.join("adapter_model.safetensors"),
+    )
+    .unwrap();
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(lora.join("adapter_config.json")).unwrap())
+            .unwrap();
+    config[key] = value;
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).unwrap();
+    dir.to_path_buf()
+}
+
 /// `qlora train` on the fixture model, two short rows a step; `extra` flags appended (they
 /// replace the defaults here of the same name).
 fn train(out: &Path, extra: &[&str]) -> (i32, String) {
@@ -540,18 +557,11 @@ fn training_continues_an_existing_adapter() {
     }
 
     // An adapter with its own rank for some modules cannot be continued as one.
-    let patterned = dir.path().join("patterned");
-    std::fs::create_dir(&patterned).unwrap();
-    std::fs::copy(
-        lora.join("adapter_model.safetensors"),
-        patterned.join("adapter_model.safetensors"),
-    )
-    .unwrap();
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(lora.join("adapter_config.json")).unwrap())
-            .unwrap();
-    config["alpha_pattern"] = serde_json::json!({"q_proj": 32});
-    std::fs::write(patterned.join("adapter_config.json"), config.to_string()).unwrap();
+    let patterned = edited_fixture_adapter(
+        &dir.path().join("patterned"),
+        "alpha_pattern",
+        serde_json::json!({"q_proj": 32}),
+    );
     let (code, stderr) = train(
         &dir.path().join("run2"),
         &["--adapter", &path(&patterned), "--max-steps", "1"],
@@ -596,19 +606,11 @@ fn likely_mistakes_are_warned_about() {
 #[test]
 fn untargeted_adapter_weights_are_ignored_with_a_warning() {
     let dir = tempfile::tempdir().unwrap();
-    let lora = root().join("tests/fixtures/tiny-llama-lora");
-    let adapter = dir.path().join("adapter");
-    std::fs::create_dir(&adapter).unwrap();
-    std::fs::copy(
-        lora.join("adapter_model.safetensors"),
-        adapter.join("adapter_model.safetensors"),
-    )
-    .unwrap();
-    let mut config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(lora.join("adapter_config.json")).unwrap())
-            .unwrap();
-    config["target_modules"] = serde_json::json!(["q_proj"]);
-    std::fs::write(adapter.join("adapter_config.json"), config.to_string()).unwrap();
+    let adapter = edited_fixture_adapter(
+        &dir.path().join("adapter"),
+        "target_modules",
+        serde_json::json!(["q_proj"]),
+    );
     let model = path(&root().join("tests/fixtures/tiny-llama"));
     let data = path(&root().join("datasets/parity_eval.jsonl"));
     let runs: [Vec<String>; 2] = [

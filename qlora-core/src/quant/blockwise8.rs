@@ -48,27 +48,32 @@ pub fn quantize(values: &[f32], lut: &CodeLut, blocksize: usize) -> (Vec<u8>, Ve
     let absmax: Vec<f32> = values
         .par_chunks(blocksize)
         .zip(codes.par_chunks_mut(blocksize))
-        .map(|(block, out)| {
-            // NaN comparisons are false, so NaNs never raise the max (the kernel's std::max).
-            let max = block
-                .iter()
-                .fold(
-                    f32::NEG_INFINITY,
-                    |m, v| if v.abs() > m { v.abs() } else { m },
-                )
-                .max(0.0);
-            if max == 0.0 {
-                out.fill(0);
-                return max;
-            }
-            let inv = 1.0 / max;
-            for (q, &x) in out.iter_mut().zip(block) {
-                *q = lut.code_of((x * inv).clamp(-1.0, 1.0));
-            }
-            max
-        })
+        .map(|(block, out)| quantize_block(block, lut, out))
         .collect();
     (codes, absmax)
+}
+
+/// bitsandbytes' CPU quantization of one block into `out`; returns its absmax. A block of
+/// zeros gets code 0 throughout.
+#[inline(always)]
+pub fn quantize_block(block: &[f32], lut: &CodeLut, out: &mut [u8]) -> f32 {
+    // NaN comparisons are false, so NaNs never raise the max (the kernel's std::max).
+    let max = block
+        .iter()
+        .fold(
+            f32::NEG_INFINITY,
+            |m, v| if v.abs() > m { v.abs() } else { m },
+        )
+        .max(0.0);
+    if max == 0.0 {
+        out.fill(0);
+        return max;
+    }
+    let inv = 1.0 / max;
+    for (q, &x) in out.iter_mut().zip(block) {
+        *q = lut.code_of((x * inv).clamp(-1.0, 1.0));
+    }
+    max
 }
 
 /// Inverse of [`quantize`]: `code[q] * absmax` per value, in f32.

@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::kernel::{floats, multiversion, tensor, uninit};
 use crate::backend::{AdamWArithmetic, AdamWStep, Blockwise8};
-use crate::quant::blockwise8::CodeLut;
+use crate::quant::blockwise8::{CodeLut, quantize_block};
 use crate::quant::dynamic_map::dynamic_map;
 
 /// The signed and unsigned dynamic maps and their lookup tables, built once.
@@ -192,30 +192,9 @@ multiversion! {
             let p = c.decay.map_or(p[i], |d| p[i] * d);
             po[i] = p + (c.step_size8 * m[i]) / denom;
         }
-        *am = encode_block(&m[..n], signed_lut, &mut mq[..n]);
-        *av = encode_block(&v[..n], unsigned_lut, &mut vq[..n]);
+        *am = quantize_block(&m[..n], signed_lut, &mut mq[..n]);
+        *av = quantize_block(&v[..n], unsigned_lut, &mut vq[..n]);
     }
-}
-
-/// bitsandbytes' CPU blockwise quantization of one block; returns its absmax.
-#[inline(always)]
-fn encode_block(x: &[f32], lut: &CodeLut, out: &mut [u8]) -> f32 {
-    let max = x
-        .iter()
-        .fold(
-            f32::NEG_INFINITY,
-            |m, v| if v.abs() > m { v.abs() } else { m },
-        )
-        .max(0.0);
-    if max == 0.0 {
-        out.fill(0);
-        return max;
-    }
-    let inv = 1.0 / max;
-    for (q, &v) in out.iter_mut().zip(x) {
-        *q = lut.code_of((v * inv).clamp(-1.0, 1.0));
-    }
-    max
 }
 
 pub fn adamw8_step(
