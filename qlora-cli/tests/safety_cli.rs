@@ -646,3 +646,21 @@ fn untargeted_adapter_weights_are_ignored_with_a_warning() {
         );
     }
 }
+
+/// On the CPU a paged optimizer says it pages nothing, instead of implying otherwise.
+#[test]
+fn a_paged_optimizer_on_the_cpu_says_nothing_is_paged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stderr) = train(
+        &dir.path().join("run"),
+        &["--max-steps", "1", "--optim", "paged_adamw_8bit"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(
+            "paged_adamw_8bit on the CPU: device memory is host memory, so nothing is paged \
+             and it runs as adamw_8bit"
+        ),
+        "{stderr}"
+    );
+}

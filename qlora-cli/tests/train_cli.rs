@@ -317,34 +317,3 @@ fn eval_with_packing_gives_the_same_loss_for_every_format() {
         assert!((a - b).abs() <= 1e-5, "{format}: {a} vs {b}");
     }
 }
-
-#[test]
-fn a_paged_optimizer_on_the_cpu_says_nothing_is_paged() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("run");
-    let model = root().join("tests/fixtures/tiny-llama");
-    let train = root().join("datasets/parity_train.jsonl");
-    let (code, _, stderr) = qlora(&[
-        "train",
-        "--model",
-        path(&model),
-        "--data",
-        path(&train),
-        "--out",
-        path(&out),
-        "--max-steps",
-        "1",
-        "--max-seq-len",
-        "256",
-        "--optim",
-        "paged_adamw_8bit",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(
-        stderr.contains(
-            "paged_adamw_8bit on the CPU: device memory is host memory, so nothing is paged \
-             and it runs as adamw_8bit"
-        ),
-        "{stderr}"
-    );
-}
