@@ -1,5 +1,6 @@
-//! The NF4 matmul extension through its generic default (tensor ops), on wgpu over Mesa's CPU
-//! Vulkan driver: forward and input gradient agree with the CPU backend's fast path.
+//! On wgpu over Mesa's CPU Vulkan driver: the NF4 matmul extension and a whole training step
+//! through their generic defaults (tensor ops) agree with the CPU backend's fast paths, and a
+//! run resumes exactly.
 #![cfg(feature = "wgpu")]
 
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
@@ -126,4 +127,59 @@ fn training_step_on_wgpu_matches_cpu() {
             "gradient {i}: max diff {diff} (scale {scale})"
         );
     }
+}
+
+/// A run on wgpu (paged 8-bit states under a budget, checkpointing) interrupted after step 2
+/// resumes from its checkpoint to exactly the uninterrupted run's losses and adapter.
+#[test]
+fn a_wgpu_run_resumes_exactly() {
+    use qlora::device::DeviceChoice;
+    use qlora::train::{LogProgress, OptimizerKind, TrainConfig, Trainer};
+    let dir = tempfile::tempdir().unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let settings = |out: &str| TrainConfig {
+        model: root.join("tests/fixtures/tiny-llama"),
+        data: root.join("datasets/parity_train.jsonl"),
+        out: dir.path().join(out),
+        rank: 64,
+        batch_size: 1,
+        grad_accum: 1,
+        max_seq_len: 256,
+        max_steps: Some(4),
+        save_steps: 2,
+        lr: 1e-3,
+        optim: OptimizerKind::PagedAdamW8,
+        optim_device_budget_mb: Some(0.2),
+        logging_steps: 100,
+        ..TrainConfig::default()
+    };
+    let trainer = |config: TrainConfig, resume: Option<&std::path::Path>| {
+        Trainer::new(
+            config,
+            DeviceChoice::Wgpu,
+            resume,
+            &mut LogProgress::new(100),
+        )
+        .unwrap()
+    };
+    let adapters = |t: &Trainer| -> Vec<Vec<f32>> {
+        t.model
+            .adapters()
+            .iter()
+            .flat_map(|(_, a)| [a.a.clone(), a.b.clone()])
+            .map(|t| t.into_data().try_into_vec::<f32>().unwrap())
+            .collect()
+    };
+    let mut straight = trainer(settings("straight"), None);
+    let losses: Vec<f64> = (0..4).map(|_| straight.step().unwrap().loss).collect();
+    // Another run stops after step 2 with a checkpoint.
+    let mut first = trainer(settings("first"), None);
+    first.step().unwrap();
+    first.step().unwrap();
+    first.save_checkpoint().unwrap();
+    let checkpoint = Trainer::latest_checkpoint(&dir.path().join("first")).unwrap();
+    let mut resumed = trainer(settings("resumed"), Some(&checkpoint));
+    let rest: Vec<f64> = (0..2).map(|_| resumed.step().unwrap().loss).collect();
+    assert_eq!(rest, losses[2..]);
+    assert_eq!(adapters(&resumed), adapters(&straight));
 }

@@ -30,7 +30,9 @@ pub struct TrainSummary {
 }
 
 impl Trainer {
-    fn save_checkpoint(&mut self) -> Result<PathBuf> {
+    /// Write `OUT/checkpoint-N/` for the run as it stands (what `run` does every
+    /// `--save-steps`); returns its directory.
+    pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let (step, moments) = self.optimizer.save();
         let model = &self.model;
         let lora = &self.lora;
