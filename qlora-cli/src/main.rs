@@ -70,6 +70,13 @@ fn value_error(err: &clap::Error) -> Option<String> {
 }
 
 fn main() -> ExitCode {
+    // Mesa's Vulkan drivers (what wgpu runs on without a GPU, and on many Linux GPUs) print
+    // "XDG_RUNTIME_DIR is invalid or not set" when it is unset, as on headless servers.
+    #[cfg(unix)]
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none() {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("XDG_RUNTIME_DIR", std::env::temp_dir()) };
+    }
     let matches = match Cli::command().try_get_matches() {
         Ok(matches) => matches,
         Err(err) => match value_error(&err) {
