@@ -10,6 +10,8 @@
 //! is the same weight as backend primitives, what the operations take.
 
 mod autodiff;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+mod cube;
 pub mod dropout;
 mod flex;
 pub mod generic;
@@ -309,4 +311,8 @@ pub trait QloraOps: Backend {
 }
 
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl QloraOps for burn::backend::Cube {}
+impl QloraOps for burn::backend::Cube {
+    fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        cube::nf4::dequantize(weight)
+    }
+}
