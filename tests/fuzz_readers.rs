@@ -75,3 +75,23 @@ fn gguf_tensor_extents_that_overflow_are_errors() {
         assert!(err.to_string().contains("token_embd.weight"), "{err}");
     }
 }
+
+/// What the long run found in tokenizer files: a `normalizer` the tokenizers crate parses but
+/// panics on when encoding. Loading refuses it, naming the file.
+#[test]
+fn tokenizers_that_panic_when_encoding_are_refused_on_load() {
+    let work = tempfile::tempdir().unwrap();
+    let source = common::fixture("tiny-llama");
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(source.join(file), work.path().join(file)).unwrap();
+    }
+    let path = work.path().join("tokenizer.json");
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    json["normalizer"] = serde_json::json!([""]);
+    std::fs::write(&path, json.to_string()).unwrap();
+    let err = qlora::text::Tokenizer::load(work.path())
+        .err()
+        .expect("an error");
+    assert!(err.to_string().contains("tokenizer.json"), "{err}");
+}

@@ -63,6 +63,15 @@ fn ids(value: Option<&Value>) -> Vec<u32> {
     }
 }
 
+/// Run a call into the tokenizers crate, turning its panics into an error.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|_| {
+        Error::invalid(
+            "the tokenizers library failed on this tokenizer (is tokenizer.json damaged?)",
+        )
+    })
+}
+
 impl Tokenizer {
     /// Load the tokenizer of a model directory.
     pub fn load(dir: impl AsRef<Path>) -> Result<Self> {
@@ -90,6 +99,10 @@ impl Tokenizer {
             )
         })?
         .map_err(|e| Error::file(&path, format!("cannot load tokenizer: {e}")))?;
+        // A tokenizer that cannot encode a plain sentence is refused here, naming the file.
+        guarded(|| inner.encode("Hello, world! 12 + 30", true))
+            .map_err(|e| Error::file(&path, e.to_string()))?
+            .map_err(|e| Error::file(&path, format!("cannot tokenize text: {e}")))?;
         let config_path = dir.join(TOKENIZER_CONFIG_FILE);
         let config = read_json(&config_path)?.unwrap_or(Value::Null);
         let generation = read_json(&dir.join(GENERATION_CONFIG_FILE))?.unwrap_or(Value::Null);
@@ -164,17 +177,15 @@ impl Tokenizer {
     /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor adds what
     /// it is configured to (e.g. bos), exactly as transformers' `tokenizer(text)` does.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        self.inner
-            .encode(text, add_special_tokens)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))
+        self.encode_with_offsets(text, add_special_tokens)
+            .map(|e| e.ids)
     }
 
     /// Token ids with the byte span of each token in `text` (for label masks).
     pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<Encoded> {
-        let encoding = self
-            .inner
-            .encode(text, add_special_tokens)
+        // The tokenizers crate panics inside some malformed (yet parseable) normalizers and
+        // models: a panic is an error here, not a crash.
+        let encoding = guarded(|| self.inner.encode(text, add_special_tokens))?
             .map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))?;
         Ok(Encoded {
             ids: encoding.get_ids().to_vec(),
@@ -183,8 +194,7 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
-        self.inner
-            .decode(ids, skip_special_tokens)
+        guarded(|| self.inner.decode(ids, skip_special_tokens))?
             .map_err(|e| Error::invalid(format!("cannot decode tokens: {e}")))
     }
 
