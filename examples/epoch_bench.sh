@@ -11,19 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PEER_PY="${PEER_PY:-$HOME/.cache/qlora-peer/bin/python}"
-MODEL="${PEER_MODEL:-$HOME/.cache/qlora-peer/smollm2}"
-BENCH="${PEER_BENCH:-../shared/bench/hf_epoch_bench.py}"
+DEFAULT_BENCH=../shared/bench/hf_epoch_bench.py
 COUNT="${1:-96}"
-for f in "$PEER_PY" "$MODEL/config.json" "$BENCH"; do
-  [ -e "$f" ] || { echo "error: $f not found (see ../shared/bench/README.md)" >&2; exit 1; }
-done
-if [ -z "${QLORA_BIN:-}" ]; then
-  cargo build --release -p qlora-cli
-  QLORA_BIN=target/release/qlora
-fi
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
+source examples/peer_setup.sh
 DATA="$WORK/alpaca.jsonl"
 
 # Alpaca-like lengths: short instructions, a third with an input, answers log-normal around

@@ -54,15 +54,13 @@ pub fn run(args: MergeArgs) -> Result<()> {
         overwrite: args.force,
     };
     let start = Instant::now();
-    let adapter = qlora_core::lora::read_adapter(&args.adapter)?;
-    crate::model_args::warn_ignored_modules(&args.adapter, &adapter.ignored);
-    drop(adapter);
     let report = merge_model(
         &resolve_model(&args.model)?,
         &args.adapter,
         &args.out,
         &options,
     )?;
+    crate::model_args::warn_ignored_modules(&args.adapter, &report.ignored_modules);
     eprintln!(
         "merged {} adapters into the {} base, wrote {} ({}) in {:.1}s to {}",
         report.merged,

@@ -50,6 +50,9 @@ pub struct MergeReport {
     pub base: MergeBase,
     pub dtype: FloatDtype,
     pub bytes_out: usize,
+    /// Modules with weights in the adapter file that its config does not target (not merged,
+    /// as PEFT ignores them).
+    pub ignored_modules: Vec<String>,
 }
 
 /// One adapter ready to fold in: `A` `[r, in]`, `B` `[out, r]`, its scale.
@@ -60,9 +63,12 @@ struct Adapter {
     scale: f64,
 }
 
-/// The adapters of `dir` keyed by weight name, checked against the base's shapes, and
-/// whether the adapter was trained on an NF4 base.
-fn read_adapters(dir: &Path, config: &LlamaConfig) -> Result<(HashMap<String, Adapter>, bool)> {
+/// The adapters of `dir` keyed by weight name, checked against the base's shapes, whether the
+/// adapter was trained on an NF4 base, and the modules its config does not target.
+fn read_adapters(
+    dir: &Path,
+    config: &LlamaConfig,
+) -> Result<(HashMap<String, Adapter>, bool, Vec<String>)> {
     let file = read_adapter(dir)?;
     // Our runs record their base precision next to the adapter; assume QLoRA (NF4) otherwise.
     let trained_on_nf4 = TrainConfig::from_toml_file(&dir.join("training_config.toml"))
@@ -96,7 +102,7 @@ fn read_adapters(dir: &Path, config: &LlamaConfig) -> Result<(HashMap<String, Ad
             },
         );
     }
-    Ok((adapters, trained_on_nf4))
+    Ok((adapters, trained_on_nf4, file.ignored))
 }
 
 /// `W + scale · B A` in f32.
@@ -125,7 +131,7 @@ pub fn merge_model(
     let config_path = model_dir.join(CONFIG_FILE);
     let config = LlamaConfig::load(&config_path)?;
     let checkpoint = Checkpoint::open(model_dir)?;
-    let (adapters, trained_on_nf4) = read_adapters(adapter_dir, &config)?;
+    let (adapters, trained_on_nf4, ignored_modules) = read_adapters(adapter_dir, &config)?;
     let base = options
         .base
         .unwrap_or(if trained_on_nf4 || config.bnb_4bit {
@@ -259,5 +265,6 @@ pub fn merge_model(
         base,
         dtype,
         bytes_out,
+        ignored_modules,
     })
 }

@@ -10,8 +10,8 @@ use crate::dtype::{FloatDtype, decode_f32, encode_f32};
 use crate::error::{Error, Result};
 
 /// Write one safetensors file. The crate writes through a private (0600) temporary file; the
-/// result gets the permissions any other file we create gets (0666 less the umask), read from
-/// a probe file next to it.
+/// result gets the permissions any other file we create gets (0666 less the umask), read once
+/// from a probe file.
 pub fn write_safetensors_file<'a, V: View + 'a>(
     tensors: impl IntoIterator<Item = (&'a String, V)>,
     metadata: Option<HashMap<String, String>>,
@@ -19,12 +19,20 @@ pub fn write_safetensors_file<'a, V: View + 'a>(
 ) -> Result<()> {
     serialize_to_file(tensors, metadata, path)
         .map_err(|e| Error::file(path, format!("cannot write safetensors: {e}")))?;
-    let probe = path.with_extension("permissions-probe");
-    let mode = std::fs::File::create(&probe)
-        .and_then(|f| f.metadata())
-        .map(|m| m.permissions());
-    let _ = std::fs::remove_file(&probe);
-    let mode = mode.map_err(|e| Error::io(&probe, e))?;
+    // The mode a new file gets in this process (the umask is process-wide): probed once.
+    static ORDINARY: std::sync::OnceLock<std::fs::Permissions> = std::sync::OnceLock::new();
+    let mode = match ORDINARY.get() {
+        Some(mode) => mode.clone(),
+        None => {
+            let probe = path.with_extension("permissions-probe");
+            let mode = std::fs::File::create(&probe)
+                .and_then(|f| f.metadata())
+                .map(|m| m.permissions());
+            let _ = std::fs::remove_file(&probe);
+            let mode = mode.map_err(|e| Error::io(&probe, e))?;
+            ORDINARY.get_or_init(|| mode).clone()
+        }
+    };
     std::fs::set_permissions(path, mode).map_err(|e| Error::io(path, e))
 }
 

@@ -14,7 +14,7 @@ use super::config::{LoraConfig, LoraInit, lora_scale};
 use super::targeting::Targeting;
 use crate::checkpoint::{Checkpoint, OutTensor, write_safetensors_file};
 use crate::config::Projection;
-use crate::dtype::{FloatDtype, decode_f32, encode_f32};
+use crate::dtype::{FloatDtype, encode_f32};
 use crate::error::{Error, Result};
 use crate::model::{Llama, LoraAdapter};
 
@@ -263,6 +263,8 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
     // Per module: A and B as (shape, values), either may be missing until all keys are read.
     type Half = Option<(Vec<usize>, Vec<f32>)>;
     let mut halves: BTreeMap<String, [Half; 2]> = BTreeMap::new();
+    let mut ignored = std::collections::BTreeSet::new();
+    let mut any = false;
     for key in file.names() {
         let (module, part) = parse_key(key).ok_or_else(|| {
             Error::key(
@@ -271,38 +273,23 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
                 "not a LoRA weight of a LLaMA model (expected base_model.model.<module>.lora_A.weight)",
             )
         })?;
-        let view = file.view(key)?;
-        let dtype = FloatDtype::from_safetensors(view.dtype()).ok_or_else(|| {
-            Error::key(
-                &weights_path,
-                key,
-                format!("unsupported dtype {:?}", view.dtype()),
-            )
-        })?;
-        let values = decode_f32(view.data(), dtype);
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(Error::key(
-                &weights_path,
-                key,
-                format!(
-                    "holds a non-finite value ({}) at element {i}: the adapter is damaged",
-                    values[i]
-                ),
-            ));
+        any = true;
+        // Weights the config does not target are never decoded.
+        if !settings.targeting.targets(module) {
+            ignored.insert(module.to_string());
+            continue;
         }
+        let shape = file.view(key)?.shape().to_vec();
+        // Decoded to f32, a non-finite value an error naming the key.
+        let values = file.read_f32(key, None)?;
         halves.entry(module.to_string()).or_default()[usize::from(part == "lora_B")] =
-            Some((view.shape().to_vec(), values));
+            Some((shape, values));
     }
-    if halves.is_empty() {
+    if !any {
         return Err(Error::file(&weights_path, "contains no LoRA weights"));
     }
     let mut modules = BTreeMap::new();
-    let mut ignored = Vec::new();
     for (module, [a, b]) in halves {
-        if !settings.targeting.targets(&module) {
-            ignored.push(module);
-            continue;
-        }
         let missing = |part: &str| {
             Error::key(
                 &weights_path,
@@ -342,7 +329,7 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
     Ok(AdapterFile {
         settings,
         modules,
-        ignored,
+        ignored: ignored.into_iter().collect(),
         weights_path,
     })
 }

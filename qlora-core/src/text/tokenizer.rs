@@ -177,16 +177,20 @@ impl Tokenizer {
     /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor adds what
     /// it is configured to (e.g. bos), exactly as transformers' `tokenizer(text)` does.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
-        self.encode_with_offsets(text, add_special_tokens)
-            .map(|e| e.ids)
+        self.encoding(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+    }
+
+    /// The crate's encoding of `text`. It panics inside some malformed (yet parseable)
+    /// normalizers and models: a panic is an error here, not a crash.
+    fn encoding(&self, text: &str, add_special_tokens: bool) -> Result<tokenizers::Encoding> {
+        guarded(|| self.inner.encode(text, add_special_tokens))?
+            .map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))
     }
 
     /// Token ids with the byte span of each token in `text` (for label masks).
     pub fn encode_with_offsets(&self, text: &str, add_special_tokens: bool) -> Result<Encoded> {
-        // The tokenizers crate panics inside some malformed (yet parseable) normalizers and
-        // models: a panic is an error here, not a crash.
-        let encoding = guarded(|| self.inner.encode(text, add_special_tokens))?
-            .map_err(|e| Error::invalid(format!("cannot tokenize text: {e}")))?;
+        let encoding = self.encoding(text, add_special_tokens)?;
         Ok(Encoded {
             ids: encoding.get_ids().to_vec(),
             offsets: encoding.get_offsets().to_vec(),

@@ -222,11 +222,6 @@ impl Trainer {
         (self.optimizer.paged_in, self.optimizer.paged_out)
     }
 
-    /// Bytes of optimizer state in all (device and host).
-    pub fn optimizer_state_bytes(&self) -> usize {
-        self.optimizer.state_bytes()
-    }
-
     /// The next micro-batch in data order, advancing the position.
     fn next_batch(&mut self) -> TrainBatch {
         if self.plan.0 != self.position.epoch {

@@ -1,0 +1,16 @@
+# Sourced by the benchmarks that run the PyTorch peer next to `qlora train`: the peer's venv,
+# model and script (PEER_PY, PEER_MODEL, PEER_BENCH; see ../shared/bench/README.md), a built
+# `qlora` (QLORA_BIN), and a scratch directory WORK removed on exit. The caller sets
+# DEFAULT_BENCH, the peer script used when PEER_BENCH is unset.
+PEER_PY="${PEER_PY:-$HOME/.cache/qlora-peer/bin/python}"
+MODEL="${PEER_MODEL:-$HOME/.cache/qlora-peer/smollm2}"
+BENCH="${PEER_BENCH:-$DEFAULT_BENCH}"
+for f in "$PEER_PY" "$MODEL/config.json" "$BENCH"; do
+  [ -e "$f" ] || { echo "error: $f not found (see ../shared/bench/README.md)" >&2; exit 1; }
+done
+if [ -z "${QLORA_BIN:-}" ]; then
+  cargo build --release -p qlora-cli
+  QLORA_BIN=target/release/qlora
+fi
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
