@@ -280,7 +280,8 @@ pub fn loss_and_grads(
         let _span = profile::span(Phase::HeadAndLoss);
         ops::cross_entropy_with_grad(normed, model.head_weight()?, &targets)
     };
-    let loss_sum = f64::from(losses.sum().into_scalar::<f32>());
+    // `sum_dim`, not `sum`: the latter may add with atomics (in any order) on GPU backends.
+    let loss_sum = f64::from(losses.sum_dim(0).into_scalar::<f32>());
     let mut dy = model.norm.backward(x, d_normed);
 
     let neg_sin = inputs.sin.clone().neg();

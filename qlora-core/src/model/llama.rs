@@ -260,7 +260,8 @@ impl Llama {
         let _span = profile::span(Phase::HeadAndLoss);
         let losses = ops::cross_entropy(normed, self.head_weight()?, &targets);
         Ok(LossSum {
-            sum: losses.sum(),
+            // Not `sum()`: GPU backends may add with atomics, in any order.
+            sum: losses.sum_dim(0),
             tokens,
         })
     }

@@ -175,23 +175,6 @@ pub struct TrainConfig {
     pub max_seq_len: usize,
 }
 
-/// Settings a resumed run may change: they extend or reschedule the run (length, and with it a
-/// schedule's horizon), or change only what is written, reported or where states live (paging
-/// copies bits; checkpointing recomputes the same values). Any other change alters what the run
-/// computes, and resuming refuses it.
-const RESUMABLE_CHANGES: &[&str] = &[
-    "out",
-    "max_steps",
-    "epochs",
-    "save_steps",
-    "save_total_limit",
-    "eval_steps",
-    "logging_steps",
-    "adapter_dtype",
-    "optim_device_budget_mb",
-    "gradient_checkpointing",
-];
-
 /// A path flag that may be left empty (the file may give it; [`TrainConfig::validate`] checks).
 fn path(text: &str) -> std::result::Result<PathBuf, std::convert::Infallible> {
     Ok(PathBuf::from(text))
@@ -223,41 +206,6 @@ impl TrainConfig {
     /// The configuration as TOML (what `--config` reads back).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("settings serialize")
-    }
-
-    /// This run's settings against `saved`, those of the checkpoint it resumes: an error names
-    /// the first setting whose change would alter what the run computes; otherwise the
-    /// harmless changes, as `--flag old -> new` for the log.
-    pub fn resume_changes(&self, saved: &TrainConfig, checkpoint: &Path) -> Result<Vec<String>> {
-        let table = |c: &TrainConfig| match toml::Value::try_from(c) {
-            Ok(toml::Value::Table(t)) => t,
-            _ => unreachable!("settings serialize to a table"),
-        };
-        let (now, then) = (table(self), table(saved));
-        let mut keys: Vec<&String> = now.keys().chain(then.keys()).collect();
-        keys.sort();
-        keys.dedup();
-        let show = |v: Option<&toml::Value>| v.map_or("unset".to_string(), |v| v.to_string());
-        let mut allowed = Vec::new();
-        for key in keys {
-            let (a, b) = (then.get(key), now.get(key));
-            if a == b {
-                continue;
-            }
-            let change = format!("--{} {} -> {}", key.replace('_', "-"), show(a), show(b));
-            if RESUMABLE_CHANGES.contains(&key.as_str()) {
-                allowed.push(change);
-            } else {
-                return Err(Error::invalid(format!(
-                    "{}: cannot resume with {change}: the checkpoint was trained with {}, and a \
-                     change would alter what the run computes; resume with the same value or \
-                     start a new run",
-                    checkpoint.display(),
-                    show(a)
-                )));
-            }
-        }
-        Ok(allowed)
     }
 
     /// The adapters this run trains.

@@ -5,8 +5,10 @@ mod checkpoint;
 mod config;
 mod optimizer;
 mod progress;
+mod resume;
 mod run;
 mod schedule;
+mod step;
 mod trainer;
 
 pub use checkpoint::{RunPosition, list_checkpoints, load_checkpoint};
@@ -15,4 +17,5 @@ pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, Saved
 pub use progress::{LogProgress, METRICS_FILE, Progress, StepMetrics};
 pub use run::{Outcome, TrainSummary};
 pub use schedule::{Schedule, warmup_from_ratio};
-pub use trainer::{StepGradients, Trainer};
+pub use step::StepGradients;
+pub use trainer::Trainer;

@@ -1,26 +1,20 @@
-//! One optimizer step at a time: the run's data, model and optimizer, micro-batches
-//! accumulated into a step, gradient clipping, the learning-rate schedule, resuming.
+//! A run set up: its data, model with adapters and optimizer, the order of its micro-batches,
+//! resuming from a checkpoint. The step itself is in `step.rs`.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
-
-use burn::tensor::Tensor;
 
 use super::checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
-use super::progress::{Progress, StepMetrics};
+use super::progress::Progress;
 use super::schedule::warmup_from_ratio;
 use crate::config::Projection;
 use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, split_eval};
 use crate::device::DeviceChoice;
 use crate::error::{Error, Result};
 use crate::eval::evaluate;
-use crate::lora::{
-    AdapterFile, LoraConfig, apply_adapter, load_adapter, loss_and_grads, read_adapter,
-};
-use crate::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
-use crate::profile::{self, Phase};
+use crate::lora::{AdapterFile, LoraConfig, apply_adapter, load_adapter, read_adapter};
+use crate::model::{Llama, LoadOptions, TrainBatch};
 use crate::quant::Nf4Config;
 use crate::text::Tokenizer;
 
@@ -223,7 +217,7 @@ impl Trainer {
     }
 
     /// The next micro-batch in data order, advancing the position.
-    fn next_batch(&mut self) -> TrainBatch {
+    pub(super) fn next_batch(&mut self) -> TrainBatch {
         if self.plan.0 != self.position.epoch {
             let plan = epoch_plan(
                 &self.lengths,
@@ -256,150 +250,6 @@ impl Trainer {
         Ok(Some(
             evaluate(&self.model, &self.eval, packing, |_| {})?.loss,
         ))
-    }
-}
-
-/// The micro-batches of one optimizer step, summed: the gradients of the summed token loss
-/// (divide by `targets` for the step's mean), and what they held.
-pub struct StepGradients {
-    pub grads: Vec<(Tensor<2>, Tensor<2>)>,
-    pub loss_sum: f64,
-    /// Tokens with a target: the step's loss is `loss_sum / targets`, whatever the
-    /// micro-batches (not a mean of per-micro-batch means).
-    pub targets: usize,
-    /// Real tokens, and all positions (padding included).
-    pub tokens: u64,
-    pub positions: u64,
-}
-
-impl Trainer {
-    /// Run the next `grad_accum` micro-batches forward and backward and sum their gradients.
-    pub fn accumulate(&mut self) -> Result<StepGradients> {
-        let mut sum: Option<Vec<(Tensor<2>, Tensor<2>)>> = None;
-        let (mut loss_sum, mut targets, mut tokens, mut positions) = (0f64, 0usize, 0u64, 0u64);
-        for _ in 0..self.config.grad_accum {
-            let batch = self.next_batch();
-            tokens += batch.tokens() as u64;
-            positions += batch.positions() as u64;
-            let stream = DropoutStream {
-                seed: self.config.seed,
-                step: self.position.micro_step,
-            };
-            self.position.micro_step += 1;
-            let result = loss_and_grads(
-                &self.model,
-                &batch,
-                self.config.gradient_checkpointing,
-                Some(&stream),
-            )?;
-            loss_sum += result.loss_sum;
-            targets += result.tokens;
-            sum = Some(match sum {
-                None => result.grads.grads,
-                Some(acc) => acc
-                    .into_iter()
-                    .zip(result.grads.grads)
-                    .map(|((a, b), (ga, gb))| (a + ga, b + gb))
-                    .collect(),
-            });
-        }
-        Ok(StepGradients {
-            grads: sum.expect("at least one micro-batch"),
-            loss_sum,
-            targets,
-            tokens,
-            positions,
-        })
-    }
-
-    /// One optimizer step: `grad_accum` micro-batches, clipping, the update.
-    pub fn step(&mut self) -> Result<StepMetrics> {
-        let start = Instant::now();
-        let StepGradients {
-            grads,
-            loss_sum,
-            targets,
-            tokens,
-            positions,
-        } = self.accumulate()?;
-        let step = self.position.step;
-        let lr = self.config.lr
-            * self
-                .config
-                .schedule
-                .factor(step, self.total_steps, self.warmup);
-        let loss = if targets > 0 {
-            loss_sum / targets as f64
-        } else {
-            0.0
-        };
-        if !loss.is_finite() {
-            return Err(Error::invalid(format!(
-                "the loss became {loss} at step {}; stopping (the last checkpoint is kept)",
-                step + 1
-            )));
-        }
-        let mut grad_norm = 0.0;
-        if targets > 0 {
-            let _span = profile::span(Phase::Optimizer);
-            // The gradient of the mean token loss over the whole accumulated batch is the sum
-            // times `1 / targets`: the scale (and clipping) ride in the update.
-            let scale = 1.0 / targets as f64;
-            let squares: Vec<Tensor<1>> = grads
-                .iter()
-                .flat_map(|(a, b)| [a, b])
-                .map(|g| g.clone().powi_scalar(2).sum())
-                .collect();
-            // One read back for the whole norm.
-            let squares = f64::from(Tensor::cat(squares, 0).sum().into_scalar::<f32>());
-            grad_norm = squares.sqrt() * scale;
-            if !grad_norm.is_finite() {
-                return Err(Error::invalid(format!(
-                    "the gradient norm became {grad_norm} at step {}; stopping (the last checkpoint is kept)",
-                    step + 1
-                )));
-            }
-            let max = self.config.max_grad_norm;
-            let clip = if max > 0.0 && grad_norm > max {
-                max / (grad_norm + 1e-6)
-            } else {
-                1.0
-            };
-            self.optimizer.begin_step();
-            let mut adapters: Vec<_> = self
-                .model
-                .linears_mut()
-                .into_iter()
-                .filter_map(|(_, l)| l.lora.as_mut())
-                .collect();
-            for (k, ((ga, gb), adapter)) in grads.into_iter().zip(adapters.iter_mut()).enumerate() {
-                let grad_scale = scale * clip;
-                adapter.a = self
-                    .optimizer
-                    .update(2 * k, adapter.a.clone(), ga, grad_scale, lr);
-                adapter.b = self
-                    .optimizer
-                    .update(2 * k + 1, adapter.b.clone(), gb, grad_scale, lr);
-            }
-        }
-        self.position.step += 1;
-        self.position.tokens += tokens;
-        let seconds = start.elapsed().as_secs_f64();
-        Ok(StepMetrics {
-            step: self.position.step,
-            loss,
-            lr,
-            grad_norm,
-            tokens: self.position.tokens,
-            tokens_per_s: tokens as f64 / seconds.max(1e-9),
-            padding: 1.0 - tokens as f64 / positions.max(1) as f64,
-            eval_loss: None,
-            device_memory_bytes: self
-                .model
-                .device
-                .memory_pool_usage()
-                .map(|u| u.bytes_in_use),
-        })
     }
 }
 

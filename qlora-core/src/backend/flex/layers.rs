@@ -110,14 +110,19 @@ pub fn swiglu_backward(
 
 pub fn dropout(x: FlexTensor, seed: u64, p: f64) -> FlexTensor {
     let shape = x.shape();
-    let xs = floats(&x);
+    let out = dropout_values(&floats(&x), seed, p);
+    FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
+}
+
+/// `xs` times the dropout mask of `seed`, on the thread pool.
+pub(super) fn dropout_values(xs: &[f32], seed: u64, p: f64) -> Vec<f32> {
     let mask = DropoutMask::new(seed, p);
     let mut out = uninit(xs.len());
     out.par_chunks_mut(4096)
         .zip(xs.par_chunks(4096))
         .enumerate()
         .for_each(|(chunk, (out, xs))| dropout_span(out, xs, &mask, chunk * 4096));
-    FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
+    out
 }
 
 multiversion! {
@@ -193,7 +198,7 @@ multiversion! {
 
 multiversion! {
     /// Element `start + j` of the mask times `xs[j]`.
-    pub(super) fn dropout_span(out: &mut [f32], xs: &[f32], mask: &DropoutMask, start: usize) {
+    fn dropout_span(out: &mut [f32], xs: &[f32], mask: &DropoutMask, start: usize) {
         for (j, (o, x)) in out.iter_mut().zip(xs).enumerate() {
             *o = x * mask.value(start + j);
         }

@@ -9,21 +9,14 @@ use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::kernel::{View, all_threads, floats, matmul, tensor, uninit};
-use super::layers::dropout_span;
-use crate::backend::dropout::DropoutMask;
+use super::layers::dropout_values;
 
 /// `x` with the dropout mask of `seed` (the same values when `p` is 0).
 fn dropped<'a>(xs: Cow<'a, [f32]>, seed: u64, p: f64) -> Cow<'a, [f32]> {
     if p <= 0.0 {
         return xs;
     }
-    let mask = DropoutMask::new(seed, p);
-    let mut out = uninit(xs.len());
-    out.par_chunks_mut(4096)
-        .zip(xs.par_chunks(4096))
-        .enumerate()
-        .for_each(|(chunk, (out, xs))| dropout_span(out, xs, &mask, chunk * 4096));
-    Cow::Owned(out)
+    Cow::Owned(dropout_values(&xs, seed, p))
 }
 
 /// The values of `t`, owned (without a copy when nothing else holds them).

@@ -7,15 +7,20 @@ use burn::tensor::TensorData;
 use super::F;
 use crate::backend::dropout::DropoutMask;
 
+/// `1 / sqrt(mean(x²) + eps)` of each row of `x`, as a column.
+fn inv_rms<B: Backend>(x: &F<B>, eps: f64) -> F<B> {
+    (x.clone() * x.clone())
+        .mean_dim(1)
+        .add_scalar(eps)
+        .sqrt()
+        .recip()
+}
+
 /// `x / sqrt(mean(x²) + eps) · weight` over the rows of `x` `[rows, hidden]`.
 pub fn rms_norm<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
     let x = F::<B>(x);
     let hidden = x.dims()[1];
-    let inv = (x.clone() * x.clone())
-        .mean_dim(1)
-        .add_scalar(eps)
-        .sqrt()
-        .recip();
+    let inv = inv_rms(&x, eps);
     (x * inv * F(weight).reshape(&[1, hidden])).0
 }
 
@@ -28,11 +33,7 @@ pub fn rms_norm_backward<B: Backend>(
 ) -> FloatTensor<B> {
     let x = F::<B>(x);
     let hidden = x.dims()[1];
-    let inv = (x.clone() * x.clone())
-        .mean_dim(1)
-        .add_scalar(eps)
-        .sqrt()
-        .recip();
+    let inv = inv_rms(&x, eps);
     let g = F(dy) * F(weight).reshape(&[1, hidden]);
     // dx = r g - x r³ mean(g x)
     let dot = (g.clone() * x.clone()).mean_dim(1);
