@@ -3,7 +3,7 @@
 # in the same run on the same machine: QLoRA training tokens/s and peak RSS at the settings of
 # ../shared/bench/hf_train_bench.py (SmolLM2-135M, NF4 base with double quantization, r 64 on
 # every linear, AdamW 32-bit, clipping 0.3, gradient checkpointing, f32, batch 1, one sequence
-# of SEQ tokens a step, every token learned).
+# of SEQ tokens a step, every token learned; `--max-seq-len SEQ` so a packed row holds one).
 #
 #   examples/peer_bench.sh [SEQ ...]        # default: 512 2048
 #
@@ -45,7 +45,7 @@ with open(path, "w") as f:
 EOF
   out="$WORK/run-$seq"
   qlora_rss=$(peak_rss "$QLORA_BIN" train --model "$MODEL" --data "$WORK/data-$seq.jsonl" \
-    --format text --out "$out" --target-max-len "$((seq - 1))" --max-steps "$STEPS" \
+    --format text --out "$out" --target-max-len "$((seq - 1))" --max-seq-len "$seq" --max-steps "$STEPS" \
     --batch-size 1 --grad-accum 1 --optim adamw_32bit --lr 2e-4 --rank 64 --alpha 16 \
     --dropout 0.05 --warmup-steps 0 --save-steps 1000 --logging-steps 1000 --seed 0)
   # Steady state: the steps after the first two, as the peer reports.
