@@ -67,19 +67,22 @@ enum Kept {
     All(Activations),
 }
 
-/// The first half of a layer: attention, up to (not including) the output projection.
-fn attention_half(
-    layer: &DecoderLayer,
-    x: Tensor<2>,
-    context: &LayerContext<'_>,
-) -> (
+/// `(n1, q, k, v, attended, lse)`: the input norm, the queries, keys and values, the attention
+/// output and its log-sum-exp.
+type AttentionHalf = (
     Tensor<2>,
     Tensor<2>,
     Tensor<2>,
     Tensor<2>,
     Tensor<2>,
     Tensor<1>,
-) {
+);
+
+/// `(n2, gate, up, z)`: the post-attention norm, the gate and up projections, their SwiGLU.
+type MlpHalf = (Tensor<2>, Tensor<2>, Tensor<2>, Tensor<2>);
+
+/// The first half of a layer: attention, up to (not including) the output projection.
+fn attention_half(layer: &DecoderLayer, x: Tensor<2>, context: &LayerContext<'_>) -> AttentionHalf {
     let n1 = layer.input_layernorm.forward(x);
     let (q, k, v) = layer.self_attn.qkv(n1.clone(), context);
     let (attended, lse) = layer
@@ -89,11 +92,7 @@ fn attention_half(
 }
 
 /// The second half of a layer up to (not including) the down projection.
-fn mlp_half(
-    layer: &DecoderLayer,
-    h: Tensor<2>,
-    context: &LayerContext<'_>,
-) -> (Tensor<2>, Tensor<2>, Tensor<2>, Tensor<2>) {
+fn mlp_half(layer: &DecoderLayer, h: Tensor<2>, context: &LayerContext<'_>) -> MlpHalf {
     let n2 = layer.post_attention_layernorm.forward(h);
     let (gate, up) = layer.mlp.gate_up(n2.clone(), context.dropout);
     let z = {
@@ -118,7 +117,23 @@ fn forward_keeping(
     let h = x.clone() + o;
     let (n2, gate, up, z) = mlp_half(layer, h.clone(), context);
     let y = h.clone() + layer.mlp.down_proj.forward_rows(z.clone(), context.dropout);
-    let kept = if checkpointing {
+    let attention = (n1, q, k, v, attended, lse);
+    (
+        y,
+        forward_kept(x, attention, h, (n2, gate, up, z), checkpointing),
+    )
+}
+
+/// What the forward pass keeps of a layer, from its input `x`, the outputs of
+/// [`attention_half`], its hidden state after attention `h` and the outputs of [`mlp_half`].
+fn forward_kept(
+    x: Tensor<2>,
+    (n1, q, k, v, attended, lse): AttentionHalf,
+    h: Tensor<2>,
+    (n2, gate, up, z): MlpHalf,
+    checkpointing: bool,
+) -> Kept {
+    if checkpointing {
         Kept::Checkpoint {
             x,
             attended,
@@ -140,8 +155,7 @@ fn forward_keeping(
             up,
             z,
         })
-    };
-    (y, kept)
+    }
 }
 
 /// The activations of a checkpointed layer, recomputed from what was kept: the queries, keys
@@ -156,19 +170,10 @@ fn recompute(
     let n1 = layer.input_layernorm.forward(x.clone());
     let (q, k, v) = layer.self_attn.qkv(n1.clone(), context);
     let (n2, gate, up, z) = mlp_half(layer, h.clone(), context);
-    Activations {
-        x,
-        n1,
-        q,
-        k,
-        v,
-        attended,
-        lse,
-        h,
-        n2,
-        gate,
-        up,
-        z,
+    let attention = (n1, q, k, v, attended, lse);
+    match forward_kept(x, attention, h, (n2, gate, up, z), false) {
+        Kept::All(activations) => activations,
+        Kept::Checkpoint { .. } => unreachable!("asked for all activations"),
     }
 }
 
