@@ -227,3 +227,58 @@ fn a_wgpu_run_resumes_exactly() {
     assert_eq!(rest, losses[2..]);
     assert_eq!(adapters(&resumed), adapters(&straight));
 }
+
+/// Largest difference relative to the largest magnitude of `want`.
+fn rel_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+        / scale
+}
+
+fn floats<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec().unwrap()
+}
+
+/// The chunked CubeCL cross-entropy (a vocabulary large enough for three chunks of rows)
+/// against the CPU kernel: per-row losses and the hidden states' gradient within 1e-5.
+#[test]
+fn cross_entropy_kernel_matches_cpu() {
+    use burn::tensor::Int;
+    use qlora::backend::ops;
+    let (rows, hidden, vocab) = (4000usize, 8usize, 10_000usize);
+    let h = values(rows * hidden, 31);
+    let w: Vec<f32> = values(vocab * hidden, 32).iter().map(|v| v * 4.0).collect();
+    let targets: Vec<i64> = (0..rows)
+        .map(|r| {
+            if r % 7 == 3 {
+                -1
+            } else {
+                ((r * 7919) % vocab) as i64
+            }
+        })
+        .collect();
+    let run = |device: &Device| {
+        let h = Tensor::<2>::from_data(TensorData::new(h.clone(), [rows, hidden]), device);
+        let w = Tensor::<2>::from_data(TensorData::new(w.clone(), [vocab, hidden]), device);
+        let t = Tensor::<1, Int>::from_data(TensorData::new(targets.clone(), [rows]), device);
+        let plain = ops::cross_entropy(h.clone(), &w, &t);
+        let (losses, grad) = ops::cross_entropy_with_grad(h, &w, &t);
+        (floats(plain), floats(losses), floats(grad))
+    };
+    let (cpu_plain, cpu_losses, cpu_grad) = run(&Device::flex());
+    let (gpu_plain, gpu_losses, gpu_grad) = run(&Device::wgpu(DeviceKind::DefaultDevice));
+    let ignored = targets.iter().filter(|t| **t < 0).count();
+    assert_eq!(gpu_losses.iter().filter(|l| **l == 0.0).count(), ignored);
+    for (name, got, want) in [
+        ("losses", &gpu_losses, &cpu_losses),
+        ("losses without the gradient", &gpu_plain, &cpu_plain),
+        ("gradient", &gpu_grad, &cpu_grad),
+    ] {
+        let d = rel_diff(got, want);
+        assert!(d <= 1e-5, "{name}: relative difference {d:e}");
+    }
+}

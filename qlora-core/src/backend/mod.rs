@@ -315,4 +315,41 @@ impl QloraOps for burn::backend::Cube {
     fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
         cube::nf4::dequantize(weight)
     }
+
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        cube::optim::adamw_step(param, grad, m, v, settings)
+    }
+
+    fn adamw8_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        state: Blockwise8<Self>,
+        maps: StateMaps<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, Blockwise8<Self>) {
+        cube::optim::adamw8_step(param, grad, state, maps, settings)
+    }
+
+    fn cross_entropy(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::loss::cross_entropy(hidden, weight, targets, false).0
+    }
+
+    fn cross_entropy_with_grad(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (losses, grad) = cube::loss::cross_entropy(hidden, weight, targets, true);
+        (losses, grad.expect("asked for the gradient"))
+    }
 }
