@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod fuzz;
+pub mod ops;
 pub mod synthetic;
 pub mod training_peak;
 

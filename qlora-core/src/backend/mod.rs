@@ -336,6 +336,32 @@ impl QloraOps for burn::backend::Cube {
         cube::optim::adamw8_step(param, grad, state, maps, settings)
     }
 
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        cube::attention::attention(q, k, v, q_ids, k_ids, shape)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        cube::attention::attention_backward(q, k, v, out, lse, d_out, q_ids, k_ids, shape)
+    }
+
     fn cross_entropy(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,

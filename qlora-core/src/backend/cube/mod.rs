@@ -1,6 +1,7 @@
 //! CubeCL kernels of [`QloraOps`](super::QloraOps) for the GPU backends (wgpu, CUDA): the same
 //! source compiles for both.
 
+pub mod attention;
 pub mod loss;
 pub mod nf4;
 pub mod optim;

@@ -1,0 +1,355 @@
+//! Causal grouped-query attention with sequence ids, flash-style: a thread a query keeps a
+//! running maximum, sum and output over the keys it may see (online softmax) and saves only
+//! the log-sum-exp; the backward pass recomputes each probability from it, a thread a query for
+//! the queries' gradient and a thread a key for the keys' and values' (summing over the query
+//! heads a key/value head serves), so no `[q_len, k_len]` score matrix exists and nothing is
+//! added with atomics. Keys after a query's position are never visited (the causal half is
+//! skipped), keys of other sequences are passed over. Key/value heads are read in place for
+//! every query head they serve (no copies).
+//!
+//! Layouts as [`AttentionShape`] says: `q` `[batch * q_len, heads * d]`, `k`, `v` `[batch *
+//! k_len, kv_heads * d]`, the log-sum-exp `[batch, heads, q_len]`. Threads of a cube take
+//! neighbouring queries of one head, so they read the same keys at the same time.
+
+use burn::tensor::IntDType;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::*;
+use cubecl::{CubeDim, calculate_cube_count_elemwise};
+
+use super::{contiguous_f32, contiguous_int, f32_buffer};
+use crate::backend::AttentionShape;
+
+/// The runtime sizes of an attention.
+#[derive(CubeType, CubeLaunch, Clone, Copy)]
+pub struct Dims {
+    batch: u32,
+    heads: u32,
+    kv_heads: u32,
+    q_len: u32,
+    k_len: u32,
+    scale: f32,
+}
+
+fn dims(s: &AttentionShape) -> DimsLaunch {
+    DimsLaunch::new(
+        s.batch as u32,
+        s.heads as u32,
+        s.kv_heads as u32,
+        s.q_len as u32,
+        s.k_len as u32,
+        s.scale as f32,
+    )
+}
+
+/// `x[row, head · d + e]` for `e` in `0..d` of a `[rows, heads · d]` tensor, into `out`.
+#[cube]
+fn load(
+    x: &[f32],
+    row: usize,
+    head: usize,
+    heads: usize,
+    out: &mut Array<f32>,
+    #[comptime] d: usize,
+) {
+    let base = (row * heads + head) * d;
+    for e in 0..d {
+        out[e] = x[base + e];
+    }
+}
+
+/// `a · x[row, head]` for a `[rows, heads · d]` tensor.
+#[cube]
+fn dot(
+    a: &Array<f32>,
+    x: &[f32],
+    row: usize,
+    head: usize,
+    heads: usize,
+    #[comptime] d: usize,
+) -> f32 {
+    let base = (row * heads + head) * d;
+    let mut sum = 0.0f32;
+    for e in 0..d {
+        sum += a[e] * x[base + e];
+    }
+    sum
+}
+
+/// One thread a query `(b, h, i)`: the attention output and the log-sum-exp.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn forward_kernel(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    q_ids: &[i32],
+    k_ids: &[i32],
+    out: &mut [f32],
+    lse: &mut [f32],
+    s: Dims,
+    #[comptime] d: usize,
+) {
+    let (heads, q_len, k_len) = (s.heads as usize, s.q_len as usize, s.k_len as usize);
+    let t = ABSOLUTE_POS;
+    if t >= s.batch as usize * heads * q_len {
+        terminate!();
+    }
+    let i = t % q_len;
+    let h = (t / q_len) % heads;
+    let b = t / (q_len * heads);
+    let kv = h / (heads / s.kv_heads as usize);
+    let kv_heads = s.kv_heads as usize;
+    let pos = k_len - q_len + i;
+    let id = q_ids[b * q_len + i];
+
+    let mut qv = Array::<f32>::new(d);
+    load(q, b * q_len + i, h, heads, &mut qv, d);
+    let mut acc = Array::<f32>::new(d);
+    let mut running_max = f32::new(-3.0e38);
+    let mut sum = 0.0f32;
+    for j in 0..pos + 1 {
+        if k_ids[b * k_len + j] == id {
+            let score = dot(&qv, k, b * k_len + j, kv, kv_heads, d) * s.scale;
+            let new_max = f32::max(running_max, score);
+            let correction = (running_max - new_max).exp();
+            let p = (score - new_max).exp();
+            sum = sum * correction + p;
+            let vbase = ((b * k_len + j) * kv_heads + kv) * d;
+            for e in 0..d {
+                acc[e] = acc[e] * correction + p * v[vbase + e];
+            }
+            running_max = new_max;
+        }
+    }
+    let obase = ((b * q_len + i) * heads + h) * d;
+    for e in 0..d {
+        out[obase + e] = acc[e] / sum;
+    }
+    lse[t] = running_max + sum.ln();
+}
+
+/// One thread a query `(b, h, i)`: the queries' gradient, and `delta = dO · O` (which the keys'
+/// kernel reads).
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn query_grad_kernel(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    d_out: &[f32],
+    q_ids: &[i32],
+    k_ids: &[i32],
+    dq: &mut [f32],
+    delta: &mut [f32],
+    s: Dims,
+    #[comptime] d: usize,
+) {
+    let (heads, q_len, k_len) = (s.heads as usize, s.q_len as usize, s.k_len as usize);
+    let t = ABSOLUTE_POS;
+    if t >= s.batch as usize * heads * q_len {
+        terminate!();
+    }
+    let i = t % q_len;
+    let h = (t / q_len) % heads;
+    let b = t / (q_len * heads);
+    let kv_heads = s.kv_heads as usize;
+    let kv = h / (heads / kv_heads);
+    let pos = k_len - q_len + i;
+    let id = q_ids[b * q_len + i];
+    let row = b * q_len + i;
+
+    let mut qv = Array::<f32>::new(d);
+    load(q, row, h, heads, &mut qv, d);
+    let mut dov = Array::<f32>::new(d);
+    load(d_out, row, h, heads, &mut dov, d);
+    let dd = dot(&dov, out, row, h, heads, d);
+    delta[t] = dd;
+    let l = lse[t];
+    let mut acc = Array::<f32>::new(d);
+    for j in 0..pos + 1 {
+        if k_ids[b * k_len + j] == id {
+            let key = b * k_len + j;
+            let p = (dot(&qv, k, key, kv, kv_heads, d) * s.scale - l).exp();
+            let ds = p * (dot(&dov, v, key, kv, kv_heads, d) - dd);
+            let kbase = (key * kv_heads + kv) * d;
+            for e in 0..d {
+                acc[e] += ds * k[kbase + e];
+            }
+        }
+    }
+    let base = (row * heads + h) * d;
+    for e in 0..d {
+        dq[base + e] = acc[e] * s.scale;
+    }
+}
+
+/// One thread a key `(b, kv, j)`: the keys' and values' gradients, summed over the query heads
+/// the key/value head serves and the queries that see the key.
+#[cube(launch)]
+#[allow(clippy::too_many_arguments)]
+fn key_grad_kernel(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    lse: &[f32],
+    delta: &[f32],
+    d_out: &[f32],
+    q_ids: &[i32],
+    k_ids: &[i32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    s: Dims,
+    #[comptime] d: usize,
+) {
+    let (heads, q_len, k_len) = (s.heads as usize, s.q_len as usize, s.k_len as usize);
+    let kv_heads = s.kv_heads as usize;
+    let t = ABSOLUTE_POS;
+    if t >= s.batch as usize * kv_heads * k_len {
+        terminate!();
+    }
+    let j = t % k_len;
+    let kv = (t / k_len) % kv_heads;
+    let b = t / (k_len * kv_heads);
+    let groups = heads / kv_heads;
+    let offset = k_len - q_len;
+    let key = b * k_len + j;
+    let id = k_ids[key];
+
+    let mut kvec = Array::<f32>::new(d);
+    load(k, key, kv, kv_heads, &mut kvec, d);
+    let mut vvec = Array::<f32>::new(d);
+    load(v, key, kv, kv_heads, &mut vvec, d);
+    let mut dk_acc = Array::<f32>::new(d);
+    let mut dv_acc = Array::<f32>::new(d);
+    // The first query whose position is not before the key.
+    let mut first = 0usize;
+    if j > offset {
+        first = j - offset;
+    }
+    for g in 0..groups {
+        let h = kv * groups + g;
+        for i in first..q_len {
+            let row = b * q_len + i;
+            if q_ids[row] == id {
+                let stat = (b * heads + h) * q_len + i;
+                let p = (dot(&kvec, q, row, h, heads, d) * s.scale - lse[stat]).exp();
+                let ds = p * (dot(&vvec, d_out, row, h, heads, d) - delta[stat]);
+                let base = (row * heads + h) * d;
+                for e in 0..d {
+                    dv_acc[e] += p * d_out[base + e];
+                    dk_acc[e] += ds * q[base + e];
+                }
+            }
+        }
+    }
+    let base = (key * kv_heads + kv) * d;
+    for e in 0..d {
+        dk[base + e] = dk_acc[e] * s.scale;
+        dv[base + e] = dv_acc[e];
+    }
+}
+
+fn launch_dims(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim) {
+    let dim = CubeDim::new(client, n);
+    (calculate_cube_count_elemwise(client, n, dim), dim)
+}
+
+/// `softmax(q kᵀ · scale, masked) v` and the log-sum-exp of every query's scores.
+pub fn attention(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    q_ids: CubeTensor,
+    k_ids: CubeTensor,
+    s: AttentionShape,
+) -> (CubeTensor, CubeTensor) {
+    let (q, k, v) = (contiguous_f32(q), contiguous_f32(k), contiguous_f32(v));
+    let out = f32_buffer(&q, vec![s.batch * s.q_len, s.heads * s.head_dim]);
+    let queries = s.batch * s.heads * s.q_len;
+    let lse = f32_buffer(&q, vec![queries]);
+    let client = q.client.clone();
+    let (count, dim) = launch_dims(&client, queries);
+    forward_kernel::launch(
+        &client,
+        count,
+        dim,
+        q.into_buffer_arg(),
+        k.into_buffer_arg(),
+        v.into_buffer_arg(),
+        contiguous_int(q_ids, IntDType::I32).into_buffer_arg(),
+        contiguous_int(k_ids, IntDType::I32).into_buffer_arg(),
+        out.clone().into_buffer_arg(),
+        lse.clone().into_buffer_arg(),
+        dims(&s),
+        s.head_dim,
+    );
+    (out, lse)
+}
+
+/// The gradients of [`attention`] with respect to `q`, `k` and `v`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    q: CubeTensor,
+    k: CubeTensor,
+    v: CubeTensor,
+    out: CubeTensor,
+    lse: CubeTensor,
+    d_out: CubeTensor,
+    q_ids: CubeTensor,
+    k_ids: CubeTensor,
+    s: AttentionShape,
+) -> (CubeTensor, CubeTensor, CubeTensor) {
+    let (q, k, v) = (contiguous_f32(q), contiguous_f32(k), contiguous_f32(v));
+    let (out, lse, d_out) = (
+        contiguous_f32(out),
+        contiguous_f32(lse),
+        contiguous_f32(d_out),
+    );
+    let q_ids = contiguous_int(q_ids, IntDType::I32);
+    let k_ids = contiguous_int(k_ids, IntDType::I32);
+    let queries = s.batch * s.heads * s.q_len;
+    let dq = f32_buffer(&q, vec![s.batch * s.q_len, s.heads * s.head_dim]);
+    let delta = f32_buffer(&q, vec![queries]);
+    let dk = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
+    let dv = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
+    let client = q.client.clone();
+    let (count, dim) = launch_dims(&client, queries);
+    query_grad_kernel::launch(
+        &client,
+        count,
+        dim,
+        q.clone().into_buffer_arg(),
+        k.clone().into_buffer_arg(),
+        v.clone().into_buffer_arg(),
+        out.into_buffer_arg(),
+        lse.clone().into_buffer_arg(),
+        d_out.clone().into_buffer_arg(),
+        q_ids.clone().into_buffer_arg(),
+        k_ids.clone().into_buffer_arg(),
+        dq.clone().into_buffer_arg(),
+        delta.clone().into_buffer_arg(),
+        dims(&s),
+        s.head_dim,
+    );
+    let (count, dim) = launch_dims(&client, s.batch * s.kv_heads * s.k_len);
+    key_grad_kernel::launch(
+        &client,
+        count,
+        dim,
+        q.into_buffer_arg(),
+        k.into_buffer_arg(),
+        v.into_buffer_arg(),
+        lse.into_buffer_arg(),
+        delta.into_buffer_arg(),
+        d_out.into_buffer_arg(),
+        q_ids.into_buffer_arg(),
+        k_ids.into_buffer_arg(),
+        dk.clone().into_buffer_arg(),
+        dv.clone().into_buffer_arg(),
+        dims(&s),
+        s.head_dim,
+    );
+    (dq, dk, dv)
+}
