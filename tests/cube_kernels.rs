@@ -98,3 +98,97 @@ fn attention_kernels_match_cpu() {
         }
     }
 }
+
+/// RMSNorm, RoPE and SwiGLU forward and backward (rows wider than a cube, so units stride).
+#[test]
+fn elementwise_kernels_match_cpu() {
+    let (rows, hidden, heads, dim) = (37usize, 576usize, 9usize, 64usize);
+    let x = values(rows * hidden, 21, 2.0);
+    let w = values(hidden, 22, 1.5);
+    let dy = values(rows * hidden, 23, 1.0);
+    let (cos, sin): (Vec<f32>, Vec<f32>) = (0..rows * dim)
+        .map(|i| ((i as f32) * 0.37).sin_cos())
+        .map(|(s, c)| (c, s))
+        .unzip();
+    let up = values(rows * hidden, 24, 3.0);
+    let run = |device: &Device| {
+        let xt = t(&x, [rows, hidden], device);
+        let wt = t(&w, [hidden], device);
+        let dyt = t(&dy, [rows, hidden], device);
+        let (ct, st) = (t(&cos, [rows, dim], device), t(&sin, [rows, dim], device));
+        let qt = t(&x, [rows, heads * dim], device);
+        let ut = t(&up, [rows, hidden], device);
+        let (dg, du) = ops::swiglu_backward(xt.clone(), ut.clone(), dyt.clone());
+        [
+            vec(ops::rms_norm(xt.clone(), &wt, 1e-5)),
+            vec(ops::rms_norm_backward(xt.clone(), &wt, 1e-5, dyt)),
+            vec(ops::rope(qt.clone(), &ct, &st)),
+            vec(ops::rope(qt, &ct, &st.neg())),
+            vec(ops::swiglu(xt, ut)),
+            vec(dg),
+            vec(du),
+        ]
+    };
+    let (cpu, gpu) = (run(&Device::flex()), run(&gpu()));
+    let names = [
+        "rms_norm",
+        "rms_norm backward",
+        "rope",
+        "rope backward",
+        "swiglu",
+        "swiglu dgate",
+        "swiglu dup",
+    ];
+    for (name, (got, want)) in names.iter().zip(gpu.iter().zip(&cpu)) {
+        assert_close(name, got, want, 1e-5);
+    }
+}
+
+/// Dropout draws the CPU's mask bit for bit (the 64-bit counter hash in 32-bit halves), and
+/// LoRA with dropout (forward and gradients) agrees with the CPU's.
+#[test]
+fn dropout_masks_and_lora_match_cpu() {
+    let (rows, inp, out, r) = (33usize, 96usize, 80usize, 8usize);
+    let x = values(rows * inp, 41, 1.0);
+    for (seed, p) in [(7u64, 0.1f64), (0xdead_beef_1234_5678, 0.5), (3, 0.05)] {
+        let run = |device: &Device| vec(ops::dropout(t(&x, [rows, inp], device), seed, p));
+        let (cpu, gpu) = (run(&Device::flex()), run(&gpu()));
+        let differing = common::bits(&gpu)
+            .iter()
+            .zip(common::bits(&cpu))
+            .filter(|(a, b)| **a != *b)
+            .count();
+        assert_eq!(differing, 0, "seed {seed} p {p}: values differ");
+    }
+    let (a, b) = (values(r * inp, 42, 0.3), values(out * r, 43, 0.3));
+    let (base, dy) = (values(rows * out, 44, 1.0), values(rows * out, 45, 1.0));
+    let dx_base = values(rows * inp, 46, 1.0);
+    let run = |device: &Device| {
+        let xt = t(&x, [rows, inp], device);
+        let (at, bt) = (t(&a, [r, inp], device), t(&b, [out, r], device));
+        let y = ops::lora_forward(
+            t(&base, [rows, out], device),
+            xt.clone(),
+            &at,
+            &bt,
+            2.0,
+            9,
+            0.1,
+        );
+        let (da, db, dx) = ops::lora_backward(
+            xt,
+            &at,
+            &bt,
+            t(&dy, [rows, out], device),
+            t(&dx_base, [rows, inp], device),
+            2.0,
+            9,
+            0.1,
+        );
+        [vec(y), vec(da), vec(db), vec(dx)]
+    };
+    let (cpu, gpu) = (run(&Device::flex()), run(&gpu()));
+    for (name, (got, want)) in ["y", "dA", "dB", "dx"].iter().zip(gpu.iter().zip(&cpu)) {
+        assert_close(name, got, want, 1e-5);
+    }
+}

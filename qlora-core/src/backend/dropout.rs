@@ -27,6 +27,11 @@ impl DropoutMask {
         }
     }
 
+    /// The 64-bit threshold an element's hash must reach to be kept, and the kept value.
+    pub fn parts(&self) -> (u64, f32) {
+        (self.threshold, self.keep)
+    }
+
     #[inline(always)]
     pub fn value(&self, i: usize) -> f32 {
         if mix(self.seed ^ (i as u64).wrapping_mul(0xd1b54a32d192ed03)) >= self.threshold {

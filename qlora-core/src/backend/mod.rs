@@ -316,6 +316,43 @@ impl QloraOps for burn::backend::Cube {
         cube::nf4::dequantize(weight)
     }
 
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        cube::layers::rms_norm(x, weight, eps)
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::layers::rms_norm_backward(x, weight, eps, dy)
+    }
+
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cube::layers::rope(x, cos, sin)
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        cube::layers::swiglu(gate, up)
+    }
+
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        cube::layers::swiglu_backward(gate, up, dz)
+    }
+
+    fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
+        cube::layers::dropout(x, seed, p)
+    }
+
     fn adamw_step(
         param: FloatTensor<Self>,
         grad: FloatTensor<Self>,

@@ -2,6 +2,7 @@
 //! source compiles for both.
 
 pub mod attention;
+pub mod layers;
 pub mod loss;
 pub mod nf4;
 pub mod optim;

@@ -5,6 +5,7 @@ use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::TensorData;
 
 use super::F;
+use crate::backend::QloraOps;
 use crate::backend::dropout::DropoutMask;
 
 /// `1 / sqrt(mean(x²) + eps)` of each row of `x`, as a column.
@@ -96,13 +97,13 @@ pub fn dropout<B: Backend>(x: FloatTensor<B>, seed: u64, p: f64) -> FloatTensor<
     B::float_mul(x, mask)
 }
 
-/// `x` with dropout, or `x` itself when `p` is 0.
-fn maybe_dropout<B: Backend>(x: FloatTensor<B>, seed: u64, p: f64) -> FloatTensor<B> {
-    if p > 0.0 { dropout::<B>(x, seed, p) } else { x }
+/// `x` with the backend's dropout, or `x` itself when `p` is 0.
+fn maybe_dropout<B: QloraOps>(x: FloatTensor<B>, seed: u64, p: f64) -> FloatTensor<B> {
+    if p > 0.0 { B::dropout(x, seed, p) } else { x }
 }
 
 /// `base + scale · (dropout(x) Aᵀ) Bᵀ`.
-pub fn lora_forward<B: Backend>(
+pub fn lora_forward<B: QloraOps>(
     base: FloatTensor<B>,
     x: FloatTensor<B>,
     a: FloatTensor<B>,
@@ -118,7 +119,7 @@ pub fn lora_forward<B: Backend>(
 
 /// `(dA, dB, dx_base + dx)` of [`lora_forward`].
 #[allow(clippy::too_many_arguments)]
-pub fn lora_backward<B: Backend>(
+pub fn lora_backward<B: QloraOps>(
     x: FloatTensor<B>,
     a: FloatTensor<B>,
     b: FloatTensor<B>,
