@@ -24,7 +24,7 @@ fn cube_sum(shared: &mut Shared<[f32]>, value: f32) -> f32 {
     let mut width = CUBE_DIM as usize / 2;
     while width > 0 {
         if unit < width {
-            shared[unit] = shared[unit] + shared[unit + width];
+            shared[unit] += shared[unit + width];
         }
         sync_cube();
         width /= 2;

@@ -71,7 +71,7 @@ fn row_loss_kernel(
     let mut width = units / 2;
     while width > 0 {
         if unit < width {
-            shared[unit] = shared[unit] + shared[unit + width];
+            shared[unit] += shared[unit + width];
         }
         sync_cube();
         width /= 2;
@@ -95,7 +95,7 @@ fn row_loss_kernel(
             if target >= 0 {
                 d = (logits[base + j] - lse).exp();
                 if j == target as usize {
-                    d = d - 1.0f32;
+                    d -= 1.0f32;
                 }
             }
             logits[base + j] = d;

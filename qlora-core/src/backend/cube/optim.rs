@@ -120,6 +120,8 @@ fn encode(x: f32, max: f32, lut: &[i32]) -> u32 {
 /// One block of 256 values of bitsandbytes' `AdamW8bit` (a cube of 256 units).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
+// CubeCL kernels have no `div_ceil` nor `is_multiple_of`.
+#[allow(clippy::manual_div_ceil, clippy::manual_is_multiple_of)]
 fn adamw8_kernel(
     param: &[f32],
     grad: &[f32],
@@ -162,10 +164,13 @@ fn adamw8_kernel(
     // The block's largest |m| and |v| (NaN ignored, at least 0): a tree of comparisons, so the
     // result does not depend on the order.
     let mut scratch = Shared::<[f32]>::new_slice(2 * block);
+    // NaN fails every comparison: it stays 0 here and never raises the maximum (as on the CPU).
     let mut am = 0.0f32;
     let mut av = 0.0f32;
-    if live {
+    if live && f32::abs(m) >= 0.0f32 {
         am = f32::abs(m);
+    }
+    if live && f32::abs(v) >= 0.0f32 {
         av = f32::abs(v);
     }
     scratch[unit] = am;
@@ -187,14 +192,8 @@ fn adamw8_kernel(
         sync_cube();
         width /= 2;
     }
-    let mut max_m = scratch[0];
-    let mut max_v = scratch[block];
-    if !(max_m > 0.0f32) {
-        max_m = 0.0f32;
-    }
-    if !(max_v > 0.0f32) {
-        max_v = 0.0f32;
-    }
+    let max_m = scratch[0];
+    let max_v = scratch[block];
 
     let mut qm = 0u32;
     let mut qv = 0u32;
