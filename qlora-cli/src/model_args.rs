@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use qlora_core::ComputeDtype;
 use qlora_core::device::DeviceChoice;
 use qlora_core::gguf::resolve_model;
 use qlora_core::lora::{apply_adapter, read_adapter};
@@ -28,6 +29,10 @@ pub struct ModelArgs {
     /// Where to compute: cpu, wgpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// What activations and the base's matmuls compute in: f32, bf16 or f16 [default: bf16 on
+    /// GPUs that have it, else f32].
+    #[arg(long)]
+    pub compute_dtype: Option<ComputeDtype>,
     /// A PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors).
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -37,11 +42,14 @@ impl ModelArgs {
     pub fn load(&self) -> Result<(Llama, Tokenizer)> {
         let dir = resolve_model(&self.model)?;
         let tokenizer = Tokenizer::load(&dir)?;
+        let device = self.device.device()?;
+        let compute = ComputeDtype::resolve(self.compute_dtype, &device)?;
         let options = LoadOptions {
             bits: self.bits,
             nf4: Nf4Config::default(),
             nf4_matmul: self.nf4_matmul,
-            device: self.device.device()?,
+            device,
+            compute,
         };
         let mut model = Llama::load(&dir, &options)
             .with_context(|| format!("cannot load the model in {}", self.model.display()))?;

@@ -20,9 +20,6 @@ pub struct PlanArgs {
     /// Tokens per sequence.
     #[arg(long, default_value_t = 512, help_heading = "Plan")]
     seq_len: usize,
-    /// Compute dtype: f32 (CPU) or bf16/f16 (GPU).
-    #[arg(long, default_value = "f32", help_heading = "Plan")]
-    compute_dtype: String,
     /// Memory to fit in, e.g. 24GB.
     #[arg(long, help_heading = "Plan")]
     gpu_memory: Option<ByteSize>,
@@ -35,11 +32,8 @@ fn settings(args: &PlanArgs, run: &TrainConfig) -> Result<PlanSettings> {
     if run.rank == 0 || run.batch_size == 0 || args.seq_len == 0 {
         bail!("--rank, --batch-size and --seq-len must be positive");
     }
-    let compute_bytes = match args.compute_dtype.as_str() {
-        "f32" => 4,
-        "bf16" | "f16" => 2,
-        other => bail!("--compute-dtype: expected f32, bf16 or f16, found `{other}`"),
-    };
+    // Without --compute-dtype a plan is of f32 compute (our CPU kernels).
+    let compute_bytes = run.compute_dtype.map_or(4, |d| d.size() as u64);
     Ok(PlanSettings {
         bits: run.bits,
         rank: run.rank,
@@ -58,8 +52,13 @@ fn settings(args: &PlanArgs, run: &TrainConfig) -> Result<PlanSettings> {
 
 /// Device memory a paged optimizer may keep its states in when no budget is given: what the
 /// planner leaves of the device's `capacity` after the step's peak with no state resident
-/// (rows of `--max-seq-len` tokens, f32 compute). Returns the budget and that planned peak.
-pub fn automatic_optimizer_budget(run: &TrainConfig, capacity: u64) -> Result<(u64, u64)> {
+/// (rows of `--max-seq-len` tokens, `compute_bytes` a value). Returns the budget and that
+/// planned peak.
+pub fn automatic_optimizer_budget(
+    run: &TrainConfig,
+    capacity: u64,
+    compute_bytes: u64,
+) -> Result<(u64, u64)> {
     let config = load_config(&run.model.to_string_lossy())?;
     let settings = PlanSettings {
         bits: run.bits,
@@ -70,7 +69,7 @@ pub fn automatic_optimizer_budget(run: &TrainConfig, capacity: u64) -> Result<(u
         gradient_checkpointing: run.gradient_checkpointing,
         optimizer_8bit: run.optim.eight_bit(),
         optimizer_device_budget: Some(0),
-        compute_bytes: 4,
+        compute_bytes,
     };
     let peak = plan(&config, &settings)?.peak_bytes;
     Ok((capacity.saturating_sub(peak), peak))

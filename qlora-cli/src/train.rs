@@ -91,9 +91,12 @@ fn optimizer_budget(
     if config.optim_device_budget_mb.is_some() {
         return Ok(());
     }
-    match qlora_core::device::memory_capacity(&device.device()?) {
+    let device = device.device()?;
+    match qlora_core::device::memory_capacity(&device) {
         Some(capacity) => {
-            let (budget, peak) = crate::plan::automatic_optimizer_budget(config, capacity)?;
+            let compute = qlora_core::ComputeDtype::resolve(config.compute_dtype, &device)?;
+            let (budget, peak) =
+                crate::plan::automatic_optimizer_budget(config, capacity, compute.size() as u64)?;
             let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
             config.optim_device_budget_mb = Some(mib(budget));
             progress.message(&format!(

@@ -54,6 +54,36 @@ impl DeviceChoice {
     }
 }
 
+/// Whether kernels on `device` can compute in `dtype`: every float type on the CPU; on the GPU
+/// backends what the runtime reports (WGSL, for one, has f16 but no bf16).
+pub fn supports_float(device: &Device, dtype: burn::tensor::DType) -> bool {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let burn_dispatch::DispatchDevice::Cube(cube) = device.as_dispatch() {
+        use cubecl::ir::{ElemType, FloatKind};
+        let kind = match dtype {
+            burn::tensor::DType::BF16 => FloatKind::BF16,
+            burn::tensor::DType::F16 => FloatKind::F16,
+            _ => FloatKind::F32,
+        };
+        return cube
+            .client()
+            .properties()
+            .supports_type(ElemType::Float(kind));
+    }
+    let _ = (device, dtype);
+    true
+}
+
+/// Whether `device` is a GPU backend's (not the CPU).
+pub fn is_gpu(device: &Device) -> bool {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let burn_dispatch::DispatchDevice::Cube(_) = device.as_dispatch() {
+        return true;
+    }
+    let _ = device;
+    false
+}
+
 /// Bytes the device may hold at once, as its runtime reports them (CUDA: the card's memory;
 /// Vulkan: its largest device-local heap), or `None` where there is no figure: the CPU, whose
 /// memory is the host's, and runtimes that report none.

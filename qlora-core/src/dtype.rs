@@ -88,6 +88,60 @@ impl FromStr for FloatDtype {
     }
 }
 
+crate::named_enum! {
+    /// What a run's activations, base matrix multiplies and attention inputs are stored and
+    /// multiplied in. LoRA weights, their gradients, optimizer states, the norms' statistics,
+    /// attention's softmax and the loss stay f32 whatever it is (as bitsandbytes'
+    /// `bnb_4bit_compute_dtype` with peft: only the frozen base computes in it).
+    pub enum ComputeDtype: "compute dtype" {
+        F32 = "f32" | "fp32" | "float32",
+        Bf16 = "bf16" | "bfloat16",
+        F16 = "f16" | "fp16" | "float16",
+    }
+}
+
+impl ComputeDtype {
+    pub fn burn(self) -> burn::tensor::DType {
+        match self {
+            ComputeDtype::F32 => burn::tensor::DType::F32,
+            ComputeDtype::Bf16 => burn::tensor::DType::BF16,
+            ComputeDtype::F16 => burn::tensor::DType::F16,
+        }
+    }
+
+    /// Bytes a value.
+    pub fn size(self) -> usize {
+        match self {
+            ComputeDtype::F32 => 4,
+            ComputeDtype::Bf16 | ComputeDtype::F16 => 2,
+        }
+    }
+
+    /// The compute dtype of a run on `device`: the one asked for, if the device computes in it,
+    /// else bf16 on GPUs that have it (the QLoRA paper's setting) and f32 elsewhere (the CPU
+    /// kernels compute in f32; WGSL devices have no bf16, and f16 training is asked for, not
+    /// assumed).
+    pub fn resolve(asked: Option<ComputeDtype>, device: &burn::tensor::Device) -> Result<Self> {
+        use crate::device::{is_gpu, supports_float};
+        match asked {
+            Some(dtype) if supports_float(device, dtype.burn()) => Ok(dtype),
+            Some(dtype) => Err(Error::invalid(format!(
+                "--compute-dtype {dtype}: this device cannot compute in {dtype} (wgpu's WGSL \
+                 shaders have no bf16); use {}",
+                if supports_float(device, burn::tensor::DType::F16) {
+                    "f16 or f32"
+                } else {
+                    "f32"
+                }
+            ))),
+            None if is_gpu(device) && supports_float(device, burn::tensor::DType::BF16) => {
+                Ok(ComputeDtype::Bf16)
+            }
+            None => Ok(ComputeDtype::F32),
+        }
+    }
+}
+
 /// Decode little-endian `bytes` of `dtype` into f32 values (exact for all three types).
 pub fn decode_f32(bytes: &[u8], dtype: FloatDtype) -> Vec<f32> {
     let mut out = vec![0f32; bytes.len() / dtype.size()];

@@ -152,6 +152,7 @@ fn last_logits(logits: burn::tensor::Tensor<3>) -> Result<Vec<f32>> {
         .narrow(1, seq - 1, 1)
         .reshape([vocab])
         .into_data()
+        .convert::<f32>()
         .try_into_vec::<f32>()
         .map_err(|e| Error::invalid(format!("cannot read logits: {e:?}")))
 }

@@ -44,5 +44,5 @@ pub mod generate;
 pub mod merge;
 pub mod plan;
 
-pub use dtype::FloatDtype;
+pub use dtype::{ComputeDtype, FloatDtype};
 pub use error::{Error, Result};

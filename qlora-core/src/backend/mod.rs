@@ -139,11 +139,13 @@ pub trait QloraOps: Backend {
     }
 
     /// `x · Wᵀ` for `x` `[rows, in]` and the NF4 weight `W` `[out, in]`: `[rows, out]`.
+    /// The product runs in `x`'s dtype (the compute dtype), the weight dequantized exactly
+    /// and then rounded to it, as bitsandbytes does for `bnb_4bit_compute_dtype`.
     fn nf4_matmul(
         x: FloatTensor<Self>,
         #[extension_type] weight: Nf4Operand<Self>,
     ) -> FloatTensor<Self> {
-        let dense = Self::nf4_dequantize(weight);
+        let dense = generic::cast_like::<Self>(Self::nf4_dequantize(weight), &x);
         Self::float_matmul(x, Self::float_transpose(dense))
     }
 
@@ -152,7 +154,7 @@ pub trait QloraOps: Backend {
         dy: FloatTensor<Self>,
         #[extension_type] weight: Nf4Operand<Self>,
     ) -> FloatTensor<Self> {
-        let dense = Self::nf4_dequantize(weight);
+        let dense = generic::cast_like::<Self>(Self::nf4_dequantize(weight), &dy);
         Self::float_matmul(dy, dense)
     }
 
@@ -290,6 +292,8 @@ pub trait QloraOps: Backend {
 
     /// Per-row next-token loss through the output head: `logsumexp(h wᵀ) - (h wᵀ)[target]` for
     /// `hidden` `[rows, h]`, `weight` `[vocab, h]`, `targets` `[rows]` (negative: no loss).
+    /// `hidden` and `weight` share a dtype, in which the logits are multiplied; the softmax and
+    /// the losses are f32, the gradient is in their dtype.
     fn cross_entropy(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,

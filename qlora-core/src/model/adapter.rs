@@ -54,7 +54,7 @@ impl LoraAdapter {
     /// `scale · (dropout(x) Aᵀ) Bᵀ` for `x` `[rows, in]`. Dropout applies only with a stream.
     pub fn forward(&self, x: Tensor<2>, dropout: Option<&DropoutStream>) -> Tensor<2> {
         let [rows, _] = x.dims();
-        let base = Tensor::zeros([rows, self.b.dims()[0]], &x.device());
+        let base = Tensor::<2>::zeros([rows, self.b.dims()[0]], &x.device()).cast(x.dtype());
         self.add_to(base, x, dropout)
     }
 

@@ -25,6 +25,8 @@ pub struct Llama {
     pub lm_head: Linear,
     pub rope: RotaryEmbedding,
     pub device: Device,
+    /// What activations and the dense weights are in ([`crate::ComputeDtype`]).
+    pub compute: crate::ComputeDtype,
 }
 
 /// Sum of token losses and how many tokens counted.

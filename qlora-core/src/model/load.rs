@@ -20,6 +20,7 @@ use super::rope::RotaryEmbedding;
 use crate::backend::Nf4Weight;
 use crate::checkpoint::Checkpoint;
 use crate::config::{LlamaConfig, Projection};
+use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
 use crate::quant::{Nf4Config, Nf4Tensor};
 
@@ -105,6 +106,9 @@ pub struct LoadOptions {
     pub nf4: Nf4Config,
     pub nf4_matmul: Nf4Matmul,
     pub device: Device,
+    /// What the dense weights (embeddings, head, a 16-bit base, biases) are stored in and the
+    /// activations computed in; norms' weights and adapters stay f32.
+    pub compute: ComputeDtype,
 }
 
 impl Default for LoadOptions {
@@ -114,6 +118,7 @@ impl Default for LoadOptions {
             nf4: Nf4Config::default(),
             nf4_matmul: Nf4Matmul::default(),
             device: Device::flex(),
+            compute: ComputeDtype::F32,
         }
     }
 }
@@ -121,6 +126,7 @@ impl Default for LoadOptions {
 struct Loader<'a> {
     checkpoint: &'a Checkpoint,
     device: &'a Device,
+    compute: ComputeDtype,
 }
 
 impl Loader<'_> {
@@ -140,9 +146,21 @@ impl Loader<'_> {
         ))
     }
 
+    /// A weight the compute dtype applies to, stored in it.
+    fn dense<const D: usize>(&self, name: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+        Ok(self.in_compute(self.tensor(name, shape)?))
+    }
+
+    fn in_compute<const D: usize>(&self, t: Tensor<D>) -> Tensor<D> {
+        match self.compute {
+            ComputeDtype::F32 => t,
+            other => t.cast(other.burn()),
+        }
+    }
+
     fn optional_bias(&self, name: &str, len: usize, present: bool) -> Result<Option<Tensor<1>>> {
         if present {
-            self.tensor(name, [len]).map(Some)
+            self.dense(name, [len]).map(Some)
         } else {
             Ok(None)
         }
@@ -169,14 +187,14 @@ impl Loader<'_> {
             }
             match options.bits {
                 Bits::Four => self.nf4_weight(state, options),
-                Bits::Sixteen => BaseWeight::Dense(Tensor::from_data(
+                Bits::Sixteen => BaseWeight::Dense(self.in_compute(Tensor::from_data(
                     TensorData::new(state.dequantize(), [out, inp]),
                     self.device,
-                )),
+                ))),
             }
         } else {
             match options.bits {
-                Bits::Sixteen => BaseWeight::Dense(self.tensor(name, [out, inp])?),
+                Bits::Sixteen => BaseWeight::Dense(self.dense(name, [out, inp])?),
                 Bits::Four => {
                     let dtype = self.checkpoint.float_dtype(name)?;
                     let values = self.checkpoint.read_f32(name, Some(&[out, inp]))?;
@@ -212,7 +230,11 @@ impl Llama {
         options: &LoadOptions,
     ) -> Result<Self> {
         let device = &options.device;
-        let loader = Loader { checkpoint, device };
+        let loader = Loader {
+            checkpoint,
+            device,
+            compute: options.compute,
+        };
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
         let norm = |name: &str| -> Result<RmsNorm> {
             Ok(RmsNorm {
@@ -220,7 +242,7 @@ impl Llama {
                 eps: config.rms_norm_eps,
             })
         };
-        let embed_tokens = loader.tensor("model.embed_tokens.weight", [vocab, hidden])?;
+        let embed_tokens = loader.dense("model.embed_tokens.weight", [vocab, hidden])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for index in 0..config.num_hidden_layers {
             let linear = |p: Projection, bias: bool| {
@@ -262,7 +284,7 @@ impl Llama {
             }
             embed_tokens.clone()
         } else {
-            loader.tensor("lm_head.weight", [vocab, hidden])?
+            loader.dense("lm_head.weight", [vocab, hidden])?
         };
         Ok(Llama {
             norm: norm("model.norm.weight")?,
@@ -271,6 +293,7 @@ impl Llama {
             embed_tokens,
             layers,
             device: device.clone(),
+            compute: options.compute,
             config,
         })
     }

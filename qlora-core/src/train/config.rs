@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::optimizer::OptimizerKind;
 use super::schedule::Schedule;
 use crate::data::{Batching, DataOptions, DatasetFormat, OasstOptions, TokenizeOptions};
+use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
 use crate::lora::{AdapterDtype, LoraConfig, LoraInit};
 use crate::model::Bits;
@@ -65,6 +66,11 @@ pub struct TrainConfig {
     /// Precision of the frozen base: 4 (NF4 with double quantization, QLoRA) or 16 (dense, LoRA).
     #[arg(long, default_value_t = Bits::Four, help_heading = "Model")]
     pub bits: Bits,
+    /// What activations and the base's matmuls compute in: f32, bf16 or f16 (LoRA weights,
+    /// optimizer states, norms' statistics, softmax and loss stay f32) [default: bf16 on GPUs
+    /// that have it, else f32].
+    #[arg(long, help_heading = "Model")]
+    pub compute_dtype: Option<ComputeDtype>,
     /// LoRA rank.
     #[arg(
         long,

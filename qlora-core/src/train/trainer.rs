@@ -11,6 +11,7 @@ use super::schedule::warmup_from_ratio;
 use crate::config::Projection;
 use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, split_eval};
 use crate::device::DeviceChoice;
+use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
 use crate::eval::evaluate;
 use crate::lora::{AdapterFile, LoraConfig, apply_adapter, load_adapter, read_adapter};
@@ -69,11 +70,17 @@ impl Trainer {
             ));
         }
 
+        let device = device.device()?;
+        let compute = ComputeDtype::resolve(config.compute_dtype, &device)?;
+        if compute != ComputeDtype::F32 || config.compute_dtype.is_some() {
+            progress.message(&format!("computing in {compute}"));
+        }
         let load_options = LoadOptions {
             bits: config.bits,
             nf4: Nf4Config::default(),
             nf4_matmul: Default::default(),
-            device: device.device()?,
+            device,
+            compute,
         };
         let mut model = Llama::load(&config.model, &load_options)?;
         match start_from {

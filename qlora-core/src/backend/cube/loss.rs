@@ -2,11 +2,13 @@
 //! logits `[chunk, vocab]` come from one matmul, one kernel (a cube a row) turns them into the
 //! row's loss and, in place, into the gradient of the summed loss with respect to the logits
 //! (`softmax - onehot`), and one more matmul gives the hidden states' gradient. The whole
-//! `[rows, vocab]` logits never exist at once.
+//! `[rows, vocab]` logits never exist at once. The matmuls run in the head's dtype (the
+//! compute dtype), the softmax and the loss in f32.
 
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
-use burn::tensor::{IntDType, Shape, Slice};
+use burn::tensor::{DType, IntDType, Shape, Slice};
 use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::cast;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
@@ -138,20 +140,26 @@ pub fn cross_entropy(
         );
         losses.push(loss);
         if grad {
-            grads.push(B::float_matmul(logits, weight.clone()));
+            // The gradient's matmul in the head's dtype, like the logits'.
+            let d_logits = if weight.dtype == logits.dtype {
+                logits
+            } else {
+                cast(logits, weight.dtype)
+            };
+            grads.push(B::float_matmul(d_logits, weight.clone()));
         }
     }
-    let cat = |parts: Vec<CubeTensor>, shape: Shape| {
+    let cat = |parts: Vec<CubeTensor>, shape: Shape, dtype: DType| {
         if parts.len() == 1 {
             parts.into_iter().next().expect("one part")
         } else if parts.is_empty() {
-            B::float_zeros(shape, &hidden.device, burn::tensor::FloatDType::F32)
+            B::float_zeros(shape, &hidden.device, dtype.into())
         } else {
             B::float_cat(parts, 0)
         }
     };
     let h = hidden.meta.shape()[1];
-    let losses = cat(losses, Shape::new([rows]));
-    let grad = grad.then(|| cat(grads, Shape::new([rows, h])));
+    let losses = cat(losses, Shape::new([rows]), DType::F32);
+    let grad = grad.then(|| cat(grads, Shape::new([rows, h]), weight.dtype));
     (losses, grad)
 }

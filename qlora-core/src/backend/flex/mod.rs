@@ -9,9 +9,11 @@ mod nf4;
 mod optim;
 
 use burn::backend::Flex;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::tensor::DType;
 
-use super::{AdamWStep, AttentionShape, Blockwise8, Nf4Operand, QloraOps, StateMaps};
+use super::{AdamWStep, AttentionShape, Blockwise8, Nf4Operand, QloraOps, StateMaps, generic};
 
 impl QloraOps for Flex {
     fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
@@ -19,10 +21,19 @@ impl QloraOps for Flex {
     }
 
     fn nf4_matmul(x: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        if x.dtype() != DType::F32 {
+            // A 16-bit compute dtype: the tensor-op path (the fused kernel is f32).
+            let dense = generic::cast_like::<Self>(nf4::dequantize(weight), &x);
+            return Self::float_matmul(x, Self::float_transpose(dense));
+        }
         nf4::matmul_x_wt(x, weight)
     }
 
     fn nf4_matmul_transposed(dy: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        if dy.dtype() != DType::F32 {
+            let dense = generic::cast_like::<Self>(nf4::dequantize(weight), &dy);
+            return Self::float_matmul(dy, dense);
+        }
         nf4::matmul_dy_w(dy, weight)
     }
 
@@ -138,6 +149,9 @@ impl QloraOps for Flex {
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
     ) -> FloatTensor<Self> {
+        if weight.dtype() != DType::F32 {
+            return generic::loss::cross_entropy::<Self>(hidden, weight, targets, false).0;
+        }
         loss::cross_entropy(hidden, weight, targets, false).0
     }
 
@@ -146,7 +160,11 @@ impl QloraOps for Flex {
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (losses, grad) = loss::cross_entropy(hidden, weight, targets, true);
+        let (losses, grad) = if weight.dtype() != DType::F32 {
+            generic::loss::cross_entropy::<Self>(hidden, weight, targets, true)
+        } else {
+            loss::cross_entropy(hidden, weight, targets, true)
+        };
         (losses, grad.expect("asked for the gradient"))
     }
 }

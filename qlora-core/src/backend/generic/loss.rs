@@ -3,7 +3,7 @@
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, TensorMetadata};
-use burn::tensor::{Scalar, Shape};
+use burn::tensor::{FloatDType, Scalar, Shape};
 
 use super::F;
 
@@ -17,7 +17,10 @@ pub fn cross_entropy<B: Backend>(
 ) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
     let rows = hidden.shape()[0];
     let vocab = weight.shape()[0];
+    // Logits in the head's dtype (rounded as the PyTorch stack rounds them), the rest in f32.
+    let dtype = weight.dtype();
     let logits = F::<B>(hidden).matmul(F(weight.clone()).swap(0, 1));
+    let logits = F::<B>(B::float_cast(logits.0, FloatDType::F32));
     let lse = logits.clone().logsumexp(1);
     let targets = B::int_reshape(targets, Shape::new([rows, 1]));
     let valid = F::<B>::from_int(targets.clone())
@@ -29,12 +32,13 @@ pub fn cross_entropy<B: Backend>(
     if !grad {
         return (losses, None);
     }
-    let probs = (logits - lse).exp();
+    let probs = F::<B>(B::float_cast((logits - lse).exp().0, dtype.into()));
     let chosen = F::<B>(B::float_select(
         weight.clone(),
         0,
         B::int_reshape(index, Shape::new([rows])),
     ));
-    let d_hidden = (probs.matmul(F(weight)) - chosen) * valid;
-    (losses, Some(d_hidden.0))
+    let valid = F::<B>(B::float_cast(valid.0, dtype.into()));
+    let d_hidden = ((probs.matmul(F(weight)) - chosen) * valid).0;
+    (losses, Some(d_hidden))
 }

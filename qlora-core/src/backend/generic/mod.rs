@@ -14,6 +14,16 @@ use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::{FloatDType, Scalar, Shape, Slice};
 
+/// `t` in the dtype of `like` (itself when it is).
+pub fn cast_like<B: Backend>(t: FloatTensor<B>, like: &FloatTensor<B>) -> FloatTensor<B> {
+    let dtype = like.dtype();
+    if t.dtype() == dtype {
+        t
+    } else {
+        B::float_cast(t, dtype.into())
+    }
+}
+
 /// A float primitive with operators, so the defaults read like the math they compute.
 pub struct F<B: Backend>(pub FloatTensor<B>);
 
