@@ -36,17 +36,15 @@ fn train_eval_and_generate_on_wgpu_agree_with_the_cpu() {
     let model = path(&root().join("tests/fixtures/tiny-llama"));
     let data = path(&root().join("datasets/parity_train.jsonl"));
     let eval_data = path(&root().join("datasets/parity_eval.jsonl"));
-    let mut runs = Vec::new();
-    for device in ["cpu", "wgpu"] {
-        let out = dir.path().join(device);
-        let (code, _, stderr) = qlora(&[
+    let train = |device: &str, dtype: Option<&str>| {
+        let name = format!("{device}-{}", dtype.unwrap_or("default"));
+        let out = dir.path().join(&name);
+        let mut args = vec![
             "train",
             "--model",
             &model,
             "--data",
             &data,
-            "--out",
-            &path(&out),
             "--device",
             device,
             "--max-steps",
@@ -65,13 +63,20 @@ fn train_eval_and_generate_on_wgpu_agree_with_the_cpu() {
             "adamw_32bit",
             "--logging-steps",
             "1",
-        ]);
-        assert_eq!(code, 0, "{device}: {stderr}");
-        runs.push(losses(&out));
-    }
-    let (cpu, wgpu) = (&runs[0], &runs[1]);
+        ];
+        let out_arg = path(&out);
+        args.extend(["--out", &out_arg]);
+        if let Some(dtype) = dtype {
+            args.extend(["--compute-dtype", dtype]);
+        }
+        let (code, _, stderr) = qlora(&args);
+        assert_eq!(code, 0, "{name}: {stderr}");
+        losses(&out)
+    };
+    // wgpu's default is f32 (WGSL has no bf16).
+    let (cpu, wgpu) = (train("cpu", None), train("wgpu", None));
     assert_eq!(cpu.len(), 6);
-    for (step, ((a, cpu_memory), (b, gpu_memory))) in cpu.iter().zip(wgpu).enumerate() {
+    for (step, ((a, cpu_memory), (b, gpu_memory))) in cpu.iter().zip(&wgpu).enumerate() {
         assert!(
             (a - b).abs() <= 1e-3 * a.abs(),
             "step {}: cpu {a}, wgpu {b}",
@@ -80,9 +85,41 @@ fn train_eval_and_generate_on_wgpu_agree_with_the_cpu() {
         assert!(cpu_memory.is_none() && gpu_memory.is_some_and(|m| m > 0));
     }
     eprintln!("losses cpu {cpu:?}\nlosses wgpu {wgpu:?}");
+    // 16-bit compute: f16 on wgpu, bf16 (and f16) on the CPU, within 3e-2 of f32 and
+    // decreasing.
+    for (device, dtype) in [("wgpu", "f16"), ("cpu", "bf16"), ("cpu", "f16")] {
+        let half = train(device, Some(dtype));
+        eprintln!("losses {device} {dtype} {half:?}");
+        for (step, ((a, _), (b, _))) in cpu.iter().zip(&half).enumerate() {
+            assert!(
+                (a - b).abs() <= 3e-2 * a.abs(),
+                "{device} {dtype} step {}: f32 {a}, {b}",
+                step + 1
+            );
+        }
+        assert!(half[5].0 < half[0].0 - 0.5, "{device} {dtype}: {half:?}");
+    }
+    // A dtype the device lacks is refused in one line.
+    let (code, _, stderr) = qlora(&[
+        "eval",
+        "--model",
+        &model,
+        "--data",
+        &eval_data,
+        "--device",
+        "wgpu",
+        "--compute-dtype",
+        "bf16",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("bf16") && stderr.contains("f16 or f32"),
+        "{stderr}"
+    );
 
     // The wgpu-trained adapter evaluated on both devices, and greedy generation.
-    let adapter = path(&dir.path().join("wgpu"));
+    let adapter = path(&dir.path().join("wgpu-default"));
     let mut evals = Vec::new();
     let mut texts = Vec::new();
     for device in ["cpu", "wgpu"] {
@@ -128,4 +165,46 @@ fn train_eval_and_generate_on_wgpu_agree_with_the_cpu() {
         evals[1]
     );
     assert_eq!(texts[0], texts[1]);
+    // Evaluation and generation computing in f16 on wgpu.
+    let (code, stdout, stderr) = qlora(&[
+        "eval",
+        "--model",
+        &model,
+        "--adapter",
+        &adapter,
+        "--data",
+        &eval_data,
+        "--format",
+        "alpaca",
+        "--device",
+        "wgpu",
+        "--compute-dtype",
+        "f16",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let half = v["loss"].as_f64().unwrap();
+    assert!(
+        (half - evals[0]).abs() <= 1e-2 * evals[0],
+        "f16 {half} vs {}",
+        evals[0]
+    );
+    let (code, stdout, stderr) = qlora(&[
+        "generate",
+        "--model",
+        &model,
+        "--adapter",
+        &adapter,
+        "--prompt",
+        "12 is",
+        "--max-new-tokens",
+        "8",
+        "--device",
+        "wgpu",
+        "--compute-dtype",
+        "f16",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stdout.is_empty());
 }
