@@ -1,83 +1,285 @@
-//! The GPU path's kernels against their generic tensor-op defaults, on the same wgpu device in
-//! the same run: NF4 dequantization (GB/s of f32 written) and the NF4 matmul `x · Wᵀ`. On
-//! lavapipe (Mesa's CPU Vulkan driver) the absolute figures mean little: compare the ratios.
+//! The GPU path's CubeCL kernels against the generic tensor-op defaults they replace, on the
+//! same wgpu device in the same run: each operation of the training step at SmolLM2-135M's
+//! sizes, then whole training steps of a SmolLM2-shaped model cut to a few layers (kernels in
+//! f32 and f16, the defaults in f32). On lavapipe (Mesa's CPU Vulkan driver) absolute figures
+//! mean little: compare the ratios.
 //!
-//! Run: `cargo run --release --features wgpu --example wgpu_bench`
+//! Run: `cargo run --release --features wgpu --example wgpu_bench [-- --layers 4 --seq 256]`
+
+#[cfg(feature = "wgpu")]
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 #[cfg(feature = "wgpu")]
 fn main() {
     use std::time::Instant;
 
-    use burn::backend::Dispatch;
-    use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
-    use qlora::FloatDtype;
-    use qlora::backend::{Nf4Weight, generic};
+    use burn::tensor::{Device, DeviceKind, Distribution, Int, Tensor, TensorData};
+    use common::synthetic::SyntheticModel;
+    use qlora::ComputeDtype;
+    use qlora::backend::cube::set_kernels;
+    use qlora::backend::{AdamWArithmetic, AdamWStep, AttentionShape, Nf4Weight, ops};
+    use qlora::lora::{LoraConfig, loss_and_grads};
+    use qlora::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
     use qlora::quant::{Nf4Config, Nf4Tensor};
+    use qlora::train::{AdamWConfig, OptimizerKind, PagedAdamW};
 
+    let (mut layers, mut seq) = (4usize, 256usize);
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    for pair in argv.chunks(2) {
+        let value = pair.get(1).map(String::as_str).unwrap_or_default();
+        match pair[0].as_str() {
+            "--layers" => layers = value.parse().expect("--layers N"),
+            "--seq" => seq = value.parse().expect("--seq N"),
+            other => panic!("unknown argument {other}"),
+        }
+    }
     let device = Device::wgpu(DeviceKind::DefaultDevice);
-    let (out, inp, rows) = (2048usize, 2048usize, 64usize);
-    let w: Vec<f32> = (0..out * inp)
-        .map(|i| ((i * 2_654_435_761) % 1000) as f32 * 1e-4 - 0.05)
-        .collect();
-    let state = Nf4Tensor::quantize(&w, &[out, inp], FloatDtype::F32, Nf4Config::default())
-        .expect("quantize");
-    let weight = Nf4Weight::new(&state, &device);
-    let x: Tensor<2> = Tensor::from_data(
-        TensorData::new(
-            (0..rows * inp)
-                .map(|i| (i % 7) as f32 * 0.1)
-                .collect::<Vec<f32>>(),
-            [rows, inp],
-        ),
-        &device,
-    );
-    let time = |f: &dyn Fn() -> Tensor<2>| {
-        // The first call compiles the kernels (and autotunes the matmul).
-        let _ = f().into_data();
+    let random = |shape: [usize; 2]| Tensor::<2>::random(shape, Distribution::Default, &device);
+    // Seconds of `f`, the mean of five runs after one that compiles (and autotunes).
+    let time = |f: &dyn Fn()| {
+        f();
+        device.sync().expect("sync");
         let reps = 5;
         let start = Instant::now();
         for _ in 0..reps {
-            let y = f();
-            device.sync().expect("sync");
-            drop(y);
+            f();
         }
+        device.sync().expect("sync");
         start.elapsed().as_secs_f64() / reps as f64
     };
-    let kernel = time(&|| weight.dequantize());
-    let generic_default =
-        time(&|| Tensor::from_dispatch(generic::nf4::dequantize::<Dispatch>(&weight.operand())));
-    let bytes = (out * inp * 4) as f64;
-    println!("NF4 dequantization of a {out}x{inp} weight on wgpu:");
+    let compare = |name: &str, f: &dyn Fn()| {
+        set_kernels(true);
+        let kernel = time(f);
+        set_kernels(false);
+        let default = time(f);
+        set_kernels(true);
+        println!(
+            "  {name:<34} {:>9.2} ms {:>9.2} ms {:>7.1}x",
+            kernel * 1e3,
+            default * 1e3,
+            default / kernel
+        );
+    };
+
+    let shape = SyntheticModel::SMOLLM2_135M;
+    let (h, inter, vocab) = (shape.hidden_size, shape.intermediate_size, shape.vocab_size);
+    let (heads, kv_heads, d) = (shape.num_heads, shape.num_kv_heads, shape.head_dim());
     println!(
-        "  CubeCL kernel     {:>8.2} ms  {:>6.2} GB/s",
-        kernel * 1e3,
-        bytes / kernel / 1e9
+        "Operations at SmolLM2-135M's sizes ({seq} tokens, hidden {h}, intermediate {inter}, \
+         vocab {vocab}), f32, on wgpu:"
     );
     println!(
-        "  tensor-op default {:>8.2} ms  {:>6.2} GB/s  ({:.1}x the kernel's time)",
-        generic_default * 1e3,
-        bytes / generic_default / 1e9,
-        generic_default / kernel
+        "  {:<34} {:>12} {:>12} {:>8}",
+        "", "kernel", "tensor ops", "speed-up"
     );
-    let matmul = time(&|| weight.linear(x.clone()));
-    let generic_matmul = time(&|| {
-        let dense =
-            Tensor::<2>::from_dispatch(generic::nf4::dequantize::<Dispatch>(&weight.operand()));
-        x.clone().matmul(dense.transpose())
+    let w: Vec<f32> = (0..inter * h)
+        .map(|i| ((i * 2_654_435_761) % 1000) as f32 * 1e-4 - 0.05)
+        .collect();
+    let state = Nf4Tensor::quantize(
+        &w,
+        &[inter, h],
+        qlora::FloatDtype::F32,
+        Nf4Config::default(),
+    )
+    .expect("quantize");
+    let weight = Nf4Weight::new(&state, &device);
+    let x = random([seq, h]);
+    compare("NF4 dequantization 1536x576", &|| drop(weight.dequantize()));
+    compare("NF4 matmul x·Wᵀ", &|| drop(weight.linear(x.clone())));
+    compare("NF4 matmul dy·W", &|| {
+        drop(weight.input_grad(random([seq, inter])))
     });
-    let flops = 2.0 * (rows * inp * out) as f64;
-    println!("NF4 matmul x[{rows}x{inp}] · Wᵀ:");
+    let s = AttentionShape {
+        batch: 1,
+        heads,
+        kv_heads,
+        head_dim: d,
+        q_len: seq,
+        k_len: seq,
+        scale: 1.0 / (d as f64).sqrt(),
+    };
+    let ids = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64; seq], [seq]), &device);
+    let (q, k, v) = (
+        random([seq, h]),
+        random([seq, kv_heads * d]),
+        random([seq, kv_heads * d]),
+    );
+    compare("attention forward", &|| {
+        drop(ops::attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            &ids,
+            &ids,
+            s,
+        ))
+    });
+    let (out, lse) = ops::attention(q.clone(), k.clone(), v.clone(), &ids, &ids, s);
+    compare("attention backward", &|| {
+        drop(ops::attention_backward(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            out.clone(),
+            lse.clone(),
+            random([seq, h]),
+            &ids,
+            &ids,
+            s,
+        ))
+    });
+    let head = random([vocab, h]);
+    let targets = Tensor::<1, Int>::from_data(
+        TensorData::new(
+            (0..seq as i64).map(|i| i * 97 % vocab as i64).collect(),
+            [seq],
+        ),
+        &device,
+    );
+    compare("cross-entropy and its gradient", &|| {
+        drop(ops::cross_entropy_with_grad(x.clone(), &head, &targets))
+    });
+    let norm = Tensor::<1>::ones([h], &device);
+    compare("RMSNorm forward and backward", &|| {
+        drop(ops::rms_norm(x.clone(), &norm, 1e-5));
+        drop(ops::rms_norm_backward(x.clone(), &norm, 1e-5, x.clone()));
+    });
+    let (cos, sin) = (random([seq, d]), random([seq, d]));
+    compare("RoPE", &|| drop(ops::rope(q.clone(), &cos, &sin)));
+    let (gate, up) = (random([seq, inter]), random([seq, inter]));
+    compare("SwiGLU forward and backward", &|| {
+        drop(ops::swiglu(gate.clone(), up.clone()));
+        drop(ops::swiglu_backward(gate.clone(), up.clone(), gate.clone()));
+    });
+    compare("dropout", &|| drop(ops::dropout(gate.clone(), 7, 0.05)));
+    let n = 64 * (h + inter);
+    let p = Tensor::<1>::random([n], Distribution::Default, &device);
+    let step = AdamWStep {
+        arithmetic: AdamWArithmetic::Torch,
+        lr: 2e-4,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.0,
+        step: 3,
+        grad_scale: 1.0,
+    };
+    compare("AdamW 32-bit (an r 64 adapter pair)", &|| {
+        drop(ops::adamw_step(
+            p.clone(),
+            p.clone(),
+            p.clone(),
+            p.clone(),
+            step,
+        ))
+    });
+    let optimizer = std::cell::RefCell::new(PagedAdamW::new(
+        OptimizerKind::AdamW8,
+        AdamWConfig::default(),
+        &[n],
+        None,
+        &device,
+    ));
+    compare("AdamW 8-bit (the same pair)", &|| {
+        let mut o = optimizer.borrow_mut();
+        o.begin_step();
+        drop(o.update(0, p.clone(), p.clone(), 1.0, 2e-4));
+    });
+
+    // Whole steps of a SmolLM2-shaped model with `layers` layers.
+    let model_shape = SyntheticModel {
+        num_layers: layers,
+        ..shape
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    model_shape.write(dir.path(), 7).expect("write model");
     println!(
-        "  dequantize kernel + matmul  {:>8.2} ms  {:>6.2} GFLOP/s",
-        matmul * 1e3,
-        flops / matmul / 1e9
+        "\nTraining steps of a SmolLM2-shaped model with {layers} layers ({} parameters), NF4 \
+         base, LoRA r 64 on all linears, checkpointing, AdamW 32-bit, {seq} tokens, on wgpu:",
+        model_shape.parameters()
     );
     println!(
-        "  tensor-op default + matmul  {:>8.2} ms  {:>6.2} GFLOP/s  ({:.1}x the time)",
-        generic_matmul * 1e3,
-        flops / generic_matmul / 1e9,
-        generic_matmul / matmul
+        "  {:<34} {:>12} {:>10} {:>14}",
+        "", "step", "tokens/s", "device memory"
     );
+    let ids: Vec<u32> = (0..seq as u32)
+        .map(|i| (i * 7919 + 13) % vocab as u32)
+        .collect();
+    let batch = TrainBatch::new(
+        vec![ids.clone()],
+        vec![ids.iter().map(|&i| i64::from(i)).collect()],
+        vec![vec![true; seq]],
+    );
+    let mut baseline = None;
+    for (name, kernels, compute) in [
+        ("tensor-op defaults, f32", false, ComputeDtype::F32),
+        ("CubeCL kernels, f32", true, ComputeDtype::F32),
+        ("CubeCL kernels, f16", true, ComputeDtype::F16),
+    ] {
+        set_kernels(kernels);
+        let mut model = Llama::load(
+            dir.path(),
+            &LoadOptions {
+                device: device.clone(),
+                compute,
+                ..LoadOptions::default()
+            },
+        )
+        .expect("model");
+        model.attach_lora(&LoraConfig::default(), 42).expect("lora");
+        let sizes: Vec<usize> = model
+            .adapters()
+            .iter()
+            .flat_map(|(_, a)| [a.a.dims().iter().product(), a.b.dims().iter().product()])
+            .collect();
+        let mut optimizer = PagedAdamW::new(
+            OptimizerKind::AdamW32,
+            AdamWConfig::default(),
+            &sizes,
+            None,
+            &device,
+        );
+        let mut seconds = Vec::new();
+        for step in 0..3 {
+            let t = Instant::now();
+            let stream = DropoutStream { seed: 42, step };
+            let result = loss_and_grads(&model, &batch, true, Some(&stream)).expect("step");
+            optimizer.begin_step();
+            let mut adapters: Vec<_> = model
+                .linears_mut()
+                .into_iter()
+                .filter_map(|(_, l)| l.lora.as_mut())
+                .collect();
+            for (k, ((ga, gb), adapter)) in result
+                .grads
+                .grads
+                .into_iter()
+                .zip(adapters.iter_mut())
+                .enumerate()
+            {
+                adapter.a = optimizer.update(2 * k, adapter.a.clone(), ga, 1.0, 2e-4);
+                adapter.b = optimizer.update(2 * k + 1, adapter.b.clone(), gb, 1.0, 2e-4);
+            }
+            device.sync().expect("sync");
+            // The first step compiles the kernels.
+            if step > 0 {
+                seconds.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
+        let memory =
+            device.memory_pool_usage().map_or(0, |u| u.bytes_in_use) as f64 / (1 << 20) as f64;
+        let speedup = baseline.map_or(String::new(), |b: f64| format!("  ({:.1}x)", b / mean));
+        baseline.get_or_insert(mean);
+        println!(
+            "  {name:<34} {:>10.2} s {:>10.1} {:>10.1} MiB{speedup}",
+            mean,
+            seq as f64 / mean,
+            memory
+        );
+    }
+    set_kernels(true);
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -217,9 +217,9 @@ mod tests {
             ..TrainConfig::default()
         };
         let gib = 1 << 30;
-        let (budget, peak) = automatic_optimizer_budget(&run, gib).unwrap();
+        let (budget, peak) = automatic_optimizer_budget(&run, gib, 4).unwrap();
         assert!(peak > 0 && budget == gib - peak, "{budget} {peak}");
         // A device smaller than the step leaves nothing: every state is paged.
-        assert_eq!(automatic_optimizer_budget(&run, peak / 2).unwrap().0, 0);
+        assert_eq!(automatic_optimizer_budget(&run, peak / 2, 4).unwrap().0, 0);
     }
 }

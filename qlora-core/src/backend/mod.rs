@@ -11,7 +11,7 @@
 
 mod autodiff;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
-mod cube;
+pub mod cube;
 pub mod dropout;
 mod flex;
 pub mod generic;
@@ -310,113 +310,6 @@ pub trait QloraOps: Backend {
         targets: IntTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (losses, grad) = generic::loss::cross_entropy::<Self>(hidden, weight, targets, true);
-        (losses, grad.expect("asked for the gradient"))
-    }
-}
-
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
-impl QloraOps for burn::backend::Cube {
-    fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
-        cube::nf4::dequantize(weight)
-    }
-
-    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        cube::layers::rms_norm(x, weight, eps)
-    }
-
-    fn rms_norm_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        eps: f64,
-        dy: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        cube::layers::rms_norm_backward(x, weight, eps, dy)
-    }
-
-    fn rope(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        cube::layers::rope(x, cos, sin)
-    }
-
-    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        cube::layers::swiglu(gate, up)
-    }
-
-    fn swiglu_backward(
-        gate: FloatTensor<Self>,
-        up: FloatTensor<Self>,
-        dz: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        cube::layers::swiglu_backward(gate, up, dz)
-    }
-
-    fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
-        cube::layers::dropout(x, seed, p)
-    }
-
-    fn adamw_step(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        settings: AdamWStep,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        cube::optim::adamw_step(param, grad, m, v, settings)
-    }
-
-    fn adamw8_step(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        state: Blockwise8<Self>,
-        maps: StateMaps<Self>,
-        settings: AdamWStep,
-    ) -> (FloatTensor<Self>, Blockwise8<Self>) {
-        cube::optim::adamw8_step(param, grad, state, maps, settings)
-    }
-
-    fn attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        q_ids: IntTensor<Self>,
-        k_ids: IntTensor<Self>,
-        shape: AttentionShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        cube::attention::attention(q, k, v, q_ids, k_ids, shape)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        out: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
-        d_out: FloatTensor<Self>,
-        q_ids: IntTensor<Self>,
-        k_ids: IntTensor<Self>,
-        shape: AttentionShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        cube::attention::attention_backward(q, k, v, out, lse, d_out, q_ids, k_ids, shape)
-    }
-
-    fn cross_entropy(
-        hidden: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        targets: IntTensor<Self>,
-    ) -> FloatTensor<Self> {
-        cube::loss::cross_entropy(hidden, weight, targets, false).0
-    }
-
-    fn cross_entropy_with_grad(
-        hidden: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        targets: IntTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let (losses, grad) = cube::loss::cross_entropy(hidden, weight, targets, true);
         (losses, grad.expect("asked for the gradient"))
     }
 }
