@@ -6,6 +6,7 @@ pub mod cache;
 pub mod config;
 pub mod file;
 pub mod import;
+pub mod kquants;
 pub mod tokenizer;
 
 pub use cache::{resolve_gguf_in, resolve_model};

@@ -1,0 +1,141 @@
+//! `qlora merge`: fold LoRA adapters into the base weights, `W' = W + scale · B A` in f32,
+//! and write a Hugging Face model directory (or a bitsandbytes 4-bit one).
+//!
+//! `W` is either the dequantized NF4 weight the adapter was trained against (so the merged
+//! model computes what the trained model computed) or the full-precision checkpoint weight.
+//! Every weight is computed when the writer reaches it, so memory stays near one layer.
+
+mod weights;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+pub use weights::MergedWeights;
+
+use crate::checkpoint::{OutTensor, bnb_quantization_config, write_model_dir};
+use crate::dtype::{FloatDtype, encode_f32};
+use crate::error::Result;
+use crate::quant::{Nf4Config, Nf4Tensor};
+use crate::staged_dir::StagedDir;
+
+crate::named_enum! {
+    /// Which base weight the adapter is added to.
+    pub enum MergeBase: "base" {
+        /// The NF4 weight as the adapter saw it during QLoRA training.
+        Dequantized = "dequantized",
+        /// The full-precision checkpoint weight.
+        Original = "original",
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MergeOptions {
+    /// `None`: dequantized when the adapter was trained on NF4 (always for a 4-bit
+    /// checkpoint), else original.
+    pub base: Option<MergeBase>,
+    /// Output dtype; `None`: the base checkpoint's.
+    pub dtype: Option<FloatDtype>,
+    /// Write a bitsandbytes NF4 checkpoint instead of dense weights.
+    pub quantize_nf4: bool,
+    pub max_shard_bytes: usize,
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MergeReport {
+    pub merged: usize,
+    pub base: MergeBase,
+    pub dtype: FloatDtype,
+    pub bytes_out: usize,
+    /// Modules with weights in the adapter file that its config does not target (not merged,
+    /// as PEFT ignores them).
+    pub ignored_modules: Vec<String>,
+}
+
+pub fn merge_model(
+    model_dir: &Path,
+    adapter_dir: &Path,
+    out_dir: &Path,
+    options: &MergeOptions,
+) -> Result<MergeReport> {
+    let weights = MergedWeights::open(model_dir, Some(adapter_dir), options.base)?;
+    let (config, checkpoint) = (&weights.config, &weights.checkpoint);
+    let dtype = options
+        .dtype
+        .or(config.dtype.filter(|_| !config.bnb_4bit))
+        .or_else(|| checkpoint.dominant_float_dtype())
+        .unwrap_or(FloatDtype::F32);
+
+    let staged = StagedDir::new(out_dir, options.overwrite, &[model_dir, adapter_dir])?;
+    let mut tensors: BTreeMap<String, OutTensor<'_>> = BTreeMap::new();
+    let bnb_suffixes = [
+        ".absmax",
+        ".quant_map",
+        ".nested_absmax",
+        ".nested_quant_map",
+        ".quant_state.bitsandbytes__nf4",
+    ];
+    for name in checkpoint.names() {
+        if bnb_suffixes.iter().any(|s| name.ends_with(s)) {
+            continue; // parts of a 4-bit weight, written again below
+        }
+        if let Some(shape) = weights.linear_shape(name) {
+            if options.quantize_nf4 {
+                let values = weights.projection(name)?;
+                let state = Nf4Tensor::quantize(&values, &shape, dtype, Nf4Config::default())
+                    .map_err(|e| e.at_key(checkpoint.file_of(name), name))?;
+                for (key, dt, s, data) in state.to_state_dict(name) {
+                    tensors.insert(key, OutTensor::owned(dt, s, data));
+                }
+            } else {
+                // Validate now (cheaply), compute when written.
+                if !config.bnb_4bit {
+                    checkpoint.float_dtype(name)?;
+                }
+                let name_owned = name.to_string();
+                let weights = &weights;
+                let read = move || -> Vec<u8> {
+                    let values = weights
+                        .projection(&name_owned)
+                        .expect("validated before writing");
+                    encode_f32(&values, dtype)
+                };
+                tensors.insert(
+                    name.to_string(),
+                    OutTensor::lazy(dtype.safetensors(), shape.to_vec(), read),
+                );
+            }
+        } else {
+            let tensor = OutTensor::converted(checkpoint.view(name)?, dtype);
+            tensors.insert(name.to_string(), tensor);
+        }
+    }
+    let quantize_nf4 = options.quantize_nf4;
+    let bytes_out = write_model_dir(
+        staged.path(),
+        tensors,
+        options.max_shard_bytes,
+        model_dir,
+        |config| {
+            config.remove("quantization_config");
+            if quantize_nf4 {
+                config.insert(
+                    "quantization_config".into(),
+                    bnb_quantization_config(dtype, true),
+                );
+            }
+            config.remove("torch_dtype");
+            config.insert("dtype".into(), Value::from(dtype.torch_name()));
+        },
+    )?;
+    staged.commit()?;
+    Ok(MergeReport {
+        merged: weights.merged_count(),
+        base: weights.base,
+        dtype,
+        bytes_out,
+        ignored_modules: weights.ignored_modules.clone(),
+    })
+}
