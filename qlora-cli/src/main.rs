@@ -1,6 +1,7 @@
 //! `qlora`: fine-tune LLaMA-family models with QLoRA from the command line.
 
 mod eval;
+mod export_gguf;
 mod generate;
 mod import_gguf;
 mod merge;
@@ -40,6 +41,8 @@ enum Command {
     Merge(merge::MergeArgs),
     /// Convert a GGUF file (llama.cpp) into a Hugging Face model directory.
     ImportGguf(import_gguf::ImportGgufArgs),
+    /// Write a model (with an adapter merged in) as one GGUF file for llama.cpp and Ollama.
+    ExportGguf(export_gguf::ExportGgufArgs),
     /// Plan the peak memory of a training run before loading anything.
     Plan(Box<plan::PlanArgs>),
 }
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train::run(*args, sub("train")),
         Command::Merge(args) => merge::run(args),
         Command::ImportGguf(args) => import_gguf::run(args),
+        Command::ExportGguf(args) => export_gguf::run(args),
         Command::Plan(args) => plan::run(*args, sub("plan")),
     };
     match result {

@@ -11,7 +11,8 @@
 //! - [`lora`]: adapter configuration, initialization, gradients, PEFT files.
 //! - [`data`]: instruction datasets to token batches; [`eval`]: the loss over a dataset.
 //! - [`train`]: configuration, optimizer, the training loop.
-//! - Uses of a trained model and of training settings: [`generate`], [`merge`], [`plan`].
+//! - Uses of a trained model and of training settings: [`generate`], [`merge`], [`plan`];
+//!   [`export`] (a merged model as one GGUF file for llama.cpp and Ollama).
 
 pub mod error;
 pub mod profile;
@@ -43,6 +44,8 @@ pub mod train;
 pub mod generate;
 pub mod merge;
 pub mod plan;
+
+pub mod export;
 
 pub use dtype::{ComputeDtype, FloatDtype};
 pub use error::{Error, Result};

@@ -150,6 +150,29 @@ impl StagedDir {
     }
 }
 
+impl StagedDir {
+    /// For an output that is one file: move `file` (written inside the staging directory) into
+    /// place as the target, replacing what is there, and remove the staging directory.
+    pub fn commit_file(self, file: &Path) -> Result<PathBuf> {
+        let target = self.target.clone();
+        if let Ok(meta) = std::fs::symlink_metadata(&target) {
+            let old = self.path().join(".old");
+            std::fs::rename(&target, &old).map_err(|e| Error::io(&target, e))?;
+            std::fs::rename(file, &target).map_err(|e| Error::io(&target, e))?;
+            let removed = if meta.is_dir() {
+                std::fs::remove_dir_all(&old)
+            } else {
+                std::fs::remove_file(&old)
+            };
+            removed.map_err(|e| Error::io(&old, e))?;
+        } else {
+            std::fs::rename(file, &target).map_err(|e| Error::io(&target, e))?;
+        }
+        // Dropping the staging directory removes it.
+        Ok(target)
+    }
+}
+
 impl Drop for StagedDir {
     fn drop(&mut self) {
         if let Some(staging) = self.staging.take() {

@@ -38,7 +38,7 @@ pub(super) fn supported(dtype: GgmlDType) -> bool {
 }
 
 /// candle's message without the backtrace it attaches when RUST_BACKTRACE is set.
-pub(super) fn candle_message(error: candle_core::Error) -> String {
+pub(crate) fn candle_message(error: candle_core::Error) -> String {
     match error {
         candle_core::Error::WithBacktrace { inner, .. } => candle_message(*inner),
         other => other.to_string(),

@@ -101,9 +101,10 @@ pub fn llama_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<Value> {
         "dtype": dtype.torch_name(),
         "use_cache": true,
     });
-    for name in ["bos", "eos", "pad"] {
+    // llama.cpp calls the padding token `padding`.
+    for (name, key) in [("bos", "bos"), ("eos", "eos"), ("padding", "pad")] {
         if let Some(id) = token_id(name)? {
-            config[format!("{name}_token_id")] = json!(id);
+            config[format!("{key}_token_id")] = json!(id);
         }
     }
     Ok(config)

@@ -105,6 +105,26 @@ pub fn unpermute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
     out
 }
 
+/// llama.cpp's permutation of q/k rows, the inverse of [`unpermute_rows`]: within each head,
+/// Hugging Face row `j*head_dim/2 + i` goes to row `2i + j` (the rotary halves interleaved).
+pub fn permute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
+    let cols = values.len() / rows;
+    let head_dim = rows / heads;
+    let half = head_dim / 2;
+    let mut out = vec![0f32; values.len()];
+    for h in 0..heads {
+        for j in 0..2 {
+            for i in 0..half {
+                let hf = h * head_dim + j * half + i;
+                let gg = h * head_dim + 2 * i + j;
+                out[gg * cols..(gg + 1) * cols]
+                    .copy_from_slice(&values[hf * cols..(hf + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
 /// Write `gguf_path` as a Hugging Face model directory `out_dir`. Tensors are dequantized one
 /// at a time while writing, so memory stays near the largest tensor.
 pub fn import_gguf(

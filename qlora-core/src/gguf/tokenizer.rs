@@ -190,6 +190,41 @@ fn vocabulary(tokens: &[&str]) -> Vocab {
     vocab
 }
 
+/// The names of byte-level pre-tokenizers (`tokenizer.ggml.pre`) we read and write, the name
+/// llama.cpp's converter writes first.
+pub const BYTE_LEVEL_PRE_TOKENIZERS: [&str; 3] = ["gpt-2", "smollm", "llama-bpe"];
+
+/// The pre-tokenizer llama.cpp means by `name` (`tokenizer.ggml.pre`) for a byte-level BPE.
+pub fn byte_level_pre_tokenizer(
+    name: &str,
+    add_prefix_space: bool,
+) -> std::result::Result<PreTokenizerWrapper, String> {
+    let byte_level = ByteLevel::new(add_prefix_space, true, true);
+    Ok(match name {
+        "default" | "gpt-2" | "gpt2" => byte_level.into(),
+        // SmolLM: every digit on its own, then GPT-2's split.
+        "smollm" => PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
+        "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" => {
+            let split = Split::new(
+                SplitPattern::Regex(LLAMA3_PATTERN.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| e.to_string())?;
+            PreSequence::new(vec![
+                split.into(),
+                ByteLevel::new(add_prefix_space, true, false).into(),
+            ])
+            .into()
+        }
+        other => {
+            return Err(format!(
+                "pre-tokenizer `{other}` is not supported (default, gpt-2, smollm, llama-bpe)"
+            ));
+        }
+    })
+}
+
 /// Byte-level BPE (GPT-2 style) with the pre-tokenizer llama.cpp names in `tokenizer.ggml.pre`.
 fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
     let path = gguf.path();
@@ -220,34 +255,8 @@ fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
     let add_prefix_space = gguf
         .bool("tokenizer.ggml.add_space_prefix")?
         .unwrap_or(false);
-    let byte_level = ByteLevel::new(add_prefix_space, true, true);
-    let pre_tokenizer: PreTokenizerWrapper = match pre {
-        "default" | "gpt-2" | "gpt2" => byte_level.into(),
-        // SmolLM: every digit on its own, then GPT-2's split.
-        "smollm" => PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-        "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" => {
-            let split = Split::new(
-                SplitPattern::Regex(LLAMA3_PATTERN.into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| Error::key(path, "tokenizer.ggml.pre", e))?;
-            PreSequence::new(vec![
-                split.into(),
-                ByteLevel::new(add_prefix_space, true, false).into(),
-            ])
-            .into()
-        }
-        other => {
-            return Err(Error::key(
-                path,
-                "tokenizer.ggml.pre",
-                format!(
-                    "pre-tokenizer `{other}` is not supported (default, gpt-2, smollm, llama-bpe)"
-                ),
-            ));
-        }
-    };
+    let pre_tokenizer = byte_level_pre_tokenizer(pre, add_prefix_space)
+        .map_err(|e| Error::key(path, "tokenizer.ggml.pre", e))?;
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));

@@ -30,6 +30,8 @@ pub struct Tokenizer {
     /// Every id that ends generation (eos and generation_config's `eos_token_id`s).
     stop_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
+    /// The chat template's source text.
+    chat_template_text: Option<String>,
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -152,6 +154,7 @@ impl Tokenizer {
         fn name(token: &Option<(String, u32)>) -> &str {
             token.as_ref().map_or("", |(s, _)| s.as_str())
         }
+        let chat_template_text = template.as_ref().map(|(text, _)| text.clone());
         let chat_template = match template {
             Some((text, source)) => Some(ChatTemplate::new(
                 text,
@@ -171,6 +174,7 @@ impl Tokenizer {
             unk,
             stop_ids,
             chat_template,
+            chat_template_text,
         })
     }
 
@@ -233,12 +237,27 @@ impl Tokenizer {
         self.pad.as_ref().map(|(_, id)| *id).or(self.eos_id())
     }
 
+    /// The padding token `tokenizer_config.json` names, if any (not the eos fallback).
+    pub fn configured_pad_id(&self) -> Option<u32> {
+        self.pad.as_ref().map(|(_, id)| *id)
+    }
+
     pub fn unk_token(&self) -> Option<&str> {
         self.unk.as_deref()
     }
 
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
+    }
+
+    /// The chat template as written in the model's files.
+    pub fn chat_template_text(&self) -> Option<&str> {
+        self.chat_template_text.as_deref()
+    }
+
+    /// The `tokenizers` tokenizer underneath (for its vocabulary and added tokens).
+    pub fn backend(&self) -> &tokenizers::Tokenizer {
+        &self.inner
     }
 
     pub fn chat_template(&self) -> Option<&ChatTemplate> {

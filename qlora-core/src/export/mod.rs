@@ -1,0 +1,269 @@
+//! `qlora export-gguf`: a model (a base with an adapter merged in, as `qlora merge` merges it,
+//! or an already merged model) written as one GGUF v3 file llama.cpp, Ollama and LM Studio
+//! run: the `llama` architecture's metadata, the tokenizer, the chat template, every tensor in
+//! llama.cpp's names and layout (q/k rows permuted as its converter permutes them) and types
+//! (`--type`, with llama-quantize's choice of which tensor gets which). Tensors are merged,
+//! converted and written one at a time, and the file appears only when complete.
+
+pub mod types;
+pub mod vocab;
+pub mod writer;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::quantized::GgmlDType;
+
+pub use types::GgufType;
+use types::{TensorRole, encode, tensor_type};
+use writer::{MetaValue, TensorEntry, write_gguf};
+
+use crate::config::{LlamaConfig, RopeScaling};
+use crate::error::{Error, Result};
+use crate::gguf::blocks::type_name;
+use crate::gguf::config::{Llama3Rope, ROPE_FREQS_TENSOR, llama3_divisors};
+use crate::gguf::import::permute_rows;
+use crate::merge::{MergeBase, MergedWeights};
+use crate::staged_dir::StagedDir;
+
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub kind: GgufType,
+    /// The base an adapter is added to (`None`: as `qlora merge` chooses).
+    pub base: Option<MergeBase>,
+    /// `general.name` (default: the model directory's name).
+    pub name: Option<String>,
+    pub overwrite: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExportReport {
+    pub tensors: usize,
+    pub bytes: u64,
+    /// Weights an adapter changed.
+    pub merged: usize,
+    pub base: MergeBase,
+    /// Tensors per ggml type, e.g. ("Q4_K", 180).
+    pub types: BTreeMap<&'static str, usize>,
+    pub ignored_modules: Vec<String>,
+}
+
+/// How a Hugging Face tensor is written: its GGUF name and the heads its rows are permuted
+/// over (q and k projections), if any.
+fn gguf_name(name: &str, config: &LlamaConfig) -> Option<(String, Option<usize>, Option<usize>)> {
+    let fixed = match name {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(fixed) = fixed {
+        return Some((fixed.to_string(), None, None));
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (module, suffix) = rest.rsplit_once('.')?;
+    let (target, heads) = match module {
+        "input_layernorm" => ("attn_norm", None),
+        "post_attention_layernorm" => ("ffn_norm", None),
+        "self_attn.q_proj" => ("attn_q", Some(config.num_attention_heads)),
+        "self_attn.k_proj" => ("attn_k", Some(config.num_key_value_heads)),
+        "self_attn.v_proj" => ("attn_v", None),
+        "self_attn.o_proj" => ("attn_output", None),
+        "mlp.gate_proj" => ("ffn_gate", None),
+        "mlp.up_proj" => ("ffn_up", None),
+        "mlp.down_proj" => ("ffn_down", None),
+        _ => return None,
+    };
+    Some((format!("blk.{layer}.{target}.{suffix}"), heads, Some(layer)))
+}
+
+fn model_metadata(config: &LlamaConfig, name: &str, kind: GgufType) -> Vec<(String, MetaValue)> {
+    let u = |v: usize| MetaValue::U32(v as u32);
+    let mut meta = vec![
+        (
+            "general.architecture".into(),
+            MetaValue::String("llama".into()),
+        ),
+        ("general.name".into(), MetaValue::String(name.into())),
+        ("general.file_type".into(), MetaValue::U32(kind.file_type())),
+        ("general.quantization_version".into(), MetaValue::U32(2)),
+        ("llama.vocab_size".into(), u(config.vocab_size)),
+        (
+            "llama.context_length".into(),
+            u(config.max_position_embeddings),
+        ),
+        ("llama.embedding_length".into(), u(config.hidden_size)),
+        ("llama.block_count".into(), u(config.num_hidden_layers)),
+        (
+            "llama.feed_forward_length".into(),
+            u(config.intermediate_size),
+        ),
+        ("llama.rope.dimension_count".into(), u(config.head_dim)),
+        (
+            "llama.attention.head_count".into(),
+            u(config.num_attention_heads),
+        ),
+        (
+            "llama.attention.head_count_kv".into(),
+            u(config.num_key_value_heads),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            MetaValue::F32(config.rms_norm_eps as f32),
+        ),
+        (
+            "llama.rope.freq_base".into(),
+            MetaValue::F32(config.rope.theta as f32),
+        ),
+    ];
+    if config.head_dim * config.num_attention_heads != config.hidden_size {
+        meta.push(("llama.attention.key_length".into(), u(config.head_dim)));
+        meta.push(("llama.attention.value_length".into(), u(config.head_dim)));
+    }
+    if let RopeScaling::Linear { factor } = config.rope.scaling {
+        meta.push((
+            "llama.rope.scaling.type".into(),
+            MetaValue::String("linear".into()),
+        ));
+        meta.push((
+            "llama.rope.scaling.factor".into(),
+            MetaValue::F32(factor as f32),
+        ));
+    }
+    meta
+}
+
+/// Write the model in `model_dir` (with the adapter in `adapter_dir` merged in, if given) as
+/// the GGUF file `out`.
+pub fn export_gguf(
+    model_dir: &Path,
+    adapter_dir: Option<&Path>,
+    out: &Path,
+    options: &ExportOptions,
+) -> Result<ExportReport> {
+    let weights = MergedWeights::open(model_dir, adapter_dir, options.base)?;
+    let config = &weights.config;
+    if config.mlp_bias {
+        return Err(Error::key(
+            &weights.config_path,
+            "mlp_bias",
+            "biases in the MLP are not part of llama.cpp's llama architecture",
+        ));
+    }
+    let name = options.name.clone().unwrap_or_else(|| {
+        std::fs::canonicalize(model_dir)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "model".into())
+    });
+    let mut metadata = model_metadata(config, &name, options.kind);
+    metadata.extend(vocab::tokenizer_metadata(model_dir, config.vocab_size)?);
+
+    let checkpoint = &weights.checkpoint;
+    let has_output = !config.tie_word_embeddings && checkpoint.contains("lm_head.weight");
+    let mut tensors: Vec<TensorEntry<'_>> = Vec::new();
+    let mut types: BTreeMap<&'static str, usize> = BTreeMap::new();
+    if let RopeScaling::Llama3 {
+        factor,
+        low_freq_factor,
+        high_freq_factor,
+        original_max_position_embeddings,
+    } = config.rope.scaling
+    {
+        let params = Llama3Rope {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings,
+        };
+        let divisors: Vec<f32> = llama3_divisors(&params, config.rope.theta, config.head_dim)
+            .into_iter()
+            .map(|d| d as f32)
+            .collect();
+        *types.entry("F32").or_default() += 1;
+        tensors.push(TensorEntry {
+            name: ROPE_FREQS_TENSOR.into(),
+            shape: vec![divisors.len()],
+            dtype: GgmlDType::F32,
+            bytes: Box::new(move || encode(&divisors, 1, GgmlDType::F32)),
+        });
+    }
+    // The checkpoint's tensors in llama.cpp's order: embedding, layers, norm, head.
+    let mut names: Vec<(String, String, Option<usize>, Option<usize>)> = Vec::new();
+    for hf in checkpoint.names() {
+        if !hf.ends_with(".weight") && !hf.ends_with(".bias") {
+            continue;
+        }
+        if config.tie_word_embeddings && hf == "lm_head.weight" {
+            continue;
+        }
+        match gguf_name(hf, config) {
+            Some((gg, heads, layer)) => names.push((hf.to_string(), gg, heads, layer)),
+            None if hf.starts_with("model.") || hf == "lm_head.weight" => {
+                return Err(Error::key(
+                    checkpoint.file_of(hf),
+                    hf,
+                    "a tensor llama.cpp's llama architecture has no place for",
+                ));
+            }
+            None => {}
+        }
+    }
+    let order = |gg: &str| match gg {
+        "token_embd.weight" => (0, 0),
+        "output_norm.weight" => (2, 0),
+        "output.weight" => (3, 0),
+        _ => (1, 0),
+    };
+    names.sort_by_key(|(_, gg, _, layer)| (order(gg).0, layer.unwrap_or(0)));
+    for (hf, gg, heads, layer) in names {
+        // A 4-bit checkpoint stores packed bytes: its projections' shapes are the config's.
+        let shape = match weights.linear_shape(&hf) {
+            Some(shape) => shape.to_vec(),
+            None => checkpoint.view(&hf)?.shape().to_vec(),
+        };
+        let cols = *shape.last().unwrap_or(&1);
+        let role = TensorRole {
+            name: &gg,
+            cols,
+            two_dimensional: shape.len() == 2,
+            layer,
+            layers: config.num_hidden_layers,
+            has_output,
+        };
+        let dtype = tensor_type(options.kind, role);
+        *types.entry(type_name(dtype)).or_default() += 1;
+        let weights = &weights;
+        let shape_in = shape.clone();
+        tensors.push(TensorEntry {
+            name: gg,
+            shape: shape.clone(),
+            dtype,
+            bytes: Box::new(move || {
+                let values = weights.values(&hf, Some(&shape_in))?;
+                let values = match heads {
+                    Some(heads) => permute_rows(&values, shape_in[0], heads),
+                    None => values,
+                };
+                encode(&values, cols, dtype).map_err(|e| e.at_key(checkpoint.file_of(&hf), &hf))
+            }),
+        });
+    }
+    let count = tensors.len();
+    let mut inputs: Vec<&Path> = vec![model_dir];
+    inputs.extend(adapter_dir);
+    let staged = StagedDir::new(out, options.overwrite, &inputs)?;
+    let file = staged.path().join("model.gguf");
+    let bytes = write_gguf(&file, &metadata, tensors)?;
+    staged.commit_file(&file)?;
+    Ok(ExportReport {
+        tensors: count,
+        bytes,
+        merged: weights.merged_count(),
+        base: weights.base,
+        types,
+        ignored_modules: weights.ignored_modules.clone(),
+    })
+}
