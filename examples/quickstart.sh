@@ -9,6 +9,7 @@
 # 2. Imports it as a Hugging Face model directory (`qlora import-gguf`).
 # 3. Asks the base model a few held-out questions, fine-tunes a QLoRA adapter (NF4 base) on
 #    datasets/identity_train.jsonl, and asks again with the adapter; eval loss before/after.
+# 4. Exports the fine-tuned model as one GGUF file (q8_0) for llama.cpp, Ollama, LM Studio.
 #
 # Environment: QLORA_CACHE (default $XDG_CACHE_HOME/qlora or ~/.cache/qlora), QLORA_BIN (a
 # built `qlora`; default: build it with cargo --release), QUICKSTART_STEPS (default 40).
@@ -111,6 +112,12 @@ printf 'base:          '
 qlora eval --model "$WORK/model" --data datasets/identity_eval.jsonl --format messages 2>/dev/null
 printf 'with adapter:  '
 qlora eval --model "$WORK/model" --adapter "$WORK/adapter" --data datasets/identity_eval.jsonl --format messages 2>/dev/null
+
+say "exporting the fine-tuned model for llama.cpp and Ollama"
+qlora export-gguf --model "$WORK/model" --adapter "$WORK/adapter" --out "$WORK/quokka.gguf" \
+  --type q8_0 --force
 echo
 echo "adapter (PEFT format): $WORK/adapter"
-echo "merge it into a standalone model: qlora merge --model $WORK/model --adapter $WORK/adapter --out $WORK/merged"
+echo "GGUF (llama.cpp, Ollama, LM Studio): $WORK/quokka.gguf"
+echo "  llama-cli -m $WORK/quokka.gguf -cnv"
+echo "  printf 'FROM $WORK/quokka.gguf\\n' > Modelfile && ollama create quokka -f Modelfile && ollama run quokka"

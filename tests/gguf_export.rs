@@ -210,3 +210,37 @@ fn a_q8_0_export_is_within_the_format_error() {
     same_config(&merged, &back);
     same_tokenizer(&merged, &back);
 }
+
+/// Llama 3.1's RoPE scaling leaves as llama.cpp's `rope_freqs` tensor and comes back as the
+/// same `rope_scaling`.
+#[test]
+fn llama3_rope_scaling_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("llama3");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), model.join(entry.file_name())).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    config["rope_parameters"] = serde_json::json!({
+        "rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0, "original_max_position_embeddings": 8192
+    });
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let file = dir.path().join("llama3.gguf");
+    let options = ExportOptions {
+        kind: GgufType::F16,
+        base: None,
+        name: Some("llama3-test".into()),
+        overwrite: false,
+    };
+    export_gguf(&model, None, &file, &options).unwrap();
+    let gguf = qlora::gguf::GgufFile::open(&file).unwrap();
+    assert!(gguf.has_tensor("rope_freqs.weight"));
+    assert_eq!(gguf.string("general.name").unwrap(), Some("llama3-test"));
+    let back = dir.path().join("back");
+    import_gguf(&file, &back, &ImportOptions::default()).unwrap();
+    same_config(&model, &back);
+}

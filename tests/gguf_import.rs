@@ -439,3 +439,60 @@ fn damaged_cache_entries_are_imported_again() {
     resolve_gguf_in(&gguf, &cache).unwrap();
     assert_eq!(std::fs::read(&weights).unwrap(), complete);
 }
+
+/// The SentencePiece vocabulary through a model directory and back into GGUF metadata (what
+/// `qlora export-gguf` writes): the rebuilt tokenizer tokenizes as the original.
+#[test]
+fn a_sentencepiece_vocabulary_exports_back_to_gguf() {
+    use qlora::export::vocab::tokenizer_metadata;
+    use qlora::export::writer::{MetaValue, TensorEntry, write_gguf as write_ours};
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = tmp.path().join("spm.gguf");
+    sentencepiece_gguf(&gguf);
+    let original =
+        qlora::gguf::tokenizer::tokenizer_files(&qlora::gguf::GgufFile::open(&gguf).unwrap())
+            .unwrap();
+    let dir = tmp.path().join("dir");
+    std::fs::create_dir(&dir).unwrap();
+    original
+        .tokenizer
+        .save(dir.join("tokenizer.json"), false)
+        .unwrap();
+    for (name, value) in [
+        ("tokenizer_config.json", &original.tokenizer_config),
+        ("generation_config.json", &original.generation_config),
+    ] {
+        std::fs::write(dir.join(name), value.to_string()).unwrap();
+    }
+    let vocab = original.tokenizer.get_vocab_size(true);
+    let mut metadata = vec![(
+        "general.architecture".to_string(),
+        MetaValue::String("llama".into()),
+    )];
+    metadata.extend(tokenizer_metadata(&dir, vocab).unwrap());
+    let exported = tmp.path().join("exported.gguf");
+    let tensor = TensorEntry {
+        name: "token_embd.weight".into(),
+        shape: vec![vocab, 32],
+        dtype: GgmlDType::F32,
+        bytes: Box::new(move || Ok(vec![0u8; vocab * 32 * 4])),
+    };
+    write_ours(&exported, &metadata, vec![tensor]).unwrap();
+    let back =
+        qlora::gguf::tokenizer::tokenizer_files(&qlora::gguf::GgufFile::open(&exported).unwrap())
+            .unwrap();
+    for text in [
+        "hello world",
+        "hello hé world",
+        "</s>hello",
+        "wor ld  hello",
+        "ó",
+    ] {
+        for special in [false, true] {
+            let ids =
+                |t: &tokenizers::Tokenizer| t.encode(text, special).unwrap().get_ids().to_vec();
+            assert_eq!(ids(&back.tokenizer), ids(&original.tokenizer), "{text:?}");
+        }
+    }
+    assert_eq!(back.tokenizer_config["add_bos_token"], true);
+}
