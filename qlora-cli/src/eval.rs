@@ -5,7 +5,8 @@ use clap::Args;
 use qlora_core::data::{
     DataOptions, DatasetFormat, Example, OasstOptions, TokenizeOptions, load_examples, read_records,
 };
-use qlora_core::eval::evaluate;
+use qlora_core::eval::choice::{ChoiceReport, ChoiceStyle, evaluate_choices, read_questions};
+use qlora_core::eval::{Task, evaluate};
 
 use crate::model_args::ModelArgs;
 
@@ -13,9 +14,23 @@ use crate::model_args::ModelArgs;
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Dataset file: JSON Lines or a JSON array.
+    /// Dataset file: JSON Lines or a JSON array (for multiple-choice: records with question,
+    /// choices, answer and an optional subject).
     #[arg(long)]
     data: PathBuf,
+    /// loss (next-token loss and perplexity) or multiple-choice (accuracy).
+    #[arg(long, default_value_t = Task::Loss)]
+    task: Task,
+    /// Multiple-choice template: letters (lm-evaluation-harness's mmlu) or cloze (its
+    /// arc_easy).
+    #[arg(long, default_value_t = ChoiceStyle::Letters)]
+    style: ChoiceStyle,
+    /// Multiple-choice: examples before each question, the first K of --fewshot-data.
+    #[arg(long, default_value_t = 0)]
+    num_fewshot: usize,
+    /// Multiple-choice: where the few-shot examples come from.
+    #[arg(long)]
+    fewshot_data: Option<PathBuf>,
     /// Record format: text, alpaca, input-output, oasst, guanaco or messages (default: text).
     /// `text` scores every token of `{"text": ...}` as `tokenizer(text)` gives them; the
     /// others score the response tokens of each example, as training learns them.
@@ -38,6 +53,9 @@ pub struct EvalArgs {
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
+    if args.task == Task::MultipleChoice {
+        return run_choices(args);
+    }
     let (model, tokenizer) = args.model.load()?;
     let examples = if args.format == DatasetFormat::Text {
         let records = read_records(&args.data)?;
@@ -87,4 +105,142 @@ pub fn run(args: EvalArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+fn run_choices(args: EvalArgs) -> Result<()> {
+    let questions = read_questions(&args.data, args.style)?;
+    let fewshot = match (&args.fewshot_data, args.num_fewshot) {
+        (_, 0) => Vec::new(),
+        (None, k) => bail!("--num-fewshot {k} needs --fewshot-data FILE"),
+        (Some(path), k) => {
+            let all = read_questions(path, args.style)?;
+            if all.len() < k {
+                bail!(
+                    "{}: --num-fewshot {k}, but the file has {} questions",
+                    path.display(),
+                    all.len()
+                );
+            }
+            all.into_iter().take(k).collect()
+        }
+    };
+    if args.style == ChoiceStyle::Letters
+        && let Some(example) = fewshot.first()
+        && example.choices.len() != questions[0].choices.len()
+    {
+        bail!(
+            "{}: few-shot questions have {} choices and the questions {}: the letters style \
+             needs one count",
+            args.fewshot_data.as_deref().unwrap_or(&args.data).display(),
+            example.choices.len(),
+            questions[0].choices.len()
+        );
+    }
+    let (model, tokenizer) = args.model.load()?;
+    let bar = crate::bar::progress_bar(questions.len() as u64, "questions");
+    let report = evaluate_choices(
+        &model,
+        &tokenizer,
+        &questions,
+        &fewshot,
+        args.style,
+        |done| bar.set_position(done as u64),
+    )?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", choice_json(&report));
+    } else {
+        print_choices(&report);
+    }
+    Ok(())
+}
+
+/// A number for JSON (NaN, a standard error of one question, as null).
+fn number(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+fn choice_json(report: &ChoiceReport) -> serde_json::Value {
+    let o = &report.overall;
+    let subjects: serde_json::Map<String, serde_json::Value> = report
+        .subjects
+        .iter()
+        .map(|(s, a)| {
+            (
+                s.clone(),
+                serde_json::json!({
+                    "questions": a.questions,
+                    "acc": a.acc,
+                    "acc_stderr": number(a.acc_stderr),
+                    "acc_norm": a.acc_norm,
+                    "acc_norm_stderr": number(a.acc_norm_stderr),
+                }),
+            )
+        })
+        .collect();
+    let items: Vec<serde_json::Value> = report
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            serde_json::json!({
+                "doc_id": i,
+                "subject": item.subject,
+                "answer": item.answer,
+                "loglikelihoods": item.loglikelihoods,
+                "is_greedy": item.is_greedy,
+                "pred": item.pred,
+                "pred_norm": item.pred_norm,
+                "acc": item.acc(),
+                "acc_norm": item.acc_norm(),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "task": "multiple-choice",
+        "style": report.style.name(),
+        "num_fewshot": report.num_fewshot,
+        "questions": o.questions,
+        "acc": o.acc,
+        "acc_stderr": number(o.acc_stderr),
+        "acc_norm": o.acc_norm,
+        "acc_norm_stderr": number(o.acc_norm_stderr),
+        "subjects": subjects,
+        "first_context": report.first_context,
+        "items": items,
+    })
+}
+
+fn print_choices(report: &ChoiceReport) {
+    let row = |name: &str, a: &qlora_core::eval::choice::Accuracy| {
+        println!(
+            "{name:<24} {:>9} {:>8.4} ± {:<7.4} {:>8.4} ± {:<7.4}",
+            a.questions, a.acc, a.acc_stderr, a.acc_norm, a.acc_norm_stderr
+        );
+    };
+    println!(
+        "{:<24} {:>9} {:>18} {:>18}",
+        "subject", "questions", "acc", "acc_norm"
+    );
+    if report.subjects.len() > 1 || !report.subjects.contains_key("") {
+        for (subject, accuracy) in &report.subjects {
+            row(
+                if subject.is_empty() {
+                    "(none)"
+                } else {
+                    subject
+                },
+                accuracy,
+            );
+        }
+    }
+    row("all", &report.overall);
+    println!(
+        "({} style, {}-shot, scored as lm-evaluation-harness 0.4.13 scores it)",
+        report.style, report.num_fewshot
+    );
 }

@@ -1,5 +1,6 @@
 //! `qlora`: fine-tune LLaMA-family models with QLoRA from the command line.
 
+mod bar;
 mod eval;
 mod export_gguf;
 mod generate;

@@ -166,6 +166,16 @@ impl Llama {
         Ok(x)
     }
 
+    /// Hidden states `[batch * seq, hidden]` after the last layer (before the final norm) of
+    /// `batch` rows of equal length; `is_token` marks real tokens (false = padding).
+    pub fn hidden_states(
+        &self,
+        ids: &[Vec<u32>],
+        is_token: Option<&[Vec<bool>]>,
+    ) -> Result<Tensor<2>> {
+        self.hidden(ids, is_token, None, None)
+    }
+
     /// Logits `[batch, seq, vocab]` for token `ids` (`batch` rows of equal length). `is_token`
     /// marks real tokens (false = padding); without it every position is a token. With a
     /// `cache`, `ids` continue the cached sequence. `dropout` enables adapter dropout (training).

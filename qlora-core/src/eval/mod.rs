@@ -1,4 +1,17 @@
-//! `qlora eval`: mean next-token cross-entropy and perplexity of a model over a dataset.
+//! `qlora eval`: mean next-token cross-entropy and perplexity of a model over a dataset, and
+//! multiple-choice benchmarks scored as lm-evaluation-harness scores them ([`choice`]).
+
+pub mod choice;
+
+crate::named_enum! {
+    /// What `qlora eval` measures.
+    pub enum Task: "task" {
+        /// Mean next-token loss and perplexity.
+        Loss = "loss",
+        /// Multiple-choice accuracy, scored as lm-evaluation-harness scores it.
+        MultipleChoice = "multiple-choice" | "mc",
+    }
+}
 
 use crate::data::{Example, collate_rows, pack};
 use crate::error::{Error, Result};
