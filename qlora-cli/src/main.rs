@@ -8,6 +8,7 @@ mod import_gguf;
 mod merge;
 mod model_args;
 mod plan;
+mod plot;
 mod quantize;
 mod signals;
 mod train;
@@ -46,6 +47,8 @@ enum Command {
     ExportGguf(export_gguf::ExportGgufArgs),
     /// Plan the peak memory of a training run before loading anything.
     Plan(Box<plan::PlanArgs>),
+    /// Draw a training run's curves (loss, eval loss, learning rate, accuracy) as an SVG.
+    Plot(plot::PlotArgs),
 }
 
 /// A bad value for a flag, on one line like every other error (clap's own message has a usage
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
         Command::ImportGguf(args) => import_gguf::run(args),
         Command::ExportGguf(args) => export_gguf::run(args),
         Command::Plan(args) => plan::run(*args, sub("plan")),
+        Command::Plot(args) => plot::run(args),
     };
     match result {
         // A run stopped by a signal after saving its checkpoint.

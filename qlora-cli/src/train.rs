@@ -39,10 +39,7 @@ impl Progress for BarProgress {
 
     fn step(&mut self, m: &StepMetrics) {
         self.bar.set_position(m.step);
-        let eval = m
-            .eval_loss
-            .map(|e| format!(" eval {e:.4}"))
-            .unwrap_or_default();
+        let eval = m.evaluation();
         self.bar.set_message(format!(
             "loss {:.4} lr {:.2e} {:.0} tok/s pad {:.0}%{eval}",
             m.loss,
@@ -50,7 +47,7 @@ impl Progress for BarProgress {
             m.tokens_per_s,
             100.0 * m.padding
         ));
-        if m.eval_loss.is_some() {
+        if !eval.is_empty() {
             self.bar
                 .println(format!("step {}: loss {:.4}{eval}", m.step, m.loss));
         }
@@ -172,6 +169,11 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
                 summary.steps,
                 summary.out.display()
             );
+            // The curves are a convenience: failing to draw them does not fail the run.
+            match crate::plot::draw(&summary.out, None) {
+                Ok(path) => eprintln!("curves in {}", path.display()),
+                Err(e) => eprintln!("warning: no training curves: {e:#}"),
+            }
         }
         Outcome::Interrupted => eprintln!(
             "stopped at step {}, no final adapter; continue with --resume (checkpoint in {})",

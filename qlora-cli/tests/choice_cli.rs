@@ -143,3 +143,103 @@ fn malformed_questions_are_one_line_errors_naming_file_and_line() {
     assert_eq!(code, 1);
     assert!(stderr.contains("--fewshot-data"), "{stderr}");
 }
+
+fn train(out: &Path, extra: &[&str]) -> (i32, String, String) {
+    let model = fixture("tiny-llama");
+    let data = root().join("datasets/parity_train.jsonl");
+    let mc = fixture("lm_eval_mc/mc_test.jsonl");
+    let out = out.to_str().unwrap().to_string();
+    let mut args = vec![
+        "train",
+        "--model",
+        &model,
+        "--data",
+        data.to_str().unwrap(),
+        "--out",
+        &out,
+        "--eval-mc-data",
+        &mc,
+        "--eval-steps",
+        "2",
+        "--save-best",
+        "mc_acc",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-3",
+        "--save-steps",
+        "2",
+    ];
+    args.extend_from_slice(extra);
+    qlora(&args)
+}
+
+/// Training with --eval-mc-data logs accuracy, keeps the best adapter in OUT/best, draws the
+/// curves (and `qlora plot` draws them again); a resumed run keeps the best so far.
+#[test]
+fn training_logs_accuracy_keeps_the_best_and_draws_curves() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let (code, _, stderr) = train(&out, &["--max-steps", "3"]);
+    assert_eq!(code, 0, "{stderr}");
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(lines[1]["mc_acc"].is_number() && lines[2]["mc_acc"].is_number());
+    assert!(lines[0].get("mc_acc").is_none());
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("best/best.json")).unwrap())
+            .unwrap();
+    assert_eq!(best["metric"], "mc_acc");
+    assert!(out.join("best/adapter_model.safetensors").is_file());
+    assert!(out.join("best/adapter_config.json").is_file());
+    let svg = std::fs::read_to_string(out.join("training_curves.svg")).unwrap();
+    for series in [
+        "loss",
+        "learning rate",
+        "mc acc",
+        "multiple-choice accuracy",
+    ] {
+        assert!(svg.contains(series), "{series} missing from the curves");
+    }
+    let (code, _, stderr) = qlora(&["plot", out.to_str().unwrap(), "--out", "/dev/null"]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // Pretend step 2 was perfect: a resumed run must not replace it.
+    let best_file = out.join("best/best.json");
+    std::fs::write(
+        &best_file,
+        r#"{"metric": "mc_acc", "value": 1.0, "step": 2}"#,
+    )
+    .unwrap();
+    let checkpoint = out.join("checkpoint-2");
+    let (code, _, stderr) = train(
+        &out,
+        &["--max-steps", "4", "--resume", checkpoint.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let best: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&best_file).unwrap()).unwrap();
+    assert_eq!(
+        (best["step"].as_u64(), best["value"].as_f64()),
+        (Some(2), Some(1.0))
+    );
+    // Bad combinations fail before any work.
+    let (code, _, stderr) = qlora(&[
+        "train",
+        "--model",
+        &fixture("tiny-llama"),
+        "--data",
+        root().join("datasets/parity_train.jsonl").to_str().unwrap(),
+        "--out",
+        dir.path().join("x").to_str().unwrap(),
+        "--save-best",
+        "mc_acc",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("--eval-mc-data"), "{stderr}");
+}

@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use clap::{ArgAction, ArgMatches, Args};
 use serde::{Deserialize, Serialize};
 
+use super::best::BestMetric;
 use super::optimizer::OptimizerKind;
 use super::schedule::Schedule;
 use crate::data::{Batching, DataOptions, DatasetFormat, OasstOptions, TokenizeOptions};
 use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
+use crate::eval::choice::ChoiceStyle;
 use crate::lora::{AdapterDtype, LoraConfig, LoraInit};
 use crate::model::Bits;
 use crate::settings;
@@ -49,6 +51,24 @@ pub struct TrainConfig {
     /// Evaluate on the held-out data every N steps (and always at the end).
     #[arg(long)]
     pub eval_steps: Option<u64>,
+    /// Multiple-choice questions (question, choices, answer, optional subject) scored every
+    /// --eval-steps and at the end as lm-evaluation-harness scores them (logged as mc_acc).
+    #[arg(long, help_heading = "Evaluation")]
+    pub eval_mc_data: Option<PathBuf>,
+    /// Template of --eval-mc-data: letters (the harness's mmlu) or cloze (its arc_easy).
+    #[arg(long, default_value_t = ChoiceStyle::Letters, help_heading = "Evaluation")]
+    pub eval_mc_style: ChoiceStyle,
+    /// Few-shot examples before each --eval-mc-data question: the first K of
+    /// --eval-mc-fewshot-data.
+    #[arg(long, default_value_t = 0, help_heading = "Evaluation")]
+    pub eval_mc_fewshot: usize,
+    /// Where --eval-mc-fewshot's examples come from.
+    #[arg(long, help_heading = "Evaluation")]
+    pub eval_mc_fewshot_data: Option<PathBuf>,
+    /// Keep the adapter of the best evaluation as OUT/best/: mc_acc (highest) or eval_loss
+    /// (lowest).
+    #[arg(long, help_heading = "Evaluation")]
+    pub save_best: Option<BestMetric>,
     /// Log a line every N steps when stderr is not a terminal.
     #[arg(long, default_value_t = 10)]
     pub logging_steps: u64,
@@ -317,6 +337,29 @@ impl TrainConfig {
             && !eval.is_file()
         {
             return Err(Error::file(eval, "evaluation data not found"));
+        }
+        for path in [&self.eval_mc_data, &self.eval_mc_fewshot_data]
+            .into_iter()
+            .flatten()
+        {
+            if !path.is_file() {
+                return Err(Error::file(path, "multiple-choice data not found"));
+            }
+        }
+        if self.eval_mc_fewshot > 0 && self.eval_mc_fewshot_data.is_none() {
+            return fail("eval-mc-fewshot", "needs --eval-mc-fewshot-data FILE");
+        }
+        match self.save_best {
+            Some(BestMetric::McAcc) if self.eval_mc_data.is_none() => {
+                return fail("save-best mc_acc", "needs --eval-mc-data FILE");
+            }
+            Some(BestMetric::EvalLoss) if self.eval_data.is_none() && self.eval_fraction <= 0.0 => {
+                return fail(
+                    "save-best eval_loss",
+                    "needs held-out data (--eval-data or --eval-fraction)",
+                );
+            }
+            _ => {}
         }
         if !self.model.exists() {
             return Err(Error::file(&self.model, "model not found"));

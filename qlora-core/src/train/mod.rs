@@ -1,6 +1,7 @@
 //! Training: its configuration, the paged AdamW optimizer, schedules, the step and the run with
 //! checkpoints and resume.
 
+mod best;
 mod checkpoint;
 mod config;
 mod optimizer;
@@ -11,6 +12,7 @@ mod schedule;
 mod step;
 mod trainer;
 
+pub use best::{BEST_DIR, BEST_FILE, Best, BestMetric, best_dir, read_best};
 pub use checkpoint::{RunPosition, list_checkpoints, load_checkpoint};
 pub use config::TrainConfig;
 pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, SavedMoments};

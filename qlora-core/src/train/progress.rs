@@ -18,9 +18,28 @@ pub struct StepMetrics {
     pub padding: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
+    /// Multiple-choice accuracy on --eval-mc-data (and per character of the choice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mc_acc: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mc_acc_norm: Option<f64>,
     /// Device memory in use after the step (GPU backends; the CPU reports none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_memory_bytes: Option<u64>,
+}
+
+impl StepMetrics {
+    /// ` eval_loss 1.2345 mc_acc 0.4500` for what was evaluated at this step (or nothing).
+    pub fn evaluation(&self) -> String {
+        let mut text = String::new();
+        if let Some(e) = self.eval_loss {
+            text.push_str(&format!(" eval_loss {e:.4}"));
+        }
+        if let Some(a) = self.mc_acc {
+            text.push_str(&format!(" mc_acc {a:.4}"));
+        }
+        text
+    }
 }
 
 /// Where progress is shown: a bar on a terminal, log lines elsewhere.
@@ -50,11 +69,12 @@ impl Progress for LogProgress {
     }
 
     fn step(&mut self, m: &StepMetrics) {
-        if m.step.is_multiple_of(self.every) || m.step == self.total || m.eval_loss.is_some() {
-            let eval = m
-                .eval_loss
-                .map(|e| format!(" eval_loss {e:.4}"))
-                .unwrap_or_default();
+        if m.step.is_multiple_of(self.every)
+            || m.step == self.total
+            || m.eval_loss.is_some()
+            || m.mc_acc.is_some()
+        {
+            let eval = m.evaluation();
             eprintln!(
                 "step {}/{} loss {:.4} lr {:.3e} grad_norm {:.3} tokens/s {:.1} padding {:.1}%{eval}",
                 m.step,

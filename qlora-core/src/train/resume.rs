@@ -20,6 +20,11 @@ const RESUMABLE_CHANGES: &[&str] = &[
     "adapter_dtype",
     "optim_device_budget_mb",
     "gradient_checkpointing",
+    "eval_mc_data",
+    "eval_mc_style",
+    "eval_mc_fewshot",
+    "eval_mc_fewshot_data",
+    "save_best",
 ];
 
 impl TrainConfig {

@@ -5,12 +5,13 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::best::{BEST_FILE, Best, BestMetric, best_dir};
 use super::checkpoint::{CONFIG_FILE, save_checkpoint};
-use super::progress::{METRICS_FILE, Progress};
+use super::progress::{METRICS_FILE, Progress, StepMetrics};
 use super::trainer::Trainer;
 use crate::error::{Error, Result};
 use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, save_adapter};
-use crate::staged_dir::sweep_stale;
+use crate::staged_dir::{StagedDir, sweep_stale};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -82,6 +83,49 @@ impl Trainer {
         Ok(())
     }
 
+    /// With `--save-best`, keep this evaluation's adapter as `OUT/best/` if it beats the best
+    /// so far.
+    fn keep_best(&mut self, m: &StepMetrics, progress: &mut dyn Progress) -> Result<()> {
+        let Some(metric) = self.config.save_best else {
+            return Ok(());
+        };
+        let value = match metric {
+            BestMetric::McAcc => m.mc_acc,
+            BestMetric::EvalLoss => m.eval_loss,
+        };
+        let Some(value) = value else {
+            return Ok(());
+        };
+        if !metric.improves(value, self.best.map(|b| b.value)) {
+            return Ok(());
+        }
+        let best = Best {
+            metric,
+            value,
+            step: m.step,
+        };
+        let dir = best_dir(&self.config.out);
+        let staged = StagedDir::new(&dir, true, &[])?;
+        save_adapter(
+            &self.model,
+            staged.path(),
+            &self.lora,
+            &self.config.model.display().to_string(),
+            self.config.adapter_dtype,
+        )?;
+        let json = serde_json::to_string_pretty(&best).expect("best serializes");
+        let path = staged.path().join(BEST_FILE);
+        std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;
+        staged.commit()?;
+        self.best = Some(best);
+        progress.message(&format!(
+            "best {metric} so far: {value:.4} at step {}, kept in {}",
+            m.step,
+            dir.display()
+        ));
+        Ok(())
+    }
+
     /// Keep the metrics of steps up to the current one (a resumed run rewrites the rest).
     fn open_metrics(&self) -> Result<std::fs::File> {
         let path = self.config.out.join(METRICS_FILE);
@@ -129,9 +173,13 @@ impl Trainer {
             let final_step = at == self.total_steps;
             if self.config.eval_steps.is_some_and(|e| at.is_multiple_of(e)) || final_step {
                 m.eval_loss = self.eval_loss()?;
+                if let Some((acc, norm)) = self.mc_accuracy()? {
+                    (m.mc_acc, m.mc_acc_norm) = (Some(acc), Some(norm));
+                }
                 if final_step {
                     eval_loss_after = m.eval_loss;
                 }
+                self.keep_best(&m, progress)?;
             }
             writeln!(
                 metrics,

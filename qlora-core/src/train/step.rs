@@ -150,6 +150,8 @@ impl Trainer {
             tokens_per_s: tokens as f64 / seconds.max(1e-9),
             padding: 1.0 - tokens as f64 / positions.max(1) as f64,
             eval_loss: None,
+            mc_acc: None,
+            mc_acc_norm: None,
             device_memory_bytes: self
                 .model
                 .device

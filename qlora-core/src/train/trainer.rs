@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use super::best::{Best, read_best};
 use super::checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
@@ -13,6 +14,7 @@ use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, 
 use crate::device::DeviceChoice;
 use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
+use crate::eval::choice::{Question, evaluate_choices, read_questions};
 use crate::eval::evaluate;
 use crate::lora::{AdapterFile, LoraConfig, apply_adapter, load_adapter, read_adapter};
 use crate::model::{Llama, LoadOptions, TrainBatch};
@@ -34,6 +36,10 @@ pub struct Trainer {
     pub(super) lengths: Vec<usize>,
     /// The micro-batches of the current epoch (rows of example indices), and which epoch.
     pub(super) plan: (u64, Vec<Vec<Vec<usize>>>),
+    /// Multiple-choice questions scored at evaluations, and their few-shot examples.
+    pub(super) mc: Option<(Vec<Question>, Vec<Question>)>,
+    /// The best evaluation so far (`--save-best`).
+    pub(super) best: Option<Best>,
 }
 
 impl Trainer {
@@ -151,6 +157,41 @@ impl Trainer {
         let warmup = config
             .warmup_steps
             .unwrap_or_else(|| warmup_from_ratio(config.warmup_ratio, total_steps));
+        let mc = match &config.eval_mc_data {
+            Some(path) => {
+                let style = config.eval_mc_style;
+                let questions = read_questions(path, style)?;
+                let fewshot = match &config.eval_mc_fewshot_data {
+                    Some(f) if config.eval_mc_fewshot > 0 => {
+                        let all = read_questions(f, style)?;
+                        if all.len() < config.eval_mc_fewshot {
+                            return Err(Error::file(
+                                f,
+                                format!(
+                                    "--eval-mc-fewshot {}, but the file has {} questions",
+                                    config.eval_mc_fewshot,
+                                    all.len()
+                                ),
+                            ));
+                        }
+                        all.into_iter().take(config.eval_mc_fewshot).collect()
+                    }
+                    _ => Vec::new(),
+                };
+                progress.message(&format!(
+                    "{}: {} multiple-choice questions ({style}, {}-shot)",
+                    path.display(),
+                    questions.len(),
+                    fewshot.len()
+                ));
+                Some((questions, fewshot))
+            }
+            None => None,
+        };
+        let best = match config.save_best {
+            Some(metric) if resume.is_some() => read_best(&config.out, metric)?,
+            _ => None,
+        };
         let mut trainer = Trainer {
             config,
             model,
@@ -164,6 +205,8 @@ impl Trainer {
             warmup,
             lengths,
             plan: (0, plan),
+            mc,
+            best,
         };
         if let Some(dir) = resume {
             let saved_path = dir.join(CONFIG_FILE);
@@ -246,6 +289,22 @@ impl Trainer {
             self.position.epoch += 1;
         }
         batch
+    }
+
+    /// Multiple-choice accuracy (and its per-character form) on `--eval-mc-data`.
+    pub fn mc_accuracy(&self) -> Result<Option<(f64, f64)>> {
+        let Some((questions, fewshot)) = &self.mc else {
+            return Ok(None);
+        };
+        let report = evaluate_choices(
+            &self.model,
+            &self.tokenizer,
+            questions,
+            fewshot,
+            self.config.eval_mc_style,
+            |_| {},
+        )?;
+        Ok(Some((report.overall.acc, report.overall.acc_norm)))
     }
 
     /// Mean loss over the held-out examples.
