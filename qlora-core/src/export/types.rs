@@ -195,10 +195,14 @@ mod tests {
             tensor_type(k, role("token_embd.weight", 4096, None, true)),
             GgmlDType::Q4K
         );
-        // Tied: the embedding is the output.
+        // Tied: the embedding is the output (rows of 576 do not split into blocks of 256).
+        assert_eq!(
+            tensor_type(k, role("token_embd.weight", 4096, None, false)),
+            GgmlDType::Q6K
+        );
         assert_eq!(
             tensor_type(k, role("token_embd.weight", 576, None, false)),
-            GgmlDType::Q6K
+            GgmlDType::Q8_0
         );
         // 32 layers: 0-3 and 28-31 and every third between get Q6_K.
         let v = |l| tensor_type(k, role("blk.x.attn_v.weight", 4096, Some(l), true));
