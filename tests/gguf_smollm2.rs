@@ -2,10 +2,10 @@
 //! embeddings) against what transformers makes of the same file
 //! (`tests/fixtures/smollm2_gguf_facts.json`).
 //!
-//! The GGUF is not in the repo (98 MB). These tests download nothing: they run when the file
-//! is at `$QLORA_SMOLLM2_GGUF` or in the cache where `examples/quickstart.sh` and `.ci/run`
-//! put it (`$QLORA_CACHE`, else `$XDG_CACHE_HOME/qlora`, else `~/.cache/qlora`, under
-//! `downloads/`), and print SKIPPED otherwise.
+//! The GGUF is not in the repo (98 MB) and these tests download nothing. `build.rs` looks for
+//! it (`$QLORA_SMOLLM2_GGUF`, `tests/models/` where `examples/quickstart.sh` links it, the
+//! default cache); without it the tests are compiled as ignored, and the summary counts them,
+//! except under `CI=true`, where they fail.
 
 mod common;
 
@@ -13,7 +13,6 @@ use std::path::PathBuf;
 
 use common::{fixture, load_tensors_at};
 use qlora::generate::{SamplingConfig, StopReason, generate};
-use qlora::gguf::cache::cache_root;
 use qlora::gguf::{GgufFile, ImportOptions, import_gguf};
 use qlora::model::{Bits, Llama, LoadOptions};
 use qlora::text::{Message, Tokenizer};
@@ -21,12 +20,17 @@ use serde_json::Value;
 
 const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-fn gguf_path() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("QLORA_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(path));
-    }
-    let path = cache_root().ok()?.join("downloads").join(GGUF_NAME);
-    path.is_file().then_some(path)
+const MISSING: &str =
+    "needs SmolLM2's GGUF: run examples/quickstart.sh --fetch-only or set QLORA_SMOLLM2_GGUF";
+
+/// The GGUF `build.rs` found (it runs these tests only then, or under `CI=true`).
+fn gguf_path() -> PathBuf {
+    let path = PathBuf::from(env!("QLORA_TEST_SMOLLM2_GGUF"));
+    assert!(
+        path.is_file(),
+        "{GGUF_NAME} not found at {path:?}; {MISSING}"
+    );
+    path
 }
 
 fn bf16s(bytes: &[u8]) -> Vec<f32> {
@@ -50,25 +54,21 @@ fn ids(value: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// The imported model directory, or None (and a SKIPPED line) without the GGUF.
-fn imported(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-    let Some(path) = gguf_path() else {
-        eprintln!(
-            "SKIPPED {test}: {GGUF_NAME} not found; set QLORA_SMOLLM2_GGUF or run examples/quickstart.sh"
-        );
-        return None;
-    };
+/// The imported model directory (dropped with the temporary directory).
+fn imported() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("smollm2");
-    import_gguf(&path, &out, &ImportOptions::default()).unwrap();
-    Some((tmp, out))
+    import_gguf(gguf_path(), &out, &ImportOptions::default()).unwrap();
+    (tmp, out)
 }
 
 #[test]
+#[cfg_attr(
+    not(real_model),
+    ignore = "needs SmolLM2's GGUF: run examples/quickstart.sh --fetch-only or set QLORA_SMOLLM2_GGUF"
+)]
 fn tokenizer_and_chat_template_match_transformers() {
-    let Some((_tmp, dir)) = imported("tokenizer_and_chat_template_match_transformers") else {
-        return;
-    };
+    let (_tmp, dir) = imported();
     let facts = facts();
     let tokenizer = Tokenizer::load(&dir).unwrap();
     for (text, expected) in facts["tokenizer_cases"].as_object().unwrap() {
@@ -90,10 +90,12 @@ fn tokenizer_and_chat_template_match_transformers() {
 }
 
 #[test]
+#[cfg_attr(
+    not(real_model),
+    ignore = "needs SmolLM2's GGUF: run examples/quickstart.sh --fetch-only or set QLORA_SMOLLM2_GGUF"
+)]
 fn weights_logits_and_greedy_text_match_transformers() {
-    let Some((_tmp, dir)) = imported("weights_logits_and_greedy_text_match_transformers") else {
-        return;
-    };
+    let (_tmp, dir) = imported();
     let facts = facts();
     // transformers holds the dequantized GGUF in bf16, as our default import does.
     let tensors = load_tensors_at(&dir.join("model.safetensors"));
@@ -140,7 +142,7 @@ fn weights_logits_and_greedy_text_match_transformers() {
         .zip(&expected_values)
         .map(|(&i, e)| (last[i] - e).abs())
         .fold(0f32, f32::max);
-    assert!(max_diff <= 1e-3, "top-5 logits differ by {max_diff}");
+    assert!(max_diff <= 1e-4, "top-5 logits differ by {max_diff}");
 
     let tokenizer = Tokenizer::load(&dir).unwrap();
     let config = SamplingConfig {
@@ -158,12 +160,12 @@ fn weights_logits_and_greedy_text_match_transformers() {
 }
 
 #[test]
+#[cfg_attr(
+    not(real_model),
+    ignore = "needs SmolLM2's GGUF: run examples/quickstart.sh --fetch-only or set QLORA_SMOLLM2_GGUF"
+)]
 fn the_file_is_the_one_the_facts_describe() {
-    let Some(path) = gguf_path() else {
-        eprintln!("SKIPPED the_file_is_the_one_the_facts_describe: {GGUF_NAME} not found");
-        return;
-    };
-    let gguf = GgufFile::open(&path).unwrap();
+    let gguf = GgufFile::open(gguf_path()).unwrap();
     assert_eq!(gguf.version(), 3);
     assert_eq!(gguf.string("general.architecture").unwrap(), Some("llama"));
     assert_eq!(gguf.tensor_names().len(), 272);

@@ -218,7 +218,7 @@ fn choice_json(report: &ChoiceReport) -> serde_json::Value {
 fn print_choices(report: &ChoiceReport) {
     let row = |name: &str, a: &qlora_core::eval::choice::Accuracy| {
         println!(
-            "{name:<24} {:>9} {:>8.4} ± {:<7.4} {:>8.4} ± {:<7.4}",
+            "{name:<24} {:>9} {:>8.4} ± {:<7.4} {:>8.4} ± {:.4}",
             a.questions, a.acc, a.acc_stderr, a.acc_norm, a.acc_norm_stderr
         );
     };

@@ -2,8 +2,10 @@ use std::io::Write;
 
 use anyhow::{Result, bail};
 use clap::Args;
+use qlora_core::data::{ConversationTemplate, DatasetFormat, response_prompt};
 use qlora_core::generate::{SamplingConfig, generate};
 use qlora_core::text::Message;
+use qlora_core::train::{CONFIG_FILE, TrainConfig};
 
 use crate::model_args::ModelArgs;
 
@@ -11,9 +13,24 @@ use crate::model_args::ModelArgs;
 pub struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Text to continue, as is.
+    /// Text to continue, or with --format an instruction to wrap as training wrapped them.
     #[arg(long, conflicts_with = "chat", required_unless_present = "chat")]
     prompt: Option<String>,
+    /// How --prompt is wrapped: text (as is), alpaca, input-output, guanaco, oasst or messages,
+    /// each exactly as training wrapped its examples, up to where the response starts
+    /// [default: the format --adapter was trained on (its training_config.toml), else text].
+    #[arg(long, conflicts_with = "chat")]
+    format: Option<DatasetFormat>,
+    /// With --format oasst: guanaco or chat, as training's --template [default: the adapter's,
+    /// else guanaco].
+    #[arg(long, requires = "prompt")]
+    template: Option<ConversationTemplate>,
+    /// Alpaca's `input` field, for an instruction with a context.
+    #[arg(long, requires = "prompt")]
+    input: Option<String>,
+    /// Print the prompt as the model gets it (text and token ids) to stderr first.
+    #[arg(long)]
+    show_prompt: bool,
     /// A user message, wrapped in the model's chat template.
     #[arg(long)]
     chat: Option<String>,
@@ -45,6 +62,30 @@ pub struct GenerateArgs {
     stop_strings: Vec<String>,
 }
 
+/// The format and template `--prompt` is wrapped in: the flags', else those the adapter was
+/// trained with, else plain text.
+fn prompt_format(args: &GenerateArgs) -> Result<(DatasetFormat, ConversationTemplate)> {
+    let trained = match &args.model.adapter {
+        Some(dir) if dir.join(CONFIG_FILE).is_file() => {
+            Some(TrainConfig::from_toml_file(&dir.join(CONFIG_FILE))?)
+        }
+        _ => None,
+    };
+    let format = args
+        .format
+        .or_else(|| trained.as_ref().and_then(|t| t.format))
+        .unwrap_or(if args.input.is_some() {
+            DatasetFormat::Alpaca
+        } else {
+            DatasetFormat::Text
+        });
+    let template = args
+        .template
+        .or_else(|| trained.as_ref().map(|t| t.tokenize.template))
+        .unwrap_or_default();
+    Ok((format, template))
+}
+
 pub fn run(args: GenerateArgs) -> Result<()> {
     let config = SamplingConfig {
         max_new_tokens: args.max_new_tokens,
@@ -53,12 +94,18 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         top_p: args.top_p,
         repetition_penalty: args.repetition_penalty,
         seed: args.seed,
-        stop_strings: args.stop_strings,
+        stop_strings: args.stop_strings.clone(),
     };
     config.validate()?;
     let (model, tokenizer) = args.model.load()?;
     let prompt_ids = match (&args.prompt, &args.chat) {
-        (Some(prompt), _) => tokenizer.encode(prompt, true)?,
+        (Some(prompt), _) => {
+            let (format, template) = prompt_format(&args)?;
+            if format != DatasetFormat::Text {
+                eprintln!("[prompt wrapped as training wrapped {format} examples]");
+            }
+            response_prompt(format, template, prompt, args.input.as_deref(), &tokenizer)?
+        }
         (None, Some(chat)) => {
             let mut messages = Vec::new();
             if let Some(system) = &args.system {
@@ -70,6 +117,10 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         (None, None) => bail!("give --prompt or --chat"),
     };
+    if args.show_prompt {
+        eprintln!("prompt: {:?}", tokenizer.decode(&prompt_ids, false)?);
+        eprintln!("prompt ids: {prompt_ids:?}");
+    }
     let context = model.config.max_position_embeddings;
     if prompt_ids.len() + config.max_new_tokens > context {
         eprintln!(

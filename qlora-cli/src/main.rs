@@ -38,6 +38,10 @@ enum Command {
     /// Mean next-token loss and perplexity of a model on a dataset.
     Eval(eval::EvalArgs),
     /// Fine-tune a QLoRA adapter on an instruction dataset.
+    #[command(
+        override_usage = "qlora train --model <MODEL> --data <DATA> --out <OUT> [OPTIONS]\n       \
+                          qlora train --config <FILE.toml> [OPTIONS]"
+    )]
     Train(Box<train::TrainArgs>),
     /// Merge a LoRA adapter into the base weights as a model transformers loads.
     Merge(merge::MergeArgs),

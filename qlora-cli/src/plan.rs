@@ -133,6 +133,38 @@ fn gib(bytes: u64) -> String {
     ByteSize(bytes).display().iec().to_string()
 }
 
+/// What the plan assumed, for its header: the shape of a step, the dtypes and the units.
+fn assumptions(run: &TrainConfig, settings: &PlanSettings, limit: Option<u64>) -> String {
+    let compute = match run.compute_dtype {
+        Some(dtype) => format!("{dtype} compute"),
+        None => "f32 compute (train's default on the CPU; --compute-dtype bf16 for a GPU with \
+                 bf16, train's default there)"
+            .to_string(),
+    };
+    let memory = match limit {
+        Some(bytes) => format!(
+            "; --gpu-memory {} bytes = {} (GB is 10^9 bytes, GiB 2^30)",
+            bytes,
+            gib(bytes)
+        ),
+        None => String::new(),
+    };
+    format!(
+        "assuming {} row{} of {} tokens a micro-batch (--batch-size, --seq-len), {compute}, \
+         AdamW {}-bit states{}, gradient checkpointing {}; sizes in GiB (2^30 bytes){memory}",
+        settings.batch_size,
+        if settings.batch_size == 1 { "" } else { "s" },
+        settings.seq_len,
+        if settings.optimizer_8bit { 8 } else { 32 },
+        if run.optim.paged() { ", paged" } else { "" },
+        if settings.gradient_checkpointing {
+            "on"
+        } else {
+            "off"
+        },
+    )
+}
+
 pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
     let run = TrainConfig::from_file_and_flags(args.config.as_deref(), &args.settings, matches)?;
     if run.model.as_os_str().is_empty() {
@@ -157,6 +189,13 @@ pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
     if args.json {
         let value = json!({
             "model": model,
+            "assumptions": {
+                "batch_size": settings.batch_size,
+                "seq_len": settings.seq_len,
+                "compute_dtype": run.compute_dtype.map_or("f32".to_string(), |d| d.to_string()),
+                "optimizer_bits": if settings.optimizer_8bit { 8 } else { 32 },
+                "gradient_checkpointing": settings.gradient_checkpointing,
+            },
             "parameters": parameters,
             "trainable_parameters": trainable_parameters,
             "items": items.iter().map(|i| json!({"key": i.key, "bytes": i.bytes, "detail": i.detail})).collect::<Vec<_>>(),
@@ -173,6 +212,7 @@ pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
         "{}: {parameters} parameters, {trainable_parameters} trainable (LoRA r {})",
         model, settings.rank
     );
+    println!("{}", assumptions(&run, &settings, limit));
     for item in &items {
         println!(
             "  {:<22} {:>12}  {}",

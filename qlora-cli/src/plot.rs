@@ -27,6 +27,7 @@ struct Series {
     eval_loss: Vec<(f64, f64)>,
     lr: Vec<(f64, f64)>,
     mc_acc: Vec<(f64, f64)>,
+    mc_acc_norm: Vec<(f64, f64)>,
 }
 
 fn read_series(path: &Path) -> Result<Series> {
@@ -48,6 +49,7 @@ fn read_series(path: &Path) -> Result<Series> {
             ("eval_loss", &mut series.eval_loss),
             ("lr", &mut series.lr),
             ("mc_acc", &mut series.mc_acc),
+            ("mc_acc_norm", &mut series.mc_acc_norm),
         ] {
             if let Some(value) = v[key].as_f64().filter(|x| x.is_finite()) {
                 out.push((step, value));
@@ -76,13 +78,16 @@ fn panel(
     area: &Panel<'_, '_>,
     title: &str,
     steps: std::ops::Range<f64>,
+    y: Option<std::ops::Range<f64>>,
     lines: &[Line<'_>],
 ) -> Result<()> {
-    let y = span(
-        lines
-            .iter()
-            .flat_map(|(_, points, _)| points.iter().map(|p| p.1)),
-    );
+    let y = y.unwrap_or_else(|| {
+        span(
+            lines
+                .iter()
+                .flat_map(|(_, points, _)| points.iter().map(|p| p.1)),
+        )
+    });
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 18))
         .margin(12)
@@ -135,11 +140,12 @@ pub fn draw(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
         if !series.eval_loss.is_empty() {
             losses.push(("eval loss", &series.eval_loss, RGBColor(214, 39, 40)));
         }
-        panel(&areas[0], "loss", steps.clone(), &losses)?;
+        panel(&areas[0], "loss", steps.clone(), None, &losses)?;
         panel(
             &areas[1],
             "learning rate",
             steps.clone(),
+            None,
             &[("learning rate", &series.lr, RGBColor(44, 160, 44))],
         )?;
         if panels == 3 {
@@ -147,7 +153,12 @@ pub fn draw(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
                 &areas[2],
                 "multiple-choice accuracy",
                 steps,
-                &[("mc acc", &series.mc_acc, RGBColor(148, 103, 189))],
+                // Accuracy is a share: a fixed 0..1 axis keeps a flat line from filling the panel.
+                Some(-0.02..1.02),
+                &[
+                    ("acc", &series.mc_acc, RGBColor(148, 103, 189)),
+                    ("acc_norm", &series.mc_acc_norm, RGBColor(255, 127, 14)),
+                ],
             )?;
         }
         root.present()

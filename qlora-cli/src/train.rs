@@ -2,10 +2,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::{ArgMatches, Args};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use qlora_core::device::DeviceChoice;
 use qlora_core::gguf::resolve_model;
 use qlora_core::train::{LogProgress, Outcome, Progress, StepMetrics, TrainConfig, Trainer};
@@ -25,9 +26,29 @@ pub struct TrainArgs {
     device: DeviceChoice,
 }
 
-/// A bar with step, loss, lr, tokens/s and ETA.
+/// A bar with step, loss, lr, tokens/s and ETA. It is drawn from the first step on (before,
+/// its length is unknown and messages are plain lines), ticks every second so the elapsed time
+/// moves during long steps, and shows each step's loss with that step's number.
 struct BarProgress {
     bar: ProgressBar,
+    /// Where the bar draws once it has started.
+    target: Option<ProgressDrawTarget>,
+}
+
+impl BarProgress {
+    fn new(target: ProgressDrawTarget) -> Self {
+        let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::hidden());
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
+            )
+            .expect("valid template"),
+        );
+        BarProgress {
+            bar,
+            target: Some(target),
+        }
+    }
 }
 
 impl Progress for BarProgress {
@@ -35,11 +56,16 @@ impl Progress for BarProgress {
         self.bar.set_length(total_steps);
         self.bar.set_position(done);
         self.bar.reset_eta();
+        if let Some(target) = self.target.take() {
+            self.bar.set_draw_target(target);
+            self.bar.enable_steady_tick(Duration::from_secs(1));
+        }
     }
 
     fn step(&mut self, m: &StepMetrics) {
-        self.bar.set_position(m.step);
         let eval = m.evaluation();
+        // The message first: draws are rate-limited, so the one the position triggers must
+        // already carry this step's numbers.
         self.bar.set_message(format!(
             "loss {:.4} lr {:.2e} {:.0} tok/s pad {:.0}%{eval}",
             m.loss,
@@ -47,6 +73,7 @@ impl Progress for BarProgress {
             m.tokens_per_s,
             100.0 * m.padding
         ));
+        self.bar.set_position(m.step);
         if !eval.is_empty() {
             self.bar
                 .println(format!("step {}: loss {:.4}{eval}", m.step, m.loss));
@@ -54,7 +81,11 @@ impl Progress for BarProgress {
     }
 
     fn message(&mut self, text: &str) {
-        self.bar.println(text);
+        if self.target.is_none() {
+            self.bar.println(text);
+        } else {
+            eprintln!("{text}");
+        }
     }
 
     fn finish(&mut self) {
@@ -136,14 +167,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     }
 
     let mut progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} [{elapsed_precise} < {eta_precise}] {msg}",
-            )
-            .expect("valid template"),
-        );
-        Box::new(BarProgress { bar })
+        Box::new(BarProgress::new(ProgressDrawTarget::stderr()))
     } else {
         Box::new(LogProgress::new(config.logging_steps))
     };
@@ -182,4 +206,51 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use indicatif::InMemoryTerm;
+
+    use super::*;
+
+    fn metrics(step: u64, loss: f64) -> StepMetrics {
+        StepMetrics {
+            step,
+            loss,
+            lr: 2e-4,
+            grad_norm: 1.0,
+            tokens: 100,
+            tokens_per_s: 50.0,
+            padding: 0.0,
+            eval_loss: None,
+            mc_acc: None,
+            mc_acc_norm: None,
+            device_memory_bytes: None,
+        }
+    }
+
+    /// Nothing (no `0/0`) before the first step's length is known; afterwards each step's
+    /// number stands next to that step's loss.
+    #[test]
+    fn the_bar_shows_each_step_with_its_own_loss() {
+        let term = InMemoryTerm::new(4, 120);
+        let mut progress = BarProgress::new(ProgressDrawTarget::term_like(Box::new(term.clone())));
+        progress.message("loading the model");
+        assert_eq!(term.contents().trim(), "", "drawn before the run started");
+        progress.start(5, 0);
+        progress.step(&metrics(1, 2.5));
+        progress.step(&metrics(2, 1.25));
+        std::thread::sleep(Duration::from_millis(1500));
+        let screen = term.contents();
+        let line = screen
+            .lines()
+            .find(|l| l.contains("/5"))
+            .unwrap_or_default();
+        assert!(
+            line.contains(" 2/5 ") && line.contains("loss 1.2500"),
+            "{screen:?}"
+        );
+        progress.finish();
+    }
 }

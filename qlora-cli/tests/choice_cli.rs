@@ -201,7 +201,7 @@ fn training_logs_accuracy_keeps_the_best_and_draws_curves() {
     for series in [
         "loss",
         "learning rate",
-        "mc acc",
+        "acc_norm",
         "multiple-choice accuracy",
     ] {
         assert!(svg.contains(series), "{series} missing from the curves");

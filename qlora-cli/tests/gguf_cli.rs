@@ -1,5 +1,6 @@
 //! `qlora import-gguf` and `--model FILE.gguf` as a user runs them. The real-model part needs
-//! SmolLM2's GGUF (see tests/gguf_smollm2.rs at the root) and says SKIPPED without it.
+//! SmolLM2's GGUF: `build.rs` finds it, or the test is compiled as ignored (see
+//! tests/gguf_smollm2.rs at the root).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,16 +24,14 @@ fn qlora(args: &[&str], cache: &Path) -> Run {
     }
 }
 
-fn smollm2() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("QLORA_SMOLLM2_GGUF") {
-        return Some(PathBuf::from(path));
-    }
-    let cache = std::env::var_os("QLORA_CACHE")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("qlora")))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/qlora")))?;
-    let path = cache.join("downloads/SmolLM2-135M-Instruct.Q4_1.gguf");
-    path.is_file().then_some(path)
+/// The GGUF `build.rs` found (the test runs only then, or under `CI=true`).
+fn smollm2() -> PathBuf {
+    let path = PathBuf::from(env!("QLORA_TEST_SMOLLM2_GGUF"));
+    assert!(
+        path.is_file(),
+        "SmolLM2's GGUF not found at {path:?}: run examples/quickstart.sh --fetch-only or set QLORA_SMOLLM2_GGUF"
+    );
+    path
 }
 
 #[test]
@@ -81,11 +80,12 @@ fn bad_gguf_files_give_one_line_errors_and_no_output() {
 }
 
 #[test]
+#[cfg_attr(
+    not(real_model),
+    ignore = "needs SmolLM2's GGUF: run examples/quickstart.sh --fetch-only or set QLORA_SMOLLM2_GGUF"
+)]
 fn a_gguf_is_imported_once_and_used_as_a_model() {
-    let Some(gguf) = smollm2() else {
-        eprintln!("SKIPPED a_gguf_is_imported_once_and_used_as_a_model: no SmolLM2 GGUF");
-        return;
-    };
+    let gguf = smollm2();
     let cache = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../datasets/identity_eval.jsonl");
     let args = [

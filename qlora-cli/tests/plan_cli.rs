@@ -28,6 +28,7 @@ fn presets_plan_without_weights_and_json_is_stable() {
     assert_eq!(
         keys,
         [
+            "assumptions",
             "fits",
             "host_bytes",
             "items",
@@ -71,9 +72,24 @@ fn presets_plan_without_weights_and_json_is_stable() {
     let suggestions = plan["suggestions"].as_array().unwrap();
     assert!(suggestions.iter().any(|s| s["fits"] == true), "{stdout}");
 
+    assert_eq!(plan["assumptions"]["compute_dtype"], "bf16");
+    assert_eq!(plan["assumptions"]["seq_len"], 512);
+
     let (code, stdout, _) = qlora(&["plan", "--model", "llama-7b", "--gpu-memory", "24GB"]);
     assert_eq!(code, 0);
     assert!(stdout.contains("fits in"), "{stdout}");
+    // The header says what was assumed, and how --gpu-memory was read.
+    let header = stdout.lines().nth(1).unwrap();
+    for assumed in [
+        "1 row of 512 tokens",
+        "f32 compute",
+        "AdamW 32-bit states, paged",
+        "gradient checkpointing on",
+        "GiB (2^30 bytes)",
+        "24000000000 bytes = 22.4 GiB",
+    ] {
+        assert!(header.contains(assumed), "{assumed}: {header}");
+    }
 }
 
 #[test]

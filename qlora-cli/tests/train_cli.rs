@@ -317,3 +317,101 @@ fn eval_with_packing_gives_the_same_loss_for_every_format() {
         assert!((a - b).abs() <= 1e-5, "{format}: {a} vs {b}");
     }
 }
+
+/// The ids after `prompt ids: ` in generate's stderr (`--show-prompt`).
+fn shown_prompt_ids(stderr: &str) -> Vec<u32> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("prompt ids: "))
+        .expect(stderr);
+    serde_json::from_str(line).unwrap()
+}
+
+/// An adapter trained on Alpaca data (format detected) is prompted with the Alpaca prompt by
+/// default: the ids generate feeds are those training put before the learned response.
+#[test]
+fn generate_wraps_the_prompt_as_the_adapter_was_trained() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let model = root().join("tests/fixtures/tiny-llama");
+    let instruction = "What are the three primary colors?";
+    let data = dir.path().join("alpaca.jsonl");
+    let record = serde_json::json!({"instruction": instruction, "input": "", "output": "Red."});
+    std::fs::write(&data, format!("{record}\n{record}\n")).unwrap();
+    let (code, _, stderr) = qlora(&[
+        "train",
+        "--model",
+        path(&model),
+        "--data",
+        path(&data),
+        "--out",
+        path(&out),
+        "--max-steps",
+        "1",
+        "--grad-accum",
+        "1",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let config = std::fs::read_to_string(out.join("training_config.toml")).unwrap();
+    assert!(config.contains("format = \"alpaca\""), "{config}");
+
+    // What training fed the model before the first learned token.
+    let tokenizer = qlora_core::text::Tokenizer::load(&model).unwrap();
+    let options = qlora_core::data::DataOptions::default();
+    let loaded = qlora_core::data::load_examples(&data, &tokenizer, &options).unwrap();
+    let example = &loaded.examples[0];
+    let learned = example.labels.iter().position(|&l| l >= 0).unwrap();
+    let trained_prompt = &example.ids[..learned];
+
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            path(&model),
+            "--adapter",
+            path(&out),
+            "--prompt",
+            instruction,
+            "--max-new-tokens",
+            "1",
+            "--show-prompt",
+        ];
+        args.extend_from_slice(extra);
+        let (code, _, stderr) = qlora(&args);
+        assert_eq!(code, 0, "{stderr}");
+        stderr
+    };
+    let stderr = generate(&[]);
+    assert!(
+        stderr.contains("wrapped as training wrapped alpaca"),
+        "{stderr}"
+    );
+    assert_eq!(shown_prompt_ids(&stderr), trained_prompt);
+    // --format text continues the text as is.
+    let plain = shown_prompt_ids(&generate(&["--format", "text"]));
+    assert_eq!(plain, tokenizer.encode(instruction, true).unwrap());
+    assert_ne!(plain, trained_prompt);
+}
+
+/// The usage line names what train needs, and the help marks it required.
+#[test]
+fn train_help_shows_the_required_flags() {
+    let (code, stdout, _) = qlora(&["train", "--help"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("Usage: qlora train --model <MODEL> --data <DATA> --out <OUT> [OPTIONS]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("qlora train --config <FILE.toml>"),
+        "{stdout}"
+    );
+    for flag in ["--model", "--data", "--out"] {
+        let help = stdout
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with(flag))
+            .nth(1)
+            .unwrap_or_default();
+        assert!(help.trim_start().starts_with("Required"), "{flag}: {help}");
+    }
+}

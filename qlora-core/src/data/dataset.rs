@@ -66,6 +66,19 @@ impl fmt::Display for LoadedData {
     }
 }
 
+/// How conversations of `format` are written: chat messages always with the model's template
+/// and Guanaco text in its own form; only OpenAssistant trees follow `--template`.
+pub fn effective_template(
+    format: DatasetFormat,
+    template: ConversationTemplate,
+) -> ConversationTemplate {
+    match format {
+        DatasetFormat::Messages => ConversationTemplate::Chat,
+        DatasetFormat::Guanaco => ConversationTemplate::Guanaco,
+        _ => template,
+    }
+}
+
 /// Read, convert and tokenize `path`. Fails on the first malformed record (naming file, line
 /// and field) and when nothing is left to learn from.
 pub fn load_examples(
@@ -82,14 +95,8 @@ pub fn load_examples(
         None => DatasetFormat::detect(first)?,
     };
     let (samples, report) = samples(&records, format, &options.oasst)?;
-    // Chat messages always use the model's template and Guanaco text its own form; only
-    // OpenAssistant trees can be written either way.
     let mut tokenize_options = options.tokenize.clone();
-    tokenize_options.template = match format {
-        DatasetFormat::Messages => ConversationTemplate::Chat,
-        DatasetFormat::Guanaco => ConversationTemplate::Guanaco,
-        _ => options.tokenize.template,
-    };
+    tokenize_options.template = effective_template(format, options.tokenize.template);
     let mut examples = Vec::with_capacity(samples.len());
     for sample in &samples {
         let example = tokenize(&sample.value, tokenizer, &tokenize_options)

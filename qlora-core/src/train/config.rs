@@ -23,11 +23,11 @@ use crate::settings;
 #[command(next_help_heading = "Run")]
 #[serde(default)]
 pub struct TrainConfig {
-    /// Hugging Face model directory, or a GGUF file (imported into the cache on first use);
-    /// `qlora plan` also takes a config.json or a preset (llama-7b, ...).
+    /// Required: Hugging Face model directory, or a GGUF file (imported into the cache on first
+    /// use); `qlora plan` also takes a config.json or a preset (llama-7b, ...).
     #[arg(long, default_value = "", hide_default_value = true, value_parser = path)]
     pub model: PathBuf,
-    /// Training data (JSON Lines or JSON array).
+    /// Required: training data (JSON Lines or JSON array).
     #[arg(long, default_value = "", hide_default_value = true, value_parser = path)]
     pub data: PathBuf,
     /// alpaca, input-output, oasst, guanaco, messages or text [default: detected].
@@ -39,7 +39,7 @@ pub struct TrainConfig {
     /// Fraction of the data held out for evaluation.
     #[arg(long, default_value_t = 0.0)]
     pub eval_fraction: f64,
-    /// Output directory: checkpoints, metrics.jsonl and the final adapter.
+    /// Required: output directory for checkpoints, metrics.jsonl and the final adapter.
     #[arg(long, default_value = "", hide_default_value = true, value_parser = path)]
     pub out: PathBuf,
     /// Save a checkpoint every N steps.

@@ -13,7 +13,7 @@ mod step;
 mod trainer;
 
 pub use best::{BEST_DIR, BEST_FILE, Best, BestMetric, best_dir, read_best};
-pub use checkpoint::{RunPosition, list_checkpoints, load_checkpoint};
+pub use checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 pub use config::TrainConfig;
 pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, SavedMoments};
 pub use progress::{LogProgress, METRICS_FILE, Progress, StepMetrics};

@@ -62,6 +62,8 @@ impl Trainer {
         let tokenizer = Tokenizer::load(&config.model)?;
         let loaded: LoadedData = load_examples(&config.data, &tokenizer, &options)?;
         progress.message(&format!("{}: {loaded}", config.data.display()));
+        // Recorded in training_config.toml, so `generate --adapter` wraps prompts the same way.
+        config.format = Some(loaded.format);
         let (train, eval) = match &config.eval_data {
             Some(path) => {
                 let eval = load_examples(path, &tokenizer, &options)?;
@@ -154,6 +156,13 @@ impl Trainer {
             (None, Some(epochs)) => epochs * steps_per_epoch,
             (None, None) => steps_per_epoch,
         };
+        if let Some(steps) = config.max_steps.filter(|&s| s > steps_per_epoch) {
+            progress.message(&format!(
+                "--max-steps {steps} is {:.1} passes over the data ({steps_per_epoch} step{} a pass)",
+                steps as f64 / steps_per_epoch as f64,
+                if steps_per_epoch == 1 { "" } else { "s" }
+            ));
+        }
         let warmup = config
             .warmup_steps
             .unwrap_or_else(|| warmup_from_ratio(config.warmup_ratio, total_steps));
@@ -210,7 +219,9 @@ impl Trainer {
         };
         if let Some(dir) = resume {
             let saved_path = dir.join(CONFIG_FILE);
-            let saved = TrainConfig::from_toml_file(&saved_path)?;
+            let mut saved = TrainConfig::from_toml_file(&saved_path)?;
+            // Checkpoints from before the detected format was recorded detected it too.
+            saved.format = saved.format.or(trainer.config.format);
             for change in trainer.config.resume_changes(&saved, dir)? {
                 progress.message(&format!("resuming with {change}"));
             }
