@@ -45,6 +45,13 @@ fn training_halves_the_eval_loss_and_the_adapter_merges() {
         "20",
     ]);
     assert_eq!(code, 0, "{stderr}");
+    // 500 short records pack into a few rows: 40 steps are many passes, and train says so.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("--max-steps 40 is ") && l.contains("passes over the data")),
+        "{stderr}"
+    );
     let line = stderr
         .lines()
         .find(|l| l.starts_with("trained 40 steps"))

@@ -11,6 +11,7 @@ mod run;
 mod schedule;
 mod step;
 mod trainer;
+mod validate;
 
 pub use best::{BEST_DIR, BEST_FILE, Best, BestMetric, best_dir, read_best};
 pub use checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
