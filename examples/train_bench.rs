@@ -137,24 +137,9 @@ fn run(dir: &std::path::Path, a: &Args) -> Measured {
         let result = loss_and_grads(&model, &batch, true, Some(&stream)).expect("step");
         {
             let _span = profile::span(Phase::Optimizer);
-            optimizer.begin_step();
-            let mut adapters: Vec<_> = model
-                .linears_mut()
-                .into_iter()
-                .filter_map(|(_, l)| l.lora.as_mut())
-                .collect();
-            for (k, ((ga, gb), adapter)) in result
-                .grads
-                .grads
-                .into_iter()
-                .zip(adapters.iter_mut())
-                .enumerate()
-            {
-                adapter.a = optimizer.update(2 * k, adapter.a.clone(), ga, 1.0, 2e-4);
-                adapter.b = optimizer.update(2 * k + 1, adapter.b.clone(), gb, 1.0, 2e-4);
-            }
+            optimizer.step_adapters(&mut model, result.grads.grads, 1.0, 2e-4);
             // Wait for the update (on a GPU it would be queued).
-            let _ = adapters[0].b.clone().into_data();
+            let _ = model.adapters()[0].1.b.clone().into_data();
         }
         let elapsed = t.elapsed().as_secs_f64();
         eprintln!(

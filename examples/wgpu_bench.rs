@@ -245,22 +245,7 @@ fn main() {
             let t = Instant::now();
             let stream = DropoutStream { seed: 42, step };
             let result = loss_and_grads(&model, &batch, true, Some(&stream)).expect("step");
-            optimizer.begin_step();
-            let mut adapters: Vec<_> = model
-                .linears_mut()
-                .into_iter()
-                .filter_map(|(_, l)| l.lora.as_mut())
-                .collect();
-            for (k, ((ga, gb), adapter)) in result
-                .grads
-                .grads
-                .into_iter()
-                .zip(adapters.iter_mut())
-                .enumerate()
-            {
-                adapter.a = optimizer.update(2 * k, adapter.a.clone(), ga, 1.0, 2e-4);
-                adapter.b = optimizer.update(2 * k + 1, adapter.b.clone(), gb, 1.0, 2e-4);
-            }
+            optimizer.step_adapters(&mut model, result.grads.grads, 1.0, 2e-4);
             device.sync().expect("sync");
             // The first step compiles the kernels.
             if step > 0 {

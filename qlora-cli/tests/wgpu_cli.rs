@@ -120,44 +120,27 @@ fn train_eval_and_generate_on_wgpu_agree_with_the_cpu() {
 
     // The wgpu-trained adapter evaluated on both devices, and greedy generation.
     let adapter = path(&dir.path().join("wgpu-default"));
-    let mut evals = Vec::new();
-    let mut texts = Vec::new();
-    for device in ["cpu", "wgpu"] {
-        let (code, stdout, stderr) = qlora(&[
-            "eval",
-            "--model",
-            &model,
-            "--adapter",
-            &adapter,
-            "--data",
-            &eval_data,
-            "--format",
-            "alpaca",
-            "--device",
-            device,
-            "--json",
-        ]);
-        assert_eq!(code, 0, "{device}: {stderr}");
-        let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-        evals.push(v["loss"].as_f64().unwrap());
-        let (code, stdout, stderr) = qlora(&[
-            "generate",
-            "--model",
-            &model,
-            "--adapter",
-            &adapter,
-            "--prompt",
-            "12 is",
-            "--max-new-tokens",
-            "8",
-            "--temperature",
-            "0",
-            "--device",
-            device,
-        ]);
-        assert_eq!(code, 0, "{device}: {stderr}");
-        texts.push(stdout);
-    }
+    let run = |command: &str, device: &str, dtype: Option<&str>| {
+        let mut args = vec![command, "--model", &model, "--adapter", &adapter];
+        if command == "eval" {
+            args.extend(["--data", &eval_data, "--format", "alpaca", "--json"]);
+        } else {
+            args.extend(["--prompt", "12 is", "--max-new-tokens", "8"]);
+        }
+        args.extend(["--device", device]);
+        if let Some(dtype) = dtype {
+            args.extend(["--compute-dtype", dtype]);
+        }
+        let (code, stdout, stderr) = qlora(&args);
+        assert_eq!(code, 0, "{command} {device} {dtype:?}: {stderr}");
+        stdout
+    };
+    let eval_loss = |device: &str, dtype: Option<&str>| {
+        let v: serde_json::Value = serde_json::from_str(&run("eval", device, dtype)).unwrap();
+        v["loss"].as_f64().unwrap()
+    };
+    let evals = [eval_loss("cpu", None), eval_loss("wgpu", None)];
+    let texts = [run("generate", "cpu", None), run("generate", "wgpu", None)];
     assert!(
         (evals[0] - evals[1]).abs() <= 1e-4 * evals[0].abs(),
         "eval loss cpu {}, wgpu {}",
@@ -166,45 +149,11 @@ fn train_eval_and_generate_on_wgpu_agree_with_the_cpu() {
     );
     assert_eq!(texts[0], texts[1]);
     // Evaluation and generation computing in f16 on wgpu.
-    let (code, stdout, stderr) = qlora(&[
-        "eval",
-        "--model",
-        &model,
-        "--adapter",
-        &adapter,
-        "--data",
-        &eval_data,
-        "--format",
-        "alpaca",
-        "--device",
-        "wgpu",
-        "--compute-dtype",
-        "f16",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let half = v["loss"].as_f64().unwrap();
+    let half = eval_loss("wgpu", Some("f16"));
     assert!(
         (half - evals[0]).abs() <= 1e-2 * evals[0],
         "f16 {half} vs {}",
         evals[0]
     );
-    let (code, stdout, stderr) = qlora(&[
-        "generate",
-        "--model",
-        &model,
-        "--adapter",
-        &adapter,
-        "--prompt",
-        "12 is",
-        "--max-new-tokens",
-        "8",
-        "--device",
-        "wgpu",
-        "--compute-dtype",
-        "f16",
-    ]);
-    assert_eq!(code, 0, "{stderr}");
-    assert!(!stdout.is_empty());
+    assert!(!run("generate", "wgpu", Some("f16")).is_empty());
 }

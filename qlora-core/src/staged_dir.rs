@@ -131,23 +131,25 @@ impl StagedDir {
     pub fn commit(mut self) -> Result<PathBuf> {
         let staging = self.staging.take().expect("not committed").keep();
         in_progress().retain(|p| *p != staging);
-        if let Ok(meta) = std::fs::symlink_metadata(&self.target) {
-            // Whatever is there (a directory, a file, a link) goes only once the new output is
-            // complete.
-            let old = staging.with_extension("old");
-            std::fs::rename(&self.target, &old).map_err(|e| Error::io(&self.target, e))?;
-            std::fs::rename(&staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
-            let removed = if meta.is_dir() {
-                std::fs::remove_dir_all(&old)
-            } else {
-                std::fs::remove_file(&old)
-            };
-            removed.map_err(|e| Error::io(&old, e))?;
-        } else {
-            std::fs::rename(&staging, &self.target).map_err(|e| Error::io(&self.target, e))?;
-        }
+        replace(&self.target, &staging, &staging.with_extension("old"))?;
         Ok(self.target.clone())
     }
+}
+
+/// Rename `new` to `target`. Whatever is at `target` (a directory, a file, a link) is moved to
+/// `old` first and removed only once `new` is in place.
+fn replace(target: &Path, new: &Path, old: &Path) -> Result<()> {
+    let Ok(meta) = std::fs::symlink_metadata(target) else {
+        return std::fs::rename(new, target).map_err(|e| Error::io(target, e));
+    };
+    std::fs::rename(target, old).map_err(|e| Error::io(target, e))?;
+    std::fs::rename(new, target).map_err(|e| Error::io(target, e))?;
+    let removed = if meta.is_dir() {
+        std::fs::remove_dir_all(old)
+    } else {
+        std::fs::remove_file(old)
+    };
+    removed.map_err(|e| Error::io(old, e))
 }
 
 impl StagedDir {
@@ -155,19 +157,7 @@ impl StagedDir {
     /// place as the target, replacing what is there, and remove the staging directory.
     pub fn commit_file(self, file: &Path) -> Result<PathBuf> {
         let target = self.target.clone();
-        if let Ok(meta) = std::fs::symlink_metadata(&target) {
-            let old = self.path().join(".old");
-            std::fs::rename(&target, &old).map_err(|e| Error::io(&target, e))?;
-            std::fs::rename(file, &target).map_err(|e| Error::io(&target, e))?;
-            let removed = if meta.is_dir() {
-                std::fs::remove_dir_all(&old)
-            } else {
-                std::fs::remove_file(&old)
-            };
-            removed.map_err(|e| Error::io(&old, e))?;
-        } else {
-            std::fs::rename(file, &target).map_err(|e| Error::io(&target, e))?;
-        }
+        replace(&target, file, &self.path().join(".old"))?;
         // Dropping the staging directory removes it.
         Ok(target)
     }

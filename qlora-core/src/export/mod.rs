@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::gguf::blocks::type_name;
 use crate::gguf::config::{Llama3Rope, ROPE_FREQS_TENSOR, llama3_divisors};
 use crate::gguf::import::permute_rows;
+use crate::gguf::names::{Rotary, gguf_name};
 use crate::merge::{MergeBase, MergedWeights};
 use crate::staged_dir::StagedDir;
 
@@ -46,37 +47,6 @@ pub struct ExportReport {
     /// Tensors per ggml type, e.g. ("Q4_K", 180).
     pub types: BTreeMap<&'static str, usize>,
     pub ignored_modules: Vec<String>,
-}
-
-/// How a Hugging Face tensor is written: its GGUF name and the heads its rows are permuted
-/// over (q and k projections), if any.
-fn gguf_name(name: &str, config: &LlamaConfig) -> Option<(String, Option<usize>, Option<usize>)> {
-    let fixed = match name {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(fixed) = fixed {
-        return Some((fixed.to_string(), None, None));
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, suffix) = rest.rsplit_once('.')?;
-    let (target, heads) = match module {
-        "input_layernorm" => ("attn_norm", None),
-        "post_attention_layernorm" => ("ffn_norm", None),
-        "self_attn.q_proj" => ("attn_q", Some(config.num_attention_heads)),
-        "self_attn.k_proj" => ("attn_k", Some(config.num_key_value_heads)),
-        "self_attn.v_proj" => ("attn_v", None),
-        "self_attn.o_proj" => ("attn_output", None),
-        "mlp.gate_proj" => ("ffn_gate", None),
-        "mlp.up_proj" => ("ffn_up", None),
-        "mlp.down_proj" => ("ffn_down", None),
-        _ => return None,
-    };
-    Some((format!("blk.{layer}.{target}.{suffix}"), heads, Some(layer)))
 }
 
 fn model_metadata(config: &LlamaConfig, name: &str, kind: GgufType) -> Vec<(String, MetaValue)> {
@@ -199,8 +169,15 @@ pub fn export_gguf(
         if config.tie_word_embeddings && hf == "lm_head.weight" {
             continue;
         }
-        match gguf_name(hf, config) {
-            Some((gg, heads, layer)) => names.push((hf.to_string(), gg, heads, layer)),
+        match gguf_name(hf) {
+            Some((gg, rotary, layer)) => {
+                let heads = match rotary {
+                    Rotary::None => None,
+                    Rotary::Query => Some(config.num_attention_heads),
+                    Rotary::Key => Some(config.num_key_value_heads),
+                };
+                names.push((hf.to_string(), gg, heads, layer))
+            }
             None if hf.starts_with("model.") || hf == "lm_head.weight" => {
                 return Err(Error::key(
                     checkpoint.file_of(hf),

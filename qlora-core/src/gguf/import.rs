@@ -6,6 +6,7 @@ use std::sync::Mutex;
 
 use super::config::{ROPE_FREQS_TENSOR, llama_config};
 use super::file::GgufFile;
+use super::names::{Rotary, hf_name};
 use super::tokenizer::tokenizer_files;
 use crate::FloatDtype;
 use crate::checkpoint::write_json;
@@ -44,70 +45,26 @@ pub struct ImportSummary {
     pub types: BTreeMap<&'static str, usize>,
 }
 
-/// Where llama.cpp's rotary permutation applies, and with how many heads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rotary {
-    None,
-    Query,
-    Key,
-}
-
-/// The Hugging Face name of a GGUF tensor of a LLaMA model.
-fn hf_name(name: &str) -> Option<(String, Rotary)> {
-    let fixed = match name {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(fixed) = fixed {
-        return Some((fixed.to_string(), Rotary::None));
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, rest) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (module, suffix) = rest.split_once('.')?;
-    if suffix != "weight" && suffix != "bias" {
-        return None;
-    }
-    let (target, rotary) = match module {
-        "attn_norm" => ("input_layernorm", Rotary::None),
-        "ffn_norm" => ("post_attention_layernorm", Rotary::None),
-        "attn_q" => ("self_attn.q_proj", Rotary::Query),
-        "attn_k" => ("self_attn.k_proj", Rotary::Key),
-        "attn_v" => ("self_attn.v_proj", Rotary::None),
-        "attn_output" => ("self_attn.o_proj", Rotary::None),
-        "ffn_gate" => ("mlp.gate_proj", Rotary::None),
-        "ffn_up" => ("mlp.up_proj", Rotary::None),
-        "ffn_down" => ("mlp.down_proj", Rotary::None),
-        _ => return None,
-    };
-    Some((format!("model.layers.{layer}.{target}.{suffix}"), rotary))
-}
-
 /// Undo llama.cpp's permutation of q/k rows: within each head, the converter interleaved the
 /// two rotary halves (row 2i+j holds Hugging Face row j*head_dim/2 + i).
 pub fn unpermute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
-    let cols = values.len() / rows;
-    let head_dim = rows / heads;
-    let half = head_dim / 2;
-    let mut out = vec![0f32; values.len()];
-    for h in 0..heads {
-        for j in 0..2 {
-            for i in 0..half {
-                let hf = h * head_dim + j * half + i;
-                let gg = h * head_dim + 2 * i + j;
-                out[hf * cols..(hf + 1) * cols]
-                    .copy_from_slice(&values[gg * cols..(gg + 1) * cols]);
-            }
-        }
-    }
-    out
+    move_rotary_rows(values, rows, heads, |hf, gg| (gg, hf))
 }
 
 /// llama.cpp's permutation of q/k rows, the inverse of [`unpermute_rows`]: within each head,
 /// Hugging Face row `j*head_dim/2 + i` goes to row `2i + j` (the rotary halves interleaved).
 pub fn permute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
+    move_rotary_rows(values, rows, heads, |hf, gg| (hf, gg))
+}
+
+/// Copy whole rows: for each pair of a Hugging Face row `hf` and its llama.cpp row `gg`,
+/// `source_and_target(hf, gg)` names the row read and the row written.
+fn move_rotary_rows(
+    values: &[f32],
+    rows: usize,
+    heads: usize,
+    source_and_target: impl Fn(usize, usize) -> (usize, usize),
+) -> Vec<f32> {
     let cols = values.len() / rows;
     let head_dim = rows / heads;
     let half = head_dim / 2;
@@ -115,10 +72,10 @@ pub fn permute_rows(values: &[f32], rows: usize, heads: usize) -> Vec<f32> {
     for h in 0..heads {
         for j in 0..2 {
             for i in 0..half {
-                let hf = h * head_dim + j * half + i;
-                let gg = h * head_dim + 2 * i + j;
-                out[gg * cols..(gg + 1) * cols]
-                    .copy_from_slice(&values[hf * cols..(hf + 1) * cols]);
+                let (from, to) =
+                    source_and_target(h * head_dim + j * half + i, h * head_dim + 2 * i + j);
+                out[to * cols..(to + 1) * cols]
+                    .copy_from_slice(&values[from * cols..(from + 1) * cols]);
             }
         }
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod file;
 pub mod import;
 pub mod kquants;
+pub mod names;
 pub mod tokenizer;
 
 pub use cache::{resolve_gguf_in, resolve_model};

@@ -121,22 +121,8 @@ impl Trainer {
             } else {
                 1.0
             };
-            self.optimizer.begin_step();
-            let mut adapters: Vec<_> = self
-                .model
-                .linears_mut()
-                .into_iter()
-                .filter_map(|(_, l)| l.lora.as_mut())
-                .collect();
-            for (k, ((ga, gb), adapter)) in grads.into_iter().zip(adapters.iter_mut()).enumerate() {
-                let grad_scale = scale * clip;
-                adapter.a = self
-                    .optimizer
-                    .update(2 * k, adapter.a.clone(), ga, grad_scale, lr);
-                adapter.b = self
-                    .optimizer
-                    .update(2 * k + 1, adapter.b.clone(), gb, grad_scale, lr);
-            }
+            self.optimizer
+                .step_adapters(&mut self.model, grads, scale * clip, lr);
         }
         self.position.step += 1;
         self.position.tokens += tokens;

@@ -18,6 +18,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::backend::{AdamWArithmetic, AdamWStep, ops};
 use crate::error::{Error, Result};
+use crate::model::Llama;
 use blockwise_state::{DeviceMaps, STATE_BLOCK};
 use paging::Moments;
 
@@ -203,6 +204,27 @@ impl PagedAdamW {
     /// Start a step (once per optimizer step, before the per-parameter updates).
     pub fn begin_step(&mut self) {
         self.step += 1;
+    }
+
+    /// One optimizer step over every adapter of `model`: `grads` holds each adapter's
+    /// `(dA, dB)` in the model's order, parameters `2k` and `2k + 1`; each gradient is scaled
+    /// by `grad_scale`.
+    pub fn step_adapters(
+        &mut self,
+        model: &mut Llama,
+        grads: Vec<(Tensor<2>, Tensor<2>)>,
+        grad_scale: f64,
+        lr: f64,
+    ) {
+        self.begin_step();
+        let adapters = model
+            .linears_mut()
+            .into_iter()
+            .filter_map(|(_, l)| l.lora.as_mut());
+        for (k, ((ga, gb), adapter)) in grads.into_iter().zip(adapters).enumerate() {
+            adapter.a = self.update(2 * k, adapter.a.clone(), ga, grad_scale, lr);
+            adapter.b = self.update(2 * k + 1, adapter.b.clone(), gb, grad_scale, lr);
+        }
     }
 
     /// Update parameter `i` with gradient `grad · grad_scale` (both of the parameter's
