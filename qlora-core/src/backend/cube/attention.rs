@@ -75,6 +75,35 @@ fn dot(
     sum
 }
 
+/// What a query's thread `t` works on: batch `b`, head `h`, its key/value head `kv`, its row in
+/// `[batch * q_len]`, the last key position it sees and its sequence id.
+#[derive(CubeType)]
+struct QueryThread {
+    b: usize,
+    h: usize,
+    kv: usize,
+    row: usize,
+    pos: usize,
+    id: i32,
+}
+
+#[cube]
+fn query_thread(s: &Dims, q_ids: &[i32], t: usize) -> QueryThread {
+    let (heads, q_len, k_len) = (s.heads as usize, s.q_len as usize, s.k_len as usize);
+    let i = t % q_len;
+    let h = (t / q_len) % heads;
+    let b = t / (q_len * heads);
+    let row = b * q_len + i;
+    QueryThread {
+        b,
+        h,
+        kv: h / (heads / s.kv_heads as usize),
+        row,
+        pos: k_len - q_len + i,
+        id: q_ids[row],
+    }
+}
+
 /// One thread a query `(b, h, i)`: the attention output and the log-sum-exp.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
@@ -89,21 +118,22 @@ fn forward_kernel(
     s: Dims,
     #[comptime] d: usize,
 ) {
-    let (heads, q_len, k_len) = (s.heads as usize, s.q_len as usize, s.k_len as usize);
+    let (heads, k_len, kv_heads) = (s.heads as usize, s.k_len as usize, s.kv_heads as usize);
     let t = ABSOLUTE_POS;
-    if t >= s.batch as usize * heads * q_len {
+    if t >= s.batch as usize * heads * s.q_len as usize {
         terminate!();
     }
-    let i = t % q_len;
-    let h = (t / q_len) % heads;
-    let b = t / (q_len * heads);
-    let kv = h / (heads / s.kv_heads as usize);
-    let kv_heads = s.kv_heads as usize;
-    let pos = k_len - q_len + i;
-    let id = q_ids[b * q_len + i];
+    let QueryThread {
+        b,
+        h,
+        kv,
+        row,
+        pos,
+        id,
+    } = query_thread(&s, q_ids, t);
 
     let mut qv = Array::<f32>::new(d);
-    load(q, b * q_len + i, h, heads, &mut qv, d);
+    load(q, row, h, heads, &mut qv, d);
     let mut acc = Array::<f32>::new(d);
     let mut running_max = f32::new(-3.0e38);
     let mut sum = 0.0f32;
@@ -121,7 +151,7 @@ fn forward_kernel(
             running_max = new_max;
         }
     }
-    let obase = ((b * q_len + i) * heads + h) * d;
+    let obase = (row * heads + h) * d;
     for e in 0..d {
         out[obase + e] = acc[e] / sum;
     }
@@ -146,19 +176,19 @@ fn query_grad_kernel(
     s: Dims,
     #[comptime] d: usize,
 ) {
-    let (heads, q_len, k_len) = (s.heads as usize, s.q_len as usize, s.k_len as usize);
+    let (heads, k_len, kv_heads) = (s.heads as usize, s.k_len as usize, s.kv_heads as usize);
     let t = ABSOLUTE_POS;
-    if t >= s.batch as usize * heads * q_len {
+    if t >= s.batch as usize * heads * s.q_len as usize {
         terminate!();
     }
-    let i = t % q_len;
-    let h = (t / q_len) % heads;
-    let b = t / (q_len * heads);
-    let kv_heads = s.kv_heads as usize;
-    let kv = h / (heads / kv_heads);
-    let pos = k_len - q_len + i;
-    let id = q_ids[b * q_len + i];
-    let row = b * q_len + i;
+    let QueryThread {
+        b,
+        h,
+        kv,
+        row,
+        pos,
+        id,
+    } = query_thread(&s, q_ids, t);
 
     let mut qv = Array::<f32>::new(d);
     load(q, row, h, heads, &mut qv, d);
