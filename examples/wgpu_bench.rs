@@ -228,11 +228,7 @@ fn main() {
         )
         .expect("model");
         model.attach_lora(&LoraConfig::default(), 42).expect("lora");
-        let sizes: Vec<usize> = model
-            .adapters()
-            .iter()
-            .flat_map(|(_, a)| [a.a.dims().iter().product(), a.b.dims().iter().product()])
-            .collect();
+        let sizes = model.adapter_sizes();
         let mut optimizer = PagedAdamW::new(
             OptimizerKind::AdamW32,
             AdamWConfig::default(),

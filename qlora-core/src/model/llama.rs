@@ -319,6 +319,15 @@ impl Llama {
             .collect()
     }
 
+    /// The number of values of each adapter's A and B, in the order of [`Llama::adapters`]:
+    /// the trainable parameters as the optimizer counts them (A of adapter k is `2k`).
+    pub fn adapter_sizes(&self) -> Vec<usize> {
+        self.adapters()
+            .iter()
+            .flat_map(|(_, a)| [a.a.dims().iter().product(), a.b.dims().iter().product()])
+            .collect()
+    }
+
     /// Remove every adapter (back to the base model).
     pub fn detach_lora(&mut self) {
         for (_, linear) in self.linears_mut() {

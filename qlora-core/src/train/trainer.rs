@@ -128,11 +128,7 @@ impl Trainer {
                 ));
             }
         }
-        let sizes: Vec<usize> = model
-            .adapters()
-            .iter()
-            .flat_map(|(_, a)| [a.a.dims().iter().product(), a.b.dims().iter().product()])
-            .collect();
+        let sizes = model.adapter_sizes();
         let budget = config
             .optim_device_budget_mb
             .map(|mb| (mb * 1024.0 * 1024.0) as usize);
