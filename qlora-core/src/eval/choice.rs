@@ -243,21 +243,25 @@ fn tok_encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     tokenizer.encode(text, !starts_with_bos)
 }
 
-/// `(context tokens, continuation tokens)` of one request (`_encode_pair`).
-fn encode_pair(
+/// `(context tokens, continuation tokens)` of each request of one context (`_encode_pair`):
+/// the context's trailing whitespace moves to every continuation, and the context is encoded
+/// once.
+fn encode_pairs(
     tokenizer: &Tokenizer,
     context: &str,
-    continuation: &str,
-) -> Result<(Vec<u32>, Vec<u32>)> {
+    continuations: &[String],
+) -> Result<Vec<(Vec<u32>, Vec<u32>)>> {
     let trimmed = context.trim_end();
-    let (context, continuation) = (
-        trimmed,
-        format!("{}{continuation}", &context[trimmed.len()..]),
-    );
-    let whole = tok_encode(tokenizer, &format!("{context}{continuation}"))?;
-    let context_enc = tok_encode(tokenizer, context)?;
-    let split = context_enc.len().min(whole.len());
-    Ok((context_enc, whole[split..].to_vec()))
+    let moved = &context[trimmed.len()..];
+    let context_enc = tok_encode(tokenizer, trimmed)?;
+    continuations
+        .iter()
+        .map(|continuation| {
+            let whole = tok_encode(tokenizer, &format!("{trimmed}{moved}{continuation}"))?;
+            let split = context_enc.len().min(whole.len());
+            Ok((context_enc.clone(), whole[split..].to_vec()))
+        })
+        .collect()
 }
 
 /// Score one question: the log-likelihood and greediness of each continuation, in one batch.
@@ -371,10 +375,8 @@ pub fn evaluate_choices(
     for (k, q) in questions.iter().enumerate() {
         let ctx = context(q, fewshot, style);
         let texts = choice_texts(q, style);
-        let requests = texts
-            .iter()
-            .map(|c| encode_pair(tokenizer, &ctx, &format!(" {c}")))
-            .collect::<Result<Vec<_>>>()?;
+        let continuations: Vec<String> = texts.iter().map(|c| format!(" {c}")).collect();
+        let requests = encode_pairs(tokenizer, &ctx, &continuations)?;
         let scored = score(model, &requests)?;
         let loglikelihoods: Vec<f64> = scored.iter().map(|(l, _)| *l).collect();
         let pred = argmax(loglikelihoods.iter().copied());
