@@ -5,11 +5,8 @@
 //! Run: `cargo run --release --example fuzz_readers -- [EXECS_PER_READER] [SEED] [NAME_FILTER]`
 //! (default 1,000,000 inputs per reader, seed 1).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::alloc::{Counting, mib};
-use common::fuzz::{fuzz, targets};
+use support::alloc::{Counting, mib};
+use support::fuzz::{fuzz, targets};
 
 #[global_allocator]
 static ALLOC: Counting = Counting;

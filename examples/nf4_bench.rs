@@ -8,9 +8,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use burn::tensor::Device;
-use qlora::FloatDtype;
-use qlora::backend::Nf4Weight;
-use qlora::quant::{Nf4Config, Nf4Tensor};
+use qlora_core::FloatDtype;
+use qlora_core::backend::Nf4Weight;
+use qlora_core::quant::{Nf4Config, Nf4Tensor};
 
 const ROWS: usize = 4096;
 const COLS: usize = 4096;

@@ -6,12 +6,12 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use qlora::data::{alpaca_prompt, read_records};
-use qlora::device::DeviceChoice;
-use qlora::generate::{SamplingConfig, generate};
-use qlora::model::Llama;
-use qlora::text::Tokenizer;
-use qlora::train::{LogProgress, TrainConfig, Trainer};
+use qlora_core::data::{alpaca_prompt, read_records};
+use qlora_core::device::DeviceChoice;
+use qlora_core::generate::{SamplingConfig, generate};
+use qlora_core::model::Llama;
+use qlora_core::text::Tokenizer;
+use qlora_core::train::{LogProgress, TrainConfig, Trainer};
 
 /// Share of held-out prompts answered with the right word.
 fn accuracy(model: &Llama, tokenizer: &Tokenizer, eval: &Path) -> f64 {
@@ -39,7 +39,7 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let root = support::root();
     let out = tempfile::tempdir().expect("temp dir");
     let eval = root.join("datasets/parity_eval.jsonl");
     let config = TrainConfig {

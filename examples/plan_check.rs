@@ -4,20 +4,17 @@
 //!
 //! Run: `cargo run --release --example plan_check`
 
-use common::synthetic::SyntheticModel;
-use qlora::config::LlamaConfig;
-use qlora::plan::{PlanSettings, plan};
+use qlora_core::config::LlamaConfig;
+use qlora_core::plan::{PlanSettings, plan};
+use support::synthetic::SyntheticModel;
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::alloc::{Counting, mib};
-use common::fixture;
-use common::training_peak::{
+use qlora_core::train::OptimizerKind;
+use support::alloc::{Counting, mib};
+use support::fixture;
+use support::training_peak::{
     SYNTHETIC_30M, measure_training_peak, measure_training_peak_with, synthetic_model,
     write_long_texts,
 };
-use qlora::train::OptimizerKind;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;

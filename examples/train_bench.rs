@@ -11,16 +11,13 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, Distribution, Tensor};
-use qlora::lora::{LoraConfig, loss_and_grads};
-use qlora::model::{Bits, DropoutStream, Llama, LoadOptions, TrainBatch};
-use qlora::profile::{self, Phase};
-use qlora::train::{AdamWConfig, OptimizerKind, PagedAdamW};
+use qlora_core::lora::{LoraConfig, loss_and_grads};
+use qlora_core::model::{Bits, DropoutStream, Llama, LoadOptions, TrainBatch};
+use qlora_core::profile::{self, Phase};
+use qlora_core::train::{AdamWConfig, OptimizerKind, PagedAdamW};
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
-use common::alloc::{Counting, current, peak_during};
-use common::synthetic::SyntheticModel;
+use support::alloc::{Counting, current, peak_during};
+use support::synthetic::SyntheticModel;
 
 #[global_allocator]
 static ALLOC: Counting = Counting;

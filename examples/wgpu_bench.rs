@@ -7,22 +7,19 @@
 //! Run: `cargo run --release --features wgpu --example wgpu_bench [-- --layers 4 --seq 256]`
 
 #[cfg(feature = "wgpu")]
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 #[cfg(feature = "wgpu")]
 fn main() {
     use std::time::Instant;
 
     use burn::tensor::{Device, DeviceKind, Distribution, Int, Tensor, TensorData};
-    use common::synthetic::SyntheticModel;
-    use qlora::ComputeDtype;
-    use qlora::backend::cube::set_kernels;
-    use qlora::backend::{AdamWArithmetic, AdamWStep, AttentionShape, Nf4Weight, ops};
-    use qlora::lora::{LoraConfig, loss_and_grads};
-    use qlora::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
-    use qlora::quant::{Nf4Config, Nf4Tensor};
-    use qlora::train::{AdamWConfig, OptimizerKind, PagedAdamW};
+    use qlora_core::ComputeDtype;
+    use qlora_core::backend::cube::set_kernels;
+    use qlora_core::backend::{AdamWArithmetic, AdamWStep, AttentionShape, Nf4Weight, ops};
+    use qlora_core::lora::{LoraConfig, loss_and_grads};
+    use qlora_core::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
+    use qlora_core::quant::{Nf4Config, Nf4Tensor};
+    use qlora_core::train::{AdamWConfig, OptimizerKind, PagedAdamW};
+    use support::synthetic::SyntheticModel;
 
     let (mut layers, mut seq) = (4usize, 256usize);
     let argv: Vec<String> = std::env::args().skip(1).collect();
@@ -79,7 +76,7 @@ fn main() {
     let state = Nf4Tensor::quantize(
         &w,
         &[inter, h],
-        qlora::FloatDtype::F32,
+        qlora_core::FloatDtype::F32,
         Nf4Config::default(),
     )
     .expect("quantize");

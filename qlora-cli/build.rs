@@ -1,2 +1,2 @@
-// The same check as the root package: can the tests on a real model run?
-include!("../build.rs");
+// The same check as qlora-core: can the tests on a real model run?
+include!("../qlora-core/build.rs");

@@ -1,0 +1,12 @@
+//! The `qlora` binary run as a user runs it, in one test binary.
+
+mod common;
+
+mod choice_cli;
+mod gguf_cli;
+mod model_cli;
+mod plan_cli;
+mod quantize_cli;
+mod safety_cli;
+mod train_cli;
+mod wgpu_cli;

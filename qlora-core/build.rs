@@ -1,0 +1,61 @@
+// Whether the tests on a real model can run (shared by `qlora-core` and `qlora-cli`).
+//
+// They need SmolLM2-135M-Instruct's GGUF, which is not in the repository. It is looked for at
+// `$QLORA_SMOLLM2_GGUF`, at `tests/models/` (where `examples/quickstart.sh` links the file it
+// downloaded, whatever its `QLORA_CACHE`), and in the default cache. Found, the path goes to
+// the tests as `QLORA_TEST_SMOLLM2_GGUF` and `cfg(real_model)` is set; not found, the tests
+// are compiled as ignored with the reason, so the summary counts them, except under `CI=true`,
+// where they run and fail.
+
+use std::path::{Path, PathBuf};
+
+const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn var(name: &str) -> Option<String> {
+    println!("cargo::rerun-if-env-changed={name}");
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Watch a directory for the file appearing, if the directory exists (a missing path would make
+/// Cargo rerun this script, and rebuild the tests, on every build).
+fn watch(dir: &Path) {
+    if dir.is_dir() {
+        println!("cargo::rerun-if-changed={}", dir.display());
+    }
+}
+
+fn find() -> Option<PathBuf> {
+    if let Some(path) = var("QLORA_SMOLLM2_GGUF") {
+        // Asked for explicitly: used even if missing, so the tests say so.
+        return Some(PathBuf::from(path));
+    }
+    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    let models = manifest
+        .ancestors()
+        .map(|dir| dir.join("tests/models"))
+        .find(|dir| dir.join(".gitignore").is_file());
+    let cache = var("QLORA_CACHE").map(PathBuf::from).or_else(|| {
+        var("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .map(|dir| dir.join("qlora"))
+    });
+    let mut dirs = Vec::new();
+    dirs.extend(models);
+    dirs.extend(cache.map(|dir| dir.join("downloads")));
+    dirs.iter().for_each(|dir| watch(dir));
+    dirs.into_iter()
+        .map(|dir| dir.join(GGUF_NAME))
+        .find(|path| path.is_file())
+}
+
+fn main() {
+    println!("cargo::rustc-check-cfg=cfg(real_model)");
+    let found = find();
+    let ci = var("CI").is_some_and(|v| v == "true" || v == "1");
+    if found.is_some() || ci {
+        println!("cargo::rustc-cfg=real_model");
+    }
+    let path = found.map(|p| p.display().to_string()).unwrap_or_default();
+    println!("cargo::rustc-env=QLORA_TEST_SMOLLM2_GGUF={path}");
+}

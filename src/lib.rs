@@ -1,1 +1,0 @@
-pub use qlora_core::*;
