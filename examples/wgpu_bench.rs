@@ -1,8 +1,10 @@
 //! The GPU path's CubeCL kernels against the generic tensor-op defaults they replace, on the
 //! same wgpu device in the same run: each operation of the training step at SmolLM2-135M's
-//! sizes, then whole training steps of a SmolLM2-shaped model cut to a few layers (kernels in
-//! f32 and f16, the defaults in f32). On lavapipe (Mesa's CPU Vulkan driver) absolute figures
-//! mean little: compare the ratios.
+//! sizes (the defaults called directly, `backend::generic::*::<Dispatch>`), then whole training
+//! steps of a SmolLM2-shaped model cut to a few layers (kernels in f32 and f16; the defaults in
+//! f32 on the device's autodiff form, where every operation but the NF4 dequantization runs its
+//! trait's default). On lavapipe (Mesa's CPU Vulkan driver) absolute figures mean little:
+//! compare the ratios.
 //!
 //! Run: `cargo run --release --features wgpu --example wgpu_bench [-- --layers 4 --seq 256]`
 
@@ -11,9 +13,11 @@
 fn main() {
     use std::time::Instant;
 
+    use burn::backend::Dispatch;
+    use burn::backend::ops::FloatTensorOps;
     use burn::tensor::{Device, DeviceKind, Distribution, Int, Tensor, TensorData};
     use qlora_core::ComputeDtype;
-    use qlora_core::backend::cube::set_kernels;
+    use qlora_core::backend::generic::{attention, layers, loss, nf4, optim};
     use qlora_core::backend::{AdamWArithmetic, AdamWStep, AttentionShape, Nf4Weight, ops};
     use qlora_core::lora::{LoraConfig, loss_and_grads};
     use qlora_core::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
@@ -45,12 +49,11 @@ fn main() {
         device.sync().expect("sync");
         start.elapsed().as_secs_f64() / reps as f64
     };
-    let compare = |name: &str, f: &dyn Fn()| {
-        set_kernels(true);
-        let kernel = time(f);
-        set_kernels(false);
-        let default = time(f);
-        set_kernels(true);
+    // A tensor as the generic defaults take it.
+    let p = |t: &Tensor<2>| t.clone().into_dispatch();
+    let compare = |name: &str, kernel: &dyn Fn(), default: &dyn Fn()| {
+        let kernel = time(kernel);
+        let default = time(default);
         println!(
             "  {name:<34} {:>9.2} ms {:>9.2} ms {:>7.1}x",
             kernel * 1e3,
@@ -82,50 +85,90 @@ fn main() {
     .expect("quantize");
     let weight = Nf4Weight::new(&state, &device);
     let x = random([seq, h]);
-    compare("NF4 dequantization 1536x576", &|| drop(weight.dequantize()));
-    compare("NF4 matmul x·Wᵀ", &|| drop(weight.linear(x.clone())));
-    compare("NF4 matmul dy·W", &|| {
-        drop(weight.input_grad(random([seq, inter])))
-    });
-    let s = AttentionShape {
-        batch: 1,
-        heads,
-        kv_heads,
-        head_dim: d,
-        q_len: seq,
-        k_len: seq,
-        scale: 1.0 / (d as f64).sqrt(),
-    };
+    let dense = || nf4::dequantize::<Dispatch>(&weight.operand());
+    compare(
+        "NF4 dequantization 1536x576",
+        &|| drop(weight.dequantize()),
+        &|| drop(dense()),
+    );
+    compare(
+        "NF4 matmul x·Wᵀ",
+        &|| drop(weight.linear(x.clone())),
+        &|| {
+            drop(Dispatch::float_matmul(
+                p(&x),
+                Dispatch::float_transpose(dense()),
+            ))
+        },
+    );
+    let dy = random([seq, inter]);
+    compare(
+        "NF4 matmul dy·W",
+        &|| drop(weight.input_grad(dy.clone())),
+        &|| drop(Dispatch::float_matmul(p(&dy), dense())),
+    );
+    let s = AttentionShape::new(1, [heads, kv_heads, d], seq, seq);
     let ids = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64; seq], [seq]), &device);
+    let pi = |t: &Tensor<1, Int>| t.clone().into_dispatch();
     let (q, k, v) = (
         random([seq, h]),
         random([seq, kv_heads * d]),
         random([seq, kv_heads * d]),
     );
-    compare("attention forward", &|| {
-        drop(ops::attention(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            &ids,
-            &ids,
-            s,
-        ))
-    });
+    compare(
+        "attention forward",
+        &|| {
+            drop(ops::attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                &ids,
+                &ids,
+                s,
+            ))
+        },
+        &|| {
+            drop(attention::attention::<Dispatch>(
+                p(&q),
+                p(&k),
+                p(&v),
+                pi(&ids),
+                pi(&ids),
+                s,
+            ))
+        },
+    );
     let (out, lse) = ops::attention(q.clone(), k.clone(), v.clone(), &ids, &ids, s);
-    compare("attention backward", &|| {
-        drop(ops::attention_backward(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            out.clone(),
-            lse.clone(),
-            random([seq, h]),
-            &ids,
-            &ids,
-            s,
-        ))
-    });
+    let d_out = random([seq, h]);
+    compare(
+        "attention backward",
+        &|| {
+            drop(ops::attention_backward(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                out.clone(),
+                lse.clone(),
+                d_out.clone(),
+                &ids,
+                &ids,
+                s,
+            ))
+        },
+        &|| {
+            drop(attention::attention_backward::<Dispatch>(
+                p(&q),
+                p(&k),
+                p(&v),
+                p(&out),
+                lse.clone().into_dispatch(),
+                p(&d_out),
+                pi(&ids),
+                pi(&ids),
+                s,
+            ))
+        },
+    );
     let head = random([vocab, h]);
     let targets = Tensor::<1, Int>::from_data(
         TensorData::new(
@@ -134,24 +177,64 @@ fn main() {
         ),
         &device,
     );
-    compare("cross-entropy and its gradient", &|| {
-        drop(ops::cross_entropy_with_grad(x.clone(), &head, &targets))
-    });
+    compare(
+        "cross-entropy and its gradient",
+        &|| drop(ops::cross_entropy_with_grad(x.clone(), &head, &targets)),
+        &|| {
+            drop(loss::cross_entropy::<Dispatch>(
+                p(&x),
+                p(&head),
+                pi(&targets),
+                true,
+            ))
+        },
+    );
     let norm = Tensor::<1>::ones([h], &device);
-    compare("RMSNorm forward and backward", &|| {
-        drop(ops::rms_norm(x.clone(), &norm, 1e-5));
-        drop(ops::rms_norm_backward(x.clone(), &norm, 1e-5, x.clone()));
-    });
+    let pn = || norm.clone().into_dispatch();
+    compare(
+        "RMSNorm forward and backward",
+        &|| {
+            drop(ops::rms_norm(x.clone(), &norm, 1e-5));
+            drop(ops::rms_norm_backward(x.clone(), &norm, 1e-5, x.clone()));
+        },
+        &|| {
+            drop(layers::rms_norm::<Dispatch>(p(&x), pn(), 1e-5));
+            drop(layers::rms_norm_backward::<Dispatch>(
+                p(&x),
+                pn(),
+                1e-5,
+                p(&x),
+            ));
+        },
+    );
     let (cos, sin) = (random([seq, d]), random([seq, d]));
-    compare("RoPE", &|| drop(ops::rope(q.clone(), &cos, &sin)));
-    let (gate, up) = (random([seq, inter]), random([seq, inter]));
-    compare("SwiGLU forward and backward", &|| {
-        drop(ops::swiglu(gate.clone(), up.clone()));
-        drop(ops::swiglu_backward(gate.clone(), up.clone(), gate.clone()));
+    compare("RoPE", &|| drop(ops::rope(q.clone(), &cos, &sin)), &|| {
+        drop(layers::rope::<Dispatch>(p(&q), p(&cos), p(&sin)))
     });
-    compare("dropout", &|| drop(ops::dropout(gate.clone(), 7, 0.05)));
+    let (gate, up) = (random([seq, inter]), random([seq, inter]));
+    compare(
+        "SwiGLU forward and backward",
+        &|| {
+            drop(ops::swiglu(gate.clone(), up.clone()));
+            drop(ops::swiglu_backward(gate.clone(), up.clone(), gate.clone()));
+        },
+        &|| {
+            drop(layers::swiglu::<Dispatch>(p(&gate), p(&up)));
+            drop(layers::swiglu_backward::<Dispatch>(
+                p(&gate),
+                p(&up),
+                p(&gate),
+            ));
+        },
+    );
+    compare(
+        "dropout",
+        &|| drop(ops::dropout(gate.clone(), 7, 0.05)),
+        &|| drop(layers::dropout::<Dispatch>(p(&gate), 7, 0.05)),
+    );
     let n = 64 * (h + inter);
-    let p = Tensor::<1>::random([n], Distribution::Default, &device);
+    let param = Tensor::<1>::random([n], Distribution::Default, &device);
+    let p1 = || param.clone().into_dispatch();
     let step = AdamWStep {
         arithmetic: AdamWArithmetic::Torch,
         lr: 2e-4,
@@ -162,27 +245,41 @@ fn main() {
         step: 3,
         grad_scale: 1.0,
     };
-    compare("AdamW 32-bit (an r 64 adapter pair)", &|| {
-        drop(ops::adamw_step(
-            p.clone(),
-            p.clone(),
-            p.clone(),
-            p.clone(),
-            step,
-        ))
-    });
-    let optimizer = std::cell::RefCell::new(PagedAdamW::new(
-        OptimizerKind::AdamW8,
-        AdamWConfig::default(),
-        &[n],
-        None,
-        &device,
-    ));
-    compare("AdamW 8-bit (the same pair)", &|| {
-        let mut o = optimizer.borrow_mut();
-        o.begin_step();
-        drop(o.update(0, p.clone(), p.clone(), 1.0, 2e-4));
-    });
+    compare(
+        "AdamW 32-bit (an r 64 adapter pair)",
+        &|| {
+            drop(ops::adamw_step(
+                param.clone(),
+                param.clone(),
+                param.clone(),
+                param.clone(),
+                step,
+            ))
+        },
+        &|| drop(optim::adamw_step::<Dispatch>(p1(), p1(), p1(), p1(), step)),
+    );
+    // The 8-bit state lives inside the optimizer: its default runs on the autodiff form of the
+    // device, where the optimizer's operations are the trait's defaults.
+    let eight_bit = |device: &Device| {
+        let optimizer = std::cell::RefCell::new(PagedAdamW::new(
+            OptimizerKind::AdamW8,
+            AdamWConfig::default(),
+            &[n],
+            None,
+            device,
+        ));
+        let param = param.clone().to_device(device);
+        move || {
+            let mut o = optimizer.borrow_mut();
+            o.begin_step();
+            drop(o.update(0, param.clone(), param.clone(), 1.0, 2e-4));
+        }
+    };
+    compare(
+        "AdamW 8-bit (the same pair)",
+        &eight_bit(&device),
+        &eight_bit(&device.clone().autodiff()),
+    );
 
     // Whole steps of a SmolLM2-shaped model with `layers` layers.
     let model_shape = SyntheticModel {
@@ -209,16 +306,19 @@ fn main() {
         vec![vec![true; seq]],
     );
     let mut baseline = None;
-    for (name, kernels, compute) in [
-        ("tensor-op defaults, f32", false, ComputeDtype::F32),
-        ("CubeCL kernels, f32", true, ComputeDtype::F32),
-        ("CubeCL kernels, f16", true, ComputeDtype::F16),
+    for (name, on, compute) in [
+        (
+            "tensor-op defaults, f32",
+            device.clone().autodiff(),
+            ComputeDtype::F32,
+        ),
+        ("CubeCL kernels, f32", device.clone(), ComputeDtype::F32),
+        ("CubeCL kernels, f16", device.clone(), ComputeDtype::F16),
     ] {
-        set_kernels(kernels);
         let mut model = Llama::load(
             dir.path(),
             &LoadOptions {
-                device: device.clone(),
+                device: on.clone(),
                 compute,
                 ..LoadOptions::default()
             },
@@ -231,7 +331,7 @@ fn main() {
             AdamWConfig::default(),
             &sizes,
             None,
-            &device,
+            &on,
         );
         let mut seconds = Vec::new();
         for step in 0..3 {
@@ -257,7 +357,6 @@ fn main() {
             memory
         );
     }
-    set_kernels(true);
 }
 
 #[cfg(not(feature = "wgpu"))]

@@ -1,5 +1,7 @@
-//! The backward of the NF4 matmul: `dx = dy · W`, with `W` dequantized again from the packed
-//! state the op saved. Only the input is differentiable; the weight is frozen.
+//! The operations on autodiff backends. The NF4 matmul has a hand-written backward, `dx = dy ·
+//! W` with `W` dequantized again from the packed state the op saved (only the input is
+//! differentiable; the weight is frozen); every other operation runs its tensor-op default,
+//! which autodiff differentiates.
 
 use burn::backend::AutodiffBackend;
 use burn::backend::Backend;
@@ -10,7 +12,9 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::FloatTensor;
 
-use super::{Nf4Absmax, Nf4DoubleAbsmax, Nf4Operand, QloraOps};
+use super::{
+    AttentionOps, LayerOps, LossOps, Nf4Absmax, Nf4DoubleAbsmax, Nf4Operand, Nf4Ops, OptimOps,
+};
 
 /// The weight seen from inside autodiff: its float parts are constants of the graph.
 fn inner<B: Backend, C: CheckpointStrategy>(weight: Nf4Operand<Autodiff<B, C>>) -> Nf4Operand<B> {
@@ -35,7 +39,7 @@ fn inner<B: Backend, C: CheckpointStrategy>(weight: Nf4Operand<Autodiff<B, C>>) 
 #[derive(Debug)]
 struct Nf4MatmulBackward;
 
-impl<B: Backend + QloraOps> Backward<B, 1> for Nf4MatmulBackward {
+impl<B: Backend + Nf4Ops> Backward<B, 1> for Nf4MatmulBackward {
     /// The packed weight: never a dense matrix.
     type State = Nf4Operand<B>;
 
@@ -48,7 +52,7 @@ impl<B: Backend + QloraOps> Backward<B, 1> for Nf4MatmulBackward {
     }
 }
 
-impl<B: Backend + QloraOps, C: CheckpointStrategy> QloraOps for Autodiff<B, C> {
+impl<B: Backend + Nf4Ops, C: CheckpointStrategy> Nf4Ops for Autodiff<B, C> {
     fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
         // The weight is frozen: its dense form is a constant.
         <Self as AutodiffBackend>::from_inner(B::nf4_dequantize(inner(weight)))
@@ -77,3 +81,11 @@ impl<B: Backend + QloraOps, C: CheckpointStrategy> QloraOps for Autodiff<B, C> {
         ))
     }
 }
+
+impl<B: Backend, C: CheckpointStrategy> LayerOps for Autodiff<B, C> {}
+
+impl<B: Backend, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {}
+
+impl<B: Backend, C: CheckpointStrategy> OptimOps for Autodiff<B, C> {}
+
+impl<B: Backend, C: CheckpointStrategy> LossOps for Autodiff<B, C> {}

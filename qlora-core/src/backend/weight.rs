@@ -3,7 +3,7 @@
 use burn::backend::{Dispatch, DispatchTensor};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use super::{Nf4Absmax, Nf4DoubleAbsmax, Nf4Layout, Nf4Operand, QloraOps};
+use super::{Nf4Absmax, Nf4DoubleAbsmax, Nf4Layout, Nf4Operand, Nf4Ops};
 use crate::quant::{Absmax, Nf4Tensor};
 
 /// Bytes packed four to an i32 word, most significant first: a device copy costs 4 bits a
@@ -74,7 +74,7 @@ impl Nf4Weight {
 
     /// The dense `[out, in]` f32 weight, bit-identical to bitsandbytes' dequantization.
     pub fn dequantize(&self) -> Tensor<2> {
-        Tensor::from_dispatch(<Dispatch as QloraOps>::nf4_dequantize(self.operand()))
+        Tensor::from_dispatch(<Dispatch as Nf4Ops>::nf4_dequantize(self.operand()))
     }
 
     /// The dequantized values, flattened.
@@ -84,7 +84,7 @@ impl Nf4Weight {
 
     /// `dy · W` for `dy` `[rows, out]`: the gradient of the input of [`Nf4Weight::linear`].
     pub fn input_grad(&self, dy: Tensor<2>) -> Tensor<2> {
-        Tensor::from_dispatch(<Dispatch as QloraOps>::nf4_matmul_transposed(
+        Tensor::from_dispatch(<Dispatch as Nf4Ops>::nf4_matmul_transposed(
             dy.into_dispatch(),
             self.operand(),
         ))
@@ -93,7 +93,7 @@ impl Nf4Weight {
     /// `x · Wᵀ` for `x` `[rows, in]`, differentiable in `x` when autodiff tracks it (the weight
     /// is never stored dense in the graph).
     pub fn linear(&self, x: Tensor<2>) -> Tensor<2> {
-        Tensor::from_dispatch(<Dispatch as QloraOps>::nf4_matmul(
+        Tensor::from_dispatch(<Dispatch as Nf4Ops>::nf4_matmul(
             x.into_dispatch(),
             self.operand(),
         ))

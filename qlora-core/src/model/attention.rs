@@ -45,6 +45,8 @@ impl Attention {
             q_len: context.q_len,
             k_len: context.k_len,
             scale: (self.head_dim as f64).powf(-0.5),
+            window: None,
+            softcap: None,
         }
     }
 

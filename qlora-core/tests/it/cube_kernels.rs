@@ -47,11 +47,19 @@ fn cross_entropy_kernel_matches_cpu() {
 }
 
 /// Forward and backward of the attention kernels: GQA, padding, packed and interleaved
-/// sequence ids, and queries over a longer history (a KV cache).
+/// sequence ids, queries over a longer history (a KV cache), sliding windows and soft-caps.
 #[test]
 fn attention_kernels_match_cpu() {
-    for (q_len, k_len) in [(150, 150), (3, 40), (1, 9)] {
-        let (s, q_ids, k_ids) = attention_case(q_len, k_len);
+    let cases = [
+        (150, 150, None, None),
+        (3, 40, None, None),
+        (1, 9, None, None),
+        (150, 150, Some(7), Some(0.5)),
+        (3, 40, Some(5), None),
+    ];
+    for (q_len, k_len, window, softcap) in cases {
+        let (mut s, q_ids, k_ids) = attention_case(q_len, k_len);
+        (s.window, s.softcap) = (window, softcap);
         let q_shape = [s.batch * q_len, s.heads * s.head_dim];
         let k_shape = [s.batch * k_len, s.kv_heads * s.head_dim];
         let (nq, nk) = (q_shape[0] * q_shape[1], k_shape[0] * k_shape[1]);
@@ -88,7 +96,9 @@ fn attention_kernels_match_cpu() {
             .zip(gpu.iter().zip(&cpu))
         {
             assert_close(
-                &format!("{name} ({q_len} queries, {k_len} keys)"),
+                &format!(
+                    "{name} ({q_len} queries, {k_len} keys, window {window:?}, cap {softcap:?})"
+                ),
                 got,
                 want,
                 1e-5,

@@ -148,9 +148,10 @@ fn dropout_masks_match_the_host_stream() {
     assert!((dropped - 0.1).abs() < 0.02, "{dropped}");
 }
 
-fn check_attention(q_len: usize, k_len: usize) {
+fn check_attention(q_len: usize, k_len: usize, window: Option<usize>, softcap: Option<f64>) {
     let (cpu, ad) = (Device::flex(), Device::flex().autodiff());
-    let (s, q_ids, k_ids) = attention_case(q_len, k_len);
+    let (mut s, q_ids, k_ids) = attention_case(q_len, k_len);
+    (s.window, s.softcap) = (window, softcap);
     let q_shape = [s.batch * q_len, s.heads * s.head_dim];
     let k_shape = [s.batch * k_len, s.kv_heads * s.head_dim];
     let nq = q_shape[0] * q_shape[1];
@@ -172,6 +173,20 @@ fn check_attention(q_len: usize, k_len: usize) {
         )
     };
     let (out, lse) = run(&q, &k, &v, &cpu);
+    if window.is_some() || softcap.is_some() {
+        // Not a no-op: the same attention without them differs.
+        let mut plain = s;
+        (plain.window, plain.softcap) = (None, None);
+        let (plain_out, _) = ops::attention(
+            t(&q, q_shape, &cpu),
+            t(&k, k_shape, &cpu),
+            t(&v, k_shape, &cpu),
+            &ids(&q_ids, &cpu),
+            &ids(&k_ids, &cpu),
+            plain,
+        );
+        assert!(support::ops::rel_diff(&vec(out.clone()), &vec(plain_out)) > 1e-2);
+    }
     let (qa, ka, va) = (
         t(&q, q_shape, &ad).require_grad(),
         t(&k, k_shape, &ad).require_grad(),
@@ -212,13 +227,23 @@ fn check_attention(q_len: usize, k_len: usize) {
 #[test]
 fn attention_with_gqa_padding_and_packed_sequences() {
     // 150 queries: three blocks of the CPU kernel, the last one partial.
-    check_attention(150, 150);
+    check_attention(150, 150, None, None);
 }
 
 #[test]
 fn attention_over_a_kv_cache() {
-    check_attention(3, 40);
-    check_attention(1, 9);
+    check_attention(3, 40, None, None);
+    check_attention(1, 9, None, None);
+}
+
+/// Sliding windows (narrower than a packed sequence, and than the interleaved runs) and
+/// soft-capped scores (a cap the scores reach), alone and together, also over a cache.
+#[test]
+fn attention_with_a_sliding_window_and_soft_capping() {
+    check_attention(150, 150, Some(7), None);
+    check_attention(150, 150, None, Some(0.5));
+    check_attention(150, 150, Some(70), Some(0.5));
+    check_attention(3, 40, Some(5), Some(0.5));
 }
 
 #[test]

@@ -42,6 +42,8 @@ pub fn attention_case(q_len: usize, k_len: usize) -> (AttentionShape, Vec<i64>, 
         q_len,
         k_len,
         scale: 0.25,
+        window: None,
+        softcap: None,
     };
     let row_ids = |len: usize, b: usize| -> Vec<i64> {
         (0..len)

@@ -4,20 +4,23 @@
 //! the queries' gradient and a thread a key for the keys' and values' (summing over the query
 //! heads a key/value head serves), so no `[q_len, k_len]` score matrix exists and nothing is
 //! added with atomics. Keys after a query's position are never visited (the causal half is
-//! skipped), keys of other sequences are passed over. Key/value heads are read in place for
+//! skipped), nor are keys behind a sliding window; keys of other sequences are passed over.
+//! Soft-capped scores are capped as they are computed. Key/value heads are read in place for
 //! every query head they serve (no copies).
 //!
 //! Layouts as [`AttentionShape`] says: `q` `[batch * q_len, heads * d]`, `k`, `v` `[batch *
 //! k_len, kv_heads * d]`, the log-sum-exp `[batch, heads, q_len]`. Threads of a cube take
 //! neighbouring queries of one head, so they read the same keys at the same time.
 
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::IntDType;
+use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 use super::{contiguous_f32, contiguous_int, f32_buffer};
-use crate::backend::AttentionShape;
+use crate::backend::{AttentionOps, AttentionShape};
 
 /// The runtime sizes of an attention.
 #[derive(CubeType, CubeLaunch, Clone, Copy)]
@@ -28,6 +31,10 @@ pub struct Dims {
     q_len: u32,
     k_len: u32,
     scale: f32,
+    /// Keys a query sees at most (0: no window).
+    window: u32,
+    /// `cap` of the scores' soft-cap (0: none).
+    softcap: f32,
 }
 
 fn dims(s: &AttentionShape) -> DimsLaunch {
@@ -38,6 +45,8 @@ fn dims(s: &AttentionShape) -> DimsLaunch {
         s.q_len as u32,
         s.k_len as u32,
         s.scale as f32,
+        s.window.map_or(0, |w| w as u32),
+        s.softcap.map_or(0.0, |c| c as f32),
     )
 }
 
@@ -73,6 +82,38 @@ fn dot(
         sum += a[e] * x[base + e];
     }
     sum
+}
+
+/// The first key a query at `pos` sees by the window (0 without one).
+#[cube]
+fn window_start(s: &Dims, pos: usize) -> usize {
+    let window = s.window as usize;
+    let mut start = 0usize;
+    if window > 0 && pos + 1 > window {
+        start = pos + 1 - window;
+    }
+    start
+}
+
+/// A scaled score through the soft-cap (as it is without one).
+#[cube]
+fn capped(s: &Dims, score: f32) -> f32 {
+    let mut out = score;
+    if s.softcap > 0.0 {
+        out = s.softcap * (score / s.softcap).tanh();
+    }
+    out
+}
+
+/// The soft-cap's derivative at a capped score: `1 - tanh²` (1 without one).
+#[cube]
+fn cap_slope(s: &Dims, capped: f32) -> f32 {
+    let mut slope = 1.0f32;
+    if s.softcap > 0.0 {
+        let t = capped / s.softcap;
+        slope = 1.0 - t * t;
+    }
+    slope
 }
 
 /// What a query's thread `t` works on: batch `b`, head `h`, its key/value head `kv`, its row in
@@ -137,9 +178,9 @@ fn forward_kernel(
     let mut acc = Array::<f32>::new(d);
     let mut running_max = f32::new(-3.0e38);
     let mut sum = 0.0f32;
-    for j in 0..pos + 1 {
+    for j in window_start(&s, pos)..pos + 1 {
         if k_ids[b * k_len + j] == id {
-            let score = dot(&qv, k, b * k_len + j, kv, kv_heads, d) * s.scale;
+            let score = capped(&s, dot(&qv, k, b * k_len + j, kv, kv_heads, d) * s.scale);
             let new_max = f32::max(running_max, score);
             let correction = (running_max - new_max).exp();
             let p = (score - new_max).exp();
@@ -198,11 +239,12 @@ fn query_grad_kernel(
     delta[t] = dd;
     let l = lse[t];
     let mut acc = Array::<f32>::new(d);
-    for j in 0..pos + 1 {
+    for j in window_start(&s, pos)..pos + 1 {
         if k_ids[b * k_len + j] == id {
             let key = b * k_len + j;
-            let p = (dot(&qv, k, key, kv, kv_heads, d) * s.scale - l).exp();
-            let ds = p * (dot(&dov, v, key, kv, kv_heads, d) - dd);
+            let score = capped(&s, dot(&qv, k, key, kv, kv_heads, d) * s.scale);
+            let p = (score - l).exp();
+            let ds = p * (dot(&dov, v, key, kv, kv_heads, d) - dd) * cap_slope(&s, score);
             let kbase = (key * kv_heads + kv) * d;
             for e in 0..d {
                 acc[e] += ds * k[kbase + e];
@@ -253,19 +295,33 @@ fn key_grad_kernel(
     load(v, key, kv, kv_heads, &mut vvec, d);
     let mut dk_acc = Array::<f32>::new(d);
     let mut dv_acc = Array::<f32>::new(d);
-    // The first query whose position is not before the key.
+    // The first query whose position is not before the key, and (with a window) the first
+    // whose window has passed it.
     let mut first = 0usize;
     if j > offset {
         first = j - offset;
     }
+    let mut end = q_len;
+    let window = s.window as usize;
+    if window > 0 {
+        end = 0;
+        if j + window > offset {
+            end = j + window - offset;
+        }
+        if end > q_len {
+            end = q_len;
+        }
+    }
     for g in 0..groups {
         let h = kv * groups + g;
-        for i in first..q_len {
+        for i in first..end {
             let row = b * q_len + i;
             if q_ids[row] == id {
                 let stat = (b * heads + h) * q_len + i;
-                let p = (dot(&kvec, q, row, h, heads, d) * s.scale - lse[stat]).exp();
-                let ds = p * (dot(&vvec, d_out, row, h, heads, d) - delta[stat]);
+                let score = capped(&s, dot(&kvec, q, row, h, heads, d) * s.scale);
+                let p = (score - lse[stat]).exp();
+                let ds =
+                    p * (dot(&vvec, d_out, row, h, heads, d) - delta[stat]) * cap_slope(&s, score);
                 let base = (row * heads + h) * d;
                 for e in 0..d {
                     dv_acc[e] += p * d_out[base + e];
@@ -287,7 +343,7 @@ fn launch_dims(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim
 }
 
 /// `softmax(q kᵀ · scale, masked) v` and the log-sum-exp of every query's scores.
-pub fn attention(
+fn attention(
     q: CubeTensor,
     k: CubeTensor,
     v: CubeTensor,
@@ -320,7 +376,7 @@ pub fn attention(
 
 /// The gradients of [`attention`] with respect to `q`, `k` and `v`.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
+fn attention_backward(
     q: CubeTensor,
     k: CubeTensor,
     v: CubeTensor,
@@ -382,4 +438,31 @@ pub fn attention_backward(
         s.head_dim,
     );
     (dq, dk, dv)
+}
+
+impl AttentionOps for CubeBackend {
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention(q, k, v, q_ids, k_ids, shape)
+    }
+
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        attention_backward(q, k, v, out, lse, d_out, q_ids, k_ids, shape)
+    }
 }

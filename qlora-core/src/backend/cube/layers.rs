@@ -4,11 +4,14 @@
 //! CPU draws ([`DropoutMask`]): SplitMix64 over the element's index, in 32-bit halves (WGSL has
 //! no 64-bit integers).
 
+use burn::backend::tensor::FloatTensor;
+use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 use super::{contiguous_f32, cube_count_2d, f32_buffer};
+use crate::backend::LayerOps;
 use crate::backend::dropout::DropoutMask;
 
 /// Units of a row's cube.
@@ -193,7 +196,7 @@ fn like(t: &CubeTensor) -> CubeTensor {
     f32_buffer(t, t.meta.shape().to_vec())
 }
 
-pub fn rms_norm(x: CubeTensor, weight: CubeTensor, eps: f64) -> CubeTensor {
+fn rms_norm(x: CubeTensor, weight: CubeTensor, eps: f64) -> CubeTensor {
     let (x, weight) = (contiguous_f32(x), contiguous_f32(weight));
     let rows = x.meta.shape()[0];
     let out = like(&x);
@@ -210,12 +213,7 @@ pub fn rms_norm(x: CubeTensor, weight: CubeTensor, eps: f64) -> CubeTensor {
     out
 }
 
-pub fn rms_norm_backward(
-    x: CubeTensor,
-    weight: CubeTensor,
-    eps: f64,
-    dy: CubeTensor,
-) -> CubeTensor {
+fn rms_norm_backward(x: CubeTensor, weight: CubeTensor, eps: f64, dy: CubeTensor) -> CubeTensor {
     let (x, weight, dy) = (
         contiguous_f32(x),
         contiguous_f32(weight),
@@ -237,7 +235,7 @@ pub fn rms_norm_backward(
     dx
 }
 
-pub fn rope(x: CubeTensor, cos: CubeTensor, sin: CubeTensor) -> CubeTensor {
+fn rope(x: CubeTensor, cos: CubeTensor, sin: CubeTensor) -> CubeTensor {
     let (x, cos, sin) = (contiguous_f32(x), contiguous_f32(cos), contiguous_f32(sin));
     let (width, dim) = (x.meta.shape()[1], cos.meta.shape()[1]);
     let out = like(&x);
@@ -257,7 +255,7 @@ pub fn rope(x: CubeTensor, cos: CubeTensor, sin: CubeTensor) -> CubeTensor {
     out
 }
 
-pub fn swiglu(gate: CubeTensor, up: CubeTensor) -> CubeTensor {
+fn swiglu(gate: CubeTensor, up: CubeTensor) -> CubeTensor {
     let (gate, up) = (contiguous_f32(gate), contiguous_f32(up));
     let out = like(&gate);
     let (count, dim) = elementwise(&gate);
@@ -273,11 +271,7 @@ pub fn swiglu(gate: CubeTensor, up: CubeTensor) -> CubeTensor {
     out
 }
 
-pub fn swiglu_backward(
-    gate: CubeTensor,
-    up: CubeTensor,
-    dz: CubeTensor,
-) -> (CubeTensor, CubeTensor) {
+fn swiglu_backward(gate: CubeTensor, up: CubeTensor, dz: CubeTensor) -> (CubeTensor, CubeTensor) {
     let (gate, up, dz) = (contiguous_f32(gate), contiguous_f32(up), contiguous_f32(dz));
     let (dg, du) = (like(&gate), like(&gate));
     let (count, dim) = elementwise(&gate);
@@ -295,7 +289,7 @@ pub fn swiglu_backward(
     (dg, du)
 }
 
-pub fn dropout(x: CubeTensor, seed: u64, p: f64) -> CubeTensor {
+fn dropout(x: CubeTensor, seed: u64, p: f64) -> CubeTensor {
     let x = contiguous_f32(x);
     let mask = DropoutMask::new(seed, p);
     let (threshold, keep) = mask.parts();
@@ -315,4 +309,44 @@ pub fn dropout(x: CubeTensor, seed: u64, p: f64) -> CubeTensor {
         keep,
     );
     out
+}
+
+/// LoRA runs the trait's default (two matmuls each way), with these kernels' dropout.
+impl LayerOps for CubeBackend {
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        rms_norm(x, weight, eps)
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        rms_norm_backward(x, weight, eps, dy)
+    }
+
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        rope(x, cos, sin)
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        swiglu(gate, up)
+    }
+
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        swiglu_backward(gate, up, dz)
+    }
+
+    fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
+        dropout(x, seed, p)
+    }
 }

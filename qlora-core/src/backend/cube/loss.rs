@@ -6,6 +6,7 @@
 //! compute dtype), the softmax and the loss in f32.
 
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::{DType, IntDType, Shape, Slice};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::cast;
@@ -13,6 +14,7 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
 use super::{contiguous_f32, contiguous_int, cube_count_2d, f32_buffer};
+use crate::backend::LossOps;
 
 type B = CubeBackend;
 
@@ -108,7 +110,7 @@ fn row_loss_kernel(
 
 /// Per-row loss of `hidden` `[rows, h]` through `weight` `[vocab, h]` for `targets` `[rows]`
 /// (negative: no loss) and, with `grad`, the gradient of their sum with respect to `hidden`.
-pub fn cross_entropy(
+fn cross_entropy(
     hidden: CubeTensor,
     weight: CubeTensor,
     targets: CubeTensor,
@@ -162,4 +164,23 @@ pub fn cross_entropy(
     let losses = cat(losses, Shape::new([rows]), DType::F32);
     let grad = grad.then(|| cat(grads, Shape::new([rows, h]), weight.dtype));
     (losses, grad)
+}
+
+impl LossOps for CubeBackend {
+    fn cross_entropy(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        cross_entropy(hidden, weight, targets, false).0
+    }
+
+    fn cross_entropy_with_grad(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (losses, grad) = cross_entropy(hidden, weight, targets, true);
+        (losses, grad.expect("asked for the gradient"))
+    }
 }

@@ -9,7 +9,9 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
-use crate::backend::{Nf4Absmax, Nf4Operand};
+use burn::backend::tensor::FloatTensor;
+
+use crate::backend::{Nf4Absmax, Nf4Operand, Nf4Ops};
 
 /// Byte `index` of `words` (four a word, the most significant first).
 #[cube]
@@ -60,7 +62,7 @@ fn launch_dims(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim
 }
 
 /// The dense `[out, in]` f32 weight of `weight`.
-pub fn dequantize(weight: Nf4Operand<CubeBackend>) -> CubeTensor {
+fn dequantize(weight: Nf4Operand<CubeBackend>) -> CubeTensor {
     let layout = weight.layout;
     let n = layout.numel();
     let client = weight.code.client.clone();
@@ -108,4 +110,12 @@ pub fn dequantize(weight: Nf4Operand<CubeBackend>) -> CubeTensor {
         layout.blocksize,
     );
     out
+}
+
+/// Only the dequantization is a kernel: the products are Burn's matmul of the dense weight (the
+/// trait's default), which the dequantization feeds a layer at a time.
+impl Nf4Ops for CubeBackend {
+    fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        dequantize(weight)
+    }
 }

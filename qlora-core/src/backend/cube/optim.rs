@@ -4,6 +4,7 @@
 //! pack four codes a word). The arithmetic is the CPU kernel's, fused multiply-adds where the
 //! libraries fuse (`fma`), separate roundings elsewhere.
 
+use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, IntDType};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -14,7 +15,7 @@ use cubecl::{CubeDim, calculate_cube_count_elemwise};
 use super::{contiguous_f32, contiguous_int, cube_count_2d, f32_buffer};
 
 use crate::backend::generic::optim::STATE_BLOCK;
-use crate::backend::{AdamWArithmetic, AdamWStep, Blockwise8, StateMaps};
+use crate::backend::{AdamWArithmetic, AdamWStep, Blockwise8, OptimOps, StateMaps};
 
 /// A step's constants in f32, rounded as the CPU kernel rounds them.
 #[derive(CubeType, CubeLaunch, Clone, Copy)]
@@ -225,7 +226,7 @@ fn adamw8_kernel(
 }
 
 /// One step with 32-bit moments: `(param, m, v)`.
-pub fn adamw_step(
+fn adamw_step(
     param: CubeTensor,
     grad: CubeTensor,
     m: CubeTensor,
@@ -266,7 +267,7 @@ pub fn adamw_step(
 }
 
 /// One step of bitsandbytes' `AdamW8bit` on a flat parameter.
-pub fn adamw8_step(
+fn adamw8_step(
     param: CubeTensor,
     grad: CubeTensor,
     state: Blockwise8<CubeBackend>,
@@ -312,4 +313,26 @@ pub fn adamw8_step(
             absmax: absmax_out,
         },
     )
+}
+
+impl OptimOps for CubeBackend {
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        adamw_step(param, grad, m, v, settings)
+    }
+
+    fn adamw8_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        state: Blockwise8<Self>,
+        maps: StateMaps<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, Blockwise8<Self>) {
+        adamw8_step(param, grad, state, maps, settings)
+    }
 }

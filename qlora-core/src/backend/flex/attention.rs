@@ -1,27 +1,32 @@
 //! Causal grouped-query attention on the CPU. Queries go in blocks; a block's scores against
-//! the keys it may see (never the masked future, never another sequence's keys) are one small
-//! matrix multiply, its softmax one pass, its output another multiply, written straight into
-//! the `[tokens, heads · dim]` layout the output projection reads. Key/value heads are read in
-//! place for every query head they serve (no copies). The backward pass recomputes each
-//! block's probabilities from the saved log-sum-exp.
+//! the keys it may see (never the masked future, another sequence's keys, or keys behind a
+//! sliding window) are one small matrix multiply, its softmax one pass, its output another
+//! multiply, written straight into the `[tokens, heads · dim]` layout the output projection
+//! reads. Key/value heads are read in place for every query head they serve (no copies). The
+//! backward pass recomputes each block's probabilities from the saved log-sum-exp. Soft-capped
+//! scores are capped before the mask.
 
 use std::collections::HashMap;
 
+use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
 use rayon::prelude::*;
 
 use super::kernel::{View, dot, exp, floats, ints, matmul, max, multiversion, sum, tensor, uninit};
-use crate::backend::AttentionShape;
+use crate::backend::{AttentionOps, AttentionShape};
 
 /// Queries a task handles at once.
 const BLOCK: usize = 64;
 
-/// Which keys each query may see: `lo[i]..=pos[i]` filtered by sequence id.
+/// Which keys each query may see: `lo[i]..=pos[i]` filtered by sequence id (`lo` also
+/// honours the sliding window).
 struct Visibility {
     q_ids: Vec<i64>,
     k_ids: Vec<i64>,
-    /// Per query row (batch-major): first key with its id, and its position (inclusive bound);
-    /// `lo > pos` when it sees nothing.
+    /// Per query row (batch-major): the first key it may see (the first with its id, or the
+    /// window's start if later), and its position (inclusive bound); `lo > pos` when it sees
+    /// nothing.
     lo: Vec<usize>,
     pos: Vec<usize>,
     /// Per query row: every key in `lo..=pos` carries its id (the usual case: sequences are
@@ -54,8 +59,13 @@ impl Visibility {
             for i in 0..s.q_len {
                 let row = b * s.q_len + i;
                 pos[row] = offset + i;
-                lo[row] = first.get(&q_ids[row]).copied().unwrap_or(usize::MAX);
-                interval[row] = lo[row] <= pos[row] && run_end[lo[row]] > pos[row];
+                lo[row] = match first.get(&q_ids[row]) {
+                    Some(&j) => j.max(s.first_visible(offset + i)),
+                    None => usize::MAX,
+                };
+                interval[row] = lo[row] <= pos[row]
+                    && keys[lo[row]] == q_ids[row]
+                    && run_end[lo[row]] > pos[row];
             }
         }
         Visibility {
@@ -115,6 +125,12 @@ multiversion! {
     ) {
         for (r, row) in scores.chunks_exact_mut(len).enumerate() {
             let q_row = b * s.q_len + first + r;
+            if let Some(cap) = s.softcap {
+                let cap = cap as f32;
+                for v in row.iter_mut() {
+                    *v = cap * (*v / cap).tanh();
+                }
+            }
             mask_row(row, b, q_row, lo, vis, s);
             let m = max(row);
             if m == f32::NEG_INFINITY {
@@ -156,10 +172,20 @@ multiversion! {
         let d = s.head_dim;
         let q_stride = s.heads * d;
         let scale = s.scale as f32;
+        // With a soft-cap: `1 - tanh²` of the row's raw scores, the cap's derivative.
+        let mut slope = vec![1f32; if s.softcap.is_some() { len } else { 0 }];
         for (r, (p_row, dp_row)) in p.chunks_exact_mut(len).zip(dp.chunks_exact_mut(len)).enumerate() {
             let i = first + r;
             let q_row = b * s.q_len + i;
             let row_lse = lses[(b * s.heads + h) * s.q_len + i];
+            if let Some(cap) = s.softcap {
+                let cap = cap as f32;
+                for (x, d) in p_row.iter_mut().zip(slope.iter_mut()) {
+                    let t = (*x / cap).tanh();
+                    *x = cap * t;
+                    *d = 1.0 - t * t;
+                }
+            }
             mask_row(p_row, b, q_row, lo, vis, s);
             for x in p_row.iter_mut() {
                 *x = exp(*x - row_lse);
@@ -168,6 +194,9 @@ multiversion! {
             let delta = dot(&dos[at..at + d], &os[at..at + d]);
             for (ds, p) in dp_row.iter_mut().zip(p_row.iter()) {
                 *ds = p * (*ds - delta) * scale;
+            }
+            for (ds, d) in dp_row.iter_mut().zip(&slope) {
+                *ds *= d;
             }
         }
     }
@@ -202,7 +231,7 @@ fn mask_row(
     }
 }
 
-pub fn attention(
+fn attention(
     q: FlexTensor,
     k: FlexTensor,
     v: FlexTensor,
@@ -293,7 +322,7 @@ pub fn attention(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn attention_backward(
+fn attention_backward(
     q: FlexTensor,
     k: FlexTensor,
     v: FlexTensor,
@@ -385,4 +414,31 @@ pub fn attention_backward(
         tensor(dk, [s.batch * s.k_len, kv_stride]),
         tensor(dv, [s.batch * s.k_len, kv_stride]),
     )
+}
+
+impl AttentionOps for Flex {
+    fn attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention(q, k, v, q_ids, k_ids, shape)
+    }
+
+    fn attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        d_out: FloatTensor<Self>,
+        q_ids: IntTensor<Self>,
+        k_ids: IntTensor<Self>,
+        shape: AttentionShape,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        attention_backward(q, k, v, out, lse, d_out, q_ids, k_ids, shape)
+    }
 }

@@ -1,12 +1,14 @@
 //! RMSNorm, rotary embedding, SwiGLU and dropout on the CPU: one pass over memory each,
 //! forward and backward, rows split over the thread pool.
 
-use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Flex, TensorMetadata};
 use rayon::prelude::*;
 
 use super::kernel::{dot, exp, floats, multiversion, tensor, uninit};
-use crate::backend::dropout::DropoutMask;
+use super::lora::{lora_backward, lora_forward};
+use crate::backend::LayerOps;
 
 /// Rows a task takes: enough to amortize the scheduling, few enough to balance.
 fn rows_per_task(rows: usize, width: usize) -> usize {
@@ -25,7 +27,7 @@ fn inv_rms(x: &[f32], eps: f32) -> f32 {
     1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt()
 }
 
-pub fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
     let [rows, h] = dims2(&x);
     let (xs, w) = (floats(&x), floats(&weight));
     let mut out = uninit(rows * h);
@@ -36,12 +38,7 @@ pub fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
     tensor(out, [rows, h])
 }
 
-pub fn rms_norm_backward(
-    x: FlexTensor,
-    weight: FlexTensor,
-    eps: f64,
-    dy: FlexTensor,
-) -> FlexTensor {
+fn rms_norm_backward(x: FlexTensor, weight: FlexTensor, eps: f64, dy: FlexTensor) -> FlexTensor {
     let [rows, h] = dims2(&x);
     let (xs, w, dys) = (floats(&x), floats(&weight), floats(&dy));
     let mut out = uninit(rows * h);
@@ -53,7 +50,7 @@ pub fn rms_norm_backward(
     tensor(out, [rows, h])
 }
 
-pub fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
     let [rows, width] = dims2(&x);
     let dim = cos.shape()[1];
     let (xs, c, s) = (floats(&x), floats(&cos), floats(&sin));
@@ -75,7 +72,7 @@ fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
-pub fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
     let shape = gate.shape();
     let (g, u) = (floats(&gate), floats(&up));
     let mut out = uninit(g.len());
@@ -85,11 +82,7 @@ pub fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
     FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
 }
 
-pub fn swiglu_backward(
-    gate: FlexTensor,
-    up: FlexTensor,
-    dz: FlexTensor,
-) -> (FlexTensor, FlexTensor) {
+fn swiglu_backward(gate: FlexTensor, up: FlexTensor, dz: FlexTensor) -> (FlexTensor, FlexTensor) {
     let shape = gate.shape();
     let (g, u, dz) = (floats(&gate), floats(&up), floats(&dz));
     let mut dg = uninit(g.len());
@@ -108,21 +101,10 @@ pub fn swiglu_backward(
     )
 }
 
-pub fn dropout(x: FlexTensor, seed: u64, p: f64) -> FlexTensor {
+fn dropout(x: FlexTensor, seed: u64, p: f64) -> FlexTensor {
     let shape = x.shape();
-    let out = dropout_values(&floats(&x), seed, p);
+    let out = super::lora::dropout_values(&floats(&x), seed, p);
     FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
-}
-
-/// `xs` times the dropout mask of `seed`, on the thread pool.
-pub(super) fn dropout_values(xs: &[f32], seed: u64, p: f64) -> Vec<f32> {
-    let mask = DropoutMask::new(seed, p);
-    let mut out = uninit(xs.len());
-    out.par_chunks_mut(4096)
-        .zip(xs.par_chunks(4096))
-        .enumerate()
-        .for_each(|(chunk, (out, xs))| dropout_span(out, xs, &mask, chunk * 4096));
-    out
 }
 
 multiversion! {
@@ -196,11 +178,66 @@ multiversion! {
     }
 }
 
-multiversion! {
-    /// Element `start + j` of the mask times `xs[j]`.
-    fn dropout_span(out: &mut [f32], xs: &[f32], mask: &DropoutMask, start: usize) {
-        for (j, (o, x)) in out.iter_mut().zip(xs).enumerate() {
-            *o = x * mask.value(start + j);
-        }
+impl LayerOps for Flex {
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        rms_norm(x, weight, eps)
+    }
+
+    fn rms_norm_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+        dy: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        rms_norm_backward(x, weight, eps, dy)
+    }
+
+    fn rope(
+        x: FloatTensor<Self>,
+        cos: FloatTensor<Self>,
+        sin: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        rope(x, cos, sin)
+    }
+
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        swiglu(gate, up)
+    }
+
+    fn swiglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        swiglu_backward(gate, up, dz)
+    }
+
+    fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
+        dropout(x, seed, p)
+    }
+
+    fn lora_forward(
+        base: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        scale: f64,
+        seed: u64,
+        p: f64,
+    ) -> FloatTensor<Self> {
+        lora_forward(base, x, a, b, scale, seed, p)
+    }
+
+    fn lora_backward(
+        x: FloatTensor<Self>,
+        a: FloatTensor<Self>,
+        b: FloatTensor<Self>,
+        dy: FloatTensor<Self>,
+        dx_base: FloatTensor<Self>,
+        scale: f64,
+        seed: u64,
+        p: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        lora_backward(x, a, b, dy, dx_base, scale, seed, p)
     }
 }

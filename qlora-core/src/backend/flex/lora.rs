@@ -8,8 +8,8 @@ use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::kernel::{View, all_threads, floats, matmul, tensor, uninit};
-use super::layers::dropout_values;
+use super::kernel::{View, all_threads, floats, matmul, multiversion, tensor, uninit};
+use crate::backend::dropout::DropoutMask;
 
 /// `x` with the dropout mask of `seed` (the same values when `p` is 0).
 fn dropped<'a>(xs: Cow<'a, [f32]>, seed: u64, p: f64) -> Cow<'a, [f32]> {
@@ -32,7 +32,7 @@ fn dims(t: &FlexTensor) -> [usize; 2] {
     [shape[0], shape[1]]
 }
 
-pub fn lora_forward(
+pub(super) fn lora_forward(
     base: FlexTensor,
     x: FlexTensor,
     a: FlexTensor,
@@ -65,7 +65,7 @@ pub fn lora_forward(
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn lora_backward(
+pub(super) fn lora_backward(
     x: FlexTensor,
     a: FlexTensor,
     b: FlexTensor,
@@ -128,4 +128,24 @@ pub fn lora_backward(
         tensor(db, [out, r]),
         tensor(dx, [rows, inp]),
     )
+}
+
+/// `xs` times the dropout mask of `seed`, on the thread pool.
+pub(super) fn dropout_values(xs: &[f32], seed: u64, p: f64) -> Vec<f32> {
+    let mask = DropoutMask::new(seed, p);
+    let mut out = uninit(xs.len());
+    out.par_chunks_mut(4096)
+        .zip(xs.par_chunks(4096))
+        .enumerate()
+        .for_each(|(chunk, (out, xs))| dropout_span(out, xs, &mask, chunk * 4096));
+    out
+}
+
+multiversion! {
+    /// Element `start + j` of the mask times `xs[j]`.
+    fn dropout_span(out: &mut [f32], xs: &[f32], mask: &DropoutMask, start: usize) {
+        for (j, (o, x)) in out.iter_mut().zip(xs).enumerate() {
+            *o = x * mask.value(start + j);
+        }
+    }
 }

@@ -2,16 +2,19 @@
 //! target go through the head, the `[rows, vocab]` logits exist a chunk at a time, and the
 //! gradient with respect to the hidden states comes out of the same pass.
 
-use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::{Flex, TensorMetadata};
+use burn::tensor::DType;
 use rayon::prelude::*;
 
 use super::kernel::{View, all_threads, exp, floats, ints, matmul, max, multiversion, sum, tensor};
+use crate::backend::{LossOps, generic};
 
 /// Rows of logits held at once.
 const CHUNK: usize = 64;
 
-pub fn cross_entropy(
+fn cross_entropy(
     hidden: FlexTensor,
     weight: FlexTensor,
     targets: FlexTensor,
@@ -85,5 +88,32 @@ multiversion! {
             row[target] -= 1.0;
         }
         m + total.ln() - picked
+    }
+}
+
+impl LossOps for Flex {
+    fn cross_entropy(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        if weight.dtype() != DType::F32 {
+            // A 16-bit head: the tensor-op path (the chunked kernel is f32).
+            return generic::loss::cross_entropy::<Self>(hidden, weight, targets, false).0;
+        }
+        cross_entropy(hidden, weight, targets, false).0
+    }
+
+    fn cross_entropy_with_grad(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (losses, grad) = if weight.dtype() != DType::F32 {
+            generic::loss::cross_entropy::<Self>(hidden, weight, targets, true)
+        } else {
+            cross_entropy(hidden, weight, targets, true)
+        };
+        (losses, grad.expect("asked for the gradient"))
     }
 }

@@ -10,12 +10,13 @@ use std::borrow::Cow;
 use burn::backend::Flex;
 use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
+use burn::backend::ops::FloatTensorOps;
 use burn::backend::tensor::FloatTensor;
 use burn::tensor::DType;
 use rayon::prelude::*;
 
 use super::kernel::{View, floats, matmul_raw, multiversion, tensor, uninit};
-use crate::backend::{Nf4Absmax, Nf4Layout, Nf4Operand};
+use crate::backend::{Nf4Absmax, Nf4Layout, Nf4Operand, Nf4Ops};
 use crate::quant::DoubleQuant;
 
 /// The bytes of words holding four each, most significant first, in their memory order.
@@ -149,7 +150,7 @@ fn tile(total: usize) -> usize {
 }
 
 /// `x · Wᵀ` for `x` `[rows, in]`.
-pub fn matmul_x_wt(x: FlexTensor, weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
+fn matmul_x_wt(x: FlexTensor, weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
     if x.dtype() != DType::F32 {
         return generic(x, weight, false);
     }
@@ -183,7 +184,7 @@ pub fn matmul_x_wt(x: FlexTensor, weight: Nf4Operand<Flex>) -> FloatTensor<Flex>
 }
 
 /// `dy · W` for `dy` `[rows, out]`.
-pub fn matmul_dy_w(dy: FlexTensor, weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
+fn matmul_dy_w(dy: FlexTensor, weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
     if dy.dtype() != DType::F32 {
         return generic(dy, weight, true);
     }
@@ -206,10 +207,10 @@ pub fn matmul_dy_w(dy: FlexTensor, weight: Nf4Operand<Flex>) -> FloatTensor<Flex
     tensor(out, [m, k])
 }
 
-/// Inputs in another dtype: the generic dequantization and Burn's matmul.
+/// Inputs in a 16-bit compute dtype: the weight dequantized exactly, rounded to it, and
+/// Burn's matmul (the fused kernel is f32).
 fn generic(x: FlexTensor, weight: Nf4Operand<Flex>, transposed: bool) -> FloatTensor<Flex> {
-    use burn::backend::ops::FloatTensorOps;
-    let dense = crate::backend::generic::nf4::dequantize::<Flex>(&weight);
+    let dense = crate::backend::generic::cast_like::<Flex>(dequantize(weight), &x);
     if transposed {
         Flex::float_matmul(x, dense)
     } else {
@@ -218,7 +219,7 @@ fn generic(x: FlexTensor, weight: Nf4Operand<Flex>, transposed: bool) -> FloatTe
 }
 
 /// The dense `[out, in]` f32 weight.
-pub fn dequantize(weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
+fn dequantize(weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
     if weight.code.dtype() != DType::F32 {
         return crate::backend::generic::nf4::dequantize::<Flex>(&weight);
     }
@@ -233,4 +234,18 @@ pub fn dequantize(weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
             w.decode(start..start + chunk.len() / cols, 0..cols, chunk);
         });
     tensor(out, [rows, cols])
+}
+
+impl Nf4Ops for Flex {
+    fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        dequantize(weight)
+    }
+
+    fn nf4_matmul(x: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        matmul_x_wt(x, weight)
+    }
+
+    fn nf4_matmul_transposed(dy: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        matmul_dy_w(dy, weight)
+    }
 }

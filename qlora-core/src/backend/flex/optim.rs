@@ -4,13 +4,14 @@
 
 use std::sync::OnceLock;
 
-use burn::backend::TensorMetadata;
 use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
 
 use super::kernel::{floats, multiversion, tensor, uninit};
-use crate::backend::{AdamWArithmetic, AdamWStep, Blockwise8};
+use crate::backend::{AdamWArithmetic, AdamWStep, Blockwise8, OptimOps, StateMaps};
 use crate::quant::blockwise8::{CodeLut, quantize_block};
 use crate::quant::dynamic_map::dynamic_map;
 
@@ -109,7 +110,7 @@ multiversion! {
     }
 }
 
-pub fn adamw_step(
+fn adamw_step(
     param: FlexTensor,
     grad: FlexTensor,
     m: FlexTensor,
@@ -197,12 +198,12 @@ multiversion! {
     }
 }
 
-pub fn adamw8_step(
+fn adamw8_step(
     param: FlexTensor,
     grad: FlexTensor,
-    state: Blockwise8<burn::backend::Flex>,
+    state: Blockwise8<Flex>,
     s: AdamWStep,
-) -> (FlexTensor, Blockwise8<burn::backend::Flex>) {
+) -> (FlexTensor, Blockwise8<Flex>) {
     const BLOCK: usize = 256;
     let (p, g) = (floats(&param), floats(&grad));
     let numel = p.len();
@@ -236,4 +237,27 @@ pub fn adamw8_step(
             absmax: tensor(absmax, [2 * blocks]),
         },
     )
+}
+
+impl OptimOps for Flex {
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        m: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        adamw_step(param, grad, m, v, settings)
+    }
+
+    fn adamw8_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        state: Blockwise8<Self>,
+        // The CPU encodes through its own lookup tables.
+        _maps: StateMaps<Self>,
+        settings: AdamWStep,
+    ) -> (FloatTensor<Self>, Blockwise8<Self>) {
+        adamw8_step(param, grad, state, settings)
+    }
 }

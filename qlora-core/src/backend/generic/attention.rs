@@ -1,5 +1,6 @@
-//! Causal grouped-query attention with sequence ids as tensor operations: the scores of every
-//! query against every key, masked, softmax, and the gradients of that.
+//! Causal grouped-query attention with sequence ids, sliding windows and soft-capping as tensor
+//! operations: the scores of every query against every key, capped, masked, softmax, and the
+//! gradients of that.
 
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Backend, TensorMetadata};
@@ -42,14 +43,15 @@ fn reduce_kv<B: Backend>(x: F<B>, s: &AttentionShape) -> F<B> {
         .reshape(&[batch, s.kv_heads, len, d])
 }
 
-/// Attention scores `[batch, heads, q_len, k_len]` with -1e30 where a query may not look.
+/// Attention scores `[batch, heads, q_len, k_len]`, soft-capped, with -1e30 where a query may
+/// not look; with a soft-cap also `tanh(score / cap)` of every score (its backward reads it).
 fn scores<B: Backend>(
     q: &F<B>,
     k: &F<B>,
     q_ids: IntTensor<B>,
     k_ids: IntTensor<B>,
     s: &AttentionShape,
-) -> F<B> {
+) -> (F<B>, Option<F<B>>) {
     let device = q.0.device();
     let int_dtype = q_ids.dtype().into();
     let (b, sq, sk) = (s.batch, s.q_len, s.k_len);
@@ -65,10 +67,22 @@ fn scores<B: Backend>(
     .reshape(&[1, 1, sq, 1]);
     let kpos =
         F::<B>::from_int(B::int_arange(0..sk as i64, &device, int_dtype)).reshape(&[1, 1, 1, sk]);
-    let causal = (qpos - kpos).add_scalar(1.0).clamp(0.0, 1.0);
-    let allowed = same * causal;
+    let behind = qpos - kpos;
+    let causal = behind.clone().add_scalar(1.0).clamp(0.0, 1.0);
+    let mut allowed = same * causal;
+    if let Some(window) = s.window {
+        // Keys less than `window` positions behind the query.
+        allowed = allowed * (-behind).add_scalar(window as f64).clamp(0.0, 1.0);
+    }
     let raw = q.clone().matmul(k.clone().swap(2, 3)).scale(s.scale);
-    raw + allowed.add_scalar(-1.0).scale(1e30)
+    let (capped, tanh) = match s.softcap {
+        Some(cap) => {
+            let t = raw.scale(1.0 / cap).tanh();
+            (t.clone().scale(cap), Some(t))
+        }
+        None => (raw, None),
+    };
+    (capped + allowed.add_scalar(-1.0).scale(1e30), tanh)
 }
 
 /// `softmax(q kᵀ · scale, masked) v` and the log-sum-exp of every query's scores.
@@ -83,7 +97,7 @@ pub fn attention<B: Backend>(
     let q = heads::<B>(q, s.batch, s.q_len, s.heads, s.head_dim);
     let k = expand_kv(heads(k, s.batch, s.k_len, s.kv_heads, s.head_dim), &s);
     let v = expand_kv(heads(v, s.batch, s.k_len, s.kv_heads, s.head_dim), &s);
-    let scores = scores(&q, &k, q_ids, k_ids, &s);
+    let (scores, _) = scores(&q, &k, q_ids, k_ids, &s);
     let lse = scores.clone().logsumexp(3);
     let p = (scores - lse.clone()).exp();
     let out = rows(p.matmul(v));
@@ -110,11 +124,17 @@ pub fn attention_backward<B: Backend>(
     let out = heads(out, s.batch, s.q_len, s.heads, s.head_dim);
     let d_out = heads(d_out, s.batch, s.q_len, s.heads, s.head_dim);
     let lse = F(lse).reshape(&[s.batch, s.heads, s.q_len, 1]);
-    let p = (scores(&q, &k, q_ids, k_ids, &s) - lse).exp();
+    let (scores, tanh) = scores(&q, &k, q_ids, k_ids, &s);
+    let p = (scores - lse).exp();
     let dv = p.clone().swap(2, 3).matmul(d_out.clone());
     let dp = d_out.clone().matmul(v.swap(2, 3));
     let row = (d_out * out).sum_dim(3);
-    let ds = (p * (dp - row)).scale(s.scale);
+    let mut ds = p * (dp - row);
+    if let Some(t) = tanh {
+        // Through the soft-cap: d(cap·tanh(x/cap))/dx = 1 - tanh².
+        ds = ds.clone() - ds * t.clone() * t;
+    }
+    let ds = ds.scale(s.scale);
     let dq = ds.clone().matmul(k);
     let dk = ds.swap(2, 3).matmul(q);
     (rows(dq), rows(reduce_kv(dk, &s)), rows(reduce_kv(dv, &s)))

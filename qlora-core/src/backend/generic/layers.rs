@@ -5,7 +5,7 @@ use burn::backend::{Backend, TensorMetadata};
 use burn::tensor::TensorData;
 
 use super::F;
-use crate::backend::QloraOps;
+use crate::backend::LayerOps;
 use crate::backend::dropout::DropoutMask;
 
 /// `1 / sqrt(mean(x²) + eps)` of each row of `x`, as a column.
@@ -98,12 +98,12 @@ pub fn dropout<B: Backend>(x: FloatTensor<B>, seed: u64, p: f64) -> FloatTensor<
 }
 
 /// `x` with the backend's dropout, or `x` itself when `p` is 0.
-fn maybe_dropout<B: QloraOps>(x: FloatTensor<B>, seed: u64, p: f64) -> FloatTensor<B> {
+fn maybe_dropout<B: LayerOps>(x: FloatTensor<B>, seed: u64, p: f64) -> FloatTensor<B> {
     if p > 0.0 { B::dropout(x, seed, p) } else { x }
 }
 
 /// `base + scale · (dropout(x) Aᵀ) Bᵀ`.
-pub fn lora_forward<B: QloraOps>(
+pub fn lora_forward<B: LayerOps>(
     base: FloatTensor<B>,
     x: FloatTensor<B>,
     a: FloatTensor<B>,
@@ -119,7 +119,7 @@ pub fn lora_forward<B: QloraOps>(
 
 /// `(dA, dB, dx_base + dx)` of [`lora_forward`].
 #[allow(clippy::too_many_arguments)]
-pub fn lora_backward<B: QloraOps>(
+pub fn lora_backward<B: LayerOps>(
     x: FloatTensor<B>,
     a: FloatTensor<B>,
     b: FloatTensor<B>,

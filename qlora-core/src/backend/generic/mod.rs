@@ -78,6 +78,10 @@ impl<B: Backend> F<B> {
         F(B::sigmoid(self.0))
     }
 
+    pub fn tanh(self) -> Self {
+        F(B::float_tanh(self.0))
+    }
+
     pub fn clamp(self, min: f64, max: f64) -> Self {
         F(B::float_clamp(self.0, Scalar::from(min), Scalar::from(max)))
     }
