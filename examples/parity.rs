@@ -9,12 +9,12 @@ use std::sync::atomic::AtomicBool;
 use qlora_core::data::{alpaca_prompt, read_records};
 use qlora_core::device::DeviceChoice;
 use qlora_core::generate::{SamplingConfig, generate};
-use qlora_core::model::Llama;
+use qlora_core::model::CausalLm;
 use qlora_core::text::Tokenizer;
 use qlora_core::train::{LogProgress, TrainConfig, Trainer};
 
 /// Share of held-out prompts answered with the right word.
-fn accuracy(model: &Llama, tokenizer: &Tokenizer, eval: &Path) -> f64 {
+fn accuracy(model: &CausalLm, tokenizer: &Tokenizer, eval: &Path) -> f64 {
     let records = read_records(eval).expect("eval data");
     let config = SamplingConfig {
         max_new_tokens: 4,

@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo run --release --example plan_check`
 
-use qlora_core::config::LlamaConfig;
+use qlora_core::config::ModelConfig;
 use qlora_core::plan::{PlanSettings, plan};
 use support::synthetic::SyntheticModel;
 
@@ -38,7 +38,7 @@ fn main() {
             Some(shape) => synthetic_model(&tmp.path().join(name), shape),
             None => fixture("tiny-llama"),
         };
-        let config = LlamaConfig::load(&dir).expect("config");
+        let config = ModelConfig::load(&dir).expect("config");
         for (seq, checkpointing) in [(256, true), (256, false), (1024, true), (1024, false)] {
             let out = tmp.path().join(format!("out-{name}-{seq}-{checkpointing}"));
             let measured = measure_training_peak(&dir, &data, &out, seq, checkpointing);
@@ -62,7 +62,7 @@ fn main() {
 
     // Optimizer states: 32-bit against 8-bit on the quickstart model's shape.
     let dir = tmp.path().join("smollm2-135M");
-    let config = LlamaConfig::load(&dir).expect("config");
+    let config = ModelConfig::load(&dir).expect("config");
     println!(
         "\n{:<18} {:>12} {:>12} {:>7}",
         "optim (smollm2)", "planned MiB", "measured MiB", "ratio"

@@ -11,8 +11,8 @@
 use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, Distribution, Tensor};
-use qlora_core::lora::{LoraConfig, loss_and_grads};
-use qlora_core::model::{Bits, DropoutStream, Llama, LoadOptions, TrainBatch};
+use qlora_core::lora::LoraConfig;
+use qlora_core::model::{Bits, CausalLm, DropoutStream, LoadOptions, TrainBatch};
 use qlora_core::profile::{self, Phase};
 use qlora_core::train::{AdamWConfig, OptimizerKind, PagedAdamW};
 
@@ -94,7 +94,7 @@ struct Measured {
 
 fn run(dir: &std::path::Path, a: &Args) -> Measured {
     let start = current();
-    let mut model = Llama::load(
+    let mut model = CausalLm::load(
         dir,
         &LoadOptions {
             bits: a.bits,
@@ -127,7 +127,9 @@ fn run(dir: &std::path::Path, a: &Args) -> Measured {
             seed: 42,
             step: step as u64,
         };
-        let result = loss_and_grads(&model, &batch, true, Some(&stream)).expect("step");
+        let result = model
+            .loss_and_grads(&batch, true, Some(&stream))
+            .expect("step");
         {
             let _span = profile::span(Phase::Optimizer);
             optimizer.step_adapters(&mut model, result.grads.grads, 1.0, 2e-4);

@@ -19,8 +19,8 @@ fn main() {
     use qlora_core::ComputeDtype;
     use qlora_core::backend::generic::{attention, layers, loss, nf4, optim};
     use qlora_core::backend::{AdamWArithmetic, AdamWStep, AttentionShape, Nf4Weight, ops};
-    use qlora_core::lora::{LoraConfig, loss_and_grads};
-    use qlora_core::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
+    use qlora_core::lora::LoraConfig;
+    use qlora_core::model::{CausalLm, DropoutStream, LoadOptions, TrainBatch};
     use qlora_core::quant::{Nf4Config, Nf4Tensor};
     use qlora_core::train::{AdamWConfig, OptimizerKind, PagedAdamW};
     use support::synthetic::SyntheticModel;
@@ -315,7 +315,7 @@ fn main() {
         ("CubeCL kernels, f32", device.clone(), ComputeDtype::F32),
         ("CubeCL kernels, f16", device.clone(), ComputeDtype::F16),
     ] {
-        let mut model = Llama::load(
+        let mut model = CausalLm::load(
             dir.path(),
             &LoadOptions {
                 device: on.clone(),
@@ -337,7 +337,9 @@ fn main() {
         for step in 0..3 {
             let t = Instant::now();
             let stream = DropoutStream { seed: 42, step };
-            let result = loss_and_grads(&model, &batch, true, Some(&stream)).expect("step");
+            let result = model
+                .loss_and_grads(&batch, true, Some(&stream))
+                .expect("step");
             optimizer.step_adapters(&mut model, result.grads.grads, 1.0, 2e-4);
             device.sync().expect("sync");
             // The first step compiles the kernels.

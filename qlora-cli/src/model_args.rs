@@ -8,7 +8,7 @@ use qlora_core::ComputeDtype;
 use qlora_core::device::DeviceChoice;
 use qlora_core::gguf::resolve_model;
 use qlora_core::lora::{apply_adapter, read_adapter};
-use qlora_core::model::{Bits, Llama, LoadOptions, Nf4Matmul};
+use qlora_core::model::{Bits, CausalLm, LoadOptions, Nf4Matmul};
 use qlora_core::quant::Nf4Config;
 use qlora_core::text::Tokenizer;
 
@@ -39,7 +39,7 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<(Llama, Tokenizer)> {
+    pub fn load(&self) -> Result<(CausalLm, Tokenizer)> {
         let dir = resolve_model(&self.model)?;
         let tokenizer = Tokenizer::load(&dir)?;
         let device = self.device.device()?;
@@ -51,7 +51,7 @@ impl ModelArgs {
             device,
             compute,
         };
-        let mut model = Llama::load(&dir, &options)
+        let mut model = CausalLm::load(&dir, &options)
             .with_context(|| format!("cannot load the model in {}", self.model.display()))?;
         if let Some(adapter) = &self.adapter {
             let context = || format!("cannot apply the adapter in {}", adapter.display());

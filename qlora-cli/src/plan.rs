@@ -77,7 +77,7 @@ pub fn automatic_optimizer_budget(
 
 /// Changes that shrink the peak, each with its resulting figure.
 fn alternatives(
-    config: &qlora_core::config::LlamaConfig,
+    config: &qlora_core::config::ModelConfig,
     base: &PlanSettings,
 ) -> Vec<(String, u64)> {
     let mut out = Vec::new();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::checkpoint::{Checkpoint, OutTensor, bnb_quantization_config, write_model_dir};
-use crate::config::{CONFIG_FILE, LlamaConfig};
+use crate::config::{CONFIG_FILE, ModelConfig};
 use crate::dtype::FloatDtype;
 use crate::error::{Error, Result};
 use crate::quant::{Nf4Config, Nf4Tensor};
@@ -57,7 +57,7 @@ pub fn quantize_model(
     options: &QuantizeOptions,
 ) -> Result<QuantizeReport> {
     let config_path = model_dir.join(CONFIG_FILE);
-    let config = LlamaConfig::load(&config_path)?;
+    let config = ModelConfig::load(&config_path)?;
     if config.bnb_4bit {
         return Err(Error::key(
             &config_path,

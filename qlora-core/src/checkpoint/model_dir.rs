@@ -56,8 +56,10 @@ pub fn copy_companion_files(from: &Path, to: &Path) -> Result<()> {
 }
 
 /// Write `value` as `path` in the style of transformers (2-space indent, sorted keys).
-pub fn write_json(path: &Path, value: &Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).expect("JSON value serializes");
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    // Through a `Value`, whose maps keep their keys sorted.
+    let value = serde_json::to_value(value).expect("JSON value serializes");
+    let text = serde_json::to_string_pretty(&value).expect("JSON value serializes");
     std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
 }
 

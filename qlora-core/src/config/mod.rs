@@ -1,101 +1,73 @@
-//! `config.json` of LLaMA-family models (`LlamaForCausalLM` and close kin), in both the older
-//! (`rope_theta` + `rope_scaling`) and the newer (`rope_parameters`) forms.
+//! `config.json` of the decoder models this toolkit trains, in both the older (`rope_theta` +
+//! `rope_scaling`) and the newer (`rope_parameters`) forms: the file's keys ([`HfConfig`]),
+//! the model families ([`Architecture`]), the structure of their layers ([`DecoderSpec`]), the
+//! table of their tensors' names ([`ModelTensor`]) and the projections LoRA adapts
+//! ([`Projection`]).
 
 use std::path::Path;
 
-use serde::Deserialize;
 use serde_json::Value;
 
 use crate::dtype::FloatDtype;
 use crate::error::{Error, Result};
 
+mod arch;
+mod hf;
 mod projection;
 mod rope;
+mod spec;
+pub mod tensors;
 
+pub use arch::Architecture;
+pub use hf::{HfConfig, OneOrMany};
 pub use projection::Projection;
 pub use rope::{RopeConfig, RopeScaling};
+pub use spec::{Activation, DecoderSpec, LayerSpec, NormForm, RopeKind};
+pub use tensors::{ModelTensor, Rotary};
 
+/// The name of a model directory's configuration.
 pub const CONFIG_FILE: &str = "config.json";
-
-/// Architectures whose checkpoints share the LLaMA layout and math.
-const SUPPORTED_ARCHITECTURES: [&str; 2] = ["LlamaForCausalLM", "MistralForCausalLM"];
 
 /// The fields we need, typed and validated.
 #[derive(Debug, Clone, PartialEq)]
-pub struct LlamaConfig {
-    pub architecture: String,
+pub struct ModelConfig {
+    /// The model family.
+    pub architecture: Architecture,
+    /// Tokens of the vocabulary.
     pub vocab_size: usize,
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Width of the MLP.
     pub intermediate_size: usize,
+    /// Decoder layers.
     pub num_hidden_layers: usize,
+    /// Query heads.
     pub num_attention_heads: usize,
+    /// Key/value heads.
     pub num_key_value_heads: usize,
+    /// Values a head holds.
     pub head_dim: usize,
+    /// RMSNorm's epsilon.
     pub rms_norm_eps: f64,
+    /// Longest sequence the model was trained for.
     pub max_position_embeddings: usize,
-    pub tie_word_embeddings: bool,
-    pub attention_bias: bool,
-    pub mlp_bias: bool,
+    /// The rotary embedding (of the global layers).
     pub rope: RopeConfig,
+    /// The beginning-of-sequence token.
     pub bos_token_id: Option<u32>,
+    /// The end-of-sequence tokens.
     pub eos_token_ids: Vec<u32>,
+    /// The padding token.
     pub pad_token_id: Option<u32>,
+    /// The weights' dtype, if the file says.
     pub dtype: Option<FloatDtype>,
     /// The checkpoint is already a bitsandbytes 4-bit one.
     pub bnb_4bit: bool,
+    /// The structure of the layers.
+    pub spec: DecoderSpec,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(u32),
-    Many(Vec<u32>),
-}
-
-#[derive(Deserialize)]
-struct RawConfig {
-    architectures: Option<Vec<String>>,
-    model_type: Option<String>,
-    vocab_size: usize,
-    hidden_size: usize,
-    intermediate_size: usize,
-    num_hidden_layers: usize,
-    num_attention_heads: usize,
-    num_key_value_heads: Option<usize>,
-    head_dim: Option<usize>,
-    #[serde(default = "default_eps")]
-    rms_norm_eps: f64,
-    #[serde(default = "default_max_positions")]
-    max_position_embeddings: usize,
-    #[serde(default)]
-    tie_word_embeddings: bool,
-    #[serde(default)]
-    attention_bias: bool,
-    #[serde(default)]
-    mlp_bias: bool,
-    hidden_act: Option<String>,
-    rope_theta: Option<f64>,
-    rope_scaling: Option<Value>,
-    rope_parameters: Option<Value>,
-    sliding_window: Option<Value>,
-    bos_token_id: Option<u32>,
-    eos_token_id: Option<OneOrMany>,
-    pad_token_id: Option<u32>,
-    torch_dtype: Option<String>,
-    dtype: Option<String>,
-    quantization_config: Option<Value>,
-    pretraining_tp: Option<usize>,
-}
-
-fn default_eps() -> f64 {
-    1e-6
-}
-
-fn default_max_positions() -> usize {
-    2048
-}
-
-impl LlamaConfig {
+impl ModelConfig {
     /// Read `DIR/config.json` (or a path to the file itself).
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
@@ -111,7 +83,7 @@ impl LlamaConfig {
     /// Parse config JSON; `file` is used in error messages.
     pub fn parse(text: &str, file: &Path) -> Result<Self> {
         let de = &mut serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        let raw: HfConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             if key == "." {
@@ -123,12 +95,32 @@ impl LlamaConfig {
         Self::from_raw(raw, file)
     }
 
-    fn from_raw(raw: RawConfig, file: &Path) -> Result<Self> {
+    /// The configuration `raw` describes (read from `file`, for messages).
+    pub fn from_raw(raw: HfConfig, file: &Path) -> Result<Self> {
         let bad = |key: &str, message: String| Error::key(file, key, message);
         let architecture = match (&raw.architectures, &raw.model_type) {
-            (Some(archs), _) if !archs.is_empty() => archs[0].clone(),
-            (_, Some(model_type)) if model_type == "llama" => "LlamaForCausalLM".to_string(),
-            (_, Some(model_type)) if model_type == "mistral" => "MistralForCausalLM".to_string(),
+            (Some(archs), _) if !archs.is_empty() => Architecture::from_class_name(&archs[0])
+                .ok_or_else(|| {
+                    bad(
+                        "architectures",
+                        format!(
+                            "`{}` is not supported; supported: {}",
+                            archs[0],
+                            Architecture::class_names()
+                        ),
+                    )
+                })?,
+            (_, Some(model_type)) => {
+                Architecture::from_model_type(model_type).ok_or_else(|| {
+                    bad(
+                        "model_type",
+                        format!(
+                            "`{model_type}` is not supported; supported: {}",
+                            Architecture::class_names()
+                        ),
+                    )
+                })?
+            }
             _ => {
                 return Err(bad(
                     "architectures",
@@ -136,23 +128,6 @@ impl LlamaConfig {
                 ));
             }
         };
-        if !SUPPORTED_ARCHITECTURES.contains(&architecture.as_str()) {
-            return Err(bad(
-                "architectures",
-                format!(
-                    "`{architecture}` is not supported; supported: {}",
-                    SUPPORTED_ARCHITECTURES.join(", ")
-                ),
-            ));
-        }
-        if let Some(window) = &raw.sliding_window
-            && !window.is_null()
-        {
-            return Err(bad(
-                "sliding_window",
-                format!("sliding-window attention ({window}) is not supported"),
-            ));
-        }
         if let Some(act) = &raw.hidden_act
             && act != "silu"
         {
@@ -197,13 +172,12 @@ impl LlamaConfig {
         let head_dim = match raw.head_dim {
             Some(d) if d > 0 => d,
             Some(_) => return Err(bad("head_dim", "must be positive".into())),
-            None if raw.hidden_size.is_multiple_of(heads) => raw.hidden_size / heads,
-            None => {
-                return Err(bad(
+            None => architecture.default_head_dim(&raw).ok_or_else(|| {
+                bad(
                     "hidden_size",
                     format!("{} is not divisible by {heads} heads", raw.hidden_size),
-                ));
-            }
+                )
+            })?,
         };
         if !head_dim.is_multiple_of(2) {
             return Err(bad(
@@ -252,7 +226,8 @@ impl LlamaConfig {
                 true
             }
         };
-        Ok(LlamaConfig {
+        let spec = architecture.spec(&raw, head_dim, file)?;
+        Ok(ModelConfig {
             architecture,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
@@ -263,19 +238,13 @@ impl LlamaConfig {
             head_dim,
             rms_norm_eps: raw.rms_norm_eps,
             max_position_embeddings: raw.max_position_embeddings,
-            tie_word_embeddings: raw.tie_word_embeddings,
-            attention_bias: raw.attention_bias,
-            mlp_bias: raw.mlp_bias,
             rope,
             bos_token_id: raw.bos_token_id,
-            eos_token_ids: match raw.eos_token_id {
-                None => Vec::new(),
-                Some(OneOrMany::One(id)) => vec![id],
-                Some(OneOrMany::Many(ids)) => ids,
-            },
+            eos_token_ids: raw.eos_token_id.map(|ids| ids.ids()).unwrap_or_default(),
             pad_token_id: raw.pad_token_id,
             dtype,
             bnb_4bit,
+            spec,
         })
     }
 
@@ -310,8 +279,8 @@ mod tests {
         "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
         "num_attention_heads": 2, "num_key_value_heads": 1 EXTRA}"#;
 
-    fn parse(extra: &str) -> Result<LlamaConfig> {
-        LlamaConfig::parse(&BASE.replace("EXTRA", extra), Path::new("config.json"))
+    fn parse(extra: &str) -> Result<ModelConfig> {
+        ModelConfig::parse(&BASE.replace("EXTRA", extra), Path::new("config.json"))
     }
 
     #[test]
@@ -336,7 +305,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = LlamaConfig::parse(
+        let err = ModelConfig::parse(
             r#"{"architectures": ["LlamaForCausalLM"]}"#,
             Path::new("c.json"),
         )
@@ -344,7 +313,7 @@ mod tests {
         assert!(err.to_string().contains("vocab_size"), "{err}");
         let err = parse(r#", "hidden_act": "gelu""#).unwrap_err();
         assert!(err.to_string().contains("`hidden_act`"), "{err}");
-        let err = LlamaConfig::parse(
+        let err = ModelConfig::parse(
             &BASE
                 .replace("\"hidden_size\": 8", "\"hidden_size\": \"8\"")
                 .replace("EXTRA", ""),
@@ -352,7 +321,7 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("`hidden_size`"), "{err}");
-        let err = LlamaConfig::parse(
+        let err = ModelConfig::parse(
             &BASE
                 .replace("LlamaForCausalLM", "GPT2LMHeadModel")
                 .replace("EXTRA", ""),

@@ -1,19 +1,29 @@
-//! The seven linear projections of a LLaMA decoder layer: one table for names, module paths
-//! and checkpoint keys.
+//! The seven linear projections of a decoder layer, what LoRA adapts: their names as PEFT's
+//! `target_modules` write them, and their tensors in the model's table.
 
-/// The seven linear projections of a LLaMA decoder layer, in checkpoint (and PEFT) order.
+use super::tensors::ModelTensor;
+
+/// The seven linear projections of a decoder layer, in checkpoint (and PEFT) order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Projection {
+    /// Queries.
     Q,
+    /// Keys.
     K,
+    /// Values.
     V,
+    /// The attention's output.
     O,
+    /// The MLP's gate.
     Gate,
+    /// The MLP's up projection.
     Up,
+    /// The MLP's down projection.
     Down,
 }
 
 impl Projection {
+    /// All seven, in checkpoint order.
     pub const ALL: [Projection; 7] = [
         Projection::Q,
         Projection::K,
@@ -29,17 +39,22 @@ impl Projection {
         self.module().rsplit('.').next().expect("module path")
     }
 
+    /// The projection's tensor in the model's table.
+    pub fn tensor(self) -> ModelTensor {
+        match self {
+            Projection::Q => ModelTensor::AttnQ,
+            Projection::K => ModelTensor::AttnK,
+            Projection::V => ModelTensor::AttnV,
+            Projection::O => ModelTensor::AttnOutput,
+            Projection::Gate => ModelTensor::FfnGate,
+            Projection::Up => ModelTensor::FfnUp,
+            Projection::Down => ModelTensor::FfnDown,
+        }
+    }
+
     /// The path inside a decoder layer: `self_attn.q_proj`, ..., `mlp.down_proj`.
     pub fn module(self) -> &'static str {
-        match self {
-            Projection::Q => "self_attn.q_proj",
-            Projection::K => "self_attn.k_proj",
-            Projection::V => "self_attn.v_proj",
-            Projection::O => "self_attn.o_proj",
-            Projection::Gate => "mlp.gate_proj",
-            Projection::Up => "mlp.up_proj",
-            Projection::Down => "mlp.down_proj",
-        }
+        self.tensor().hf_module()
     }
 
     /// The projection called `name` (`q_proj`, ...).
@@ -54,11 +69,11 @@ impl Projection {
 
     /// The module path in a model: `model.layers.3.self_attn.q_proj`.
     pub fn path(self, layer: usize) -> String {
-        format!("model.layers.{layer}.{}", self.module())
+        self.tensor().hf_path(layer)
     }
 
     /// The checkpoint name of the weight: `model.layers.3.self_attn.q_proj.weight`.
     pub fn weight_name(self, layer: usize) -> String {
-        format!("{}.weight", self.path(layer))
+        self.tensor().hf_name(layer, "weight")
     }
 }

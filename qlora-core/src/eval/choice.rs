@@ -25,7 +25,7 @@ use serde_json::Value;
 
 use crate::data::{Record, read_records};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use crate::text::Tokenizer;
 
 crate::named_enum! {
@@ -265,7 +265,7 @@ fn encode_pairs(
 }
 
 /// Score one question: the log-likelihood and greediness of each continuation, in one batch.
-fn score(model: &Llama, requests: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<(f64, bool)>> {
+fn score(model: &CausalLm, requests: &[(Vec<u32>, Vec<u32>)]) -> Result<Vec<(f64, bool)>> {
     let max_len = model.config.max_position_embeddings;
     // The input is every token but the last, left-truncated to the model's context.
     let inputs: Vec<(Vec<u32>, usize)> = requests
@@ -360,7 +360,7 @@ fn argmax(values: impl Iterator<Item = f64>) -> usize {
 
 /// Score `questions` with `fewshot` examples before each. `progress` gets the number done.
 pub fn evaluate_choices(
-    model: &Llama,
+    model: &CausalLm,
     tokenizer: &Tokenizer,
     questions: &[Question],
     fewshot: &[Question],

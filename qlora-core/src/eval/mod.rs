@@ -15,7 +15,7 @@ crate::named_enum! {
 
 use crate::data::{Example, collate_rows, pack};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalReport {
@@ -30,7 +30,7 @@ pub struct EvalReport {
 /// that many tokens, each still seeing only itself: the same loss, fewer forward passes.
 /// `progress` gets the number of examples done.
 pub fn evaluate(
-    model: &Llama,
+    model: &CausalLm,
     examples: &[Example],
     packing: Option<usize>,
     mut progress: impl FnMut(usize),

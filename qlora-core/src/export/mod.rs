@@ -18,12 +18,13 @@ pub use types::GgufType;
 use types::{TensorRole, encode, tensor_type};
 use writer::{MetaValue, TensorEntry, write_gguf};
 
-use crate::config::{LlamaConfig, RopeScaling};
+use crate::config::tensors::{Rotary, gguf_name};
+use crate::config::{Architecture, ModelConfig, Projection, RopeScaling};
 use crate::error::{Error, Result};
 use crate::gguf::blocks::type_name;
-use crate::gguf::config::{Llama3Rope, ROPE_FREQS_TENSOR, llama3_divisors};
+use crate::gguf::config::{LLAMA, Llama3Rope, ROPE_FREQS_TENSOR, llama3_divisors};
 use crate::gguf::import::permute_rows;
-use crate::gguf::names::{Rotary, gguf_name};
+use crate::gguf::keys;
 use crate::merge::{MergeBase, MergedWeights};
 use crate::staged_dir::StagedDir;
 
@@ -49,56 +50,42 @@ pub struct ExportReport {
     pub ignored_modules: Vec<String>,
 }
 
-fn model_metadata(config: &LlamaConfig, name: &str, kind: GgufType) -> Vec<(String, MetaValue)> {
+fn model_metadata(config: &ModelConfig, name: &str, kind: GgufType) -> Vec<(String, MetaValue)> {
     let u = |v: usize| MetaValue::U32(v as u32);
+    let key = |k: &str| keys::arch(k, LLAMA);
     let mut meta = vec![
+        (keys::ARCHITECTURE.into(), MetaValue::String(LLAMA.into())),
+        (keys::NAME.into(), MetaValue::String(name.into())),
+        (keys::FILE_TYPE.into(), MetaValue::U32(kind.file_type())),
+        (keys::QUANTIZATION_VERSION.into(), MetaValue::U32(2)),
+        (key(keys::VOCAB_SIZE), u(config.vocab_size)),
+        (key(keys::CONTEXT_LENGTH), u(config.max_position_embeddings)),
+        (key(keys::EMBEDDING_LENGTH), u(config.hidden_size)),
+        (key(keys::BLOCK_COUNT), u(config.num_hidden_layers)),
+        (key(keys::FEED_FORWARD_LENGTH), u(config.intermediate_size)),
+        (key(keys::ROPE_DIMENSION_COUNT), u(config.head_dim)),
+        (key(keys::HEAD_COUNT), u(config.num_attention_heads)),
+        (key(keys::HEAD_COUNT_KV), u(config.num_key_value_heads)),
         (
-            "general.architecture".into(),
-            MetaValue::String("llama".into()),
-        ),
-        ("general.name".into(), MetaValue::String(name.into())),
-        ("general.file_type".into(), MetaValue::U32(kind.file_type())),
-        ("general.quantization_version".into(), MetaValue::U32(2)),
-        ("llama.vocab_size".into(), u(config.vocab_size)),
-        (
-            "llama.context_length".into(),
-            u(config.max_position_embeddings),
-        ),
-        ("llama.embedding_length".into(), u(config.hidden_size)),
-        ("llama.block_count".into(), u(config.num_hidden_layers)),
-        (
-            "llama.feed_forward_length".into(),
-            u(config.intermediate_size),
-        ),
-        ("llama.rope.dimension_count".into(), u(config.head_dim)),
-        (
-            "llama.attention.head_count".into(),
-            u(config.num_attention_heads),
-        ),
-        (
-            "llama.attention.head_count_kv".into(),
-            u(config.num_key_value_heads),
-        ),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
+            key(keys::LAYERNORM_RMS_EPS),
             MetaValue::F32(config.rms_norm_eps as f32),
         ),
         (
-            "llama.rope.freq_base".into(),
+            key(keys::ROPE_FREQ_BASE),
             MetaValue::F32(config.rope.theta as f32),
         ),
     ];
     if config.head_dim * config.num_attention_heads != config.hidden_size {
-        meta.push(("llama.attention.key_length".into(), u(config.head_dim)));
-        meta.push(("llama.attention.value_length".into(), u(config.head_dim)));
+        meta.push((key(keys::KEY_LENGTH), u(config.head_dim)));
+        meta.push((key(keys::VALUE_LENGTH), u(config.head_dim)));
     }
     if let RopeScaling::Linear { factor } = config.rope.scaling {
         meta.push((
-            "llama.rope.scaling.type".into(),
+            key(keys::ROPE_SCALING_TYPE),
             MetaValue::String("linear".into()),
         ));
         meta.push((
-            "llama.rope.scaling.factor".into(),
+            key(keys::ROPE_SCALING_FACTOR),
             MetaValue::F32(factor as f32),
         ));
     }
@@ -115,7 +102,20 @@ pub fn export_gguf(
 ) -> Result<ExportReport> {
     let weights = MergedWeights::open(model_dir, adapter_dir, options.base)?;
     let config = &weights.config;
-    if config.mlp_bias {
+    if !matches!(
+        config.architecture,
+        Architecture::Llama | Architecture::Mistral
+    ) {
+        return Err(Error::key(
+            &weights.config_path,
+            "architectures",
+            format!(
+                "{} is not exported yet: only LLaMA-family models (llama.cpp's `llama`)",
+                config.architecture.class_name()
+            ),
+        ));
+    }
+    if config.spec.has_bias(Projection::Gate) {
         return Err(Error::key(
             &weights.config_path,
             "mlp_bias",
@@ -132,7 +132,7 @@ pub fn export_gguf(
     metadata.extend(vocab::tokenizer_metadata(model_dir, config.vocab_size)?);
 
     let checkpoint = &weights.checkpoint;
-    let has_output = !config.tie_word_embeddings && checkpoint.contains("lm_head.weight");
+    let has_output = !config.spec.tied_head && checkpoint.contains("lm_head.weight");
     let mut tensors: Vec<TensorEntry<'_>> = Vec::new();
     let mut types: BTreeMap<&'static str, usize> = BTreeMap::new();
     if let RopeScaling::Llama3 {
@@ -166,7 +166,7 @@ pub fn export_gguf(
         if !hf.ends_with(".weight") && !hf.ends_with(".bias") {
             continue;
         }
-        if config.tie_word_embeddings && hf == "lm_head.weight" {
+        if config.spec.tied_head && hf == "lm_head.weight" {
             continue;
         }
         match gguf_name(hf) {

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use super::writer::MetaValue;
 use crate::error::{Error, Result};
+use crate::gguf::keys;
 use crate::gguf::tokenizer::{BYTE_LEVEL_PRE_TOKENIZERS, byte_level_pre_tokenizer};
 use crate::text::{TOKENIZER_FILE, Tokenizer};
 
@@ -148,20 +149,17 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, 
         }
         let prefix = json["normalizer"].to_string().contains("Prepend");
         out.push(meta(
-            "tokenizer.ggml.model",
+            keys::TOKENIZER_MODEL,
             MetaValue::String("llama".into()),
         ));
         out.push(meta(
-            "tokenizer.ggml.pre",
+            keys::TOKENIZER_PRE,
             MetaValue::String("default".into()),
         ));
-        out.push(meta("tokenizer.ggml.tokens", MetaValue::Strings(tokens)));
-        out.push(meta("tokenizer.ggml.scores", MetaValue::F32s(scores)));
-        out.push(meta("tokenizer.ggml.token_type", MetaValue::I32s(types)));
-        out.push(meta(
-            "tokenizer.ggml.add_space_prefix",
-            MetaValue::Bool(prefix),
-        ));
+        out.push(meta(keys::TOKENS, MetaValue::Strings(tokens)));
+        out.push(meta(keys::SCORES, MetaValue::F32s(scores)));
+        out.push(meta(keys::TOKEN_TYPE, MetaValue::I32s(types)));
+        out.push(meta(keys::ADD_SPACE_PREFIX, MetaValue::Bool(prefix)));
     } else {
         if json["decoder"]["type"] != "ByteLevel" {
             return Err(Error::key(
@@ -172,18 +170,15 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, 
         }
         let (pre, add_prefix_space) = pre_tokenizer_name(&json["pre_tokenizer"], &path)?;
         out.push(meta(
-            "tokenizer.ggml.model",
+            keys::TOKENIZER_MODEL,
             MetaValue::String("gpt2".into()),
         ));
-        out.push(meta("tokenizer.ggml.pre", MetaValue::String(pre.into())));
-        out.push(meta("tokenizer.ggml.tokens", MetaValue::Strings(tokens)));
-        out.push(meta("tokenizer.ggml.token_type", MetaValue::I32s(types)));
-        out.push(meta("tokenizer.ggml.merges", MetaValue::Strings(merges)));
+        out.push(meta(keys::TOKENIZER_PRE, MetaValue::String(pre.into())));
+        out.push(meta(keys::TOKENS, MetaValue::Strings(tokens)));
+        out.push(meta(keys::TOKEN_TYPE, MetaValue::I32s(types)));
+        out.push(meta(keys::MERGES, MetaValue::Strings(merges)));
         if add_prefix_space {
-            out.push(meta(
-                "tokenizer.ggml.add_space_prefix",
-                MetaValue::Bool(true),
-            ));
+            out.push(meta(keys::ADD_SPACE_PREFIX, MetaValue::Bool(true)));
         }
     }
 
@@ -199,10 +194,7 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, 
         ("padding", tokenizer.configured_pad_id()),
     ] {
         if let Some(id) = id {
-            out.push(meta(
-                &format!("tokenizer.ggml.{key}_token_id"),
-                MetaValue::U32(id),
-            ));
+            out.push(meta(&keys::token_id(key), MetaValue::U32(id)));
         }
     }
     // The end-of-turn token: another stop token that the chat template writes (`<|eot_id|>`,
@@ -221,16 +213,10 @@ pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, 
     let probe = tokenizer.encode("a", true)?;
     let add_bos = bos.is_some() && probe.first() == bos.as_ref();
     let add_eos = eos.is_some() && probe.len() > 1 && probe.last() == eos.as_ref();
-    out.push(meta(
-        "tokenizer.ggml.add_bos_token",
-        MetaValue::Bool(add_bos),
-    ));
-    out.push(meta(
-        "tokenizer.ggml.add_eos_token",
-        MetaValue::Bool(add_eos),
-    ));
+    out.push(meta(keys::ADD_BOS, MetaValue::Bool(add_bos)));
+    out.push(meta(keys::ADD_EOS, MetaValue::Bool(add_eos)));
     if let Some(template) = template {
-        out.push(meta("tokenizer.chat_template", MetaValue::String(template)));
+        out.push(meta(keys::CHAT_TEMPLATE, MetaValue::String(template)));
     }
     Ok(out)
 }

@@ -1,137 +1,140 @@
-//! `config.json` of a Hugging Face `LlamaForCausalLM` from a GGUF's `llama.*` metadata.
+//! `config.json` of a Hugging Face model from a GGUF's metadata (the `llama` architecture).
 
 use serde_json::{Value, json};
 
 use super::file::GgufFile;
+use super::keys;
 use crate::FloatDtype;
+use crate::config::{Architecture, HfConfig, OneOrMany};
 use crate::error::{Error, Result};
 
 /// llama.cpp's tensor of per-frequency RoPE divisors, written for Llama 3.1/3.2 scaling.
 pub const ROPE_FREQS_TENSOR: &str = "rope_freqs.weight";
+
+/// The GGUF architecture import reads.
+pub const LLAMA: &str = "llama";
 
 /// An f32 stored in the file, as the decimal it was written from (1e-5, not 9.99999974e-6).
 fn short(value: f64) -> f64 {
     (value as f32).to_string().parse().unwrap_or(value)
 }
 
-pub fn llama_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<Value> {
+/// The `config.json` transformers makes of the GGUF `gguf`, its weights in `dtype`.
+pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
     let arch = gguf
-        .string("general.architecture")?
-        .ok_or_else(|| Error::key(gguf.path(), "general.architecture", "missing metadata"))?;
-    if arch != "llama" {
+        .string(keys::ARCHITECTURE)?
+        .ok_or_else(|| Error::key(gguf.path(), keys::ARCHITECTURE, "missing metadata"))?;
+    if arch != LLAMA {
         return Err(Error::key(
             gguf.path(),
-            "general.architecture",
+            keys::ARCHITECTURE,
             format!("`{arch}` is not supported: only LLaMA-family (`llama`) models"),
         ));
     }
-    let key = |name: &str| format!("llama.{name}");
-    let hidden = gguf.require_usize(&key("embedding_length"))?;
-    let heads = gguf.require_usize(&key("attention.head_count"))?;
-    let kv_heads = gguf
-        .usize(&key("attention.head_count_kv"))?
-        .unwrap_or(heads);
+    let key = |name: &str| keys::arch(name, LLAMA);
+    let hidden = gguf.require_usize(&key(keys::EMBEDDING_LENGTH))?;
+    let heads = gguf.require_usize(&key(keys::HEAD_COUNT))?;
+    let kv_heads = gguf.usize(&key(keys::HEAD_COUNT_KV))?.unwrap_or(heads);
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(Error::key(
             gguf.path(),
-            key("attention.head_count_kv"),
+            key(keys::HEAD_COUNT_KV),
             format!("{kv_heads} KV heads do not divide {heads} attention heads"),
         ));
     }
-    let head_dim = match gguf.usize(&key("attention.key_length"))? {
+    let head_dim = match gguf.usize(&key(keys::KEY_LENGTH))? {
         Some(d) => d,
         None => hidden / heads,
     };
-    if let Some(rot) = gguf.usize(&key("rope.dimension_count"))?
+    if let Some(rot) = gguf.usize(&key(keys::ROPE_DIMENSION_COUNT))?
         && rot != head_dim
     {
         return Err(Error::key(
             gguf.path(),
-            key("rope.dimension_count"),
+            key(keys::ROPE_DIMENSION_COUNT),
             format!("partial rotary embeddings ({rot} of {head_dim} dims) are not supported"),
         ));
     }
-    if let Some(experts) = gguf.usize(&key("expert_count"))?
+    if let Some(experts) = gguf.usize(&key(keys::EXPERT_COUNT))?
         && experts > 0
     {
         return Err(Error::key(
             gguf.path(),
-            key("expert_count"),
+            key(keys::EXPERT_COUNT),
             "mixture-of-experts models are not supported",
         ));
     }
-    let vocab_size = match gguf.usize(&key("vocab_size"))? {
+    let vocab_size = match gguf.usize(&key(keys::VOCAB_SIZE))? {
         Some(v) => v,
         None => gguf.shape("token_embd.weight")?[0],
     };
-    let theta = gguf.float(&key("rope.freq_base"))?.unwrap_or(10000.0);
-    let eps = gguf
-        .float(&key("attention.layer_norm_rms_epsilon"))?
-        .ok_or_else(|| {
-            Error::key(
-                gguf.path(),
-                key("attention.layer_norm_rms_epsilon"),
-                "missing metadata",
-            )
-        })?;
-    let context = gguf.usize(&key("context_length"))?.unwrap_or(2048);
-
-    let rope_scaling = rope_scaling(gguf, theta, head_dim)?;
-    let token_id = |name: &str| -> Result<Option<usize>> {
-        gguf.usize(&format!("tokenizer.ggml.{name}_token_id"))
-    };
-    let mut config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_act": "silu",
-        "hidden_size": hidden,
-        "intermediate_size": gguf.require_usize(&key("feed_forward_length"))?,
-        "num_hidden_layers": gguf.require_usize(&key("block_count"))?,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": head_dim,
-        "rms_norm_eps": short(eps),
-        "rope_theta": short(theta),
-        "rope_scaling": rope_scaling,
-        "max_position_embeddings": context,
-        "vocab_size": vocab_size,
-        "tie_word_embeddings": !gguf.has_tensor("output.weight"),
-        "attention_bias": gguf.has_tensor("blk.0.attn_q.bias"),
-        "mlp_bias": false,
-        "dtype": dtype.torch_name(),
-        "use_cache": true,
-    });
+    let theta = gguf.float(&key(keys::ROPE_FREQ_BASE))?.unwrap_or(10000.0);
+    let eps = gguf.float(&key(keys::LAYERNORM_RMS_EPS))?.ok_or_else(|| {
+        Error::key(
+            gguf.path(),
+            key(keys::LAYERNORM_RMS_EPS),
+            "missing metadata",
+        )
+    })?;
+    let context = gguf.usize(&key(keys::CONTEXT_LENGTH))?.unwrap_or(2048);
     // llama.cpp calls the padding token `padding`.
-    for (name, key) in [("bos", "bos"), ("eos", "eos"), ("padding", "pad")] {
-        if let Some(id) = token_id(name)? {
-            config[format!("{key}_token_id")] = json!(id);
-        }
-    }
-    Ok(config)
+    let token_id = |name: &str| -> Result<Option<u32>> {
+        Ok(gguf.usize(&keys::token_id(name))?.map(|id| id as u32))
+    };
+    let architecture = Architecture::Llama;
+    Ok(HfConfig {
+        architectures: Some(vec![architecture.class_name().into()]),
+        model_type: Some(architecture.model_type().into()),
+        hidden_act: Some("silu".into()),
+        hidden_size: hidden,
+        intermediate_size: gguf.require_usize(&key(keys::FEED_FORWARD_LENGTH))?,
+        num_hidden_layers: gguf.require_usize(&key(keys::BLOCK_COUNT))?,
+        num_attention_heads: heads,
+        num_key_value_heads: Some(kv_heads),
+        head_dim: Some(head_dim),
+        rms_norm_eps: short(eps),
+        rope_theta: Some(short(theta)),
+        rope_scaling: rope_scaling(gguf, theta, head_dim)?,
+        max_position_embeddings: context,
+        vocab_size,
+        tie_word_embeddings: !gguf.has_tensor("output.weight"),
+        attention_bias: gguf.has_tensor("blk.0.attn_q.bias"),
+        mlp_bias: false,
+        dtype: Some(dtype.torch_name().into()),
+        use_cache: Some(true),
+        bos_token_id: token_id("bos")?,
+        eos_token_id: token_id("eos")?.map(OneOrMany::One),
+        pad_token_id: token_id("padding")?,
+        ..HfConfig::default()
+    })
 }
 
 /// `rope_scaling` for config.json: linear scaling from metadata, or the Llama 3 frequency
-/// scaling recovered from llama.cpp's `rope_freqs` tensor.
-fn rope_scaling(gguf: &GgufFile, theta: f64, head_dim: usize) -> Result<Value> {
-    let kind = gguf.string("llama.rope.scaling.type")?;
+/// scaling recovered from llama.cpp's `rope_freqs` tensor (`None`: no scaling).
+fn rope_scaling(gguf: &GgufFile, theta: f64, head_dim: usize) -> Result<Option<Value>> {
+    let scaling_type = keys::arch(keys::ROPE_SCALING_TYPE, LLAMA);
+    let scaling_factor = keys::arch(keys::ROPE_SCALING_FACTOR, LLAMA);
+    let kind = gguf.string(&scaling_type)?;
     match kind {
         None | Some("none") => {}
         Some("linear") => {
-            let factor = gguf.float("llama.rope.scaling.factor")?.ok_or_else(|| {
-                Error::key(gguf.path(), "llama.rope.scaling.factor", "missing metadata")
-            })?;
-            return Ok(json!({"rope_type": "linear", "factor": short(factor)}));
+            let factor = gguf
+                .float(&scaling_factor)?
+                .ok_or_else(|| Error::key(gguf.path(), &scaling_factor, "missing metadata"))?;
+            return Ok(Some(
+                json!({"rope_type": "linear", "factor": short(factor)}),
+            ));
         }
         Some(other) => {
             return Err(Error::key(
                 gguf.path(),
-                "llama.rope.scaling.type",
+                &scaling_type,
                 format!("RoPE scaling `{other}` is not supported (none, linear, or Llama 3)"),
             ));
         }
     }
     if !gguf.has_tensor(ROPE_FREQS_TENSOR) {
-        return Ok(Value::Null);
+        return Ok(None);
     }
     let divisors = gguf.dequantize(ROPE_FREQS_TENSOR)?;
     let params = fit_llama3(&divisors, theta, head_dim).ok_or_else(|| {
@@ -141,13 +144,13 @@ fn rope_scaling(gguf: &GgufFile, theta: f64, head_dim: usize) -> Result<Value> {
             "RoPE frequency factors that are not Llama 3 scaling are not supported",
         )
     })?;
-    Ok(json!({
+    Ok(Some(json!({
         "rope_type": "llama3",
         "factor": params.factor,
         "low_freq_factor": params.low_freq_factor,
         "high_freq_factor": params.high_freq_factor,
         "original_max_position_embeddings": params.original_max_position_embeddings,
-    }))
+    })))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]

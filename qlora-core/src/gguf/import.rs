@@ -1,17 +1,17 @@
-//! GGUF file → Hugging Face LLaMA model directory.
+//! GGUF file → Hugging Face model directory.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::config::{ROPE_FREQS_TENSOR, llama_config};
+use super::config::{ROPE_FREQS_TENSOR, hf_config};
 use super::file::GgufFile;
-use super::names::{Rotary, hf_name};
 use super::tokenizer::tokenizer_files;
 use crate::FloatDtype;
 use crate::checkpoint::write_json;
 use crate::checkpoint::{OutTensor, write_safetensors};
 use crate::config::CONFIG_FILE;
+use crate::config::tensors::{Rotary, hf_name};
 use crate::dtype::encode_f32;
 use crate::error::{Error, Result};
 use crate::staged_dir::StagedDir;
@@ -98,9 +98,9 @@ pub fn import_gguf_file(
     out_dir: impl AsRef<Path>,
     options: &ImportOptions,
 ) -> Result<ImportSummary> {
-    let config = llama_config(gguf, options.dtype)?;
-    let heads = config["num_attention_heads"].as_u64().unwrap_or(1) as usize;
-    let kv_heads = config["num_key_value_heads"].as_u64().unwrap_or(1) as usize;
+    let config = hf_config(gguf, options.dtype)?;
+    let heads = config.num_attention_heads;
+    let kv_heads = config.num_key_value_heads.unwrap_or(heads);
     let tokenizer = tokenizer_files(gguf)?;
 
     let failure: Mutex<Option<Error>> = Mutex::new(None);

@@ -1,13 +1,13 @@
 //! GGUF (llama.cpp) models: read the file, dequantize its ggml blocks, and import it as a
-//! Hugging Face LLaMA directory the rest of the toolkit loads.
+//! Hugging Face model directory the rest of the toolkit loads.
 
 pub mod blocks;
 pub mod cache;
 pub mod config;
 pub mod file;
 pub mod import;
+pub mod keys;
 pub mod kquants;
-pub mod names;
 pub mod tokenizer;
 
 pub use cache::{resolve_gguf_in, resolve_model};

@@ -23,7 +23,9 @@ use tokenizers::{
     SplitDelimiterBehavior, Tokenizer,
 };
 
+use super::config::LLAMA;
 use super::file::GgufFile;
+use super::keys;
 use crate::error::{Error, Result};
 
 /// ggml token types (llama.cpp's `llama_token_type`).
@@ -44,23 +46,23 @@ const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p
 pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
     let path = gguf.path();
     let model = gguf
-        .string("tokenizer.ggml.model")?
-        .ok_or_else(|| Error::key(path, "tokenizer.ggml.model", "missing metadata"))?;
+        .string(keys::TOKENIZER_MODEL)?
+        .ok_or_else(|| Error::key(path, keys::TOKENIZER_MODEL, "missing metadata"))?;
     let tokens = gguf
-        .strings("tokenizer.ggml.tokens")?
-        .ok_or_else(|| Error::key(path, "tokenizer.ggml.tokens", "missing metadata"))?;
+        .strings(keys::TOKENS)?
+        .ok_or_else(|| Error::key(path, keys::TOKENS, "missing metadata"))?;
     let types = gguf
-        .integers("tokenizer.ggml.token_type")?
+        .integers(keys::TOKEN_TYPE)?
         .unwrap_or_else(|| vec![1; tokens.len()]);
     if types.len() != tokens.len() {
         return Err(Error::key(
             path,
-            "tokenizer.ggml.token_type",
+            keys::TOKEN_TYPE,
             format!("{} types for {} tokens", types.len(), tokens.len()),
         ));
     }
     let id = |name: &str| -> Result<Option<u32>> {
-        let key = format!("tokenizer.ggml.{name}_token_id");
+        let key = keys::token_id(name);
         match gguf.usize(&key)? {
             Some(id) if id >= tokens.len() => Err(Error::key(
                 path,
@@ -86,15 +88,13 @@ pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
         other => {
             return Err(Error::key(
                 path,
-                "tokenizer.ggml.model",
+                keys::TOKENIZER_MODEL,
                 format!("tokenizer `{other}` is not supported (gpt2 or llama)"),
             ));
         }
     };
-    let add_bos = gguf
-        .bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(default_add_bos);
-    let add_eos = gguf.bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+    let add_bos = gguf.bool(keys::ADD_BOS)?.unwrap_or(default_add_bos);
+    let add_eos = gguf.bool(keys::ADD_EOS)?.unwrap_or(false);
 
     // Control and user-defined tokens are matched whole before the model sees the text.
     let added: Vec<AddedToken> = tokens
@@ -144,7 +144,7 @@ pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
         "add_bos_token": add_bos,
         "add_eos_token": add_eos,
         "clean_up_tokenization_spaces": false,
-        "model_max_length": gguf.usize("llama.context_length")?.unwrap_or(2048),
+        "model_max_length": gguf.usize(&keys::arch(keys::CONTEXT_LENGTH, LLAMA))?.unwrap_or(2048),
     });
     for (key, id) in [
         ("bos_token", bos),
@@ -156,7 +156,7 @@ pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
             tokenizer_config[key] = json!(t);
         }
     }
-    if let Some(template) = gguf.string("tokenizer.chat_template")? {
+    if let Some(template) = gguf.string(keys::CHAT_TEMPLATE)? {
         tokenizer_config["chat_template"] = json!(template);
     }
 
@@ -229,8 +229,8 @@ pub fn byte_level_pre_tokenizer(
 fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
     let path = gguf.path();
     let merges = gguf
-        .strings("tokenizer.ggml.merges")?
-        .ok_or_else(|| Error::key(path, "tokenizer.ggml.merges", "missing metadata"))?;
+        .strings(keys::MERGES)?
+        .ok_or_else(|| Error::key(path, keys::MERGES, "missing metadata"))?;
     let merges = merges
         .iter()
         .enumerate()
@@ -240,7 +240,7 @@ fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
                 .ok_or_else(|| {
                     Error::key(
                         path,
-                        "tokenizer.ggml.merges",
+                        keys::MERGES,
                         format!("merge {i} `{m}` is not two tokens separated by a space"),
                     )
                 })
@@ -249,14 +249,12 @@ fn byte_level_bpe(gguf: &GgufFile, tokens: &[&str]) -> Result<Tokenizer> {
     let bpe = BPE::builder()
         .vocab_and_merges(vocabulary(tokens), merges)
         .build()
-        .map_err(|e| Error::key(path, "tokenizer.ggml.merges", e))?;
+        .map_err(|e| Error::key(path, keys::MERGES, e))?;
 
-    let pre = gguf.string("tokenizer.ggml.pre")?.unwrap_or("default");
-    let add_prefix_space = gguf
-        .bool("tokenizer.ggml.add_space_prefix")?
-        .unwrap_or(false);
+    let pre = gguf.string(keys::TOKENIZER_PRE)?.unwrap_or("default");
+    let add_prefix_space = gguf.bool(keys::ADD_SPACE_PREFIX)?.unwrap_or(false);
     let pre_tokenizer = byte_level_pre_tokenizer(pre, add_prefix_space)
-        .map_err(|e| Error::key(path, "tokenizer.ggml.pre", e))?;
+        .map_err(|e| Error::key(path, keys::TOKENIZER_PRE, e))?;
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
@@ -273,12 +271,12 @@ fn sentencepiece_bpe(
 ) -> Result<Tokenizer> {
     let path = gguf.path();
     let scores = gguf
-        .floats("tokenizer.ggml.scores")?
-        .ok_or_else(|| Error::key(path, "tokenizer.ggml.scores", "missing metadata"))?;
+        .floats(keys::SCORES)?
+        .ok_or_else(|| Error::key(path, keys::SCORES, "missing metadata"))?;
     if scores.len() != tokens.len() {
         return Err(Error::key(
             path,
-            "tokenizer.ggml.scores",
+            keys::SCORES,
             format!("{} scores for {} tokens", scores.len(), tokens.len()),
         ));
     }
@@ -299,11 +297,9 @@ fn sentencepiece_bpe(
     }
     let bpe = builder
         .build()
-        .map_err(|e| Error::key(path, "tokenizer.ggml.tokens", e))?;
+        .map_err(|e| Error::key(path, keys::TOKENS, e))?;
 
-    let add_prefix_space = gguf
-        .bool("tokenizer.ggml.add_space_prefix")?
-        .unwrap_or(true);
+    let add_prefix_space = gguf.bool(keys::ADD_SPACE_PREFIX)?.unwrap_or(true);
     let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
     if add_prefix_space {
         normalizers.push(Prepend::new("▁".into()).into());

@@ -7,7 +7,7 @@ use rand::{RngExt, SeedableRng};
 use super::config::{LoraConfig, LoraInit};
 use crate::config::Projection;
 use crate::error::Result;
-use crate::model::{Llama, LoraAdapter};
+use crate::model::{CausalLm, LoraAdapter};
 
 /// A fresh adapter for a linear `in -> out`, drawn from `rng`.
 fn new_adapter(
@@ -47,7 +47,7 @@ fn new_adapter(
     }
 }
 
-impl Llama {
+impl CausalLm {
     /// Give every targeted linear a fresh adapter (replacing any), drawn from `seed`.
     pub fn attach_lora(&mut self, config: &LoraConfig, seed: u64) -> Result<()> {
         config.validate()?;

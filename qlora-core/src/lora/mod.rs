@@ -1,14 +1,13 @@
-//! LoRA on the frozen (NF4 or dense) base: configuration, fresh adapters, their gradients with
-//! per-layer gradient checkpointing, and the PEFT file format. The adapter itself sits in the
-//! model ([`crate::model::LoraAdapter`]).
+//! LoRA on the frozen (NF4 or dense) base: configuration, fresh adapters, which projections
+//! they target, and the PEFT file format. The adapter itself sits in the model
+//! ([`crate::model::LoraAdapter`]), whose backward pass gives its gradients
+//! ([`crate::model::CausalLm::loss_and_grads`]).
 
 mod attach;
-mod backward;
 mod config;
 mod peft;
 mod targeting;
 
-pub use backward::{AdapterGrads, LossAndGrads, loss_and_grads};
 pub use config::{LoraConfig, LoraInit, lora_scale};
 pub use peft::{
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, AdapterFile, AdapterSettings,

@@ -16,7 +16,7 @@ use crate::checkpoint::{Checkpoint, OutTensor, write_safetensors_file};
 use crate::config::Projection;
 use crate::dtype::{FloatDtype, encode_f32};
 use crate::error::{Error, Result};
-use crate::model::{Llama, LoraAdapter};
+use crate::model::{CausalLm, LoraAdapter};
 
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
@@ -80,7 +80,7 @@ pub fn adapter_config_json(config: &LoraConfig, base_model: &str) -> Value {
 
 /// Write the model's adapters into `dir` (which must exist) in PEFT's format.
 pub fn save_adapter(
-    model: &Llama,
+    model: &CausalLm,
     dir: &Path,
     config: &LoraConfig,
     base_model: &str,
@@ -336,13 +336,13 @@ pub fn read_adapter(dir: &Path) -> Result<AdapterFile> {
 
 /// Load a PEFT LoRA adapter from `dir` onto `model` (replacing any adapters). Returns the
 /// adapter's configuration.
-pub fn load_adapter(model: &mut Llama, dir: &Path) -> Result<LoraConfig> {
+pub fn load_adapter(model: &mut CausalLm, dir: &Path) -> Result<LoraConfig> {
     apply_adapter(model, read_adapter(dir)?)
 }
 
 /// Put the adapters of `file` (from [`read_adapter`]) on `model` (replacing any adapters).
 /// Returns the adapter's configuration.
-pub fn apply_adapter(model: &mut Llama, file: AdapterFile) -> Result<LoraConfig> {
+pub fn apply_adapter(model: &mut CausalLm, file: AdapterFile) -> Result<LoraConfig> {
     let device = model.device.clone();
     model.detach_lora();
     let mut linears: HashMap<String, _> = model.linears_mut().into_iter().collect();

@@ -8,7 +8,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use super::MergeBase;
 use crate::checkpoint::Checkpoint;
-use crate::config::{CONFIG_FILE, LlamaConfig};
+use crate::config::{CONFIG_FILE, ModelConfig};
 use crate::error::{Error, Result};
 use crate::lora::read_adapter;
 use crate::model::Bits;
@@ -27,7 +27,7 @@ struct Adapter {
 /// adapter was trained on an NF4 base, and the modules its config does not target.
 fn read_adapters(
     dir: &Path,
-    config: &LlamaConfig,
+    config: &ModelConfig,
 ) -> Result<(HashMap<String, Adapter>, bool, Vec<String>)> {
     let file = read_adapter(dir)?;
     // Our runs record their base precision next to the adapter; assume QLoRA (NF4) otherwise.
@@ -84,7 +84,7 @@ fn merged(w: &[f32], adapter: &Adapter, [out, inp]: [usize; 2], device: &Device)
 
 /// A base model and (optionally) an adapter, ready to give merged weights.
 pub struct MergedWeights {
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     pub config_path: PathBuf,
     pub checkpoint: Checkpoint,
     pub base: MergeBase,
@@ -106,7 +106,7 @@ impl MergedWeights {
         base: Option<MergeBase>,
     ) -> Result<Self> {
         let config_path = model_dir.join(CONFIG_FILE);
-        let config = LlamaConfig::load(&config_path)?;
+        let config = ModelConfig::load(&config_path)?;
         let checkpoint = Checkpoint::open(model_dir)?;
         let (adapters, trained_on_nf4, ignored_modules) = match adapter_dir {
             Some(dir) => read_adapters(dir, &config)?,

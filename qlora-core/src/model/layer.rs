@@ -1,3 +1,7 @@
+//! The decoder layer: `h = x + attn(norm(x)); out = h + mlp(norm(h))`, and its forward pass
+//! for inference (the training step's forward and backward passes are in
+//! `layer_train.rs`).
+
 use burn::tensor::Tensor;
 
 use super::attention::{Attention, LayerContext};
@@ -7,12 +11,16 @@ use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
 use crate::config::Projection;
 
-/// Pre-norm decoder layer: `h = x + attn(norm(x)); out = h + mlp(norm(h))`.
+/// A pre-norm decoder layer.
 #[derive(Clone, Debug)]
 pub struct DecoderLayer {
+    /// The norm before the attention.
     pub input_layernorm: RmsNorm,
+    /// The attention.
     pub self_attn: Attention,
+    /// The norm before the MLP.
     pub post_attention_layernorm: RmsNorm,
+    /// The MLP.
     pub mlp: Mlp,
 }
 

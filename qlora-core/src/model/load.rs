@@ -1,6 +1,7 @@
-//! Building a [`Llama`] from a Hugging Face directory: dense checkpoints (quantized to NF4 on
-//! load, or kept dense) and bitsandbytes 4-bit checkpoints as they are. Weights are converted
-//! one at a time from the memory-mapped files.
+//! Building a [`CausalLm`] from a Hugging Face directory: dense checkpoints (quantized to NF4 on
+//! load, or kept dense) and bitsandbytes 4-bit checkpoints as they are, each tensor found by
+//! its name in the model's table ([`ModelTensor`]) and present as its spec says. Weights are
+//! converted one at a time from the memory-mapped files.
 
 use std::fmt;
 use std::path::Path;
@@ -11,15 +12,17 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::attention::Attention;
+use super::causal_lm::CausalLm;
 use super::layer::DecoderLayer;
 use super::linear::{BaseWeight, Linear};
-use super::llama::Llama;
 use super::mlp::Mlp;
 use super::rms_norm::RmsNorm;
 use super::rope::RotaryEmbedding;
 use crate::backend::Nf4Weight;
 use crate::checkpoint::Checkpoint;
-use crate::config::{LlamaConfig, Projection};
+use crate::config::{
+    CONFIG_FILE, ModelConfig, ModelTensor, NormForm, Projection, RopeConfig, RopeScaling,
+};
 use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
 use crate::quant::{Nf4Config, Nf4Tensor};
@@ -215,20 +218,33 @@ impl Loader<'_> {
     }
 }
 
-impl Llama {
+impl CausalLm {
     /// Load the model in `dir` (config.json + safetensors weights).
     pub fn load(dir: impl AsRef<Path>, options: &LoadOptions) -> Result<Self> {
         let dir = dir.as_ref();
-        let config = LlamaConfig::load(dir)?;
+        let config = ModelConfig::load(dir)?;
         let checkpoint = Checkpoint::open(dir)?;
         Self::from_checkpoint(config, &checkpoint, options)
     }
 
+    /// The model of `config` with the weights of `checkpoint`, its tensors found by the
+    /// names of [`ModelTensor`].
     pub fn from_checkpoint(
-        config: LlamaConfig,
+        config: ModelConfig,
         checkpoint: &Checkpoint,
         options: &LoadOptions,
     ) -> Result<Self> {
+        let spec = &config.spec;
+        if let Some(what) = spec.unsupported() {
+            return Err(Error::key(
+                checkpoint.dir().join(CONFIG_FILE),
+                "architectures",
+                format!(
+                    "{} needs {what}, which this version cannot compute",
+                    config.architecture.class_name()
+                ),
+            ));
+        }
         let device = &options.device;
         let loader = Loader {
             checkpoint,
@@ -236,60 +252,81 @@ impl Llama {
             compute: options.compute,
         };
         let (vocab, hidden) = (config.vocab_size, config.hidden_size);
-        let norm = |name: &str| -> Result<RmsNorm> {
+        let norm = |tensor: ModelTensor, layer: usize, width: usize| -> Result<RmsNorm> {
+            let weight = loader.tensor(&tensor.hf_name(layer, "weight"), [width])?;
             Ok(RmsNorm {
-                weight: loader.tensor(name, [hidden])?,
+                weight: match spec.norm {
+                    NormForm::Weight => weight,
+                    // `1 + w` in f32, as Gemma's norms compute it.
+                    NormForm::OnePlusWeight => weight.add_scalar(1.0),
+                },
                 eps: config.rms_norm_eps,
             })
         };
-        let embed_tokens = loader.dense("model.embed_tokens.weight", [vocab, hidden])?;
+        let embed_name = ModelTensor::TokenEmbd.hf_name(0, "weight");
+        let embed_tokens = loader.dense(&embed_name, [vocab, hidden])?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
-        for index in 0..config.num_hidden_layers {
-            let linear = |p: Projection, bias: bool| {
+        for (index, layer) in spec.layers.iter().enumerate() {
+            let linear = |p: Projection| {
                 let shape = config.projection_shape(p);
-                loader.linear(&p.weight_name(index), shape, bias, options, config.bnb_4bit)
+                let name = p.weight_name(index);
+                loader.linear(&name, shape, spec.has_bias(p), options, config.bnb_4bit)
             };
-            let attn_bias = config.attention_bias;
-            let mlp_bias = config.mlp_bias;
-            let prefix = format!("model.layers.{index}");
+            let head_norm = |tensor: ModelTensor| {
+                spec.qk_norm
+                    .then(|| norm(tensor, index, config.head_dim))
+                    .transpose()
+            };
             layers.push(DecoderLayer {
-                input_layernorm: norm(&format!("{prefix}.input_layernorm.weight"))?,
+                input_layernorm: norm(ModelTensor::AttnNorm, index, hidden)?,
                 self_attn: Attention {
-                    q_proj: linear(Projection::Q, attn_bias)?,
-                    k_proj: linear(Projection::K, attn_bias)?,
-                    v_proj: linear(Projection::V, attn_bias)?,
-                    o_proj: linear(Projection::O, attn_bias)?,
+                    q_proj: linear(Projection::Q)?,
+                    k_proj: linear(Projection::K)?,
+                    v_proj: linear(Projection::V)?,
+                    o_proj: linear(Projection::O)?,
+                    q_norm: head_norm(ModelTensor::AttnQNorm)?,
+                    k_norm: head_norm(ModelTensor::AttnKNorm)?,
                     num_heads: config.num_attention_heads,
                     num_kv_heads: config.num_key_value_heads,
                     head_dim: config.head_dim,
+                    scale: spec.attention_scale,
+                    window: layer.window,
+                    softcap: spec.attention_softcap,
+                    rope: layer.rope,
                 },
-                post_attention_layernorm: norm(&format!(
-                    "{prefix}.post_attention_layernorm.weight"
-                ))?,
+                post_attention_layernorm: norm(ModelTensor::FfnNorm, index, hidden)?,
                 mlp: Mlp {
-                    gate_proj: linear(Projection::Gate, mlp_bias)?,
-                    up_proj: linear(Projection::Up, mlp_bias)?,
-                    down_proj: linear(Projection::Down, mlp_bias)?,
+                    gate_proj: linear(Projection::Gate)?,
+                    up_proj: linear(Projection::Up)?,
+                    down_proj: linear(Projection::Down)?,
                 },
             });
         }
-        let lm_head_weight = if config.tie_word_embeddings || !checkpoint.contains("lm_head.weight")
-        {
-            if !config.tie_word_embeddings {
+        let head_name = ModelTensor::Output.hf_name(0, "weight");
+        let lm_head_weight = if spec.tied_head || !checkpoint.contains(&head_name) {
+            if !spec.tied_head {
                 return Err(Error::key(
                     checkpoint.dir(),
-                    "lm_head.weight",
+                    head_name,
                     "missing, and tie_word_embeddings is false",
                 ));
             }
             embed_tokens.clone()
         } else {
-            loader.dense("lm_head.weight", [vocab, hidden])?
+            loader.dense(&head_name, [vocab, hidden])?
         };
-        Ok(Llama {
-            norm: norm("model.norm.weight")?,
+        let local_rope = spec.local_rope_theta.map(|theta| {
+            let local = RopeConfig {
+                theta,
+                scaling: RopeScaling::Default,
+            };
+            RotaryEmbedding::new(&local, config.head_dim)
+        });
+        Ok(CausalLm {
+            norm: norm(ModelTensor::OutputNorm, 0, hidden)?,
             lm_head: Linear::new(BaseWeight::Dense(lm_head_weight), None, hidden, vocab),
             rope: RotaryEmbedding::new(&config.rope, config.head_dim),
+            local_rope,
             embed_tokens,
             layers,
             device: device.clone(),

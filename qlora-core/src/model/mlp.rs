@@ -5,11 +5,14 @@ use super::linear::Linear;
 use crate::backend::ops;
 use crate::profile::{self, Phase};
 
-/// SwiGLU: `down(silu(gate(x)) * up(x))`.
+/// The gated MLP: `down(silu(gate(x)) * up(x))` (SwiGLU).
 #[derive(Clone, Debug)]
 pub struct Mlp {
+    /// The gate projection.
     pub gate_proj: Linear,
+    /// The up projection.
     pub up_proj: Linear,
+    /// The down projection.
     pub down_proj: Linear,
 }
 
@@ -25,12 +28,27 @@ impl Mlp {
         (gate, up)
     }
 
+    /// The gated activation of `gate` and `up`: what the down projection multiplies.
+    pub fn activate(&self, gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
+        let _span = profile::span(Phase::Elementwise);
+        ops::swiglu(gate, up)
+    }
+
+    /// The gradients of [`Mlp::activate`] with respect to `gate` and `up`.
+    pub fn activate_backward(
+        &self,
+        gate: Tensor<2>,
+        up: Tensor<2>,
+        dz: Tensor<2>,
+    ) -> (Tensor<2>, Tensor<2>) {
+        let _span = profile::span(Phase::Elementwise);
+        ops::swiglu_backward(gate, up, dz)
+    }
+
+    /// The MLP on `normed` `[rows, hidden]`.
     pub fn forward(&self, normed: Tensor<2>, dropout: Option<&DropoutStream>) -> Tensor<2> {
         let (gate, up) = self.gate_up(normed, dropout);
-        let z = {
-            let _span = profile::span(Phase::Elementwise);
-            ops::swiglu(gate, up)
-        };
+        let z = self.activate(gate, up);
         self.down_proj.forward_rows(z, dropout)
     }
 }

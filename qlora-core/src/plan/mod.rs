@@ -3,8 +3,10 @@
 //! Sizes that follow from the format are exact (NF4 with double quantization is 4.127 bits a
 //! parameter at block 64; LoRA parameters, gradients and AdamW states). Activations depend on
 //! how the implementation keeps intermediate tensors; their coefficients below count the
-//! tensors our decoder layer, attention and loss keep alive at their peak, and
-//! `examples/plan_check.rs` checks the total against measured training runs.
+//! tensors our decoder layer, attention and loss keep alive at their peak (what a layer keeps
+//! for its backward pass is counted from the model's own list,
+//! [`LayerActivations::kept_values`]), and `examples/plan_check.rs` checks the total against
+//! measured training runs.
 
 mod presets;
 
@@ -14,9 +16,9 @@ use serde::Serialize;
 
 pub use presets::{preset_config, preset_names};
 
-use crate::config::{LlamaConfig, Projection};
+use crate::config::{ModelConfig, Projection};
 use crate::error::{Error, Result};
-use crate::model::Bits;
+use crate::model::{Bits, LayerActivations};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanSettings {
@@ -80,12 +82,6 @@ mod alive_at_peak {
     pub const CPU_INTERMEDIATE: f64 = 4.0;
     /// ...and hidden-sized ones (the gradient being formed).
     pub const CPU_HIDDEN: f64 = 1.0;
-    /// Fused CPU path without checkpointing, kept for every layer: the hidden-sized inputs,
-    /// norms, queries, attention output and post-attention state (one of them shared with the
-    /// next layer), keys and values, and gate, up and SwiGLU output.
-    pub const KEPT_HIDDEN: f64 = 5.0;
-    pub const KEPT_KV: f64 = 2.0;
-    pub const KEPT_INTERMEDIATE: f64 = 3.0;
     /// Fused CPU path: rows of logits the loss holds at once (`backend/flex/loss.rs`).
     pub const LOSS_CHUNK: u64 = 64;
     /// GPU path, one layer: intermediate-sized tensors (hidden- and query-sized ones folded
@@ -131,7 +127,7 @@ const PLANNABLE: f64 = (1u64 << 60) as f64;
 
 /// Refuse sizes whose plan would not fit in 64 bits, naming what to lower. Each term is
 /// estimated in f64 (which cannot overflow) with the plan's largest factors.
-fn check_plannable(config: &LlamaConfig, settings: &PlanSettings) -> Result<()> {
+fn check_plannable(config: &ModelConfig, settings: &PlanSettings) -> Result<()> {
     let f = |x: usize| x as f64;
     let (h, inter, layers, vocab) = (
         f(config.hidden_size),
@@ -174,7 +170,7 @@ fn check_plannable(config: &LlamaConfig, settings: &PlanSettings) -> Result<()> 
 
 /// The peak memory of a training step of `config` with `settings`, item by item. Sizes too
 /// large to plan (over 1 EiB) are an error.
-pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> Result<MemoryPlan> {
+pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan> {
     check_plannable(config, settings)?;
     let h = config.hidden_size as u64;
     let inter = config.intermediate_size as u64;
@@ -220,14 +216,19 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> Result<MemoryPlan>
         detail: base_detail,
     });
 
-    let embed_params = vocab * h * if config.tie_word_embeddings { 1 } else { 2 };
-    let norm_params = (2 * layers + 1) * h;
+    let embed_params = vocab * h * if config.spec.tied_head { 1 } else { 2 };
+    let head_norms = if config.spec.qk_norm {
+        2 * config.head_dim as u64
+    } else {
+        0
+    };
+    let norm_params = (2 * layers + 1) * h + layers * head_norms;
     items.push(PlanItem {
         key: "embeddings_and_head",
         bytes: (embed_params + norm_params) * d,
         detail: format!(
             "embed_tokens{} and norms, dense",
-            if config.tie_word_embeddings {
+            if config.spec.tied_head {
                 " (tied lm_head)"
             } else {
                 " and lm_head"
@@ -280,15 +281,15 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> Result<MemoryPlan>
     });
 
     let tokens = b * s;
-    let kv = (config.num_key_value_heads * config.head_dim) as u64;
+    let kept = LayerActivations::kept_values(config);
     let largest = projections.iter().map(|(_, i, o)| i * o).max().unwrap_or(0);
     // The fused CPU kernels (f32) or the tensor-op path of GPUs.
     let fused = d == 4;
     let (layer, kept_per_layer, logits, dequantized) = if fused {
         use alive_at_peak::*;
         let layer = tokens as f64 * (CPU_INTERMEDIATE * inter as f64 + CPU_HIDDEN * h as f64);
-        let kept = tokens as f64
-            * (KEPT_HIDDEN * h as f64 + KEPT_KV * kv as f64 + KEPT_INTERMEDIATE * inter as f64);
+        // Without checkpointing, every activation the layer's backward pass reads.
+        let kept = (tokens * kept.all as u64) as f64;
         // A chunk of logits, and the head's input and its gradient.
         let logits = LOSS_CHUNK.min(tokens) * vocab * 4 + 2 * tokens * h * 4;
         // Every thread decodes a tile of at most 256 rows (or columns) of a weight.
@@ -307,7 +308,7 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> Result<MemoryPlan>
         // The layer's input, attention output and post-attention state, and the attention's
         // log-sum-exp (f32).
         let per_layer = if fused {
-            tokens * (3 * h * d + heads * 4)
+            tokens * (kept.checkpoint as u64 * d + kept.checkpoint_f32 as u64 * 4)
         } else {
             tokens * h * d
         };
@@ -392,9 +393,9 @@ pub fn plan(config: &LlamaConfig, settings: &PlanSettings) -> Result<MemoryPlan>
 }
 
 /// The config of `model`: a preset name, a model directory, or a `config.json`.
-pub fn load_config(model: &str) -> Result<LlamaConfig> {
+pub fn load_config(model: &str) -> Result<ModelConfig> {
     if let Some(text) = preset_config(model) {
-        return LlamaConfig::parse(&text, Path::new(model));
+        return ModelConfig::parse(&text, Path::new(model));
     }
     let path = Path::new(model);
     if !path.exists() {
@@ -406,7 +407,7 @@ pub fn load_config(model: &str) -> Result<LlamaConfig> {
             ),
         ));
     }
-    LlamaConfig::load(path)
+    ModelConfig::load(path)
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use burn::tensor::Tensor;
 use super::progress::StepMetrics;
 use super::trainer::Trainer;
 use crate::error::{Error, Result};
-use crate::lora::loss_and_grads;
 use crate::model::DropoutStream;
 use crate::profile::{self, Phase};
 
@@ -39,8 +38,7 @@ impl Trainer {
                 step: self.position.micro_step,
             };
             self.position.micro_step += 1;
-            let result = loss_and_grads(
-                &self.model,
+            let result = self.model.loss_and_grads(
                 &batch,
                 self.config.gradient_checkpointing,
                 Some(&stream),

@@ -17,14 +17,14 @@ use crate::error::{Error, Result};
 use crate::eval::choice::{Question, evaluate_choices, read_questions};
 use crate::eval::evaluate;
 use crate::lora::{AdapterFile, LoraConfig, apply_adapter, load_adapter, read_adapter};
-use crate::model::{Llama, LoadOptions, TrainBatch};
+use crate::model::{CausalLm, LoadOptions, TrainBatch};
 use crate::quant::Nf4Config;
 use crate::text::Tokenizer;
 
 /// A run, ready to go.
 pub struct Trainer {
     pub config: TrainConfig,
-    pub model: Llama,
+    pub model: CausalLm,
     pub tokenizer: Tokenizer,
     pub train: Vec<Example>,
     pub eval: Vec<Example>,
@@ -90,7 +90,7 @@ impl Trainer {
             device,
             compute,
         };
-        let mut model = Llama::load(&config.model, &load_options)?;
+        let mut model = CausalLm::load(&config.model, &load_options)?;
         match start_from {
             Some((dir, file)) => {
                 apply_adapter(&mut model, file)?;

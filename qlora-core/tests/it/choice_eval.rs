@@ -3,7 +3,7 @@
 //! built, every choice's log-likelihood (within 1e-4), accuracies and standard errors.
 
 use qlora_core::eval::choice::{ChoiceStyle, context, evaluate_choices, read_questions};
-use qlora_core::model::{Bits, Llama, LoadOptions};
+use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use qlora_core::text::Tokenizer;
 use support::fixture;
 
@@ -18,7 +18,7 @@ fn scores_equal_lm_evaluation_harness() {
         bits: Bits::Sixteen,
         ..LoadOptions::default()
     };
-    let model = Llama::load(fixture("tiny-llama"), &options).unwrap();
+    let model = CausalLm::load(fixture("tiny-llama"), &options).unwrap();
     let tokenizer = Tokenizer::load(fixture("tiny-llama")).unwrap();
     let mut worst = 0f64;
     for style in [ChoiceStyle::Letters, ChoiceStyle::Cloze] {

@@ -1,7 +1,7 @@
 //! Generation with the KV cache produces exactly what recomputing the whole sequence does.
 
 use qlora_core::generate::{SamplingConfig, StopReason, generate, greedy_without_cache};
-use qlora_core::model::{Bits, Llama, LoadOptions};
+use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use qlora_core::text::Tokenizer;
 use support::fixture;
 
@@ -10,7 +10,7 @@ fn check_cache_equivalence(bits: Bits) {
         bits,
         ..LoadOptions::default()
     };
-    let model = Llama::load(fixture("tiny-llama"), &options).unwrap();
+    let model = CausalLm::load(fixture("tiny-llama"), &options).unwrap();
     let tokenizer = Tokenizer::load(fixture("tiny-llama")).unwrap();
     let prompt = tokenizer.encode("hello world, the model", true).unwrap();
     let config = SamplingConfig {
@@ -52,7 +52,7 @@ fn kv_cache_matches_recomputation_nf4() {
 
 #[test]
 fn sampling_is_seeded_and_stop_strings_cut() {
-    let model = Llama::load(fixture("tiny-llama"), &LoadOptions::default()).unwrap();
+    let model = CausalLm::load(fixture("tiny-llama"), &LoadOptions::default()).unwrap();
     let tokenizer = Tokenizer::load(fixture("tiny-llama")).unwrap();
     let prompt = tokenizer.encode("why is the rank", true).unwrap();
     let config = SamplingConfig {

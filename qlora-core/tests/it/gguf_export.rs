@@ -8,7 +8,7 @@ use std::path::Path;
 
 use candle_core::quantized::GgmlDType;
 use qlora_core::FloatDtype;
-use qlora_core::config::LlamaConfig;
+use qlora_core::config::ModelConfig;
 use qlora_core::dtype::decode_f32;
 use qlora_core::export::{ExportOptions, GgufType, export_gguf, types};
 use qlora_core::gguf::blocks::dequantize_blocks;
@@ -119,7 +119,7 @@ fn tensors(dir: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 fn same_config(a: &Path, b: &Path) {
-    let (a, b) = (LlamaConfig::load(a).unwrap(), LlamaConfig::load(b).unwrap());
+    let (a, b) = (ModelConfig::load(a).unwrap(), ModelConfig::load(b).unwrap());
     assert_eq!(
         (
             a.vocab_size,
@@ -130,7 +130,7 @@ fn same_config(a: &Path, b: &Path) {
             a.num_key_value_heads,
             a.head_dim,
             a.max_position_embeddings,
-            a.tie_word_embeddings,
+            a.spec.tied_head,
         ),
         (
             b.vocab_size,
@@ -141,7 +141,7 @@ fn same_config(a: &Path, b: &Path) {
             b.num_key_value_heads,
             b.head_dim,
             b.max_position_embeddings,
-            b.tie_word_embeddings,
+            b.spec.tied_head,
         )
     );
     assert_eq!((a.rms_norm_eps, &a.rope), (b.rms_norm_eps, &b.rope));

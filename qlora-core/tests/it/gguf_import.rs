@@ -10,7 +10,7 @@ use candle_core::{Device, Tensor};
 use qlora_core::FloatDtype;
 use qlora_core::dtype::decode_f32;
 use qlora_core::gguf::{ImportOptions, import_gguf};
-use qlora_core::model::{Bits, Llama, LoadOptions};
+use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use qlora_core::text::{Message, Tokenizer};
 use support::{fixture, load_tensors};
 
@@ -181,8 +181,8 @@ fn fixture_model_round_trips_through_gguf() {
         bits: Bits::Sixteen,
         ..LoadOptions::default()
     };
-    let original = Llama::load(fixture("tiny-llama"), &dense).unwrap();
-    let imported = Llama::load(&out, &dense).unwrap();
+    let original = CausalLm::load(fixture("tiny-llama"), &dense).unwrap();
+    let imported = CausalLm::load(&out, &dense).unwrap();
     let ids = vec![vec![1u32, 642, 409, 16, 316, 433, 323, 411, 423, 339, 393]];
     let a: Vec<f32> = original
         .forward(&ids, None, None)
@@ -236,7 +236,7 @@ fn fixture_model_round_trips_through_gguf() {
     assert_eq!(config["dtype"], "bfloat16");
     assert_eq!(config["tie_word_embeddings"], false);
     assert_eq!(config["rms_norm_eps"], 1e-5);
-    Llama::load(&out16, &LoadOptions::default()).unwrap();
+    CausalLm::load(&out16, &LoadOptions::default()).unwrap();
 }
 
 /// A SentencePiece-style vocabulary (`tokenizer.ggml.model` = `llama`): scores, byte tokens,
@@ -430,7 +430,7 @@ fn damaged_cache_entries_are_imported_again() {
     std::fs::remove_file(dir.join("config.json")).unwrap();
     resolve_gguf_in(&gguf, &cache).unwrap();
     assert!(dir.join("config.json").is_file());
-    Llama::load(&dir, &LoadOptions::default()).unwrap();
+    CausalLm::load(&dir, &LoadOptions::default()).unwrap();
     // An entry without its manifest (an import killed before it finished) is redone too.
     std::fs::remove_file(dir.join(".qlora-import.json")).unwrap();
     std::fs::write(&weights, b"garbage").unwrap();

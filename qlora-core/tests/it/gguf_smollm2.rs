@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use qlora_core::generate::{SamplingConfig, StopReason, generate};
 use qlora_core::gguf::{GgufFile, ImportOptions, import_gguf};
-use qlora_core::model::{Bits, Llama, LoadOptions};
+use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use qlora_core::text::{Message, Tokenizer};
 use serde_json::Value;
 use support::{fixture, load_tensors_at};
@@ -105,7 +105,7 @@ fn weights_logits_and_greedy_text_match_transformers() {
         }
     }
 
-    let model = Llama::load(
+    let model = CausalLm::load(
         &dir,
         &LoadOptions {
             bits: Bits::Sixteen,

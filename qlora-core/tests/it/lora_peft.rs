@@ -2,7 +2,7 @@
 //! conventions and loads back bit for bit.
 
 use qlora_core::lora::{AdapterDtype, LoraConfig, load_adapter, save_adapter};
-use qlora_core::model::{Bits, Llama, LoadOptions};
+use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use support::{f32s, fixture, load_tensors};
 
 fn reference_ids() -> Vec<Vec<u32>> {
@@ -27,7 +27,7 @@ fn fixture_adapter_matches_peft() {
     let reference = load_tensors("tiny-llama-lora/reference.safetensors");
     let expected = f32s(&reference["logits"].2);
     let expected_loss = f32s(&reference["loss"].2)[0];
-    let mut model = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
+    let mut model = CausalLm::load(fixture("tiny-llama"), &dense()).unwrap();
     let config = load_adapter(&mut model, &fixture("tiny-llama-lora")).unwrap();
     assert_eq!((config.r, config.alpha), (8, 16.0));
     assert_eq!(model.adapters().len(), 14);
@@ -55,7 +55,7 @@ fn fixture_adapter_matches_peft() {
     );
 
     // On the NF4 base the adapter loads and runs.
-    let mut nf4 = Llama::load(fixture("tiny-llama"), &LoadOptions::default()).unwrap();
+    let mut nf4 = CausalLm::load(fixture("tiny-llama"), &LoadOptions::default()).unwrap();
     load_adapter(&mut nf4, &fixture("tiny-llama-lora")).unwrap();
     let values: Vec<f32> = nf4
         .forward(&ids, None, None)
@@ -68,7 +68,7 @@ fn fixture_adapter_matches_peft() {
 
 #[test]
 fn saved_adapters_follow_peft_and_round_trip() {
-    let mut model = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
+    let mut model = CausalLm::load(fixture("tiny-llama"), &dense()).unwrap();
     let config = LoraConfig {
         r: 8,
         dropout: 0.0,
@@ -120,7 +120,7 @@ fn saved_adapters_follow_peft_and_round_trip() {
     }
 
     // Load back: bit-identical adapters.
-    let mut reloaded = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
+    let mut reloaded = CausalLm::load(fixture("tiny-llama"), &dense()).unwrap();
     load_adapter(&mut reloaded, dir.path()).unwrap();
     for ((p1, a1), (p2, a2)) in model.adapters().iter().zip(reloaded.adapters().iter()) {
         assert_eq!(p1, p2);
@@ -154,7 +154,7 @@ fn mismatched_adapters_are_clear_errors() {
         std::fs::copy(fixture("tiny-llama-lora").join(file), dir.path().join(file)).unwrap();
     }
     // An adapter for a model with another hidden size: shapes do not fit.
-    let mut other = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
+    let mut other = CausalLm::load(fixture("tiny-llama"), &dense()).unwrap();
     other.layers.truncate(1);
     let err = load_adapter(&mut other, dir.path())
         .unwrap_err()
@@ -170,7 +170,7 @@ fn mismatched_adapters_are_clear_errors() {
         config.replace("\"LORA\"", "\"IA3\""),
     )
     .unwrap();
-    let mut model = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
+    let mut model = CausalLm::load(fixture("tiny-llama"), &dense()).unwrap();
     let err = load_adapter(&mut model, dir.path())
         .unwrap_err()
         .to_string();
@@ -237,7 +237,7 @@ fn adapter_configs_apply_exactly_what_peft_applies() {
         .collect();
     for (name, change, peft_loss, adapters) in cases {
         let dir = edited_fixture_adapter(&change);
-        let mut model = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
+        let mut model = CausalLm::load(fixture("tiny-llama"), &dense()).unwrap();
         load_adapter(&mut model, dir.path()).unwrap();
         assert_eq!(model.adapters().len(), adapters, "{name}");
         let logits = model.forward(&ids, None, None).unwrap();
@@ -272,7 +272,7 @@ fn adapter_configs_peft_refuses_are_refused() {
         ),
     ] {
         let dir = edited_fixture_adapter(&change);
-        let mut model = Llama::load(fixture("tiny-llama"), &dense()).unwrap();
+        let mut model = CausalLm::load(fixture("tiny-llama"), &dense()).unwrap();
         let err = load_adapter(&mut model, dir.path())
             .unwrap_err()
             .to_string();

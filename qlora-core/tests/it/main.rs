@@ -19,6 +19,7 @@ mod nf4_properties;
 mod packing;
 mod paging_wgpu;
 mod quantize_parity;
+mod qwen3_parity;
 mod step_grads;
 mod text_parity;
 mod training;

@@ -3,7 +3,7 @@
 
 use qlora_core::FloatDtype;
 use qlora_core::merge::{MergeBase, MergeOptions, merge_model};
-use qlora_core::model::{Bits, Llama, LoadOptions};
+use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use support::{f32s, fixture, load_tensors};
 
 fn options(base: MergeBase, dtype: FloatDtype) -> MergeOptions {
@@ -45,7 +45,7 @@ fn merged_fixture_matches_peft() {
         .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
         .collect();
     let ids: Vec<Vec<u32>> = ids.chunks(shape[1]).map(<[u32]>::to_vec).collect();
-    let model = Llama::load(
+    let model = CausalLm::load(
         &out,
         &LoadOptions {
             bits: Bits::Sixteen,
@@ -73,7 +73,7 @@ fn merged_fixture_matches_peft() {
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert!(config.get("quantization_config").is_none());
     assert!(out.join("tokenizer.json").is_file());
-    Llama::load(&out, &LoadOptions::default()).unwrap();
+    CausalLm::load(&out, &LoadOptions::default()).unwrap();
 }
 
 #[test]
@@ -111,7 +111,7 @@ fn sharded_output_has_a_valid_index() {
         index["metadata"]["total_size"].as_u64().unwrap() as usize,
         total
     );
-    Llama::load(
+    CausalLm::load(
         &out,
         &LoadOptions {
             bits: Bits::Sixteen,
@@ -146,8 +146,8 @@ fn merged_model_can_be_written_as_nf4() {
         serde_json::from_str(&std::fs::read_to_string(nf4.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["quantization_config"]["bnb_4bit_quant_type"], "nf4");
     // The NF4 checkpoint holds exactly the quantization of the dense merged weights.
-    let from_nf4 = Llama::load(&nf4, &LoadOptions::default()).unwrap();
-    let quantized_on_load = Llama::load(&dense, &LoadOptions::default()).unwrap();
+    let from_nf4 = CausalLm::load(&nf4, &LoadOptions::default()).unwrap();
+    let quantized_on_load = CausalLm::load(&dense, &LoadOptions::default()).unwrap();
     let ids = vec![vec![1u32, 5, 9, 200, 3]];
     let a: Vec<f32> = from_nf4
         .forward(&ids, None, None)

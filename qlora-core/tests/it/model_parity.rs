@@ -8,7 +8,7 @@
 //! reproduces that kernel. Our default f32 path is checked to equal the dense model built from
 //! the dequantized weights exactly, and the dense model is checked against transformers above.
 
-use qlora_core::model::{BaseWeight, Bits, Llama, LoadOptions, Nf4Matmul};
+use qlora_core::model::{BaseWeight, Bits, CausalLm, LoadOptions, Nf4Matmul};
 use support::{f32s, fixture, load_tensors};
 
 fn reference(dir: &str) -> (Vec<Vec<u32>>, Vec<f32>, f32) {
@@ -29,7 +29,7 @@ fn check(model_dir: &str, reference_dir: &str, bits: Bits) {
         nf4_matmul: Nf4Matmul::BnbCpuBf16,
         ..LoadOptions::default()
     };
-    let model = Llama::load(fixture(model_dir), &options).unwrap();
+    let model = CausalLm::load(fixture(model_dir), &options).unwrap();
     let logits = model.forward(&ids, None, None).unwrap();
     let values: Vec<f32> = logits.clone().into_data().try_into_vec().unwrap();
     assert_eq!(values.len(), expected_logits.len());
@@ -72,7 +72,7 @@ fn quantized_on_load_matches_the_bitsandbytes_reference() {
     check("tiny-llama", "tiny-llama-bnb-nf4", Bits::Four);
 }
 
-fn logits(model: &Llama) -> Vec<f32> {
+fn logits(model: &CausalLm) -> Vec<f32> {
     let (ids, _, _) = reference("tiny-llama");
     model
         .forward(&ids, None, None)
@@ -84,9 +84,9 @@ fn logits(model: &Llama) -> Vec<f32> {
 
 #[test]
 fn f32_nf4_path_equals_the_dense_model_of_the_dequantized_weights() {
-    let nf4 = Llama::load(fixture("tiny-llama-bnb-nf4"), &LoadOptions::default()).unwrap();
-    let on_load = Llama::load(fixture("tiny-llama"), &LoadOptions::default()).unwrap();
-    let dequantized = Llama::load(
+    let nf4 = CausalLm::load(fixture("tiny-llama-bnb-nf4"), &LoadOptions::default()).unwrap();
+    let on_load = CausalLm::load(fixture("tiny-llama"), &LoadOptions::default()).unwrap();
+    let dequantized = CausalLm::load(
         fixture("tiny-llama-bnb-nf4"),
         &LoadOptions {
             bits: Bits::Sixteen,

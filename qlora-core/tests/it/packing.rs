@@ -6,8 +6,8 @@ use std::path::Path;
 use burn::tensor::{Distribution, Tensor};
 use qlora_core::data::{Example, collate, collate_rows};
 use qlora_core::device::DeviceChoice;
-use qlora_core::lora::{LoraConfig, loss_and_grads};
-use qlora_core::model::{DropoutStream, Llama, LoadOptions};
+use qlora_core::lora::LoraConfig;
+use qlora_core::model::{CausalLm, DropoutStream, LoadOptions};
 use qlora_core::train::{LogProgress, TrainConfig, Trainer};
 use support::fixture;
 
@@ -27,8 +27,8 @@ fn example(len: usize, seed: u32, prompt: usize) -> Example {
     }
 }
 
-fn model() -> Llama {
-    let mut model = Llama::load(fixture("tiny-llama"), &LoadOptions::default()).unwrap();
+fn model() -> CausalLm {
+    let mut model = CausalLm::load(fixture("tiny-llama"), &LoadOptions::default()).unwrap();
     model
         .attach_lora(
             &LoraConfig {
@@ -108,17 +108,17 @@ fn a_packed_example_computes_what_it_computes_alone() {
 fn summed_micro_batches_equal_one_batch() {
     let model = model();
     let examples = [example(30, 4, 10), example(11, 5, 3), example(17, 6, 6)];
-    let one = loss_and_grads(
-        &model,
-        &collate(&examples.iter().collect::<Vec<_>>(), 0),
-        true,
-        None,
-    )
-    .unwrap();
+    let one = model
+        .loss_and_grads(
+            &collate(&examples.iter().collect::<Vec<_>>(), 0),
+            true,
+            None,
+        )
+        .unwrap();
     let mut total = 0.0;
     let mut sums: Vec<Vec<f32>> = Vec::new();
     for e in &examples {
-        let r = loss_and_grads(&model, &collate(&[e], 0), true, None).unwrap();
+        let r = model.loss_and_grads(&collate(&[e], 0), true, None).unwrap();
         total += r.loss_sum;
         let flat: Vec<Vec<f32>> = r
             .grads
@@ -158,8 +158,10 @@ fn packed_gradients_equal_unpacked_ones() {
     let stream = DropoutStream { seed: 1, step: 0 };
     let packed = collate_rows(&[examples.iter().collect()], 0, None);
     let unpacked = collate(&examples.iter().collect::<Vec<_>>(), 0);
-    let a = loss_and_grads(&model, &packed, true, Some(&stream)).unwrap();
-    let b = loss_and_grads(&model, &unpacked, true, Some(&stream)).unwrap();
+    let a = model.loss_and_grads(&packed, true, Some(&stream)).unwrap();
+    let b = model
+        .loss_and_grads(&unpacked, true, Some(&stream))
+        .unwrap();
     assert_eq!(a.tokens, b.tokens);
     assert!((a.loss_sum - b.loss_sum).abs() <= 1e-5 * b.loss_sum);
     for ((ga, gb), (ha, hb)) in a.grads.grads.iter().zip(&b.grads.grads) {

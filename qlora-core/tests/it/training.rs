@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use qlora_core::device::DeviceChoice;
-use qlora_core::model::{BaseWeight, Llama};
+use qlora_core::model::{BaseWeight, CausalLm};
 use qlora_core::train::{LogProgress, OptimizerKind, Outcome, TrainConfig, Trainer};
 use support::{bits, fixture};
 
@@ -36,7 +36,7 @@ fn trainer(config: TrainConfig, resume: Option<&Path>) -> Trainer {
     .unwrap()
 }
 
-fn adapter_bits(model: &Llama) -> Vec<Vec<u32>> {
+fn adapter_bits(model: &CausalLm) -> Vec<Vec<u32>> {
     model
         .adapters()
         .iter()
@@ -210,7 +210,7 @@ fn only_adapters_change() {
         },
         None,
     );
-    let snapshot = |m: &Llama| -> Vec<Vec<u32>> {
+    let snapshot = |m: &CausalLm| -> Vec<Vec<u32>> {
         let mut out = vec![bits(
             &m.embed_tokens
                 .clone()

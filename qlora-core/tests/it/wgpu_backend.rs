@@ -95,8 +95,8 @@ fn nf4_matmul_on_wgpu_matches_cpu() {
 /// against the CPU kernels: the same loss and adapter gradients.
 #[test]
 fn training_step_on_wgpu_matches_cpu() {
-    use qlora_core::lora::{LoraConfig, loss_and_grads};
-    use qlora_core::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
+    use qlora_core::lora::LoraConfig;
+    use qlora_core::model::{CausalLm, DropoutStream, LoadOptions, TrainBatch};
     let fixture = support::fixture("tiny-llama");
     let ids: Vec<u32> = (0..40u32).map(|i| (i * 37 + 5) % 1000).collect();
     let labels = vec![ids.iter().map(|&i| i64::from(i)).collect(), vec![-100; 40]];
@@ -106,7 +106,7 @@ fn training_step_on_wgpu_matches_cpu() {
         vec![vec![true; 40], [vec![true; 30], vec![false; 10]].concat()],
     );
     let run = |device: Device| {
-        let mut model = Llama::load(
+        let mut model = CausalLm::load(
             &fixture,
             &LoadOptions {
                 device: device.clone(),
@@ -135,7 +135,7 @@ fn training_step_on_wgpu_matches_cpu() {
             );
         }
         let stream = DropoutStream { seed: 3, step: 1 };
-        let result = loss_and_grads(&model, &batch, true, Some(&stream)).unwrap();
+        let result = model.loss_and_grads(&batch, true, Some(&stream)).unwrap();
         let grads: Vec<Vec<f32>> = result
             .grads
             .grads

@@ -2,8 +2,8 @@
 //! dropout on, so the recomputation must redraw the same masks), at a lower peak memory.
 
 use burn::tensor::{Device, Distribution, Tensor};
-use qlora_core::lora::{LoraConfig, loss_and_grads};
-use qlora_core::model::{DropoutStream, Llama, LoadOptions, TrainBatch};
+use qlora_core::lora::LoraConfig;
+use qlora_core::model::{CausalLm, DropoutStream, LoadOptions, TrainBatch};
 use support::alloc::{mib, peak_during};
 use support::synthetic::SyntheticModel;
 
@@ -23,7 +23,7 @@ fn checkpointing_matches_and_saves_memory() {
     };
     let dir = tempfile::tempdir().unwrap();
     shape.write(dir.path(), 5).unwrap();
-    let mut model = Llama::load(dir.path(), &LoadOptions::default()).unwrap();
+    let mut model = CausalLm::load(dir.path(), &LoadOptions::default()).unwrap();
     let config = LoraConfig {
         r: 16,
         dropout: 0.1,
@@ -47,9 +47,9 @@ fn checkpointing_matches_and_saves_memory() {
     let stream = DropoutStream { seed: 3, step: 11 };
 
     let (full, full_peak) =
-        peak_during(|| loss_and_grads(&model, &batch, false, Some(&stream)).unwrap());
+        peak_during(|| model.loss_and_grads(&batch, false, Some(&stream)).unwrap());
     let (ckpt, ckpt_peak) =
-        peak_during(|| loss_and_grads(&model, &batch, true, Some(&stream)).unwrap());
+        peak_during(|| model.loss_and_grads(&batch, true, Some(&stream)).unwrap());
     eprintln!(
         "4 layers, sequence {SEQ}: peak extra heap {:.1} MiB without checkpointing, {:.1} MiB with",
         mib(full_peak),

@@ -1,7 +1,7 @@
 //! Loading a generated ~100M-parameter model in 4-bit never holds much more than the final
 //! model: peak heap below 1.5x the loaded NF4 model plus one layer's dense weights.
 
-use qlora_core::model::{Bits, Llama, LoadOptions};
+use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use support::alloc::{current, peak_during};
@@ -90,7 +90,7 @@ fn loading_in_4bit_stays_near_the_final_size() {
 
     let baseline = current();
     let (model, peak) = peak_during(|| {
-        Llama::load(
+        CausalLm::load(
             dir.path(),
             &LoadOptions {
                 bits: Bits::Four,

@@ -4,7 +4,7 @@
 use qlora_core::FloatDtype;
 use qlora_core::lora::{AdapterDtype, LoraConfig, save_adapter};
 use qlora_core::merge::{MergeBase, MergeOptions, merge_model};
-use qlora_core::model::{Bits, Llama, LoadOptions};
+use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use support::alloc::{mib, peak_during};
 use support::synthetic::SyntheticModel;
 
@@ -26,7 +26,7 @@ fn merging_stays_near_one_shard_and_one_layer() {
     let adapter = dir.path().join("adapter");
     std::fs::create_dir(&adapter).unwrap();
     {
-        let mut model = Llama::load(
+        let mut model = CausalLm::load(
             &base,
             &LoadOptions {
                 bits: Bits::Sixteen,

@@ -2,7 +2,7 @@
 //! train` runs) on small configurations: within 15%. `examples/plan_check.rs` runs the same
 //! comparison on larger models and longer sequences in release mode.
 
-use qlora_core::config::LlamaConfig;
+use qlora_core::config::ModelConfig;
 use qlora_core::plan::{PlanSettings, plan};
 use support::alloc::mib;
 use support::fixture;
@@ -27,7 +27,7 @@ fn planned_peaks_are_within_15_percent_of_training() {
     for (i, (model, seq, checkpointing)) in cases.into_iter().enumerate() {
         let out = tmp.path().join(format!("out{i}"));
         let measured = measure_training_peak(&model, &data, &out, seq, checkpointing);
-        let config = LlamaConfig::load(&model).unwrap();
+        let config = ModelConfig::load(&model).unwrap();
         let settings = PlanSettings {
             seq_len: seq,
             gradient_checkpointing: checkpointing,

@@ -15,10 +15,10 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use qlora_core::FloatDtype;
 use qlora_core::checkpoint::Checkpoint;
-use qlora_core::config::LlamaConfig;
+use qlora_core::config::ModelConfig;
 use qlora_core::data::{DataOptions, DatasetFormat, load_examples};
 use qlora_core::gguf::GgufFile;
-use qlora_core::gguf::config::llama_config;
+use qlora_core::gguf::config::hf_config;
 use qlora_core::gguf::tokenizer::tokenizer_files;
 use qlora_core::lora::read_adapter;
 use qlora_core::text::{Message, Tokenizer};
@@ -535,7 +535,7 @@ pub fn targets(work: &Path) -> Vec<Target> {
                 let path = d.join("x.gguf");
                 write(&path, bytes);
                 let gguf = GgufFile::open(&path).map_err(err)?;
-                let config = llama_config(&gguf, FloatDtype::BF16);
+                let config = hf_config(&gguf, FloatDtype::BF16);
                 let tokenizer = tokenizer_files(&gguf);
                 let names: Vec<String> =
                     gguf.tensor_names().iter().map(|s| s.to_string()).collect();
@@ -638,7 +638,7 @@ pub fn targets(work: &Path) -> Vec<Target> {
         ],
         run: Box::new(|bytes| {
             let text = String::from_utf8_lossy(bytes);
-            LlamaConfig::parse(&text, Path::new("config.json"))
+            ModelConfig::parse(&text, Path::new("config.json"))
                 .map(|_| ())
                 .map_err(err)
         }),

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use qlora_core::config::LlamaConfig;
+use qlora_core::config::ModelConfig;
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::json;
@@ -54,7 +54,7 @@ impl SyntheticModel {
         if !self.tie_word_embeddings {
             shapes.push(("lm_head.weight".to_string(), vec![self.vocab_size, h]));
         }
-        let config = LlamaConfig::parse(&self.config_json().to_string(), Path::new("synthetic"))
+        let config = ModelConfig::parse(&self.config_json().to_string(), Path::new("synthetic"))
             .expect("a valid config");
         for l in 0..self.num_layers {
             let p = format!("model.layers.{l}");

@@ -18,7 +18,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::backend::{AdamWArithmetic, AdamWStep, ops};
 use crate::error::{Error, Result};
-use crate::model::Llama;
+use crate::model::CausalLm;
 use blockwise_state::{DeviceMaps, STATE_BLOCK};
 use paging::Moments;
 
@@ -211,7 +211,7 @@ impl PagedAdamW {
     /// by `grad_scale`.
     pub fn step_adapters(
         &mut self,
-        model: &mut Llama,
+        model: &mut CausalLm,
         grads: Vec<(Tensor<2>, Tensor<2>)>,
         grad_scale: f64,
         lr: f64,

@@ -5,7 +5,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::error::{Error, Result};
-use crate::model::{KvCache, Llama};
+use crate::model::{CausalLm, KvCache};
 use crate::text::Tokenizer;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -160,7 +160,7 @@ fn last_logits(logits: burn::tensor::Tensor<3>) -> Result<Vec<f32>> {
 /// Generate a continuation of `prompt` (token ids). `on_text` receives the text as it grows
 /// (only complete characters), for streaming.
 pub fn generate(
-    model: &Llama,
+    model: &CausalLm,
     tokenizer: &Tokenizer,
     prompt: &[u32],
     config: &SamplingConfig,
@@ -221,7 +221,7 @@ pub fn generate(
 /// Greedy decoding that recomputes the whole sequence at every step (no cache): the reference
 /// the cached path is tested against.
 pub fn greedy_without_cache(
-    model: &Llama,
+    model: &CausalLm,
     prompt: &[u32],
     max_new_tokens: usize,
 ) -> Result<Vec<u32>> {

@@ -19,8 +19,11 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
+mod backward;
+
 use super::{contiguous_f32, contiguous_int, f32_buffer};
 use crate::backend::{AttentionOps, AttentionShape};
+use backward::attention_backward;
 
 /// The runtime sizes of an attention.
 #[derive(CubeType, CubeLaunch, Clone, Copy)]
@@ -199,144 +202,6 @@ fn forward_kernel(
     lse[t] = running_max + sum.ln();
 }
 
-/// One thread a query `(b, h, i)`: the queries' gradient, and `delta = dO · O` (which the keys'
-/// kernel reads).
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-fn query_grad_kernel(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    lse: &[f32],
-    d_out: &[f32],
-    q_ids: &[i32],
-    k_ids: &[i32],
-    dq: &mut [f32],
-    delta: &mut [f32],
-    s: Dims,
-    #[comptime] d: usize,
-) {
-    let (heads, k_len, kv_heads) = (s.heads as usize, s.k_len as usize, s.kv_heads as usize);
-    let t = ABSOLUTE_POS;
-    if t >= s.batch as usize * heads * s.q_len as usize {
-        terminate!();
-    }
-    let QueryThread {
-        b,
-        h,
-        kv,
-        row,
-        pos,
-        id,
-    } = query_thread(&s, q_ids, t);
-
-    let mut qv = Array::<f32>::new(d);
-    load(q, row, h, heads, &mut qv, d);
-    let mut dov = Array::<f32>::new(d);
-    load(d_out, row, h, heads, &mut dov, d);
-    let dd = dot(&dov, out, row, h, heads, d);
-    delta[t] = dd;
-    let l = lse[t];
-    let mut acc = Array::<f32>::new(d);
-    for j in window_start(&s, pos)..pos + 1 {
-        if k_ids[b * k_len + j] == id {
-            let key = b * k_len + j;
-            let score = capped(&s, dot(&qv, k, key, kv, kv_heads, d) * s.scale);
-            let p = (score - l).exp();
-            let ds = p * (dot(&dov, v, key, kv, kv_heads, d) - dd) * cap_slope(&s, score);
-            let kbase = (key * kv_heads + kv) * d;
-            for e in 0..d {
-                acc[e] += ds * k[kbase + e];
-            }
-        }
-    }
-    let base = (row * heads + h) * d;
-    for e in 0..d {
-        dq[base + e] = acc[e] * s.scale;
-    }
-}
-
-/// One thread a key `(b, kv, j)`: the keys' and values' gradients, summed over the query heads
-/// the key/value head serves and the queries that see the key.
-#[cube(launch)]
-#[allow(clippy::too_many_arguments)]
-fn key_grad_kernel(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    lse: &[f32],
-    delta: &[f32],
-    d_out: &[f32],
-    q_ids: &[i32],
-    k_ids: &[i32],
-    dk: &mut [f32],
-    dv: &mut [f32],
-    s: Dims,
-    #[comptime] d: usize,
-) {
-    let (heads, q_len, k_len) = (s.heads as usize, s.q_len as usize, s.k_len as usize);
-    let kv_heads = s.kv_heads as usize;
-    let t = ABSOLUTE_POS;
-    if t >= s.batch as usize * kv_heads * k_len {
-        terminate!();
-    }
-    let j = t % k_len;
-    let kv = (t / k_len) % kv_heads;
-    let b = t / (k_len * kv_heads);
-    let groups = heads / kv_heads;
-    let offset = k_len - q_len;
-    let key = b * k_len + j;
-    let id = k_ids[key];
-
-    let mut kvec = Array::<f32>::new(d);
-    load(k, key, kv, kv_heads, &mut kvec, d);
-    let mut vvec = Array::<f32>::new(d);
-    load(v, key, kv, kv_heads, &mut vvec, d);
-    let mut dk_acc = Array::<f32>::new(d);
-    let mut dv_acc = Array::<f32>::new(d);
-    // The first query whose position is not before the key, and (with a window) the first
-    // whose window has passed it.
-    let mut first = 0usize;
-    if j > offset {
-        first = j - offset;
-    }
-    let mut end = q_len;
-    let window = s.window as usize;
-    if window > 0 {
-        end = 0;
-        if j + window > offset {
-            end = j + window - offset;
-        }
-        if end > q_len {
-            end = q_len;
-        }
-    }
-    for g in 0..groups {
-        let h = kv * groups + g;
-        for i in first..end {
-            let row = b * q_len + i;
-            if q_ids[row] == id {
-                let stat = (b * heads + h) * q_len + i;
-                let score = capped(&s, dot(&kvec, q, row, h, heads, d) * s.scale);
-                let p = (score - lse[stat]).exp();
-                let ds =
-                    p * (dot(&vvec, d_out, row, h, heads, d) - delta[stat]) * cap_slope(&s, score);
-                let base = (row * heads + h) * d;
-                for e in 0..d {
-                    dv_acc[e] += p * d_out[base + e];
-                    dk_acc[e] += ds * q[base + e];
-                }
-            }
-        }
-    }
-    let base = (key * kv_heads + kv) * d;
-    for e in 0..d {
-        dk[base + e] = dk_acc[e] * s.scale;
-        dv[base + e] = dv_acc[e];
-    }
-}
-
 fn launch_dims(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim) {
     let dim = CubeDim::new(client, n);
     (calculate_cube_count_elemwise(client, n, dim), dim)
@@ -372,72 +237,6 @@ fn attention(
         s.head_dim,
     );
     (out, lse)
-}
-
-/// The gradients of [`attention`] with respect to `q`, `k` and `v`.
-#[allow(clippy::too_many_arguments)]
-fn attention_backward(
-    q: CubeTensor,
-    k: CubeTensor,
-    v: CubeTensor,
-    out: CubeTensor,
-    lse: CubeTensor,
-    d_out: CubeTensor,
-    q_ids: CubeTensor,
-    k_ids: CubeTensor,
-    s: AttentionShape,
-) -> (CubeTensor, CubeTensor, CubeTensor) {
-    let (q, k, v) = (contiguous_f32(q), contiguous_f32(k), contiguous_f32(v));
-    let (out, lse, d_out) = (
-        contiguous_f32(out),
-        contiguous_f32(lse),
-        contiguous_f32(d_out),
-    );
-    let q_ids = contiguous_int(q_ids, IntDType::I32);
-    let k_ids = contiguous_int(k_ids, IntDType::I32);
-    let queries = s.batch * s.heads * s.q_len;
-    let dq = f32_buffer(&q, vec![s.batch * s.q_len, s.heads * s.head_dim]);
-    let delta = f32_buffer(&q, vec![queries]);
-    let dk = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
-    let dv = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
-    let client = q.client.clone();
-    let (count, dim) = launch_dims(&client, queries);
-    query_grad_kernel::launch(
-        &client,
-        count,
-        dim,
-        q.clone().into_buffer_arg(),
-        k.clone().into_buffer_arg(),
-        v.clone().into_buffer_arg(),
-        out.into_buffer_arg(),
-        lse.clone().into_buffer_arg(),
-        d_out.clone().into_buffer_arg(),
-        q_ids.clone().into_buffer_arg(),
-        k_ids.clone().into_buffer_arg(),
-        dq.clone().into_buffer_arg(),
-        delta.clone().into_buffer_arg(),
-        dims(&s),
-        s.head_dim,
-    );
-    let (count, dim) = launch_dims(&client, s.batch * s.kv_heads * s.k_len);
-    key_grad_kernel::launch(
-        &client,
-        count,
-        dim,
-        q.into_buffer_arg(),
-        k.into_buffer_arg(),
-        v.into_buffer_arg(),
-        lse.into_buffer_arg(),
-        delta.into_buffer_arg(),
-        d_out.into_buffer_arg(),
-        q_ids.into_buffer_arg(),
-        k_ids.into_buffer_arg(),
-        dk.clone().into_buffer_arg(),
-        dv.clone().into_buffer_arg(),
-        dims(&s),
-        s.head_dim,
-    );
-    (dq, dk, dv)
 }
 
 impl AttentionOps for CubeBackend {

@@ -2,7 +2,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::adapter::{DropoutStream, LoraAdapter};
-use super::attention::LayerContext;
+use super::attention::{LayerContext, RopeTables};
 use super::batch::{IGNORE_INDEX, TrainBatch};
 use super::kv_cache::KvCache;
 use super::layer::DecoderLayer;
@@ -11,19 +11,29 @@ use super::linear::Linear;
 use super::rms_norm::RmsNorm;
 use super::rope::RotaryEmbedding;
 use crate::backend::ops;
-use crate::config::{LlamaConfig, Projection};
+use crate::config::{ModelConfig, Projection, RopeKind};
 use crate::error::{Error, Result};
 use crate::profile::{self, Phase};
 
-/// A `LlamaForCausalLM`.
+/// A decoder-only causal language model (`LlamaForCausalLM` and the families
+/// [`crate::config::Architecture`] lists): embedding, decoder layers, final norm, output head.
 #[derive(Clone, Debug)]
-pub struct Llama {
-    pub config: LlamaConfig,
+pub struct CausalLm {
+    /// Its configuration.
+    pub config: ModelConfig,
+    /// The token embedding `[vocab, hidden]`.
     pub embed_tokens: Tensor<2>,
+    /// The decoder layers.
     pub layers: Vec<DecoderLayer>,
+    /// The norm after the last layer.
     pub norm: RmsNorm,
+    /// The output head (the embedding when tied).
     pub lm_head: Linear,
+    /// The rotary embedding of the global layers.
     pub rope: RotaryEmbedding,
+    /// The rotary embedding of the local layers, if any.
+    pub local_rope: Option<RotaryEmbedding>,
+    /// Where the model lives.
     pub device: Device,
     /// What activations and the dense weights are in ([`crate::ComputeDtype`]).
     pub compute: crate::ComputeDtype,
@@ -32,26 +42,45 @@ pub struct Llama {
 /// Sum of token losses and how many tokens counted.
 #[derive(Clone, Debug)]
 pub struct LossSum {
+    /// The summed loss `[1]`.
     pub sum: Tensor<1>,
+    /// Tokens with a target.
     pub tokens: usize,
 }
 
 /// Per-forward inputs shared by every layer: rotary tables and sequence ids of the tokens.
 pub struct AttentionInputs {
-    pub cos: Tensor<2>,
-    pub sin: Tensor<2>,
+    /// The global layers' rotary tables.
+    pub rope: RopeTables,
+    /// The local layers' rotary tables (models with local layers only).
+    pub local_rope: Option<RopeTables>,
+    /// Sequence ids of the queries.
     pub q_ids: Tensor<1, Int>,
+    /// Sequence ids of the keys.
     pub k_ids: Tensor<1, Int>,
+    /// Rows of the batch.
     pub batch: usize,
+    /// New tokens a row.
     pub q_len: usize,
+    /// Keys a row.
     pub k_len: usize,
 }
 
 impl AttentionInputs {
-    pub fn context<'a>(&'a self, dropout: Option<&'a DropoutStream>) -> LayerContext<'a> {
+    /// What a layer with the rotary table `rope` needs.
+    pub fn context<'a>(
+        &'a self,
+        rope: RopeKind,
+        dropout: Option<&'a DropoutStream>,
+    ) -> LayerContext<'a> {
         LayerContext {
-            cos: &self.cos,
-            sin: &self.sin,
+            rope: match rope {
+                RopeKind::Global => &self.rope,
+                RopeKind::Local => self
+                    .local_rope
+                    .as_ref()
+                    .expect("a model with local layers has their rotary table"),
+            },
             q_ids: &self.q_ids,
             k_ids: &self.k_ids,
             batch: self.batch,
@@ -68,7 +97,7 @@ fn sequence_id(is_token: bool) -> i64 {
     if is_token { 0 } else { -1 }
 }
 
-impl Llama {
+impl CausalLm {
     /// Token embeddings `[batch * seq, hidden]` of `batch` rows of equal length.
     pub fn embed(&self, ids: &[Vec<u32>]) -> Result<Tensor<2>> {
         let _span = profile::span(Phase::Embedding);
@@ -88,7 +117,12 @@ impl Llama {
         let flat: Vec<i64> = ids.iter().flatten().map(|&id| i64::from(id)).collect();
         let ids_tensor =
             Tensor::<1, Int>::from_data(TensorData::new(flat, [batch * seq]), &self.device);
-        Ok(self.embed_tokens.clone().select(0, ids_tensor))
+        let x = self.embed_tokens.clone().select(0, ids_tensor);
+        Ok(match self.config.spec.embedding_scale {
+            // In the compute dtype, as transformers multiplies.
+            Some(scale) => x.mul_scalar(scale),
+            None => x,
+        })
     }
 
     /// Rotary tables and sequence ids for `is_token` (`batch` rows of `seq`) following
@@ -115,20 +149,44 @@ impl Llama {
             }
         }
         let positions: Vec<usize> = (0..batch).flat_map(|_| offset..offset + seq).collect();
-        let (cos, sin) = self.rope.tables(&positions, &self.device);
         let ids = |v: Vec<i64>| {
             let n = v.len();
             Tensor::<1, Int>::from_data(TensorData::new(v, [n]), &self.device)
         };
+        let (rope, local_rope) = self.rope_tables(&positions);
         AttentionInputs {
-            cos,
-            sin,
+            rope,
+            local_rope,
             q_ids: ids(q_ids),
             k_ids: ids(k_ids),
             batch,
             q_len: seq,
             k_len: offset + seq,
         }
+    }
+
+    /// The rotary tables of tokens at `positions`: the global layers' and the local layers'.
+    fn rope_tables(&self, positions: &[usize]) -> (RopeTables, Option<RopeTables>) {
+        let tables = |rope: &RotaryEmbedding| {
+            let (cos, sin) = rope.tables(positions, &self.device);
+            RopeTables::new(cos, sin)
+        };
+        (tables(&self.rope), self.local_rope.as_ref().map(tables))
+    }
+
+    /// Run every layer over `x`: the one loop of the model.
+    pub(super) fn run_layers(
+        &self,
+        mut x: Tensor<2>,
+        inputs: &AttentionInputs,
+        mut cache: Option<&mut KvCache>,
+        dropout: Option<&DropoutStream>,
+    ) -> Tensor<2> {
+        for (index, layer) in self.layers.iter().enumerate() {
+            let context = inputs.context(layer.self_attn.rope, dropout);
+            x = layer.forward(x, &context, cache.as_deref_mut().map(|c| c.layer(index)));
+        }
+        x
     }
 
     /// Final norm and `lm_head`: logits `[rows, vocab]` of hidden states `[rows, hidden]`.
@@ -146,7 +204,7 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
         dropout: Option<&DropoutStream>,
     ) -> Result<Tensor<2>> {
-        let mut x = self.embed(ids)?;
+        let x = self.embed(ids)?;
         let all_tokens;
         let is_token = match is_token {
             Some(mask) => mask,
@@ -156,10 +214,7 @@ impl Llama {
             }
         };
         let inputs = self.attention_inputs(is_token, cache.as_deref());
-        let context = inputs.context(dropout);
-        for (index, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, &context, cache.as_deref_mut().map(|c| c.layer(index)));
-        }
+        let x = self.run_layers(x, &inputs, cache.as_deref_mut(), dropout);
         if let Some(cache) = cache {
             cache.advance(is_token);
         }
@@ -220,15 +275,15 @@ impl Llama {
     pub fn batch_inputs(&self, batch: &TrainBatch) -> Result<AttentionInputs> {
         let rows = batch.ids.len();
         let seq = batch.ids.first().map_or(0, Vec::len);
-        let (cos, sin) = self.rope.tables(&batch.rope_positions(), &self.device);
+        let (rope, local_rope) = self.rope_tables(&batch.rope_positions());
         let ids = batch.sequence_ids();
         if ids.len() != rows * seq {
             return Err(Error::invalid("batch rows must have equal lengths"));
         }
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [rows * seq]), &self.device);
         Ok(AttentionInputs {
-            cos,
-            sin,
+            rope,
+            local_rope,
             q_ids: ids.clone(),
             k_ids: ids,
             batch: rows,
@@ -248,11 +303,7 @@ impl Llama {
     /// Logits `[rows, seq, vocab]` of a (possibly packed) batch.
     pub fn logits(&self, batch: &TrainBatch) -> Result<Tensor<3>> {
         let inputs = self.batch_inputs(batch)?;
-        let context = inputs.context(None);
-        let mut x = self.embed(&batch.ids)?;
-        for layer in &self.layers {
-            x = layer.forward(x, &context, None);
-        }
+        let x = self.run_layers(self.embed(&batch.ids)?, &inputs, None, None);
         Ok(self
             .head(x)
             .reshape([inputs.batch, inputs.q_len, self.config.vocab_size]))
@@ -262,11 +313,7 @@ impl Llama {
     /// through the fused cross-entropy (the `[tokens, vocab]` logits never exist whole).
     pub fn loss(&self, batch: &TrainBatch) -> Result<LossSum> {
         let inputs = self.batch_inputs(batch)?;
-        let context = inputs.context(None);
-        let mut x = self.embed(&batch.ids)?;
-        for layer in &self.layers {
-            x = layer.forward(x, &context, None);
-        }
+        let x = self.run_layers(self.embed(&batch.ids)?, &inputs, None, None);
         let (targets, tokens) = self.targets(batch)?;
         let normed = self.norm.forward(x);
         let _span = profile::span(Phase::HeadAndLoss);
@@ -300,7 +347,7 @@ impl Llama {
         out
     }
 
-    /// [`Llama::linears`], mutably.
+    /// [`CausalLm::linears`], mutably.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
         let mut out = Vec::with_capacity(self.layers.len() * Projection::ALL.len());
         for (i, layer) in self.layers.iter_mut().enumerate() {
@@ -319,7 +366,7 @@ impl Llama {
             .collect()
     }
 
-    /// The number of values of each adapter's A and B, in the order of [`Llama::adapters`]:
+    /// The number of values of each adapter's A and B, in the order of [`CausalLm::adapters`]:
     /// the trainable parameters as the optimizer counts them (A of adapter k is `2k`).
     pub fn adapter_sizes(&self) -> Vec<usize> {
         self.adapters()

@@ -1,0 +1,301 @@
+//! A decoder layer in the training step: its forward pass keeping what the backward pass
+//! reads, and the backward pass written out (no autodiff graph), giving the gradients of its
+//! adapters and of its input.
+//!
+//! Only adapter matrices receive gradients; the base, embeddings and norms are frozen, so the
+//! pass needs no weight gradient but the adapters', and the first layer needs no input
+//! gradient. With gradient checkpointing the forward pass keeps, per layer, three tensors the
+//! size of its input (the input, the attention output, the hidden state after attention) and
+//! the attention's log-sum-exp; the backward pass recomputes only what its gradients read: the
+//! queries, keys and values, and the gate and up projections (never the attention, nor the
+//! output and down projections, whose results it does not use). Without checkpointing it keeps
+//! all of that instead. Dropout masks come from `(seed, step, adapter)`, so the recomputation
+//! sees exactly the masks of the first pass.
+
+use burn::tensor::Tensor;
+
+use super::adapter::AdapterGrad;
+use super::attention::{LayerContext, Projected};
+use super::layer::DecoderLayer;
+use crate::backend::ops;
+use crate::config::{ModelConfig, Projection};
+use crate::error::Result;
+use crate::profile::{self, Phase};
+
+/// The MLP half's activations up to its down projection: the norm, gate, up and their
+/// activation.
+struct MlpHalf {
+    n2: Tensor<2>,
+    gate: Tensor<2>,
+    up: Tensor<2>,
+    z: Tensor<2>,
+}
+
+/// What a layer's backward pass reads.
+pub struct LayerActivations {
+    x: Tensor<2>,
+    n1: Tensor<2>,
+    projected: Projected,
+    attended: Tensor<2>,
+    lse: Tensor<1>,
+    h: Tensor<2>,
+    mlp: MlpHalf,
+}
+
+/// What the forward pass keeps of a layer (one per layer: the size of tensor handles does not
+/// matter).
+#[allow(clippy::large_enum_variant)]
+pub enum Kept {
+    /// The layer's input, its attention output (and log-sum-exp) and its hidden state after
+    /// attention: each the size of the layer's input.
+    Checkpoint {
+        /// The layer's input.
+        x: Tensor<2>,
+        /// The attention's output.
+        attended: Tensor<2>,
+        /// The attention's log-sum-exp.
+        lse: Tensor<1>,
+        /// The hidden state after attention.
+        h: Tensor<2>,
+    },
+    /// Every activation.
+    All(LayerActivations),
+}
+
+/// The adapters' gradients of one layer: `(projection, (dA, dB))` for each projection with an
+/// adapter, in [`Projection::ALL`] order.
+pub type LayerGrads = Vec<(Projection, AdapterGrad)>;
+
+/// Values a token keeps of every layer for the backward pass (the planner's figures).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeptValues {
+    /// With checkpointing, in the compute dtype: the input, attention output and state after
+    /// attention.
+    pub checkpoint: usize,
+    /// With checkpointing, f32: the log-sum-exp of every query head.
+    pub checkpoint_f32: usize,
+    /// Without checkpointing, in the compute dtype: every activation of
+    /// [`LayerActivations`] but the input (the previous layer's output, counted there).
+    pub all: usize,
+}
+
+impl LayerActivations {
+    fn new(
+        x: Tensor<2>,
+        n1: Tensor<2>,
+        projected: Projected,
+        attended: Tensor<2>,
+        lse: Tensor<1>,
+        h: Tensor<2>,
+        mlp: MlpHalf,
+    ) -> Self {
+        LayerActivations {
+            x,
+            n1,
+            projected,
+            attended,
+            lse,
+            h,
+            mlp,
+        }
+    }
+
+    /// The values a token keeps of a layer of `config`, by the members above.
+    pub fn kept_values(config: &ModelConfig) -> KeptValues {
+        let (h, i) = (config.hidden_size, config.intermediate_size);
+        let q = config.num_attention_heads * config.head_dim;
+        let kv = config.num_key_value_heads * config.head_dim;
+        // n1, q, k, v, attended, h, n2, gate, up, z; and q, k before their norms.
+        let mut all = h + q + 2 * kv + q + h + h + 3 * i;
+        if config.spec.qk_norm {
+            all += q + kv;
+        }
+        KeptValues {
+            checkpoint: h + q + h,
+            checkpoint_f32: config.num_attention_heads,
+            all,
+        }
+    }
+}
+
+impl Kept {
+    /// The layer's activations: kept, or recomputed from its checkpoint.
+    pub fn activations(self, layer: &DecoderLayer, context: &LayerContext<'_>) -> LayerActivations {
+        match self {
+            Kept::Checkpoint {
+                x,
+                attended,
+                lse,
+                h,
+            } => {
+                let _span = profile::span(Phase::Recompute);
+                layer.recompute(x, attended, lse, h, context)
+            }
+            Kept::All(a) => a,
+        }
+    }
+}
+
+fn add(a: Option<Tensor<2>>, b: Option<Tensor<2>>) -> Option<Tensor<2>> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + b),
+        (a, b) => a.or(b),
+    }
+}
+
+impl DecoderLayer {
+    /// The MLP half of the layer on its hidden state after attention, up to (not including)
+    /// the down projection.
+    fn mlp_half(&self, h: Tensor<2>, context: &LayerContext<'_>) -> MlpHalf {
+        let n2 = self.post_attention_layernorm.forward(h);
+        let (gate, up) = self.mlp.gate_up(n2.clone(), context.dropout);
+        let z = self.mlp.activate(gate.clone(), up.clone());
+        MlpHalf { n2, gate, up, z }
+    }
+
+    /// Run the layer forward, keeping what its backward pass needs (with `checkpointing`, only
+    /// what it cannot cheaply recompute); returns the output.
+    pub fn forward_keeping(
+        &self,
+        x: Tensor<2>,
+        context: &LayerContext<'_>,
+        checkpointing: bool,
+    ) -> (Tensor<2>, Kept) {
+        let attn = &self.self_attn;
+        let n1 = self.input_layernorm.forward(x.clone());
+        let projected = attn.project(n1.clone(), context);
+        let (attended, lse) = attn.attend(
+            projected.q.clone(),
+            projected.k.clone(),
+            projected.v.clone(),
+            context,
+        );
+        let o = attn.o_proj.forward_rows(attended.clone(), context.dropout);
+        let h = x.clone() + o;
+        let mlp = self.mlp_half(h.clone(), context);
+        let y = h.clone()
+            + self
+                .mlp
+                .down_proj
+                .forward_rows(mlp.z.clone(), context.dropout);
+        let kept = if checkpointing {
+            Kept::Checkpoint {
+                x,
+                attended,
+                lse,
+                h,
+            }
+        } else {
+            Kept::All(LayerActivations::new(
+                x, n1, projected, attended, lse, h, mlp,
+            ))
+        };
+        (y, kept)
+    }
+
+    /// The activations of a checkpointed layer, recomputed from what was kept: the queries,
+    /// keys and values (the attention itself was kept), and the MLP up to the down projection.
+    fn recompute(
+        &self,
+        x: Tensor<2>,
+        attended: Tensor<2>,
+        lse: Tensor<1>,
+        h: Tensor<2>,
+        context: &LayerContext<'_>,
+    ) -> LayerActivations {
+        let n1 = self.input_layernorm.forward(x.clone());
+        let projected: Projected = self.self_attn.project(n1.clone(), context);
+        let mlp = self.mlp_half(h.clone(), context);
+        LayerActivations::new(x, n1, projected, attended, lse, h, mlp)
+    }
+
+    /// The backward pass of the layer: its adapters' gradients and, with `input_grad`, the
+    /// gradient of its input, given its activations and the gradient `dy` of its output.
+    pub fn backward(
+        &self,
+        a: LayerActivations,
+        dy: Tensor<2>,
+        context: &LayerContext<'_>,
+        input_grad: bool,
+    ) -> Result<(LayerGrads, Option<Tensor<2>>)> {
+        let drop = context.dropout;
+        let mut grads = LayerGrads::new();
+        let mut keep = |p: Projection, g: Option<AdapterGrad>| {
+            if let Some(g) = g {
+                grads.push((p, g));
+            }
+        };
+        let (attn, mlp) = (&self.self_attn, &self.mlp);
+        let MlpHalf { n2, gate, up, z } = a.mlp;
+
+        // The MLP half: y = h + down(act(gate(n2), up(n2))), n2 = norm(h).
+        let (g, dz) = mlp.down_proj.backward(z, dy.clone(), drop, true)?;
+        keep(Projection::Down, g);
+        let (d_gate, d_up) =
+            mlp.activate_backward(gate, up, dz.expect("asked for the input gradient"));
+        let (g, dn2_gate) = mlp.gate_proj.backward(n2.clone(), d_gate, drop, true)?;
+        keep(Projection::Gate, g);
+        let (g, dn2_up) = mlp.up_proj.backward(n2, d_up, drop, true)?;
+        keep(Projection::Up, g);
+        let dn2 = add(dn2_gate, dn2_up).expect("input gradients");
+        let dh = dy + self.post_attention_layernorm.backward(a.h, dn2);
+
+        // The attention half: h = x + o(attention(rope(qn(q(n1))), rope(kn(k(n1))), v(n1))),
+        // n1 = norm(x).
+        let (g, d_attended) = attn
+            .o_proj
+            .backward(a.attended.clone(), dh.clone(), drop, true)?;
+        keep(Projection::O, g);
+        let Projected {
+            q,
+            k,
+            v,
+            q_linear,
+            k_linear,
+        } = a.projected;
+        let (dq, dk, dv) = {
+            let _span = profile::span(Phase::Attention);
+            ops::attention_backward(
+                q,
+                k,
+                v,
+                a.attended,
+                a.lse,
+                d_attended.expect("asked for the input gradient"),
+                context.q_ids,
+                context.k_ids,
+                attn.shape(context),
+            )
+        };
+        let (dq, dk) = {
+            let _span = profile::span(Phase::Elementwise);
+            let rope = context.rope;
+            (
+                ops::rope(dq, &rope.cos, &rope.neg_sin),
+                ops::rope(dk, &rope.cos, &rope.neg_sin),
+            )
+        };
+        // Through the q/k norms, to the projections' outputs.
+        let dq = match (&attn.q_norm, q_linear) {
+            (Some(norm), Some(x)) => norm.backward_heads(x, dq),
+            _ => dq,
+        };
+        let dk = match (&attn.k_norm, k_linear) {
+            (Some(norm), Some(x)) => norm.backward_heads(x, dk),
+            _ => dk,
+        };
+        let mut dn1 = None;
+        for (p, linear, d) in [
+            (Projection::Q, &attn.q_proj, dq),
+            (Projection::K, &attn.k_proj, dk),
+            (Projection::V, &attn.v_proj, dv),
+        ] {
+            let (g, dx) = linear.backward(a.n1.clone(), d, drop, input_grad)?;
+            keep(p, g);
+            dn1 = add(dn1, dx);
+        }
+        grads.sort_by_key(|(p, _)| *p);
+        let dx = dn1.map(|dn1| dh + self.input_layernorm.backward(a.x, dn1));
+        Ok((grads, dx))
+    }
+}
