@@ -2,11 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use qlora_core::data::{
-    DataOptions, DatasetFormat, Example, OasstOptions, TokenizeOptions, load_examples, read_records,
-};
-use qlora_core::eval::choice::{ChoiceReport, ChoiceStyle, evaluate_choices, read_questions};
-use qlora_core::eval::{Task, evaluate};
+use qlora_core::data::{DataOptions, DatasetFormat, OasstOptions, TokenizeOptions};
+use qlora_core::eval::choice::{ChoiceReport, ChoiceStyle, evaluate_choices, read_task};
+use qlora_core::eval::{Task, eval_examples, evaluate};
 
 use crate::model_args::ModelArgs;
 
@@ -57,28 +55,15 @@ pub fn run(args: EvalArgs) -> Result<()> {
         return run_choices(args);
     }
     let (model, tokenizer) = args.model.load()?;
-    let examples = if args.format == DatasetFormat::Text {
-        let records = read_records(&args.data)?;
-        if records.is_empty() {
-            bail!("{}: no records", args.data.display());
-        }
-        let mut examples = Vec::with_capacity(records.len());
-        for record in &records {
-            let text = record.string("text")?;
-            examples.push(Example::language_modelling(tokenizer.encode(text, true)?));
-        }
-        examples
-    } else {
-        args.tokenize.validate()?;
-        let options = DataOptions {
-            format: Some(args.format),
-            tokenize: args.tokenize,
-            oasst: args.oasst,
-        };
-        let loaded = load_examples(&args.data, &tokenizer, &options)?;
-        eprintln!("{}: {loaded}", args.data.display());
-        loaded.examples
+    let options = DataOptions {
+        format: Some(args.format),
+        tokenize: args.tokenize,
+        oasst: args.oasst,
     };
+    let (examples, summary) = eval_examples(&args.data, &tokenizer, &options)?;
+    if let Some(line) = summary {
+        eprintln!("{line}");
+    }
     if args.max_seq_len < 2 {
         bail!("--max-seq-len must be at least 2");
     }
@@ -108,34 +93,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
 }
 
 fn run_choices(args: EvalArgs) -> Result<()> {
-    let questions = read_questions(&args.data, args.style)?;
-    let fewshot = match (&args.fewshot_data, args.num_fewshot) {
-        (_, 0) => Vec::new(),
-        (None, k) => bail!("--num-fewshot {k} needs --fewshot-data FILE"),
-        (Some(path), k) => {
-            let all = read_questions(path, args.style)?;
-            if all.len() < k {
-                bail!(
-                    "{}: --num-fewshot {k}, but the file has {} questions",
-                    path.display(),
-                    all.len()
-                );
-            }
-            all.into_iter().take(k).collect()
-        }
-    };
-    if args.style == ChoiceStyle::Letters
-        && let Some(example) = fewshot.first()
-        && example.choices.len() != questions[0].choices.len()
-    {
-        bail!(
-            "{}: few-shot questions have {} choices and the questions {}: the letters style \
-             needs one count",
-            args.fewshot_data.as_deref().unwrap_or(&args.data).display(),
-            example.choices.len(),
-            questions[0].choices.len()
-        );
-    }
+    let (questions, fewshot) = read_task(
+        &args.data,
+        args.fewshot_data.as_deref(),
+        args.num_fewshot,
+        args.style,
+        ["--num-fewshot", "--fewshot-data"],
+    )?;
     let (model, tokenizer) = args.model.load()?;
     let bar = crate::bar::progress_bar(questions.len() as u64, "questions");
     let report = evaluate_choices(

@@ -8,6 +8,8 @@ use qlora_core::export::{ExportOptions, GgufType, export_gguf};
 use qlora_core::gguf::resolve_model;
 use qlora_core::merge::MergeBase;
 
+use crate::output_args::OutputArgs;
+
 #[derive(Args)]
 pub struct ExportGgufArgs {
     /// The base model (a directory or a GGUF file), or an already merged model.
@@ -16,9 +18,6 @@ pub struct ExportGgufArgs {
     /// A LoRA adapter (ours or PEFT's) to merge into the base first.
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// The GGUF file to write.
-    #[arg(long)]
-    out: PathBuf,
     /// f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k_m, q5_k_m or q6_k (llama.cpp's names;
     /// mixes give tensors llama-quantize's types).
     #[arg(long = "type", default_value_t = GgufType::Q8_0)]
@@ -30,9 +29,8 @@ pub struct ExportGgufArgs {
     /// The model's name in the file (general.name) [default: the model directory's name].
     #[arg(long)]
     name: Option<String>,
-    /// Replace the output file if it exists.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub fn run(args: ExportGgufArgs) -> Result<()> {
@@ -41,10 +39,10 @@ pub fn run(args: ExportGgufArgs) -> Result<()> {
         kind: args.kind,
         base: args.base,
         name: args.name,
-        overwrite: args.force,
+        overwrite: args.output.force,
     };
     let model = resolve_model(&args.model)?;
-    let report = export_gguf(&model, args.adapter.as_deref(), &args.out, &options)?;
+    let report = export_gguf(&model, args.adapter.as_deref(), &args.output.out, &options)?;
     if let Some(adapter) = &args.adapter {
         crate::model_args::warn_ignored_modules(adapter, &report.ignored_modules);
         eprintln!(
@@ -68,7 +66,7 @@ pub fn run(args: ExportGgufArgs) -> Result<()> {
         args.kind,
         ByteSize(report.bytes),
         start.elapsed().as_secs_f64(),
-        args.out.display()
+        args.output.out.display()
     );
     Ok(())
 }

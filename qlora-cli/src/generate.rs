@@ -2,10 +2,8 @@ use std::io::Write;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use qlora_core::data::{ConversationTemplate, DatasetFormat, response_prompt};
-use qlora_core::generate::{SamplingConfig, generate};
-use qlora_core::text::Message;
-use qlora_core::train::{CONFIG_FILE, TrainConfig};
+use qlora_core::data::{ConversationTemplate, DatasetFormat};
+use qlora_core::generate::{Prompt, SamplingConfig, generate};
 
 use crate::model_args::ModelArgs;
 
@@ -37,86 +35,31 @@ pub struct GenerateArgs {
     /// A system message to put before --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 128)]
-    max_new_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
-    /// Sample only from the k most likely tokens [default: all].
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Sample only from the smallest set of tokens whose probability reaches p (nucleus
-    /// sampling) [default: 1].
-    #[arg(long)]
-    top_p: Option<f32>,
-    /// Discourage tokens already in the text (CTRL-style, as transformers' repetition_penalty);
-    /// 1 is off.
-    #[arg(long, default_value_t = 1.0)]
-    repetition_penalty: f32,
-    /// Seed for sampling.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Stop when this text appears (repeatable); it is not printed.
-    #[arg(long = "stop")]
-    stop_strings: Vec<String>,
-}
-
-/// The format and template `--prompt` is wrapped in: the flags', else those the adapter was
-/// trained with, else plain text.
-fn prompt_format(args: &GenerateArgs) -> Result<(DatasetFormat, ConversationTemplate)> {
-    let trained = match &args.model.adapter {
-        Some(dir) if dir.join(CONFIG_FILE).is_file() => {
-            Some(TrainConfig::from_toml_file(&dir.join(CONFIG_FILE))?)
-        }
-        _ => None,
-    };
-    let format = args
-        .format
-        .or_else(|| trained.as_ref().and_then(|t| t.format))
-        .unwrap_or(if args.input.is_some() {
-            DatasetFormat::Alpaca
-        } else {
-            DatasetFormat::Text
-        });
-    let template = args
-        .template
-        .or_else(|| trained.as_ref().map(|t| t.tokenize.template))
-        .unwrap_or_default();
-    Ok((format, template))
+    #[command(flatten)]
+    sampling: SamplingConfig,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    let config = SamplingConfig {
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        top_k: args.top_k,
-        top_p: args.top_p,
-        repetition_penalty: args.repetition_penalty,
-        seed: args.seed,
-        stop_strings: args.stop_strings.clone(),
-    };
+    let config = args.sampling.clone();
     config.validate()?;
     let (model, tokenizer) = args.model.load()?;
-    let prompt_ids = match (&args.prompt, &args.chat) {
-        (Some(prompt), _) => {
-            let (format, template) = prompt_format(&args)?;
-            if format != DatasetFormat::Text {
-                eprintln!("[prompt wrapped as training wrapped {format} examples]");
-            }
-            response_prompt(format, template, prompt, args.input.as_deref(), &tokenizer)?
-        }
-        (None, Some(chat)) => {
-            let mut messages = Vec::new();
-            if let Some(system) = &args.system {
-                messages.push(Message::new("system", system.as_str()));
-            }
-            messages.push(Message::new("user", chat.as_str()));
-            // The template writes the special tokens itself.
-            tokenizer.encode(&tokenizer.apply_chat_template(&messages, true)?, false)?
-        }
+    let prompt = match (&args.prompt, &args.chat) {
+        (Some(text), _) => Prompt::Text {
+            text,
+            input: args.input.as_deref(),
+            format: args.format,
+            template: args.template,
+        },
+        (None, Some(message)) => Prompt::Chat {
+            message,
+            system: args.system.as_deref(),
+        },
         (None, None) => bail!("give --prompt or --chat"),
     };
+    let (prompt_ids, format) = prompt.encode(&tokenizer, args.model.adapter.as_deref())?;
+    if let Some(format) = format.filter(|f| *f != DatasetFormat::Text) {
+        eprintln!("[prompt wrapped as training wrapped {format} examples]");
+    }
     if args.show_prompt {
         eprintln!("prompt: {:?}", tokenizer.decode(&prompt_ids, false)?);
         eprintln!("prompt ids: {prompt_ids:?}");

@@ -7,6 +7,7 @@ mod generate;
 mod import_gguf;
 mod merge;
 mod model_args;
+mod output_args;
 mod plan;
 mod plot;
 mod quantize;

@@ -8,6 +8,8 @@ use qlora_core::FloatDtype;
 use qlora_core::gguf::resolve_model;
 use qlora_core::merge::{MergeBase, MergeOptions, merge_model};
 
+use crate::output_args::ShardedOutputArgs;
+
 #[derive(Args)]
 pub struct MergeArgs {
     /// The base model directory the adapter was trained on.
@@ -16,9 +18,6 @@ pub struct MergeArgs {
     /// The PEFT adapter directory.
     #[arg(long)]
     adapter: PathBuf,
-    /// Output directory for the merged model.
-    #[arg(long)]
-    out: PathBuf,
     /// dequantized (the NF4 weight the adapter trained against) or original (the
     /// full-precision weight) [default: dequantized for QLoRA adapters].
     #[arg(long)]
@@ -29,12 +28,8 @@ pub struct MergeArgs {
     /// Write a bitsandbytes NF4 checkpoint instead of dense weights (`--quantize nf4`).
     #[arg(long)]
     quantize: Option<String>,
-    /// Largest safetensors shard, e.g. 5GB or 500MiB.
-    #[arg(long, default_value = "5GB")]
-    max_shard_size: ByteSize,
-    /// Replace the output directory if it exists.
-    #[arg(long)]
-    force: bool,
+    #[command(flatten)]
+    output: ShardedOutputArgs,
 }
 
 pub fn run(args: MergeArgs) -> Result<()> {
@@ -43,21 +38,18 @@ pub fn run(args: MergeArgs) -> Result<()> {
         Some("nf4") => true,
         Some(other) => bail!("--quantize supports nf4, got `{other}`"),
     };
-    if args.max_shard_size.as_u64() == 0 {
-        bail!("--max-shard-size must be positive");
-    }
     let options = MergeOptions {
         base: args.base,
         dtype: args.dtype,
         quantize_nf4,
-        max_shard_bytes: args.max_shard_size.as_u64() as usize,
-        overwrite: args.force,
+        max_shard_bytes: args.output.max_shard_bytes()?,
+        overwrite: args.output.output.force,
     };
     let start = Instant::now();
     let report = merge_model(
         &resolve_model(&args.model)?,
         &args.adapter,
-        &args.out,
+        &args.output.output.out,
         &options,
     )?;
     crate::model_args::warn_ignored_modules(&args.adapter, &report.ignored_modules);
@@ -75,7 +67,7 @@ pub fn run(args: MergeArgs) -> Result<()> {
             report.dtype.to_string()
         },
         start.elapsed().as_secs_f64(),
-        args.out.display()
+        args.output.output.out.display()
     );
     Ok(())
 }

@@ -12,6 +12,14 @@ use qlora_core::model::{Bits, CausalLm, LoadOptions, Nf4Matmul};
 use qlora_core::quant::Nf4Config;
 use qlora_core::text::Tokenizer;
 
+/// `--device`, for every command that computes.
+#[derive(Args, Debug, Clone)]
+pub struct DeviceArgs {
+    /// Where to compute: cpu, wgpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
     /// Hugging Face model directory (config.json, safetensors, tokenizer.json), or a GGUF
@@ -26,9 +34,8 @@ pub struct ModelArgs {
     /// bitsandbytes inference numbers on CPUs with AVX512-BF16).
     #[arg(long, default_value = "f32")]
     pub nf4_matmul: Nf4Matmul,
-    /// Where to compute: cpu, wgpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    pub device: DeviceChoice,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     /// What activations and the base's matmuls compute in: f32, bf16 or f16 [default: bf16 on
     /// GPUs that have it, else f32].
     #[arg(long)]
@@ -42,7 +49,7 @@ impl ModelArgs {
     pub fn load(&self) -> Result<(CausalLm, Tokenizer)> {
         let dir = resolve_model(&self.model)?;
         let tokenizer = Tokenizer::load(&dir)?;
-        let device = self.device.device()?;
+        let device = self.device.device.device()?;
         let compute = ComputeDtype::resolve(self.compute_dtype, &device)?;
         let options = LoadOptions {
             bits: self.bits,

@@ -3,9 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use bytesize::ByteSize;
 use clap::{ArgMatches, Args};
-use qlora_core::lora::LoraConfig;
-use qlora_core::model::Bits;
-use qlora_core::plan::{MemoryPlan, PlanSettings, load_config, plan};
+use qlora_core::plan::{MemoryPlan, PlanSettings, alternatives, load_config, plan};
 use qlora_core::train::TrainConfig;
 use serde_json::json;
 
@@ -26,107 +24,6 @@ pub struct PlanArgs {
     /// Print the plan as JSON.
     #[arg(long, help_heading = "Plan")]
     json: bool,
-}
-
-fn settings(args: &PlanArgs, run: &TrainConfig) -> Result<PlanSettings> {
-    if run.rank == 0 || run.batch_size == 0 || args.seq_len == 0 {
-        bail!("--rank, --batch-size and --seq-len must be positive");
-    }
-    // Without --compute-dtype a plan is of f32 compute (our CPU kernels).
-    let compute_bytes = run.compute_dtype.map_or(4, |d| d.size() as u64);
-    Ok(PlanSettings {
-        bits: run.bits,
-        rank: run.rank,
-        target_modules: LoraConfig::parse_target_modules(&run.target_modules)?,
-        batch_size: run.batch_size,
-        seq_len: args.seq_len,
-        gradient_checkpointing: run.gradient_checkpointing,
-        optimizer_8bit: run.optim.eight_bit(),
-        optimizer_device_budget: match (run.optim.paged(), run.optim_device_budget_mb) {
-            (true, Some(mb)) => Some((mb.max(0.0) * 1024.0 * 1024.0) as u64),
-            _ => None,
-        },
-        compute_bytes,
-    })
-}
-
-/// Device memory a paged optimizer may keep its states in when no budget is given: what the
-/// planner leaves of the device's `capacity` after the step's peak with no state resident
-/// (rows of `--max-seq-len` tokens, `compute_bytes` a value). Returns the budget and that
-/// planned peak.
-pub fn automatic_optimizer_budget(
-    run: &TrainConfig,
-    capacity: u64,
-    compute_bytes: u64,
-) -> Result<(u64, u64)> {
-    let config = load_config(&run.model.to_string_lossy())?;
-    let settings = PlanSettings {
-        bits: run.bits,
-        rank: run.rank,
-        target_modules: LoraConfig::parse_target_modules(&run.target_modules)?,
-        batch_size: run.batch_size,
-        seq_len: run.max_seq_len,
-        gradient_checkpointing: run.gradient_checkpointing,
-        optimizer_8bit: run.optim.eight_bit(),
-        optimizer_device_budget: Some(0),
-        compute_bytes,
-    };
-    let peak = plan(&config, &settings)?.peak_bytes;
-    Ok((capacity.saturating_sub(peak), peak))
-}
-
-/// Changes that shrink the peak, each with its resulting figure.
-fn alternatives(
-    config: &qlora_core::config::ModelConfig,
-    base: &PlanSettings,
-) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    let mut try_change = |label: String, change: &dyn Fn(&mut PlanSettings)| {
-        let mut s = base.clone();
-        change(&mut s);
-        if s != *base
-            && let Ok(p) = plan(config, &s)
-        {
-            out.push((label, p.peak_bytes));
-        }
-    };
-    if base.batch_size > 1 {
-        try_change(
-            format!(
-                "--batch-size {} (raise --grad-accum to keep the effective batch)",
-                base.batch_size / 2
-            ),
-            &|s| s.batch_size /= 2,
-        );
-    }
-    if base.seq_len > 128 {
-        try_change(format!("--seq-len {}", base.seq_len / 2), &|s| {
-            s.seq_len /= 2
-        });
-    }
-    if !base.gradient_checkpointing {
-        try_change("gradient checkpointing on".into(), &|s| {
-            s.gradient_checkpointing = true
-        });
-    }
-    if base.rank > 16 {
-        try_change("--rank 16".into(), &|s| s.rank = 16);
-    }
-    if !base.optimizer_8bit {
-        try_change("--optim paged_adamw_8bit".into(), &|s| {
-            s.optimizer_8bit = true
-        });
-    }
-    if base.optimizer_device_budget != Some(0) {
-        try_change(
-            "paged optimizer with --optim-device-budget-mb 0".into(),
-            &|s| s.optimizer_device_budget = Some(0),
-        );
-    }
-    if base.bits == Bits::Sixteen {
-        try_change("--bits 4".into(), &|s| s.bits = Bits::Four);
-    }
-    out
 }
 
 fn gib(bytes: u64) -> String {
@@ -172,7 +69,9 @@ pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
     }
     let model = run.model.display().to_string();
     let config = load_config(&model)?;
-    let settings = settings(&args, &run)?;
+    // Without --compute-dtype a plan is of f32 compute (our CPU kernels).
+    let compute_bytes = run.compute_dtype.map_or(4, |d| d.size() as u64);
+    let settings = run.plan_settings(args.seq_len, compute_bytes)?;
     let MemoryPlan {
         items,
         peak_bytes,
@@ -243,23 +142,4 @@ pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_automatic_budget_is_what_the_plan_leaves() {
-        let run = TrainConfig {
-            model: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-llama"),
-            optim: qlora_core::train::OptimizerKind::PagedAdamW8,
-            ..TrainConfig::default()
-        };
-        let gib = 1 << 30;
-        let (budget, peak) = automatic_optimizer_budget(&run, gib, 4).unwrap();
-        assert!(peak > 0 && budget == gib - peak, "{budget} {peak}");
-        // A device smaller than the step leaves nothing: every state is paged.
-        assert_eq!(automatic_optimizer_budget(&run, peak / 2, 4).unwrap().0, 0);
-    }
 }

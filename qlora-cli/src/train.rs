@@ -4,12 +4,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use crate::model_args::DeviceArgs;
+use anyhow::Result;
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use qlora_core::device::DeviceChoice;
 use qlora_core::gguf::resolve_model;
-use qlora_core::train::{LogProgress, Outcome, Progress, StepMetrics, TrainConfig, Trainer};
+use qlora_core::train::{
+    LogProgress, Outcome, Progress, StepMetrics, TrainConfig, Trainer, resume_point,
+};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -21,9 +23,8 @@ pub struct TrainArgs {
     /// Continue from the latest checkpoint in --out, or from the checkpoint directory given.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<String>,
-    /// Where to compute: cpu, wgpu, cuda or cuda:N.
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 /// A bar with step, loss, lr, tokens/s and ETA. It is drawn from the first step on (before,
@@ -93,78 +94,12 @@ impl Progress for BarProgress {
     }
 }
 
-/// What a paged optimizer does on this device, said once; on a GPU without
-/// `--optim-device-budget-mb`, the budget the planner leaves.
-fn optimizer_budget(
-    config: &mut TrainConfig,
-    device: DeviceChoice,
-    progress: &mut dyn Progress,
-) -> Result<()> {
-    let optim = config.optim;
-    if !optim.paged() {
-        return Ok(());
-    }
-    if device == DeviceChoice::Cpu {
-        let unpaged = if optim.eight_bit() {
-            "adamw_8bit"
-        } else {
-            "bitsandbytes' 32-bit AdamW"
-        };
-        progress.message(&format!(
-            "{optim} on the CPU: device memory is host memory, so nothing is paged and it runs \
-             as {unpaged} (as in bitsandbytes)"
-        ));
-        return Ok(());
-    }
-    if config.optim_device_budget_mb.is_some() {
-        return Ok(());
-    }
-    let device = device.device()?;
-    match qlora_core::device::memory_capacity(&device) {
-        Some(capacity) => {
-            let compute = qlora_core::ComputeDtype::resolve(config.compute_dtype, &device)?;
-            let (budget, peak) =
-                crate::plan::automatic_optimizer_budget(config, capacity, compute.size() as u64)?;
-            let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
-            config.optim_device_budget_mb = Some(mib(budget));
-            progress.message(&format!(
-                "{optim}: up to {:.0} MiB of optimizer state on the device ({:.0} MiB device \
-                 memory - {:.0} MiB planned step peak); --optim-device-budget-mb sets it",
-                mib(budget),
-                mib(capacity),
-                mib(peak)
-            ));
-        }
-        None => progress.message(&format!(
-            "{optim}: the device reports no memory capacity, so every state stays on it; \
-             --optim-device-budget-mb sets a budget"
-        )),
-    }
-    Ok(())
-}
-
 pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let mut config =
         TrainConfig::from_file_and_flags(args.config.as_deref(), &args.settings, matches)?;
     config.validate()?;
     config.model = resolve_model(&config.model)?;
-    let out = config.out.clone();
-    let resume = match args.resume.as_deref() {
-        None => None,
-        Some("latest") => match Trainer::latest_checkpoint(&out) {
-            Some(dir) => Some(dir),
-            None => bail!("{}: no checkpoint to resume from", out.display()),
-        },
-        Some(path) => Some(PathBuf::from(path)),
-    };
-    let previous_run =
-        out.join("adapter_config.json").exists() || Trainer::latest_checkpoint(&out).is_some();
-    if resume.is_none() && previous_run {
-        bail!(
-            "{}: holds a previous run; pass --resume to continue it or choose another --out",
-            out.display()
-        );
-    }
+    let resume = resume_point(&config.out, args.resume.as_deref())?;
 
     let mut progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
         Box::new(BarProgress::new(ProgressDrawTarget::stderr()))
@@ -175,8 +110,12 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     let interrupt = Arc::new(AtomicBool::new(false));
     crate::signals::set_training(interrupt.clone());
 
-    optimizer_budget(&mut config, args.device, progress.as_mut())?;
-    let mut trainer = Trainer::new(config, args.device, resume.as_deref(), progress.as_mut())?;
+    let mut trainer = Trainer::new(
+        config,
+        args.device.device,
+        resume.as_deref(),
+        progress.as_mut(),
+    )?;
     let summary = trainer.run(progress.as_mut(), &interrupt)?;
     match summary.outcome {
         Outcome::Finished => {

@@ -1,4 +1,4 @@
-//! qlora-core: fine-tune LLaMA-family models with QLoRA.
+//! qlora-core: fine-tune decoder language models (LLaMA, Mistral, Qwen 3) with QLoRA.
 //!
 //! Modules are listed in dependency order: each uses only those above it.
 //!
@@ -6,13 +6,15 @@
 //! - Formats and quantization: [`config`] (`config.json`), [`checkpoint`] (safetensors model
 //!   directories), [`quant`] (NF4 with double quantization, byte for byte bitsandbytes),
 //!   [`quantize_model`], [`text`] (tokenizer, chat templates), [`gguf`] (llama.cpp files).
-//! - The model: [`backend`] (the NF4 matmul as a Burn backend extension) and [`model`] (the
-//!   LLaMA decoder with an adapter slot in every linear).
-//! - [`lora`]: adapter configuration, initialization, gradients, PEFT files.
-//! - [`data`]: instruction datasets to token batches; [`eval`]: the loss over a dataset.
+//! - The model: [`backend`] (the operations training runs on, as Burn backend extensions) and
+//!   [`model`] (the decoder its spec describes, with an adapter slot in every linear, and its
+//!   training step's backward pass).
+//! - [`lora`]: adapter configuration, initialization, targeting, PEFT files.
+//! - [`data`]: instruction datasets to token batches; [`eval`]: the loss over a dataset;
+//!   [`plan`]: the peak memory of a training run, before anything is loaded.
 //! - [`train`]: configuration, optimizer, the training loop.
-//! - Uses of a trained model and of training settings: [`generate`], [`merge`], [`plan`];
-//!   [`export`] (a merged model as one GGUF file for llama.cpp and Ollama).
+//! - Uses of a trained model: [`generate`], [`merge`]; [`export`] (a merged model as one GGUF
+//!   file for llama.cpp and Ollama).
 
 pub mod error;
 pub mod profile;
@@ -38,12 +40,12 @@ pub mod lora;
 
 pub mod data;
 pub mod eval;
+pub mod plan;
 
 pub mod train;
 
 pub mod generate;
 pub mod merge;
-pub mod plan;
 
 pub mod export;
 

@@ -120,6 +120,53 @@ pub fn read_questions(path: &Path, style: ChoiceStyle) -> Result<Vec<Question>> 
     Ok(questions)
 }
 
+/// The questions of `data` and, as their few-shot examples, the first `k` questions of
+/// `fewshot`, checked together: the file must hold `k` of them, and the letters style needs
+/// one choice count throughout. `flags` name the count's and the file's flags in messages
+/// (`--num-fewshot`, `--fewshot-data`).
+pub fn read_task(
+    data: &Path,
+    fewshot: Option<&Path>,
+    k: usize,
+    style: ChoiceStyle,
+    [count_flag, file_flag]: [&str; 2],
+) -> Result<(Vec<Question>, Vec<Question>)> {
+    let questions = read_questions(data, style)?;
+    let examples = match (fewshot, k) {
+        (_, 0) => Vec::new(),
+        (None, k) => {
+            return Err(Error::invalid(format!(
+                "{count_flag} {k} needs {file_flag} FILE"
+            )));
+        }
+        (Some(path), k) => {
+            let all = read_questions(path, style)?;
+            if all.len() < k {
+                return Err(Error::file(
+                    path,
+                    format!("{count_flag} {k}, but the file has {} questions", all.len()),
+                ));
+            }
+            all.into_iter().take(k).collect()
+        }
+    };
+    if style == ChoiceStyle::Letters
+        && let Some(example) = examples.first()
+        && example.choices.len() != questions[0].choices.len()
+    {
+        return Err(Error::file(
+            fewshot.unwrap_or(data),
+            format!(
+                "few-shot questions have {} choices and the questions {}: the letters style \
+                 needs one count",
+                example.choices.len(),
+                questions[0].choices.len()
+            ),
+        ));
+    }
+    Ok((questions, examples))
+}
+
 /// The question as the template writes it (before `Answer:`'s continuation).
 fn doc_text(q: &Question, style: ChoiceStyle) -> String {
     match style {

@@ -13,9 +13,41 @@ crate::named_enum! {
     }
 }
 
-use crate::data::{Example, collate_rows, pack};
+use std::path::Path;
+
+use crate::data::{
+    DataOptions, DatasetFormat, Example, collate_rows, load_examples, pack, read_records,
+};
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
+use crate::text::Tokenizer;
+
+/// The examples `qlora eval` scores in `path`: with the `text` format every token of each
+/// `{"text": ...}` record as `tokenizer(text)` gives them (special tokens added); with another
+/// format the response tokens of each example, as training learns them (`options` says how).
+/// Returns them with the loader's summary line, if any.
+pub fn eval_examples(
+    path: &Path,
+    tokenizer: &Tokenizer,
+    options: &DataOptions,
+) -> Result<(Vec<Example>, Option<String>)> {
+    if options.format == Some(DatasetFormat::Text) {
+        let records = read_records(path)?;
+        if records.is_empty() {
+            return Err(Error::file(path, "no records"));
+        }
+        let mut examples = Vec::with_capacity(records.len());
+        for record in &records {
+            let text = record.string("text")?;
+            examples.push(Example::language_modelling(tokenizer.encode(text, true)?));
+        }
+        return Ok((examples, None));
+    }
+    options.tokenize.validate()?;
+    let loaded = load_examples(path, tokenizer, options)?;
+    let summary = format!("{}: {loaded}", path.display());
+    Ok((loaded.examples, Some(summary)))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalReport {

@@ -8,12 +8,14 @@
 //! [`LayerActivations::kept_values`]), and `examples/plan_check.rs` checks the total against
 //! measured training runs.
 
+mod advice;
 mod presets;
 
 use std::path::Path;
 
 use serde::Serialize;
 
+pub use advice::alternatives;
 pub use presets::{preset_config, preset_names};
 
 use crate::config::{ModelConfig, Projection};

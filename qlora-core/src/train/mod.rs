@@ -5,6 +5,7 @@ mod best;
 mod checkpoint;
 mod config;
 mod optimizer;
+mod planning;
 mod progress;
 mod resume;
 mod run;
@@ -18,6 +19,7 @@ pub use checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint
 pub use config::TrainConfig;
 pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, SavedMoments};
 pub use progress::{LogProgress, METRICS_FILE, Progress, StepMetrics};
+pub use resume::resume_point;
 pub use run::{Outcome, TrainSummary};
 pub use schedule::{Schedule, warmup_from_ratio};
 pub use step::StepGradients;

@@ -1,9 +1,31 @@
-//! Resuming a run: which settings may change between the checkpoint and the resumed run.
+//! Resuming a run: where it resumes from, and which settings may change between the
+//! checkpoint and the resumed run.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use super::checkpoint::list_checkpoints;
 use super::config::TrainConfig;
 use crate::error::{Error, Result};
+use crate::lora::ADAPTER_CONFIG_FILE;
+
+/// The checkpoint a run writing to `out` starts from: `--resume` (`"latest"`, the newest
+/// checkpoint in `out`, or the checkpoint directory given), or none. Without `--resume`, a
+/// directory holding a previous run is refused, so nothing it holds is overwritten.
+pub fn resume_point(out: &Path, resume: Option<&str>) -> Result<Option<PathBuf>> {
+    let latest = list_checkpoints(out).pop().map(|(_, p)| p);
+    match resume {
+        Some("latest") => match latest {
+            Some(dir) => Ok(Some(dir)),
+            None => Err(Error::file(out, "no checkpoint to resume from")),
+        },
+        Some(path) => Ok(Some(PathBuf::from(path))),
+        None if out.join(ADAPTER_CONFIG_FILE).exists() || latest.is_some() => Err(Error::file(
+            out,
+            "holds a previous run; pass --resume to continue it or choose another --out",
+        )),
+        None => Ok(None),
+    }
+}
 
 /// Settings a resumed run may change: they extend or reschedule the run (length, and with it a
 /// schedule's horizon), or change only what is written, reported or where states live (paging

@@ -14,7 +14,7 @@ use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, 
 use crate::device::DeviceChoice;
 use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
-use crate::eval::choice::{Question, evaluate_choices, read_questions};
+use crate::eval::choice::{Question, evaluate_choices, read_task};
 use crate::eval::evaluate;
 use crate::lora::{AdapterFile, LoraConfig, apply_adapter, load_adapter, read_adapter};
 use crate::model::{CausalLm, LoadOptions, TrainBatch};
@@ -53,6 +53,7 @@ impl Trainer {
     ) -> Result<Self> {
         config.validate()?;
         let mut config = config;
+        config.settle_optimizer_budget(device, progress)?;
         let start_from = match config.adapter.clone() {
             Some(dir) => Some(adapter_to_continue(&dir, &mut config, progress)?),
             None => None,
@@ -165,24 +166,13 @@ impl Trainer {
         let mc = match &config.eval_mc_data {
             Some(path) => {
                 let style = config.eval_mc_style;
-                let questions = read_questions(path, style)?;
-                let fewshot = match &config.eval_mc_fewshot_data {
-                    Some(f) if config.eval_mc_fewshot > 0 => {
-                        let all = read_questions(f, style)?;
-                        if all.len() < config.eval_mc_fewshot {
-                            return Err(Error::file(
-                                f,
-                                format!(
-                                    "--eval-mc-fewshot {}, but the file has {} questions",
-                                    config.eval_mc_fewshot,
-                                    all.len()
-                                ),
-                            ));
-                        }
-                        all.into_iter().take(config.eval_mc_fewshot).collect()
-                    }
-                    _ => Vec::new(),
-                };
+                let (questions, fewshot) = read_task(
+                    path,
+                    config.eval_mc_fewshot_data.as_deref(),
+                    config.eval_mc_fewshot,
+                    style,
+                    ["--eval-mc-fewshot", "--eval-mc-fewshot-data"],
+                )?;
                 progress.message(&format!(
                     "{}: {} multiple-choice questions ({style}, {}-shot)",
                     path.display(),

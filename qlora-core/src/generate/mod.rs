@@ -1,6 +1,8 @@
 //! Text generation with a KV cache: greedy or sampled (temperature, top-k, top-p), repetition
 //! penalty, seeded, stopping on end-of-sequence ids or stop strings, streaming text as it comes.
 
+mod prompt;
+
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -8,31 +10,39 @@ use crate::error::{Error, Result};
 use crate::model::{CausalLm, KvCache};
 use crate::text::Tokenizer;
 
-#[derive(Debug, Clone, PartialEq)]
+pub use prompt::Prompt;
+
+/// How to pick tokens and when to stop: `qlora generate`'s flags, declared once.
+#[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct SamplingConfig {
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
-    /// 0 means greedy.
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
     pub temperature: f32,
+    /// Sample only from the k most likely tokens [default: all].
+    #[arg(long)]
     pub top_k: Option<usize>,
+    /// Sample only from the smallest set of tokens whose probability reaches p (nucleus
+    /// sampling) [default: 1].
+    #[arg(long)]
     pub top_p: Option<f32>,
-    /// 1.0 means none; > 1 discourages tokens already in the sequence (CTRL-style, as
-    /// transformers' `repetition_penalty`).
+    /// Discourage tokens already in the text (CTRL-style, as transformers' repetition_penalty);
+    /// 1 is off.
+    #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
+    /// Seed for sampling.
+    #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Stop when this text appears (repeatable); it is not printed.
+    #[arg(long = "stop")]
     pub stop_strings: Vec<String>,
 }
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig {
-            max_new_tokens: 128,
-            temperature: 0.0,
-            top_k: None,
-            top_p: None,
-            repetition_penalty: 1.0,
-            seed: 42,
-            stop_strings: Vec::new(),
-        }
+        crate::settings::defaults()
     }
 }
 
