@@ -13,7 +13,8 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::tensor::FloatTensor;
 
 use super::{
-    AttentionOps, LayerOps, LossOps, Nf4Absmax, Nf4DoubleAbsmax, Nf4Operand, Nf4Ops, OptimOps,
+    AttentionOps, LayerOps, LoraOps, LossOps, Nf4Absmax, Nf4DoubleAbsmax, Nf4Operand, Nf4Ops,
+    OptimOps,
 };
 
 /// The weight seen from inside autodiff: its float parts are constants of the graph.
@@ -83,6 +84,8 @@ impl<B: Backend + Nf4Ops, C: CheckpointStrategy> Nf4Ops for Autodiff<B, C> {
 }
 
 impl<B: Backend, C: CheckpointStrategy> LayerOps for Autodiff<B, C> {}
+
+impl<B: Backend, C: CheckpointStrategy> LoraOps for Autodiff<B, C> {}
 
 impl<B: Backend, C: CheckpointStrategy> AttentionOps for Autodiff<B, C> {}
 

@@ -1,12 +1,12 @@
-//! The operations of a decoder layer between its matmuls, and the LoRA adapter's: RMSNorm,
-//! rotary embedding, SwiGLU, dropout, and their gradients.
+//! The operations of a decoder layer between its matmuls: RMSNorm, rotary embedding, SwiGLU,
+//! dropout, and their gradients.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, backend_extension};
 
 use super::generic;
 
-/// A decoder layer's elementwise and row-wise operations, and LoRA's.
+/// A decoder layer's elementwise and row-wise operations.
 #[backend_extension(Flex, Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
 pub trait LayerOps: Backend {
     /// RMSNorm over the rows of `x` `[rows, hidden]` with `weight` `[hidden]`.
@@ -52,36 +52,5 @@ pub trait LayerOps: Backend {
     /// same call on the gradient is the backward pass.
     fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
         generic::layers::dropout::<Self>(x, seed, p)
-    }
-
-    /// `base + scale · (dropout(x) Aᵀ) Bᵀ`: a LoRA adapter's output added to its linear's base
-    /// output, for `x` `[rows, in]`, `a` `[r, in]`, `b` `[out, r]` (`p` = 0: no dropout).
-    #[allow(clippy::too_many_arguments)]
-    fn lora_forward(
-        base: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        scale: f64,
-        seed: u64,
-        p: f64,
-    ) -> FloatTensor<Self> {
-        generic::layers::lora_forward::<Self>(base, x, a, b, scale, seed, p)
-    }
-
-    /// The gradients of [`LayerOps::lora_forward`]: `(dA, dB, dx_base + dx)` given the
-    /// output's gradient `dy` and the input gradient of the base part `dx_base`.
-    #[allow(clippy::too_many_arguments)]
-    fn lora_backward(
-        x: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        dx_base: FloatTensor<Self>,
-        scale: f64,
-        seed: u64,
-        p: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        generic::layers::lora_backward::<Self>(x, a, b, dy, dx_base, scale, seed, p)
     }
 }

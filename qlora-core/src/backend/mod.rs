@@ -1,7 +1,7 @@
 //! The operations QLoRA training runs on, as Burn backend extensions: the frozen NF4 weight's
-//! products ([`Nf4Ops`]), a decoder layer's elementwise and row-wise operations and LoRA's
-//! ([`LayerOps`]), attention ([`AttentionOps`]), AdamW ([`OptimOps`]) and the loss
-//! ([`LossOps`]); [`QloraOps`] is all of them.
+//! products ([`Nf4Ops`]), a decoder layer's elementwise and row-wise operations
+//! ([`LayerOps`]), LoRA's ([`LoraOps`]), attention ([`AttentionOps`]), AdamW ([`OptimOps`]) and
+//! the loss ([`LossOps`]); [`QloraOps`] is all of them.
 //!
 //! Adding a kernel takes two places: the trait method, whose default body is built from Burn's
 //! tensor operations in [`generic`] (so every backend runs it, and autodiff differentiates it),
@@ -22,6 +22,7 @@ pub mod dropout;
 mod flex;
 pub mod generic;
 mod layers;
+mod lora;
 mod loss;
 mod nf4;
 pub mod ops;
@@ -31,12 +32,13 @@ mod weight;
 pub use attention::AttentionOps;
 pub use attention::AttentionShape;
 pub use layers::LayerOps;
+pub use lora::LoraOps;
 pub use loss::LossOps;
 pub use nf4::{Nf4Absmax, Nf4DoubleAbsmax, Nf4Layout, Nf4Operand, Nf4Ops};
 pub use optim::{AdamWArithmetic, AdamWStep, Blockwise8, OptimOps, StateMaps};
 pub use weight::Nf4Weight;
 
 /// Every operation QLoRA runs: what a backend implements to train on it.
-pub trait QloraOps: Nf4Ops + LayerOps + AttentionOps + OptimOps + LossOps {}
+pub trait QloraOps: Nf4Ops + LayerOps + LoraOps + AttentionOps + OptimOps + LossOps {}
 
-impl<B: Nf4Ops + LayerOps + AttentionOps + OptimOps + LossOps> QloraOps for B {}
+impl<B: Nf4Ops + LayerOps + LoraOps + AttentionOps + OptimOps + LossOps> QloraOps for B {}

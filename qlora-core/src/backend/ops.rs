@@ -15,7 +15,8 @@ use burn::backend::{Dispatch, DispatchTensor};
 use burn::tensor::{DType, Int, Tensor};
 
 use super::{
-    AdamWStep, AttentionOps, AttentionShape, Blockwise8, LayerOps, LossOps, OptimOps, StateMaps,
+    AdamWStep, AttentionOps, AttentionShape, Blockwise8, LayerOps, LoraOps, LossOps, OptimOps,
+    StateMaps,
 };
 
 /// `t` in `dtype` (itself when it is).
@@ -167,14 +168,14 @@ kernel_ops! {
     /// `base + scale · (dropout(x) Aᵀ) Bᵀ` (no dropout when `p` is 0).
     pub fn lora_forward(
         base: Tensor<2>, x: Tensor<2>, a: &Tensor<2>, b: &Tensor<2>, scale: f64, seed: u64, p: f64,
-    ) -> Tensor<2> = LayerOps::lora_forward [narrow];
+    ) -> Tensor<2> = LoraOps::lora_forward [narrow];
 
     /// `(dA, dB, dx_base + dx)` of [`lora_forward`]; the adapter's gradients stay f32 (they
     /// update f32 weights).
     pub fn lora_backward(
         x: Tensor<2>, a: &Tensor<2>, b: &Tensor<2>, dy: Tensor<2>, dx_base: Tensor<2>,
         scale: f64, seed: u64, p: f64,
-    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) = LayerOps::lora_backward [f32, f32, narrow];
+    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) = LoraOps::lora_backward [f32, f32, narrow];
 
     /// The output `[batch * q_len, heads * dim]` and log-sum-exp `[batch * heads * q_len]`
     /// (f32).

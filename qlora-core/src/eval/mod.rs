@@ -2,6 +2,7 @@
 //! multiple-choice benchmarks scored as lm-evaluation-harness scores them ([`choice`]).
 
 pub mod choice;
+mod questions;
 
 crate::named_enum! {
     /// What `qlora eval` measures.

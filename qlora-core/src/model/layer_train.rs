@@ -80,26 +80,6 @@ pub struct KeptValues {
 }
 
 impl LayerActivations {
-    fn new(
-        x: Tensor<2>,
-        n1: Tensor<2>,
-        projected: Projected,
-        attended: Tensor<2>,
-        lse: Tensor<1>,
-        h: Tensor<2>,
-        mlp: MlpHalf,
-    ) -> Self {
-        LayerActivations {
-            x,
-            n1,
-            projected,
-            attended,
-            lse,
-            h,
-            mlp,
-        }
-    }
-
     /// The values a token keeps of a layer of `config`, by the members above.
     pub fn kept_values(config: &ModelConfig) -> KeptValues {
         let (h, i) = (config.hidden_size, config.intermediate_size);
@@ -186,9 +166,15 @@ impl DecoderLayer {
                 h,
             }
         } else {
-            Kept::All(LayerActivations::new(
-                x, n1, projected, attended, lse, h, mlp,
-            ))
+            Kept::All(LayerActivations {
+                x,
+                n1,
+                projected,
+                attended,
+                lse,
+                h,
+                mlp,
+            })
         };
         (y, kept)
     }
@@ -206,7 +192,15 @@ impl DecoderLayer {
         let n1 = self.input_layernorm.forward(x.clone());
         let projected: Projected = self.self_attn.project(n1.clone(), context);
         let mlp = self.mlp_half(h.clone(), context);
-        LayerActivations::new(x, n1, projected, attended, lse, h, mlp)
+        LayerActivations {
+            x,
+            n1,
+            projected,
+            attended,
+            lse,
+            h,
+            mlp,
+        }
     }
 
     /// The backward pass of the layer: its adapters' gradients and, with `input_grad`, the

@@ -4,15 +4,14 @@
 //! CPU draws ([`DropoutMask`]): SplitMix64 over the element's index, in 32-bit halves (WGSL has
 //! no 64-bit integers).
 
-use burn::backend::tensor::FloatTensor;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 use super::{contiguous_f32, cube_count_2d, f32_buffer};
-use crate::backend::LayerOps;
 use crate::backend::dropout::DropoutMask;
+use crate::backend::{LayerOps, LoraOps};
 
 /// Units of a row's cube.
 const UNITS: u32 = 256;
@@ -37,16 +36,22 @@ fn cube_sum(shared: &mut Shared<[f32]>, value: f32) -> f32 {
     total
 }
 
-/// `x / sqrt(mean(x²) + eps) · w` of a row (a cube a row).
-#[cube(launch)]
-fn rms_norm_kernel(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
-    let hidden = w.len();
+/// A cube's row of `x` (rows of `hidden`): its first index, and this unit's first column and
+/// stride. A cube past the last row ends here.
+#[cube]
+fn cube_row(x: &[f32], hidden: usize) -> (usize, usize, usize) {
     let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
     if row * hidden >= x.len() {
         terminate!();
     }
-    let (unit, units) = (UNIT_POS as usize, CUBE_DIM as usize);
-    let base = row * hidden;
+    (row * hidden, UNIT_POS as usize, CUBE_DIM as usize)
+}
+
+/// `x / sqrt(mean(x²) + eps) · w` of a row (a cube a row).
+#[cube(launch)]
+fn rms_norm_kernel(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
+    let hidden = w.len();
+    let (base, unit, units) = cube_row(x, hidden);
     let mut shared = Shared::<[f32]>::new_slice(UNITS as usize);
     let mut squares = 0.0f32;
     let mut c = unit;
@@ -69,12 +74,7 @@ fn rms_norm_kernel(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
 #[cube(launch)]
 fn rms_norm_backward_kernel(x: &[f32], w: &[f32], dy: &[f32], dx: &mut [f32], eps: f32) {
     let hidden = w.len();
-    let row = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
-    if row * hidden >= x.len() {
-        terminate!();
-    }
-    let (unit, units) = (UNIT_POS as usize, CUBE_DIM as usize);
-    let base = row * hidden;
+    let (base, unit, units) = cube_row(x, hidden);
     let mut shared = Shared::<[f32]>::new_slice(UNITS as usize);
     let mut squares = 0.0f32;
     let mut products = 0.0f32;
@@ -196,157 +196,131 @@ fn like(t: &CubeTensor) -> CubeTensor {
     f32_buffer(t, t.meta.shape().to_vec())
 }
 
-fn rms_norm(x: CubeTensor, weight: CubeTensor, eps: f64) -> CubeTensor {
-    let (x, weight) = (contiguous_f32(x), contiguous_f32(weight));
-    let rows = x.meta.shape()[0];
-    let out = like(&x);
-    let client = x.client.clone();
-    rms_norm_kernel::launch(
-        &client,
-        cube_count_2d(rows),
-        CubeDim::new_1d(UNITS),
-        x.into_buffer_arg(),
-        weight.into_buffer_arg(),
-        out.clone().into_buffer_arg(),
-        eps as f32,
-    );
-    out
-}
-
-fn rms_norm_backward(x: CubeTensor, weight: CubeTensor, eps: f64, dy: CubeTensor) -> CubeTensor {
-    let (x, weight, dy) = (
-        contiguous_f32(x),
-        contiguous_f32(weight),
-        contiguous_f32(dy),
-    );
-    let rows = x.meta.shape()[0];
-    let dx = like(&x);
-    let client = x.client.clone();
-    rms_norm_backward_kernel::launch(
-        &client,
-        cube_count_2d(rows),
-        CubeDim::new_1d(UNITS),
-        x.into_buffer_arg(),
-        weight.into_buffer_arg(),
-        dy.into_buffer_arg(),
-        dx.clone().into_buffer_arg(),
-        eps as f32,
-    );
-    dx
-}
-
-fn rope(x: CubeTensor, cos: CubeTensor, sin: CubeTensor) -> CubeTensor {
-    let (x, cos, sin) = (contiguous_f32(x), contiguous_f32(cos), contiguous_f32(sin));
-    let (width, dim) = (x.meta.shape()[1], cos.meta.shape()[1]);
-    let out = like(&x);
-    let (count, cube_dim) = elementwise(&x);
-    let client = x.client.clone();
-    rope_kernel::launch(
-        &client,
-        count,
-        cube_dim,
-        x.into_buffer_arg(),
-        cos.into_buffer_arg(),
-        sin.into_buffer_arg(),
-        out.clone().into_buffer_arg(),
-        width as u32,
-        dim as u32,
-    );
-    out
-}
-
-fn swiglu(gate: CubeTensor, up: CubeTensor) -> CubeTensor {
-    let (gate, up) = (contiguous_f32(gate), contiguous_f32(up));
-    let out = like(&gate);
-    let (count, dim) = elementwise(&gate);
-    let client = gate.client.clone();
-    swiglu_kernel::launch(
-        &client,
-        count,
-        dim,
-        gate.into_buffer_arg(),
-        up.into_buffer_arg(),
-        out.clone().into_buffer_arg(),
-    );
-    out
-}
-
-fn swiglu_backward(gate: CubeTensor, up: CubeTensor, dz: CubeTensor) -> (CubeTensor, CubeTensor) {
-    let (gate, up, dz) = (contiguous_f32(gate), contiguous_f32(up), contiguous_f32(dz));
-    let (dg, du) = (like(&gate), like(&gate));
-    let (count, dim) = elementwise(&gate);
-    let client = gate.client.clone();
-    swiglu_backward_kernel::launch(
-        &client,
-        count,
-        dim,
-        gate.into_buffer_arg(),
-        up.into_buffer_arg(),
-        dz.into_buffer_arg(),
-        dg.clone().into_buffer_arg(),
-        du.clone().into_buffer_arg(),
-    );
-    (dg, du)
-}
-
-fn dropout(x: CubeTensor, seed: u64, p: f64) -> CubeTensor {
-    let x = contiguous_f32(x);
-    let mask = DropoutMask::new(seed, p);
-    let (threshold, keep) = mask.parts();
-    let out = like(&x);
-    let (count, dim) = elementwise(&x);
-    let client = x.client.clone();
-    dropout_kernel::launch(
-        &client,
-        count,
-        dim,
-        x.into_buffer_arg(),
-        out.clone().into_buffer_arg(),
-        (seed >> 32) as u32,
-        seed as u32,
-        (threshold >> 32) as u32,
-        threshold as u32,
-        keep,
-    );
-    out
-}
-
-/// LoRA runs the trait's default (two matmuls each way), with these kernels' dropout.
 impl LayerOps for CubeBackend {
-    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        rms_norm(x, weight, eps)
+    fn rms_norm(x: CubeTensor, weight: CubeTensor, eps: f64) -> CubeTensor {
+        let (x, weight) = (contiguous_f32(x), contiguous_f32(weight));
+        let rows = x.meta.shape()[0];
+        let out = like(&x);
+        let client = x.client.clone();
+        rms_norm_kernel::launch(
+            &client,
+            cube_count_2d(rows),
+            CubeDim::new_1d(UNITS),
+            x.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            eps as f32,
+        );
+        out
     }
 
     fn rms_norm_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
+        x: CubeTensor,
+        weight: CubeTensor,
         eps: f64,
-        dy: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        rms_norm_backward(x, weight, eps, dy)
+        dy: CubeTensor,
+    ) -> CubeTensor {
+        let (x, weight, dy) = (
+            contiguous_f32(x),
+            contiguous_f32(weight),
+            contiguous_f32(dy),
+        );
+        let rows = x.meta.shape()[0];
+        let dx = like(&x);
+        let client = x.client.clone();
+        rms_norm_backward_kernel::launch(
+            &client,
+            cube_count_2d(rows),
+            CubeDim::new_1d(UNITS),
+            x.into_buffer_arg(),
+            weight.into_buffer_arg(),
+            dy.into_buffer_arg(),
+            dx.clone().into_buffer_arg(),
+            eps as f32,
+        );
+        dx
     }
 
-    fn rope(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        rope(x, cos, sin)
+    fn rope(x: CubeTensor, cos: CubeTensor, sin: CubeTensor) -> CubeTensor {
+        let (x, cos, sin) = (contiguous_f32(x), contiguous_f32(cos), contiguous_f32(sin));
+        let (width, dim) = (x.meta.shape()[1], cos.meta.shape()[1]);
+        let out = like(&x);
+        let (count, cube_dim) = elementwise(&x);
+        let client = x.client.clone();
+        rope_kernel::launch(
+            &client,
+            count,
+            cube_dim,
+            x.into_buffer_arg(),
+            cos.into_buffer_arg(),
+            sin.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            width as u32,
+            dim as u32,
+        );
+        out
     }
 
-    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        swiglu(gate, up)
+    fn swiglu(gate: CubeTensor, up: CubeTensor) -> CubeTensor {
+        let (gate, up) = (contiguous_f32(gate), contiguous_f32(up));
+        let out = like(&gate);
+        let (count, dim) = elementwise(&gate);
+        let client = gate.client.clone();
+        swiglu_kernel::launch(
+            &client,
+            count,
+            dim,
+            gate.into_buffer_arg(),
+            up.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+        );
+        out
     }
 
     fn swiglu_backward(
-        gate: FloatTensor<Self>,
-        up: FloatTensor<Self>,
-        dz: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        swiglu_backward(gate, up, dz)
+        gate: CubeTensor,
+        up: CubeTensor,
+        dz: CubeTensor,
+    ) -> (CubeTensor, CubeTensor) {
+        let (gate, up, dz) = (contiguous_f32(gate), contiguous_f32(up), contiguous_f32(dz));
+        let (dg, du) = (like(&gate), like(&gate));
+        let (count, dim) = elementwise(&gate);
+        let client = gate.client.clone();
+        swiglu_backward_kernel::launch(
+            &client,
+            count,
+            dim,
+            gate.into_buffer_arg(),
+            up.into_buffer_arg(),
+            dz.into_buffer_arg(),
+            dg.clone().into_buffer_arg(),
+            du.clone().into_buffer_arg(),
+        );
+        (dg, du)
     }
 
-    fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
-        dropout(x, seed, p)
+    fn dropout(x: CubeTensor, seed: u64, p: f64) -> CubeTensor {
+        let x = contiguous_f32(x);
+        let mask = DropoutMask::new(seed, p);
+        let (threshold, keep) = mask.parts();
+        let out = like(&x);
+        let (count, dim) = elementwise(&x);
+        let client = x.client.clone();
+        dropout_kernel::launch(
+            &client,
+            count,
+            dim,
+            x.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            (seed >> 32) as u32,
+            seed as u32,
+            (threshold >> 32) as u32,
+            threshold as u32,
+            keep,
+        );
+        out
     }
 }
+
+/// LoRA runs the trait's default (two matmuls each way), with these kernels' dropout.
+impl LoraOps for CubeBackend {}

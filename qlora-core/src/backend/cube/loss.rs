@@ -6,7 +6,6 @@
 //! compute dtype), the softmax and the loss in f32.
 
 use burn::backend::ops::{FloatTensorOps, IntTensorOps};
-use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::{DType, IntDType, Shape, Slice};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::kernel::cast;
@@ -167,19 +166,15 @@ fn cross_entropy(
 }
 
 impl LossOps for CubeBackend {
-    fn cross_entropy(
-        hidden: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        targets: IntTensor<Self>,
-    ) -> FloatTensor<Self> {
+    fn cross_entropy(hidden: CubeTensor, weight: CubeTensor, targets: CubeTensor) -> CubeTensor {
         cross_entropy(hidden, weight, targets, false).0
     }
 
     fn cross_entropy_with_grad(
-        hidden: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        targets: IntTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        hidden: CubeTensor,
+        weight: CubeTensor,
+        targets: CubeTensor,
+    ) -> (CubeTensor, CubeTensor) {
         let (losses, grad) = cross_entropy(hidden, weight, targets, true);
         (losses, grad.expect("asked for the gradient"))
     }

@@ -4,7 +4,6 @@
 //! pack four codes a word). The arithmetic is the CPU kernel's, fused multiply-adds where the
 //! libraries fuse (`fma`), separate roundings elsewhere.
 
-use burn::backend::tensor::FloatTensor;
 use burn::tensor::{DType, IntDType};
 use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::empty_device_dtype;
@@ -225,114 +224,94 @@ fn adamw8_kernel(
     }
 }
 
-/// One step with 32-bit moments: `(param, m, v)`.
-fn adamw_step(
-    param: CubeTensor,
-    grad: CubeTensor,
-    m: CubeTensor,
-    v: CubeTensor,
-    s: AdamWStep,
-) -> (CubeTensor, CubeTensor, CubeTensor) {
-    let (param, grad, m, v) = (
-        contiguous_f32(param),
-        contiguous_f32(grad),
-        contiguous_f32(m),
-        contiguous_f32(v),
-    );
-    let shape = param.meta.shape().to_vec();
-    let n: usize = shape.iter().product();
-    let (p2, m2, v2) = (
-        f32_buffer(&param, shape.clone()),
-        f32_buffer(&param, shape.clone()),
-        f32_buffer(&param, shape),
-    );
-    let client = param.client.clone();
-    let dim = CubeDim::new(&client, n);
-    let count = calculate_cube_count_elemwise(&client, n, dim);
-    adamw32_kernel::launch(
-        &client,
-        count,
-        dim,
-        param.into_buffer_arg(),
-        grad.into_buffer_arg(),
-        m.into_buffer_arg(),
-        v.into_buffer_arg(),
-        p2.clone().into_buffer_arg(),
-        m2.clone().into_buffer_arg(),
-        v2.clone().into_buffer_arg(),
-        consts(&s, false),
-        s.arithmetic == AdamWArithmetic::Torch,
-    );
-    (p2, m2, v2)
-}
-
-/// One step of bitsandbytes' `AdamW8bit` on a flat parameter.
-fn adamw8_step(
-    param: CubeTensor,
-    grad: CubeTensor,
-    state: Blockwise8<CubeBackend>,
-    maps: StateMaps<CubeBackend>,
-    s: AdamWStep,
-) -> (CubeTensor, Blockwise8<CubeBackend>) {
-    let (param, grad) = (contiguous_f32(param), contiguous_f32(grad));
-    let codes = contiguous_int(state.codes, IntDType::U32);
-    let absmax = contiguous_f32(state.absmax);
-    let n = param.meta.shape().num_elements();
-    let (words, blocks) = (n.div_ceil(4), n.div_ceil(STATE_BLOCK));
-    let param_out = f32_buffer(&param, vec![n]);
-    let absmax_out = f32_buffer(&param, vec![2 * blocks]);
-    let codes_out = empty_device_dtype(
-        param.client.clone(),
-        param.device.clone(),
-        [2 * words].into(),
-        DType::U32,
-    );
-    let client = param.client.clone();
-    adamw8_kernel::launch(
-        &client,
-        cube_count_2d(blocks),
-        CubeDim::new_1d(STATE_BLOCK as u32),
-        param.into_buffer_arg(),
-        grad.into_buffer_arg(),
-        codes.into_buffer_arg(),
-        absmax.into_buffer_arg(),
-        contiguous_f32(maps.signed).into_buffer_arg(),
-        contiguous_int(maps.signed_lut, IntDType::I32).into_buffer_arg(),
-        contiguous_f32(maps.unsigned).into_buffer_arg(),
-        contiguous_int(maps.unsigned_lut, IntDType::I32).into_buffer_arg(),
-        param_out.clone().into_buffer_arg(),
-        codes_out.clone().into_buffer_arg(),
-        absmax_out.clone().into_buffer_arg(),
-        consts(&s, true),
-        STATE_BLOCK,
-    );
-    (
-        param_out,
-        Blockwise8 {
-            codes: codes_out,
-            absmax: absmax_out,
-        },
-    )
-}
-
 impl OptimOps for CubeBackend {
+    /// One step with 32-bit moments: `(param, m, v)`.
     fn adamw_step(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        settings: AdamWStep,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        adamw_step(param, grad, m, v, settings)
+        param: CubeTensor,
+        grad: CubeTensor,
+        m: CubeTensor,
+        v: CubeTensor,
+        s: AdamWStep,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let (param, grad, m, v) = (
+            contiguous_f32(param),
+            contiguous_f32(grad),
+            contiguous_f32(m),
+            contiguous_f32(v),
+        );
+        let shape = param.meta.shape().to_vec();
+        let n: usize = shape.iter().product();
+        let (p2, m2, v2) = (
+            f32_buffer(&param, shape.clone()),
+            f32_buffer(&param, shape.clone()),
+            f32_buffer(&param, shape),
+        );
+        let client = param.client.clone();
+        let dim = CubeDim::new(&client, n);
+        let count = calculate_cube_count_elemwise(&client, n, dim);
+        adamw32_kernel::launch(
+            &client,
+            count,
+            dim,
+            param.into_buffer_arg(),
+            grad.into_buffer_arg(),
+            m.into_buffer_arg(),
+            v.into_buffer_arg(),
+            p2.clone().into_buffer_arg(),
+            m2.clone().into_buffer_arg(),
+            v2.clone().into_buffer_arg(),
+            consts(&s, false),
+            s.arithmetic == AdamWArithmetic::Torch,
+        );
+        (p2, m2, v2)
     }
 
+    /// One step of bitsandbytes' `AdamW8bit` on a flat parameter.
     fn adamw8_step(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        state: Blockwise8<Self>,
-        maps: StateMaps<Self>,
-        settings: AdamWStep,
-    ) -> (FloatTensor<Self>, Blockwise8<Self>) {
-        adamw8_step(param, grad, state, maps, settings)
+        param: CubeTensor,
+        grad: CubeTensor,
+        state: Blockwise8<CubeBackend>,
+        maps: StateMaps<CubeBackend>,
+        s: AdamWStep,
+    ) -> (CubeTensor, Blockwise8<CubeBackend>) {
+        let (param, grad) = (contiguous_f32(param), contiguous_f32(grad));
+        let codes = contiguous_int(state.codes, IntDType::U32);
+        let absmax = contiguous_f32(state.absmax);
+        let n = param.meta.shape().num_elements();
+        let (words, blocks) = (n.div_ceil(4), n.div_ceil(STATE_BLOCK));
+        let param_out = f32_buffer(&param, vec![n]);
+        let absmax_out = f32_buffer(&param, vec![2 * blocks]);
+        let codes_out = empty_device_dtype(
+            param.client.clone(),
+            param.device.clone(),
+            [2 * words].into(),
+            DType::U32,
+        );
+        let client = param.client.clone();
+        adamw8_kernel::launch(
+            &client,
+            cube_count_2d(blocks),
+            CubeDim::new_1d(STATE_BLOCK as u32),
+            param.into_buffer_arg(),
+            grad.into_buffer_arg(),
+            codes.into_buffer_arg(),
+            absmax.into_buffer_arg(),
+            contiguous_f32(maps.signed).into_buffer_arg(),
+            contiguous_int(maps.signed_lut, IntDType::I32).into_buffer_arg(),
+            contiguous_f32(maps.unsigned).into_buffer_arg(),
+            contiguous_int(maps.unsigned_lut, IntDType::I32).into_buffer_arg(),
+            param_out.clone().into_buffer_arg(),
+            codes_out.clone().into_buffer_arg(),
+            absmax_out.clone().into_buffer_arg(),
+            consts(&s, true),
+            STATE_BLOCK,
+        );
+        (
+            param_out,
+            Blockwise8 {
+                codes: codes_out,
+                absmax: absmax_out,
+            },
+        )
     }
 }

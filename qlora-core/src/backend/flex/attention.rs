@@ -10,7 +10,6 @@ use std::collections::HashMap;
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::{FloatTensor, IntTensor};
 use rayon::prelude::*;
 
 use super::kernel::{View, dot, exp, floats, ints, matmul, max, multiversion, sum, tensor, uninit};
@@ -231,214 +230,190 @@ fn mask_row(
     }
 }
 
-fn attention(
-    q: FlexTensor,
-    k: FlexTensor,
-    v: FlexTensor,
-    q_ids: FlexTensor,
-    k_ids: FlexTensor,
-    s: AttentionShape,
-) -> (FlexTensor, FlexTensor) {
-    let (qs, ks, vs) = (floats(&q), floats(&k), floats(&v));
-    let vis = Visibility::new(&q_ids, &k_ids, &s);
-    let d = s.head_dim;
-    let (q_stride, kv_stride) = (s.heads * d, s.kv_heads * d);
-    let groups = s.heads / s.kv_heads;
-    let mut out = uninit(s.batch * s.q_len * q_stride);
-    let mut lse = uninit(s.batch * s.heads * s.q_len);
-    let (out_ptr, lse_ptr) = (Shared(out.as_mut_ptr()), Shared(lse.as_mut_ptr()));
-    let blocks = s.q_len.div_ceil(BLOCK);
-    (0..s.batch * s.heads * blocks)
-        .into_par_iter()
-        .for_each(|task| {
-            let (b, rest) = (task / (s.heads * blocks), task % (s.heads * blocks));
-            let (h, block) = (rest / blocks, rest % blocks);
-            let rows = block * BLOCK..((block + 1) * BLOCK).min(s.q_len);
-            let n = rows.len();
-            let (lo, hi) = vis.range(b, rows.clone(), &s);
-            let len = hi - lo;
-            let kvh = h / groups;
-            let mut block_out = vec![0f32; n * d];
-            let mut block_lse = vec![f32::NEG_INFINITY; n];
-            if len > 0 {
-                let q_view = View::rows(
-                    &qs,
-                    q_stride,
-                    b * s.q_len + rows.start..b * s.q_len + rows.end,
-                    h * d,
-                    d,
-                );
-                let k_view = View::rows(
-                    &ks,
-                    kv_stride,
-                    b * s.k_len + lo..b * s.k_len + hi,
-                    kvh * d,
-                    d,
-                );
-                let v_view = View::rows(
-                    &vs,
-                    kv_stride,
-                    b * s.k_len + lo..b * s.k_len + hi,
-                    kvh * d,
-                    d,
-                );
-                let mut scores = vec![0f32; n * len];
-                matmul(
-                    &mut scores,
-                    len,
-                    q_view,
-                    k_view.t(),
-                    s.scale as f32,
-                    false,
-                    1,
-                );
-                softmax_block(
-                    &mut scores,
-                    &mut block_lse,
-                    len,
-                    b,
-                    rows.start,
-                    lo,
-                    &vis,
-                    &s,
-                );
-                let p_view = View::rows(&scores, len, 0..n, 0, len);
-                matmul(&mut block_out, d, p_view, v_view, 1.0, false, 1);
-            }
-            // SAFETY: (b, h, rows) is this task's alone: its rows' columns h·d..(h+1)·d of `out`
-            // and its rows of head h in `lse`.
-            unsafe {
-                for (r, i) in rows.clone().enumerate() {
-                    let dst = out_ptr.at((b * s.q_len + i) * q_stride + h * d);
-                    std::ptr::copy_nonoverlapping(block_out[r * d..].as_ptr(), dst, d);
-                    *lse_ptr.at((b * s.heads + h) * s.q_len + i) = block_lse[r];
+impl AttentionOps for Flex {
+    fn attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        q_ids: FlexTensor,
+        k_ids: FlexTensor,
+        s: AttentionShape,
+    ) -> (FlexTensor, FlexTensor) {
+        let (qs, ks, vs) = (floats(&q), floats(&k), floats(&v));
+        let vis = Visibility::new(&q_ids, &k_ids, &s);
+        let d = s.head_dim;
+        let (q_stride, kv_stride) = (s.heads * d, s.kv_heads * d);
+        let groups = s.heads / s.kv_heads;
+        let mut out = uninit(s.batch * s.q_len * q_stride);
+        let mut lse = uninit(s.batch * s.heads * s.q_len);
+        let (out_ptr, lse_ptr) = (Shared(out.as_mut_ptr()), Shared(lse.as_mut_ptr()));
+        let blocks = s.q_len.div_ceil(BLOCK);
+        (0..s.batch * s.heads * blocks)
+            .into_par_iter()
+            .for_each(|task| {
+                let (b, rest) = (task / (s.heads * blocks), task % (s.heads * blocks));
+                let (h, block) = (rest / blocks, rest % blocks);
+                let rows = block * BLOCK..((block + 1) * BLOCK).min(s.q_len);
+                let n = rows.len();
+                let (lo, hi) = vis.range(b, rows.clone(), &s);
+                let len = hi - lo;
+                let kvh = h / groups;
+                let mut block_out = vec![0f32; n * d];
+                let mut block_lse = vec![f32::NEG_INFINITY; n];
+                if len > 0 {
+                    let q_view = View::rows(
+                        &qs,
+                        q_stride,
+                        b * s.q_len + rows.start..b * s.q_len + rows.end,
+                        h * d,
+                        d,
+                    );
+                    let k_view = View::rows(
+                        &ks,
+                        kv_stride,
+                        b * s.k_len + lo..b * s.k_len + hi,
+                        kvh * d,
+                        d,
+                    );
+                    let v_view = View::rows(
+                        &vs,
+                        kv_stride,
+                        b * s.k_len + lo..b * s.k_len + hi,
+                        kvh * d,
+                        d,
+                    );
+                    let mut scores = vec![0f32; n * len];
+                    matmul(
+                        &mut scores,
+                        len,
+                        q_view,
+                        k_view.t(),
+                        s.scale as f32,
+                        false,
+                        1,
+                    );
+                    softmax_block(
+                        &mut scores,
+                        &mut block_lse,
+                        len,
+                        b,
+                        rows.start,
+                        lo,
+                        &vis,
+                        &s,
+                    );
+                    let p_view = View::rows(&scores, len, 0..n, 0, len);
+                    matmul(&mut block_out, d, p_view, v_view, 1.0, false, 1);
                 }
-            }
-        });
-    (
-        tensor(out, [s.batch * s.q_len, q_stride]),
-        tensor(lse, [s.batch * s.heads * s.q_len]),
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn attention_backward(
-    q: FlexTensor,
-    k: FlexTensor,
-    v: FlexTensor,
-    out: FlexTensor,
-    lse: FlexTensor,
-    d_out: FlexTensor,
-    q_ids: FlexTensor,
-    k_ids: FlexTensor,
-    s: AttentionShape,
-) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let (qs, ks, vs) = (floats(&q), floats(&k), floats(&v));
-    let (os, lses, dos) = (floats(&out), floats(&lse), floats(&d_out));
-    let vis = Visibility::new(&q_ids, &k_ids, &s);
-    let d = s.head_dim;
-    let (q_stride, kv_stride) = (s.heads * d, s.kv_heads * d);
-    let groups = s.heads / s.kv_heads;
-    let blocks = s.q_len.div_ceil(BLOCK);
-    // Each task takes every `chunks`-th query block of one key/value head (for all its query
-    // heads) and sums its own dK, dV; the chunks' sums are added at the end.
-    let threads = rayon::current_num_threads();
-    let chunks = (4 * threads)
-        .div_ceil(s.batch * s.kv_heads)
-        .clamp(1, blocks);
-    let mut dq = uninit(s.batch * s.q_len * q_stride);
-    let dq_ptr = Shared(dq.as_mut_ptr());
-    let partial: Vec<(Vec<f32>, Vec<f32>)> = (0..s.batch * s.kv_heads * chunks)
-        .into_par_iter()
-        .map(|task| {
-            let (bk, chunk) = (task / chunks, task % chunks);
-            let (b, kvh) = (bk / s.kv_heads, bk % s.kv_heads);
-            let mut dk = vec![0f32; s.k_len * d];
-            let mut dv = vec![0f32; s.k_len * d];
-            let k_rows = b * s.k_len..(b + 1) * s.k_len;
-            for h in kvh * groups..(kvh + 1) * groups {
-                for block in (chunk..blocks).step_by(chunks) {
-                    let rows = block * BLOCK..((block + 1) * BLOCK).min(s.q_len);
-                    let n = rows.len();
-                    let q_rows = b * s.q_len + rows.start..b * s.q_len + rows.end;
-                    let mut block_dq = vec![0f32; n * d];
-                    let (lo, hi) = vis.range(b, rows.clone(), &s);
-                    let len = hi - lo;
-                    if len > 0 {
-                        let q_view = View::rows(&qs, q_stride, q_rows.clone(), h * d, d);
-                        let do_view = View::rows(&dos, q_stride, q_rows.clone(), h * d, d);
-                        let keys = k_rows.start + lo..k_rows.start + hi;
-                        let k_view = View::rows(&ks, kv_stride, keys.clone(), kvh * d, d);
-                        let v_view = View::rows(&vs, kv_stride, keys, kvh * d, d);
-                        // P from the saved log-sum-exp.
-                        let mut p = vec![0f32; n * len];
-                        matmul(&mut p, len, q_view, k_view.t(), s.scale as f32, false, 1);
-                        let mut dp = vec![0f32; n * len];
-                        matmul(&mut dp, len, do_view, v_view.t(), 1.0, false, 1);
-                        score_grads(
-                            &mut p, &mut dp, len, b, h, rows.start, lo, &vis, &s, &lses, &dos, &os,
-                        );
-                        let p_view = View::rows(&p, len, 0..n, 0, len);
-                        let ds_view = View::rows(&dp, len, 0..n, 0, len);
-                        matmul(&mut dv[lo * d..], d, p_view.t(), do_view, 1.0, true, 1);
-                        matmul(&mut dk[lo * d..], d, ds_view.t(), q_view, 1.0, true, 1);
-                        matmul(&mut block_dq, d, ds_view, k_view, 1.0, false, 1);
+                // SAFETY: (b, h, rows) is this task's alone: its rows' columns h·d..(h+1)·d of `out`
+                // and its rows of head h in `lse`.
+                unsafe {
+                    for (r, i) in rows.clone().enumerate() {
+                        let dst = out_ptr.at((b * s.q_len + i) * q_stride + h * d);
+                        std::ptr::copy_nonoverlapping(block_out[r * d..].as_ptr(), dst, d);
+                        *lse_ptr.at((b * s.heads + h) * s.q_len + i) = block_lse[r];
                     }
-                    // SAFETY: rows of head h in this chunk's blocks belong to this task.
-                    unsafe {
-                        for (r, i) in rows.enumerate() {
-                            let dst = dq_ptr.at((b * s.q_len + i) * q_stride + h * d);
-                            std::ptr::copy_nonoverlapping(block_dq[r * d..].as_ptr(), dst, d);
+                }
+            });
+        (
+            tensor(out, [s.batch * s.q_len, q_stride]),
+            tensor(lse, [s.batch * s.heads * s.q_len]),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        out: FlexTensor,
+        lse: FlexTensor,
+        d_out: FlexTensor,
+        q_ids: FlexTensor,
+        k_ids: FlexTensor,
+        s: AttentionShape,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (qs, ks, vs) = (floats(&q), floats(&k), floats(&v));
+        let (os, lses, dos) = (floats(&out), floats(&lse), floats(&d_out));
+        let vis = Visibility::new(&q_ids, &k_ids, &s);
+        let d = s.head_dim;
+        let (q_stride, kv_stride) = (s.heads * d, s.kv_heads * d);
+        let groups = s.heads / s.kv_heads;
+        let blocks = s.q_len.div_ceil(BLOCK);
+        // Each task takes every `chunks`-th query block of one key/value head (for all its query
+        // heads) and sums its own dK, dV; the chunks' sums are added at the end.
+        let threads = rayon::current_num_threads();
+        let chunks = (4 * threads)
+            .div_ceil(s.batch * s.kv_heads)
+            .clamp(1, blocks);
+        let mut dq = uninit(s.batch * s.q_len * q_stride);
+        let dq_ptr = Shared(dq.as_mut_ptr());
+        let partial: Vec<(Vec<f32>, Vec<f32>)> = (0..s.batch * s.kv_heads * chunks)
+            .into_par_iter()
+            .map(|task| {
+                let (bk, chunk) = (task / chunks, task % chunks);
+                let (b, kvh) = (bk / s.kv_heads, bk % s.kv_heads);
+                let mut dk = vec![0f32; s.k_len * d];
+                let mut dv = vec![0f32; s.k_len * d];
+                let k_rows = b * s.k_len..(b + 1) * s.k_len;
+                for h in kvh * groups..(kvh + 1) * groups {
+                    for block in (chunk..blocks).step_by(chunks) {
+                        let rows = block * BLOCK..((block + 1) * BLOCK).min(s.q_len);
+                        let n = rows.len();
+                        let q_rows = b * s.q_len + rows.start..b * s.q_len + rows.end;
+                        let mut block_dq = vec![0f32; n * d];
+                        let (lo, hi) = vis.range(b, rows.clone(), &s);
+                        let len = hi - lo;
+                        if len > 0 {
+                            let q_view = View::rows(&qs, q_stride, q_rows.clone(), h * d, d);
+                            let do_view = View::rows(&dos, q_stride, q_rows.clone(), h * d, d);
+                            let keys = k_rows.start + lo..k_rows.start + hi;
+                            let k_view = View::rows(&ks, kv_stride, keys.clone(), kvh * d, d);
+                            let v_view = View::rows(&vs, kv_stride, keys, kvh * d, d);
+                            // P from the saved log-sum-exp.
+                            let mut p = vec![0f32; n * len];
+                            matmul(&mut p, len, q_view, k_view.t(), s.scale as f32, false, 1);
+                            let mut dp = vec![0f32; n * len];
+                            matmul(&mut dp, len, do_view, v_view.t(), 1.0, false, 1);
+                            score_grads(
+                                &mut p, &mut dp, len, b, h, rows.start, lo, &vis, &s, &lses, &dos,
+                                &os,
+                            );
+                            let p_view = View::rows(&p, len, 0..n, 0, len);
+                            let ds_view = View::rows(&dp, len, 0..n, 0, len);
+                            matmul(&mut dv[lo * d..], d, p_view.t(), do_view, 1.0, true, 1);
+                            matmul(&mut dk[lo * d..], d, ds_view.t(), q_view, 1.0, true, 1);
+                            matmul(&mut block_dq, d, ds_view, k_view, 1.0, false, 1);
+                        }
+                        // SAFETY: rows of head h in this chunk's blocks belong to this task.
+                        unsafe {
+                            for (r, i) in rows.enumerate() {
+                                let dst = dq_ptr.at((b * s.q_len + i) * q_stride + h * d);
+                                std::ptr::copy_nonoverlapping(block_dq[r * d..].as_ptr(), dst, d);
+                            }
                         }
                     }
                 }
-            }
-            (dk, dv)
-        })
-        .collect();
-    let mut dk = uninit(s.batch * s.k_len * kv_stride);
-    let mut dv = uninit(s.batch * s.k_len * kv_stride);
-    for (task, (pk, pv)) in partial.iter().enumerate() {
-        let bk = task / chunks;
-        let (b, kvh) = (bk / s.kv_heads, bk % s.kv_heads);
-        for j in 0..s.k_len {
-            let at = (b * s.k_len + j) * kv_stride + kvh * d;
-            for c in 0..d {
-                dk[at + c] += pk[j * d + c];
-                dv[at + c] += pv[j * d + c];
+                (dk, dv)
+            })
+            .collect();
+        let mut dk = uninit(s.batch * s.k_len * kv_stride);
+        let mut dv = uninit(s.batch * s.k_len * kv_stride);
+        for (task, (pk, pv)) in partial.iter().enumerate() {
+            let bk = task / chunks;
+            let (b, kvh) = (bk / s.kv_heads, bk % s.kv_heads);
+            for j in 0..s.k_len {
+                let at = (b * s.k_len + j) * kv_stride + kvh * d;
+                for c in 0..d {
+                    dk[at + c] += pk[j * d + c];
+                    dv[at + c] += pv[j * d + c];
+                }
             }
         }
-    }
-    (
-        tensor(dq, [s.batch * s.q_len, q_stride]),
-        tensor(dk, [s.batch * s.k_len, kv_stride]),
-        tensor(dv, [s.batch * s.k_len, kv_stride]),
-    )
-}
-
-impl AttentionOps for Flex {
-    fn attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        q_ids: IntTensor<Self>,
-        k_ids: IntTensor<Self>,
-        shape: AttentionShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        attention(q, k, v, q_ids, k_ids, shape)
-    }
-
-    fn attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        out: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
-        d_out: FloatTensor<Self>,
-        q_ids: IntTensor<Self>,
-        k_ids: IntTensor<Self>,
-        shape: AttentionShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        attention_backward(q, k, v, out, lse, d_out, q_ids, k_ids, shape)
+        (
+            tensor(dq, [s.batch * s.q_len, q_stride]),
+            tensor(dk, [s.batch * s.k_len, kv_stride]),
+            tensor(dv, [s.batch * s.k_len, kv_stride]),
+        )
     }
 }

@@ -146,7 +146,7 @@ pub fn matmul(
         assert!((m - 1) * ldc + n <= out.len(), "output out of bounds");
     }
     // SAFETY: the output's extent was checked against `out`.
-    unsafe { matmul_raw(out.as_mut_ptr(), ldc, a, b, alpha, accumulate, threads) }
+    unsafe { matmul_raw(out.as_mut_ptr(), ldc, (a, b), alpha, accumulate, threads) }
 }
 
 /// [`matmul`] into raw memory, for tasks that each write their own columns of one output.
@@ -157,8 +157,7 @@ pub fn matmul(
 pub unsafe fn matmul_raw(
     out: *mut f32,
     ldc: usize,
-    a: View<'_>,
-    b: View<'_>,
+    (a, b): (View<'_>, View<'_>),
     alpha: f32,
     accumulate: bool,
     threads: usize,

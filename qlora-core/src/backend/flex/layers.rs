@@ -2,12 +2,10 @@
 //! forward and backward, rows split over the thread pool.
 
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata};
 use rayon::prelude::*;
 
 use super::kernel::{dot, exp, floats, multiversion, tensor, uninit};
-use super::lora::{lora_backward, lora_forward};
 use crate::backend::LayerOps;
 
 /// Rows a task takes: enough to amortize the scheduling, few enough to balance.
@@ -27,84 +25,9 @@ fn inv_rms(x: &[f32], eps: f32) -> f32 {
     1.0 / (dot(x, x) / x.len() as f32 + eps).sqrt()
 }
 
-fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
-    let [rows, h] = dims2(&x);
-    let (xs, w) = (floats(&x), floats(&weight));
-    let mut out = uninit(rows * h);
-    let per = rows_per_task(rows, h);
-    out.par_chunks_mut(per * h)
-        .zip(xs.par_chunks(per * h))
-        .for_each(|(out, xs)| rms_norm_rows(out, xs, &w, eps as f32));
-    tensor(out, [rows, h])
-}
-
-fn rms_norm_backward(x: FlexTensor, weight: FlexTensor, eps: f64, dy: FlexTensor) -> FlexTensor {
-    let [rows, h] = dims2(&x);
-    let (xs, w, dys) = (floats(&x), floats(&weight), floats(&dy));
-    let mut out = uninit(rows * h);
-    let per = rows_per_task(rows, h);
-    out.par_chunks_mut(per * h)
-        .zip(xs.par_chunks(per * h))
-        .zip(dys.par_chunks(per * h))
-        .for_each(|((out, xs), dys)| rms_norm_backward_rows(out, xs, dys, &w, eps as f32));
-    tensor(out, [rows, h])
-}
-
-fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
-    let [rows, width] = dims2(&x);
-    let dim = cos.shape()[1];
-    let (xs, c, s) = (floats(&x), floats(&cos), floats(&sin));
-    let mut out = uninit(rows * width);
-    let per = rows_per_task(rows, width);
-    out.par_chunks_mut(per * width)
-        .zip(xs.par_chunks(per * width))
-        .enumerate()
-        .for_each(|(task, (out, xs))| {
-            let rows = out.len() / width;
-            let tables = task * per * dim..(task * per + rows) * dim;
-            rope_rows(out, xs, &c[tables.clone()], &s[tables], dim);
-        });
-    tensor(out, [rows, width])
-}
-
 #[inline(always)]
 fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
-}
-
-fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
-    let shape = gate.shape();
-    let (g, u) = (floats(&gate), floats(&up));
-    let mut out = uninit(g.len());
-    out.par_chunks_mut(16384)
-        .zip(g.par_chunks(16384).zip(u.par_chunks(16384)))
-        .for_each(|(out, (g, u))| swiglu_span(out, g, u));
-    FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
-}
-
-fn swiglu_backward(gate: FlexTensor, up: FlexTensor, dz: FlexTensor) -> (FlexTensor, FlexTensor) {
-    let shape = gate.shape();
-    let (g, u, dz) = (floats(&gate), floats(&up), floats(&dz));
-    let mut dg = uninit(g.len());
-    let mut du = uninit(g.len());
-    dg.par_chunks_mut(16384)
-        .zip(du.par_chunks_mut(16384))
-        .zip(
-            g.par_chunks(16384)
-                .zip(u.par_chunks(16384))
-                .zip(dz.par_chunks(16384)),
-        )
-        .for_each(|((dg, du), ((g, u), dz))| swiglu_backward_span(dg, du, g, u, dz));
-    (
-        FlexTensor::from_data(burn::tensor::TensorData::new(dg, shape.clone())),
-        FlexTensor::from_data(burn::tensor::TensorData::new(du, shape)),
-    )
-}
-
-fn dropout(x: FlexTensor, seed: u64, p: f64) -> FlexTensor {
-    let shape = x.shape();
-    let out = super::lora::dropout_values(&floats(&x), seed, p);
-    FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
 }
 
 multiversion! {
@@ -179,65 +102,87 @@ multiversion! {
 }
 
 impl LayerOps for Flex {
-    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
-        rms_norm(x, weight, eps)
+    fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
+        let [rows, h] = dims2(&x);
+        let (xs, w) = (floats(&x), floats(&weight));
+        let mut out = uninit(rows * h);
+        let per = rows_per_task(rows, h);
+        out.par_chunks_mut(per * h)
+            .zip(xs.par_chunks(per * h))
+            .for_each(|(out, xs)| rms_norm_rows(out, xs, &w, eps as f32));
+        tensor(out, [rows, h])
     }
 
     fn rms_norm_backward(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
+        x: FlexTensor,
+        weight: FlexTensor,
         eps: f64,
-        dy: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        rms_norm_backward(x, weight, eps, dy)
+        dy: FlexTensor,
+    ) -> FlexTensor {
+        let [rows, h] = dims2(&x);
+        let (xs, w, dys) = (floats(&x), floats(&weight), floats(&dy));
+        let mut out = uninit(rows * h);
+        let per = rows_per_task(rows, h);
+        out.par_chunks_mut(per * h)
+            .zip(xs.par_chunks(per * h))
+            .zip(dys.par_chunks(per * h))
+            .for_each(|((out, xs), dys)| rms_norm_backward_rows(out, xs, dys, &w, eps as f32));
+        tensor(out, [rows, h])
     }
 
-    fn rope(
-        x: FloatTensor<Self>,
-        cos: FloatTensor<Self>,
-        sin: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
-        rope(x, cos, sin)
+    fn rope(x: FlexTensor, cos: FlexTensor, sin: FlexTensor) -> FlexTensor {
+        let [rows, width] = dims2(&x);
+        let dim = cos.shape()[1];
+        let (xs, c, s) = (floats(&x), floats(&cos), floats(&sin));
+        let mut out = uninit(rows * width);
+        let per = rows_per_task(rows, width);
+        out.par_chunks_mut(per * width)
+            .zip(xs.par_chunks(per * width))
+            .enumerate()
+            .for_each(|(task, (out, xs))| {
+                let rows = out.len() / width;
+                let tables = task * per * dim..(task * per + rows) * dim;
+                rope_rows(out, xs, &c[tables.clone()], &s[tables], dim);
+            });
+        tensor(out, [rows, width])
     }
 
-    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
-        swiglu(gate, up)
+    fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        let shape = gate.shape();
+        let (g, u) = (floats(&gate), floats(&up));
+        let mut out = uninit(g.len());
+        out.par_chunks_mut(16384)
+            .zip(g.par_chunks(16384).zip(u.par_chunks(16384)))
+            .for_each(|(out, (g, u))| swiglu_span(out, g, u));
+        FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
     }
 
     fn swiglu_backward(
-        gate: FloatTensor<Self>,
-        up: FloatTensor<Self>,
-        dz: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        swiglu_backward(gate, up, dz)
+        gate: FlexTensor,
+        up: FlexTensor,
+        dz: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = gate.shape();
+        let (g, u, dz) = (floats(&gate), floats(&up), floats(&dz));
+        let mut dg = uninit(g.len());
+        let mut du = uninit(g.len());
+        dg.par_chunks_mut(16384)
+            .zip(du.par_chunks_mut(16384))
+            .zip(
+                g.par_chunks(16384)
+                    .zip(u.par_chunks(16384))
+                    .zip(dz.par_chunks(16384)),
+            )
+            .for_each(|((dg, du), ((g, u), dz))| swiglu_backward_span(dg, du, g, u, dz));
+        (
+            FlexTensor::from_data(burn::tensor::TensorData::new(dg, shape.clone())),
+            FlexTensor::from_data(burn::tensor::TensorData::new(du, shape)),
+        )
     }
 
-    fn dropout(x: FloatTensor<Self>, seed: u64, p: f64) -> FloatTensor<Self> {
-        dropout(x, seed, p)
-    }
-
-    fn lora_forward(
-        base: FloatTensor<Self>,
-        x: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        scale: f64,
-        seed: u64,
-        p: f64,
-    ) -> FloatTensor<Self> {
-        lora_forward(base, x, a, b, scale, seed, p)
-    }
-
-    fn lora_backward(
-        x: FloatTensor<Self>,
-        a: FloatTensor<Self>,
-        b: FloatTensor<Self>,
-        dy: FloatTensor<Self>,
-        dx_base: FloatTensor<Self>,
-        scale: f64,
-        seed: u64,
-        p: f64,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        lora_backward(x, a, b, dy, dx_base, scale, seed, p)
+    fn dropout(x: FlexTensor, seed: u64, p: f64) -> FlexTensor {
+        let shape = x.shape();
+        let out = super::lora::dropout_values(&floats(&x), seed, p);
+        FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
     }
 }

@@ -3,7 +3,6 @@
 //! gradient with respect to the hidden states comes out of the same pass.
 
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::DType;
 use rayon::prelude::*;
@@ -92,11 +91,7 @@ multiversion! {
 }
 
 impl LossOps for Flex {
-    fn cross_entropy(
-        hidden: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        targets: IntTensor<Self>,
-    ) -> FloatTensor<Self> {
+    fn cross_entropy(hidden: FlexTensor, weight: FlexTensor, targets: FlexTensor) -> FlexTensor {
         if weight.dtype() != DType::F32 {
             // A 16-bit head: the tensor-op path (the chunked kernel is f32).
             return generic::loss::cross_entropy::<Self>(hidden, weight, targets, false).0;
@@ -105,10 +100,10 @@ impl LossOps for Flex {
     }
 
     fn cross_entropy_with_grad(
-        hidden: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        targets: IntTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        hidden: FlexTensor,
+        weight: FlexTensor,
+        targets: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
         let (losses, grad) = if weight.dtype() != DType::F32 {
             generic::loss::cross_entropy::<Self>(hidden, weight, targets, true)
         } else {

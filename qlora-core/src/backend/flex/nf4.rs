@@ -172,8 +172,7 @@ fn matmul_x_wt(x: FlexTensor, weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
             matmul_raw(
                 shared.at(rows.start),
                 n_out,
-                x_view,
-                w_view.t(),
+                (x_view, w_view.t()),
                 1.0,
                 false,
                 1,
@@ -202,7 +201,7 @@ fn matmul_dy_w(dy: FlexTensor, weight: Nf4Operand<Flex>) -> FloatTensor<Flex> {
         let dy_view = View::rows(&dys, n_out, 0..m, 0, n_out);
         let w_view = View::rows(&dense, cols.len(), 0..n_out, 0, cols.len());
         // SAFETY: this task alone writes columns `cols` of the `[m, k]` output.
-        unsafe { matmul_raw(shared.at(cols.start), k, dy_view, w_view, 1.0, false, 1) };
+        unsafe { matmul_raw(shared.at(cols.start), k, (dy_view, w_view), 1.0, false, 1) };
     });
     tensor(out, [m, k])
 }

@@ -5,7 +5,6 @@
 use std::sync::OnceLock;
 
 use burn::backend::flex::FlexTensor;
-use burn::backend::tensor::FloatTensor;
 use burn::backend::{Flex, TensorMetadata};
 use burn::tensor::TensorData;
 use rayon::prelude::*;
@@ -110,43 +109,6 @@ multiversion! {
     }
 }
 
-fn adamw_step(
-    param: FlexTensor,
-    grad: FlexTensor,
-    m: FlexTensor,
-    v: FlexTensor,
-    s: AdamWStep,
-) -> (FlexTensor, FlexTensor, FlexTensor) {
-    let shape = param.shape();
-    let (p, g, m, v) = (floats(&param), floats(&grad), floats(&m), floats(&v));
-    let c = Consts::new(&s);
-    let n = p.len();
-    let (mut p2, mut m2, mut v2) = (uninit(n), uninit(n), uninit(n));
-    const CHUNK: usize = 16384;
-    p2.par_chunks_mut(CHUNK)
-        .zip(m2.par_chunks_mut(CHUNK))
-        .zip(v2.par_chunks_mut(CHUNK))
-        .enumerate()
-        .for_each(|(k, ((po, mo), vo))| {
-            let r = k * CHUNK..k * CHUNK + po.len();
-            adamw32_span(
-                po,
-                mo,
-                vo,
-                &p[r.clone()],
-                &g[r.clone()],
-                &m[r.clone()],
-                &v[r],
-                &c,
-            );
-        });
-    (
-        FlexTensor::from_data(TensorData::new(p2, shape.clone())),
-        FlexTensor::from_data(TensorData::new(m2, shape.clone())),
-        FlexTensor::from_data(TensorData::new(v2, shape)),
-    )
-}
-
 /// The code words of an 8-bit state, as an owned buffer to update in place.
 fn code_words(t: &FlexTensor) -> Vec<u32> {
     match t.as_slice::<u32>() {
@@ -198,66 +160,84 @@ multiversion! {
     }
 }
 
-fn adamw8_step(
-    param: FlexTensor,
-    grad: FlexTensor,
-    state: Blockwise8<Flex>,
-    s: AdamWStep,
-) -> (FlexTensor, Blockwise8<Flex>) {
-    const BLOCK: usize = 256;
-    let (p, g) = (floats(&param), floats(&grad));
-    let numel = p.len();
-    let (w, blocks) = (numel.div_ceil(4), numel.div_ceil(BLOCK));
-    let mut words = code_words(&state.codes);
-    let mut absmax = floats(&state.absmax).into_owned();
-    assert_eq!(
-        (words.len(), absmax.len()),
-        (2 * w, 2 * blocks),
-        "8-bit state layout"
-    );
-    let (mw, vw) = words.split_at_mut(w);
-    // Four codes a word, the first in the low byte: the words' bytes in order.
-    let mq = &mut bytemuck::cast_slice_mut::<u32, u8>(mw)[..numel];
-    let vq = &mut bytemuck::cast_slice_mut::<u32, u8>(vw)[..numel];
-    let (am, av) = absmax.split_at_mut(blocks);
-    let c = Consts::new(&s);
-    let mut out = uninit(numel);
-    out.par_chunks_mut(BLOCK)
-        .zip(mq.par_chunks_mut(BLOCK).zip(vq.par_chunks_mut(BLOCK)))
-        .zip(am.par_iter_mut().zip(av.par_iter_mut()))
-        .enumerate()
-        .for_each(|(b, ((po, (mq, vq)), (am, av)))| {
-            let r = b * BLOCK..b * BLOCK + po.len();
-            adamw8_block(po, &p[r.clone()], &g[r], mq, vq, (am, av), &c);
-        });
-    (
-        tensor(out, [numel]),
-        Blockwise8 {
-            codes: FlexTensor::from_data(TensorData::new(words, [2 * w])),
-            absmax: tensor(absmax, [2 * blocks]),
-        },
-    )
-}
-
 impl OptimOps for Flex {
     fn adamw_step(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        m: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        settings: AdamWStep,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        adamw_step(param, grad, m, v, settings)
+        param: FlexTensor,
+        grad: FlexTensor,
+        m: FlexTensor,
+        v: FlexTensor,
+        s: AdamWStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = param.shape();
+        let (p, g, m, v) = (floats(&param), floats(&grad), floats(&m), floats(&v));
+        let c = Consts::new(&s);
+        let n = p.len();
+        let (mut p2, mut m2, mut v2) = (uninit(n), uninit(n), uninit(n));
+        const CHUNK: usize = 16384;
+        p2.par_chunks_mut(CHUNK)
+            .zip(m2.par_chunks_mut(CHUNK))
+            .zip(v2.par_chunks_mut(CHUNK))
+            .enumerate()
+            .for_each(|(k, ((po, mo), vo))| {
+                let r = k * CHUNK..k * CHUNK + po.len();
+                adamw32_span(
+                    po,
+                    mo,
+                    vo,
+                    &p[r.clone()],
+                    &g[r.clone()],
+                    &m[r.clone()],
+                    &v[r],
+                    &c,
+                );
+            });
+        (
+            FlexTensor::from_data(TensorData::new(p2, shape.clone())),
+            FlexTensor::from_data(TensorData::new(m2, shape.clone())),
+            FlexTensor::from_data(TensorData::new(v2, shape)),
+        )
     }
 
     fn adamw8_step(
-        param: FloatTensor<Self>,
-        grad: FloatTensor<Self>,
-        state: Blockwise8<Self>,
+        param: FlexTensor,
+        grad: FlexTensor,
+        state: Blockwise8<Flex>,
         // The CPU encodes through its own lookup tables.
-        _maps: StateMaps<Self>,
-        settings: AdamWStep,
-    ) -> (FloatTensor<Self>, Blockwise8<Self>) {
-        adamw8_step(param, grad, state, settings)
+        _maps: StateMaps<Flex>,
+        s: AdamWStep,
+    ) -> (FlexTensor, Blockwise8<Flex>) {
+        const BLOCK: usize = 256;
+        let (p, g) = (floats(&param), floats(&grad));
+        let numel = p.len();
+        let (w, blocks) = (numel.div_ceil(4), numel.div_ceil(BLOCK));
+        let mut words = code_words(&state.codes);
+        let mut absmax = floats(&state.absmax).into_owned();
+        assert_eq!(
+            (words.len(), absmax.len()),
+            (2 * w, 2 * blocks),
+            "8-bit state layout"
+        );
+        let (mw, vw) = words.split_at_mut(w);
+        // Four codes a word, the first in the low byte: the words' bytes in order.
+        let mq = &mut bytemuck::cast_slice_mut::<u32, u8>(mw)[..numel];
+        let vq = &mut bytemuck::cast_slice_mut::<u32, u8>(vw)[..numel];
+        let (am, av) = absmax.split_at_mut(blocks);
+        let c = Consts::new(&s);
+        let mut out = uninit(numel);
+        out.par_chunks_mut(BLOCK)
+            .zip(mq.par_chunks_mut(BLOCK).zip(vq.par_chunks_mut(BLOCK)))
+            .zip(am.par_iter_mut().zip(av.par_iter_mut()))
+            .enumerate()
+            .for_each(|(b, ((po, (mq, vq)), (am, av)))| {
+                let r = b * BLOCK..b * BLOCK + po.len();
+                adamw8_block(po, &p[r.clone()], &g[r], mq, vq, (am, av), &c);
+            });
+        (
+            tensor(out, [numel]),
+            Blockwise8 {
+                codes: FlexTensor::from_data(TensorData::new(words, [2 * w])),
+                absmax: tensor(absmax, [2 * blocks]),
+            },
+        )
     }
 }

@@ -1,21 +1,15 @@
 //! The backward pass of [`super`]'s attention: a thread a query for the queries' gradient
 //! (and `delta = dO · O`), then a thread a key for the keys' and values' gradients.
 
-use burn::tensor::IntDType;
-use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 
-use super::{
-    Dims, QueryThread, cap_slope, capped, dims, dot, launch_dims, load, query_thread, window_start,
-};
-use crate::backend::AttentionShape;
-use crate::backend::cube::{contiguous_f32, contiguous_int, f32_buffer};
+use super::{Dims, QueryThread, cap_slope, capped, dot, load, query_thread, window_start};
 
 /// One thread a query `(b, h, i)`: the queries' gradient, and `delta = dO · O` (which the keys'
 /// kernel reads).
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn query_grad_kernel(
+pub(super) fn query_grad_kernel(
     q: &[f32],
     k: &[f32],
     v: &[f32],
@@ -29,11 +23,7 @@ fn query_grad_kernel(
     s: Dims,
     #[comptime] d: usize,
 ) {
-    let (heads, k_len, kv_heads) = (s.heads as usize, s.k_len as usize, s.kv_heads as usize);
     let t = ABSOLUTE_POS;
-    if t >= s.batch as usize * heads * s.q_len as usize {
-        terminate!();
-    }
     let QueryThread {
         b,
         h,
@@ -41,10 +31,9 @@ fn query_grad_kernel(
         row,
         pos,
         id,
-    } = query_thread(&s, q_ids, t);
-
-    let mut qv = Array::<f32>::new(d);
-    load(q, row, h, heads, &mut qv, d);
+        query,
+    } = query_thread(&s, q, q_ids, t, d);
+    let (heads, k_len, kv_heads) = (s.heads as usize, s.k_len as usize, s.kv_heads as usize);
     let mut dov = Array::<f32>::new(d);
     load(d_out, row, h, heads, &mut dov, d);
     let dd = dot(&dov, out, row, h, heads, d);
@@ -54,7 +43,7 @@ fn query_grad_kernel(
     for j in window_start(&s, pos)..pos + 1 {
         if k_ids[b * k_len + j] == id {
             let key = b * k_len + j;
-            let score = capped(&s, dot(&qv, k, key, kv, kv_heads, d) * s.scale);
+            let score = capped(&s, dot(&query, k, key, kv, kv_heads, d) * s.scale);
             let p = (score - l).exp();
             let ds = p * (dot(&dov, v, key, kv, kv_heads, d) - dd) * cap_slope(&s, score);
             let kbase = (key * kv_heads + kv) * d;
@@ -73,10 +62,10 @@ fn query_grad_kernel(
 /// the key/value head serves and the queries that see the key.
 #[cube(launch)]
 #[allow(clippy::too_many_arguments)]
-fn key_grad_kernel(
-    q: &[f32],
+pub(super) fn key_grad_kernel(
     k: &[f32],
     v: &[f32],
+    q: &[f32],
     lse: &[f32],
     delta: &[f32],
     d_out: &[f32],
@@ -147,70 +136,4 @@ fn key_grad_kernel(
         dk[base + e] = dk_acc[e] * s.scale;
         dv[base + e] = dv_acc[e];
     }
-}
-
-/// The gradients of [`super::attention`] with respect to `q`, `k` and `v`.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn attention_backward(
-    q: CubeTensor,
-    k: CubeTensor,
-    v: CubeTensor,
-    out: CubeTensor,
-    lse: CubeTensor,
-    d_out: CubeTensor,
-    q_ids: CubeTensor,
-    k_ids: CubeTensor,
-    s: AttentionShape,
-) -> (CubeTensor, CubeTensor, CubeTensor) {
-    let (q, k, v) = (contiguous_f32(q), contiguous_f32(k), contiguous_f32(v));
-    let (out, lse, d_out) = (
-        contiguous_f32(out),
-        contiguous_f32(lse),
-        contiguous_f32(d_out),
-    );
-    let q_ids = contiguous_int(q_ids, IntDType::I32);
-    let k_ids = contiguous_int(k_ids, IntDType::I32);
-    let queries = s.batch * s.heads * s.q_len;
-    let dq = f32_buffer(&q, vec![s.batch * s.q_len, s.heads * s.head_dim]);
-    let delta = f32_buffer(&q, vec![queries]);
-    let dk = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
-    let dv = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
-    let client = q.client.clone();
-    let (count, dim) = launch_dims(&client, queries);
-    query_grad_kernel::launch(
-        &client,
-        count,
-        dim,
-        q.clone().into_buffer_arg(),
-        k.clone().into_buffer_arg(),
-        v.clone().into_buffer_arg(),
-        out.into_buffer_arg(),
-        lse.clone().into_buffer_arg(),
-        d_out.clone().into_buffer_arg(),
-        q_ids.clone().into_buffer_arg(),
-        k_ids.clone().into_buffer_arg(),
-        dq.clone().into_buffer_arg(),
-        delta.clone().into_buffer_arg(),
-        dims(&s),
-        s.head_dim,
-    );
-    let (count, dim) = launch_dims(&client, s.batch * s.kv_heads * s.k_len);
-    key_grad_kernel::launch(
-        &client,
-        count,
-        dim,
-        q.into_buffer_arg(),
-        k.into_buffer_arg(),
-        v.into_buffer_arg(),
-        lse.into_buffer_arg(),
-        delta.into_buffer_arg(),
-        d_out.into_buffer_arg(),
-        q_ids.into_buffer_arg(),
-        k_ids.into_buffer_arg(),
-        dk.clone().into_buffer_arg(),
-        dv.clone().into_buffer_arg(),
-        dims(&s),
-        s.head_dim,
-    );
-    (dq, dk, dv)
 }

@@ -12,7 +12,6 @@
 //! k_len, kv_heads * d]`, the log-sum-exp `[batch, heads, q_len]`. Threads of a cube take
 //! neighbouring queries of one head, so they read the same keys at the same time.
 
-use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::tensor::IntDType;
 use burn_cubecl::CubeBackend;
 use burn_cubecl::tensor::CubeTensor;
@@ -23,7 +22,6 @@ mod backward;
 
 use super::{contiguous_f32, contiguous_int, f32_buffer};
 use crate::backend::{AttentionOps, AttentionShape};
-use backward::attention_backward;
 
 /// The runtime sizes of an attention.
 #[derive(CubeType, CubeLaunch, Clone, Copy)]
@@ -120,7 +118,7 @@ fn cap_slope(s: &Dims, capped: f32) -> f32 {
 }
 
 /// What a query's thread `t` works on: batch `b`, head `h`, its key/value head `kv`, its row in
-/// `[batch * q_len]`, the last key position it sees and its sequence id.
+/// `[batch * q_len]`, the last key position it sees, its sequence id and its query vector.
 #[derive(CubeType)]
 struct QueryThread {
     b: usize,
@@ -129,15 +127,23 @@ struct QueryThread {
     row: usize,
     pos: usize,
     id: i32,
+    query: Array<f32>,
 }
 
+/// The query of thread `t`; a thread past the last query (the launch rounds their count up)
+/// ends here.
 #[cube]
-fn query_thread(s: &Dims, q_ids: &[i32], t: usize) -> QueryThread {
+fn query_thread(s: &Dims, q: &[f32], q_ids: &[i32], t: usize, #[comptime] d: usize) -> QueryThread {
     let (heads, q_len, k_len) = (s.heads as usize, s.q_len as usize, s.k_len as usize);
+    if t >= s.batch as usize * heads * q_len {
+        terminate!();
+    }
     let i = t % q_len;
     let h = (t / q_len) % heads;
     let b = t / (q_len * heads);
     let row = b * q_len + i;
+    let mut query = Array::<f32>::new(d);
+    load(q, row, h, heads, &mut query, d);
     QueryThread {
         b,
         h,
@@ -145,6 +151,7 @@ fn query_thread(s: &Dims, q_ids: &[i32], t: usize) -> QueryThread {
         row,
         pos: k_len - q_len + i,
         id: q_ids[row],
+        query,
     }
 }
 
@@ -162,28 +169,18 @@ fn forward_kernel(
     s: Dims,
     #[comptime] d: usize,
 ) {
+    let thread = query_thread(&s, q, q_ids, ABSOLUTE_POS, d);
+    let (b, h, kv, row, id) = (thread.b, thread.h, thread.kv, thread.row, thread.id);
     let (heads, k_len, kv_heads) = (s.heads as usize, s.k_len as usize, s.kv_heads as usize);
-    let t = ABSOLUTE_POS;
-    if t >= s.batch as usize * heads * s.q_len as usize {
-        terminate!();
-    }
-    let QueryThread {
-        b,
-        h,
-        kv,
-        row,
-        pos,
-        id,
-    } = query_thread(&s, q_ids, t);
-
-    let mut qv = Array::<f32>::new(d);
-    load(q, row, h, heads, &mut qv, d);
     let mut acc = Array::<f32>::new(d);
     let mut running_max = f32::new(-3.0e38);
     let mut sum = 0.0f32;
-    for j in window_start(&s, pos)..pos + 1 {
+    for j in window_start(&s, thread.pos)..thread.pos + 1 {
         if k_ids[b * k_len + j] == id {
-            let score = capped(&s, dot(&qv, k, b * k_len + j, kv, kv_heads, d) * s.scale);
+            let score = capped(
+                &s,
+                dot(&thread.query, k, b * k_len + j, kv, kv_heads, d) * s.scale,
+            );
             let new_max = f32::max(running_max, score);
             let correction = (running_max - new_max).exp();
             let p = (score - new_max).exp();
@@ -199,7 +196,7 @@ fn forward_kernel(
     for e in 0..d {
         out[obase + e] = acc[e] / sum;
     }
-    lse[t] = running_max + sum.ln();
+    lse[ABSOLUTE_POS] = running_max + sum.ln();
 }
 
 fn launch_dims(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim) {
@@ -207,61 +204,100 @@ fn launch_dims(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim
     (calculate_cube_count_elemwise(client, n, dim), dim)
 }
 
-/// `softmax(q kᵀ · scale, masked) v` and the log-sum-exp of every query's scores.
-fn attention(
-    q: CubeTensor,
-    k: CubeTensor,
-    v: CubeTensor,
-    q_ids: CubeTensor,
-    k_ids: CubeTensor,
-    s: AttentionShape,
-) -> (CubeTensor, CubeTensor) {
-    let (q, k, v) = (contiguous_f32(q), contiguous_f32(k), contiguous_f32(v));
-    let out = f32_buffer(&q, vec![s.batch * s.q_len, s.heads * s.head_dim]);
-    let queries = s.batch * s.heads * s.q_len;
-    let lse = f32_buffer(&q, vec![queries]);
-    let client = q.client.clone();
-    let (count, dim) = launch_dims(&client, queries);
-    forward_kernel::launch(
-        &client,
-        count,
-        dim,
-        q.into_buffer_arg(),
-        k.into_buffer_arg(),
-        v.into_buffer_arg(),
-        contiguous_int(q_ids, IntDType::I32).into_buffer_arg(),
-        contiguous_int(k_ids, IntDType::I32).into_buffer_arg(),
-        out.clone().into_buffer_arg(),
-        lse.clone().into_buffer_arg(),
-        dims(&s),
-        s.head_dim,
-    );
-    (out, lse)
-}
-
 impl AttentionOps for CubeBackend {
+    /// `softmax(q kᵀ · scale, masked) v` and the log-sum-exp of every query's scores.
     fn attention(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        q_ids: IntTensor<Self>,
-        k_ids: IntTensor<Self>,
-        shape: AttentionShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        attention(q, k, v, q_ids, k_ids, shape)
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        q_ids: CubeTensor,
+        k_ids: CubeTensor,
+        s: AttentionShape,
+    ) -> (CubeTensor, CubeTensor) {
+        let (q, k, v) = (contiguous_f32(q), contiguous_f32(k), contiguous_f32(v));
+        let out = f32_buffer(&q, vec![s.batch * s.q_len, s.heads * s.head_dim]);
+        let queries = s.batch * s.heads * s.q_len;
+        let lse = f32_buffer(&q, vec![queries]);
+        let client = q.client.clone();
+        let (count, dim) = launch_dims(&client, queries);
+        forward_kernel::launch(
+            &client,
+            count,
+            dim,
+            q.into_buffer_arg(),
+            k.into_buffer_arg(),
+            v.into_buffer_arg(),
+            contiguous_int(q_ids, IntDType::I32).into_buffer_arg(),
+            contiguous_int(k_ids, IntDType::I32).into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+            lse.clone().into_buffer_arg(),
+            dims(&s),
+            s.head_dim,
+        );
+        (out, lse)
     }
 
     fn attention_backward(
-        q: FloatTensor<Self>,
-        k: FloatTensor<Self>,
-        v: FloatTensor<Self>,
-        out: FloatTensor<Self>,
-        lse: FloatTensor<Self>,
-        d_out: FloatTensor<Self>,
-        q_ids: IntTensor<Self>,
-        k_ids: IntTensor<Self>,
-        shape: AttentionShape,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        attention_backward(q, k, v, out, lse, d_out, q_ids, k_ids, shape)
+        q: CubeTensor,
+        k: CubeTensor,
+        v: CubeTensor,
+        out: CubeTensor,
+        lse: CubeTensor,
+        d_out: CubeTensor,
+        q_ids: CubeTensor,
+        k_ids: CubeTensor,
+        s: AttentionShape,
+    ) -> (CubeTensor, CubeTensor, CubeTensor) {
+        let (q, k, v) = (contiguous_f32(q), contiguous_f32(k), contiguous_f32(v));
+        let (out, lse, d_out) = (
+            contiguous_f32(out),
+            contiguous_f32(lse),
+            contiguous_f32(d_out),
+        );
+        let q_ids = contiguous_int(q_ids, IntDType::I32);
+        let k_ids = contiguous_int(k_ids, IntDType::I32);
+        let queries = s.batch * s.heads * s.q_len;
+        let dq = f32_buffer(&q, vec![s.batch * s.q_len, s.heads * s.head_dim]);
+        let delta = f32_buffer(&q, vec![queries]);
+        let dk = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
+        let dv = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
+        let client = q.client.clone();
+        let (count, dim) = launch_dims(&client, queries);
+        backward::query_grad_kernel::launch(
+            &client,
+            count,
+            dim,
+            q.clone().into_buffer_arg(),
+            k.clone().into_buffer_arg(),
+            v.clone().into_buffer_arg(),
+            out.into_buffer_arg(),
+            lse.clone().into_buffer_arg(),
+            d_out.clone().into_buffer_arg(),
+            q_ids.clone().into_buffer_arg(),
+            k_ids.clone().into_buffer_arg(),
+            dq.clone().into_buffer_arg(),
+            delta.clone().into_buffer_arg(),
+            dims(&s),
+            s.head_dim,
+        );
+        let (count, dim) = launch_dims(&client, s.batch * s.kv_heads * s.k_len);
+        backward::key_grad_kernel::launch(
+            &client,
+            count,
+            dim,
+            k.into_buffer_arg(),
+            v.into_buffer_arg(),
+            q.into_buffer_arg(),
+            lse.into_buffer_arg(),
+            delta.into_buffer_arg(),
+            d_out.into_buffer_arg(),
+            q_ids.into_buffer_arg(),
+            k_ids.into_buffer_arg(),
+            dk.clone().into_buffer_arg(),
+            dv.clone().into_buffer_arg(),
+            dims(&s),
+            s.head_dim,
+        );
+        (dq, dk, dv)
     }
 }
