@@ -9,9 +9,12 @@ use crate::error::{Error, Result};
 /// A device named on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
+    /// The CPU (Burn's Flex backend).
     #[default]
     Cpu,
+    /// The default wgpu device (Vulkan, Metal, DX12).
     Wgpu,
+    /// CUDA device N.
     Cuda(usize),
 }
 

@@ -11,8 +11,11 @@ use crate::error::{Error, Result};
 /// A float storage type: what a checkpoint holds and what we write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FloatDtype {
+    /// 32-bit float.
     F32,
+    /// IEEE half precision.
     F16,
+    /// bfloat16.
     BF16,
 }
 
@@ -36,6 +39,7 @@ impl FloatDtype {
         }
     }
 
+    /// The safetensors dtype.
     pub fn safetensors(self) -> Dtype {
         match self {
             FloatDtype::F32 => Dtype::F32,
@@ -44,6 +48,7 @@ impl FloatDtype {
         }
     }
 
+    /// The float dtype of a safetensors dtype (`None` for the others).
     pub fn from_safetensors(dtype: Dtype) -> Option<Self> {
         match dtype {
             Dtype::F32 => Some(FloatDtype::F32),
@@ -53,6 +58,7 @@ impl FloatDtype {
         }
     }
 
+    /// Bytes a value.
     pub fn size(self) -> usize {
         match self {
             FloatDtype::F32 => 4,
@@ -94,13 +100,17 @@ crate::named_enum! {
     /// attention's softmax and the loss stay f32 whatever it is (as bitsandbytes'
     /// `bnb_4bit_compute_dtype` with peft: only the frozen base computes in it).
     pub enum ComputeDtype: "compute dtype" {
+        /// 32-bit float: the CPU kernels' dtype.
         F32 = "f32" | "fp32" | "float32",
+        /// bfloat16: the default on GPUs that have it.
         Bf16 = "bf16" | "bfloat16",
+        /// IEEE half precision.
         F16 = "f16" | "fp16" | "float16",
     }
 }
 
 impl ComputeDtype {
+    /// Burn's dtype.
     pub fn burn(self) -> burn::tensor::DType {
         match self {
             ComputeDtype::F32 => burn::tensor::DType::F32,

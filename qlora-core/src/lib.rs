@@ -16,6 +16,8 @@
 //! - Uses of a trained model: [`generate`], [`merge`]; [`export`] (a merged model as one GGUF
 //!   file for llama.cpp and Ollama).
 
+#![warn(missing_docs)]
+
 pub mod error;
 pub mod profile;
 pub mod settings;

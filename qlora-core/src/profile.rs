@@ -8,21 +8,31 @@ use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+/// A part of the training step, as `train_bench` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
+    /// The token embedding.
     Embedding,
+    /// The frozen linears' products.
     BaseForward,
+    /// The adapters, forward and backward.
     Lora,
+    /// Attention, forward and backward.
     Attention,
     /// RMSNorm, RoPE, SwiGLU, residual adds.
     Elementwise,
+    /// The output head and the loss.
     HeadAndLoss,
+    /// Layers recomputed in the backward pass (gradient checkpointing).
     Recompute,
+    /// The frozen linears' input gradients.
     BaseBackward,
+    /// The optimizer's update.
     Optimizer,
 }
 
 impl Phase {
+    /// Every phase, in the step's order.
     pub const ALL: [Phase; 9] = [
         Phase::Embedding,
         Phase::BaseForward,
@@ -35,6 +45,7 @@ impl Phase {
         Phase::Optimizer,
     ];
 
+    /// The phase's name in reports.
     pub fn name(self) -> &'static str {
         match self {
             Phase::Embedding => "embedding",
@@ -69,6 +80,7 @@ pub fn enable(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
 }
 
+/// Set every phase's time to zero.
 pub fn reset() {
     for n in &NANOS {
         n.store(0, Ordering::Relaxed);

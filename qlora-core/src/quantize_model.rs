@@ -19,13 +19,17 @@ use crate::staged_dir::StagedDir;
 /// transformers' default shard size (`max_shard_size="5GB"`).
 pub const DEFAULT_MAX_SHARD_BYTES: usize = 5_000_000_000;
 
+/// How `qlora quantize` writes the 4-bit checkpoint.
 #[derive(Debug, Clone)]
 pub struct QuantizeOptions {
+    /// Block size and double quantization.
     pub nf4: Nf4Config,
     /// Dtype of the tensors that stay dense (and of `bnb_4bit_compute_dtype`); default: the
     /// checkpoint's own.
     pub dtype: Option<FloatDtype>,
+    /// Largest safetensors shard.
     pub max_shard_bytes: usize,
+    /// Replace the output if it exists.
     pub overwrite: bool,
 }
 
@@ -40,13 +44,20 @@ impl Default for QuantizeOptions {
     }
 }
 
+/// What a quantization wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QuantizeReport {
+    /// The model directory.
     pub out_dir: PathBuf,
+    /// Weights quantized to NF4.
     pub quantized_tensors: usize,
+    /// Tensors kept dense.
     pub dense_tensors: usize,
+    /// Values quantized.
     pub parameters_quantized: usize,
+    /// Bytes read.
     pub bytes_in: usize,
+    /// Bytes written.
     pub bytes_out: usize,
 }
 

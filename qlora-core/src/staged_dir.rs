@@ -58,6 +58,8 @@ pub fn sweep_stale(parent: &Path) {
     }
 }
 
+/// An output being written under a staging name next to its target, renamed into place when
+/// complete and removed when dropped before.
 pub struct StagedDir {
     target: PathBuf,
     staging: Option<tempfile::TempDir>,
@@ -123,6 +125,7 @@ impl StagedDir {
         self.staging.as_ref().expect("not committed").path()
     }
 
+    /// Where the output appears when committed.
     pub fn target(&self) -> &Path {
         &self.target
     }

@@ -19,6 +19,7 @@ pub struct DropoutMask {
 }
 
 impl DropoutMask {
+    /// The mask of `seed` that drops a share `p` of the values.
     pub fn new(seed: u64, p: f64) -> Self {
         DropoutMask {
             seed,
@@ -32,6 +33,7 @@ impl DropoutMask {
         (self.threshold, self.keep)
     }
 
+    /// The mask's value at element `i`: `1 / (1 - p)` kept, 0 dropped.
     #[inline(always)]
     pub fn value(&self, i: usize) -> f32 {
         if mix(self.seed ^ (i as u64).wrapping_mul(0xd1b54a32d192ed03)) >= self.threshold {

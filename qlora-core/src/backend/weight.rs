@@ -32,6 +32,7 @@ pub struct Nf4Weight {
 }
 
 impl Nf4Weight {
+    /// The quantized tensor `state` (`[out, in]`) uploaded to `device`.
     pub fn new(state: &Nf4Tensor, device: &Device) -> Self {
         let (rows, cols) = match state.shape.as_slice() {
             [cols] => (1, *cols),

@@ -59,6 +59,8 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
+    /// Open the safetensors files of the model directory `dir` (one file, or the shards its index
+    /// names), memory-mapped.
     pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref().to_path_buf();
         let index_path = dir.join(WEIGHTS_INDEX_FILE);
@@ -142,6 +144,7 @@ impl Checkpoint {
         })
     }
 
+    /// The model directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -151,6 +154,7 @@ impl Checkpoint {
         self.locations.keys().map(String::as_str)
     }
 
+    /// Whether the checkpoint has a tensor `name`.
     pub fn contains(&self, name: &str) -> bool {
         self.locations.contains_key(name)
     }

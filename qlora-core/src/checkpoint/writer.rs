@@ -41,25 +41,37 @@ type Producer<'a> = Box<dyn Fn() -> Vec<u8> + Send + Sync + 'a>;
 /// A tensor to write. Data is borrowed, owned, or produced only when the writer reaches it, so
 /// a checkpoint can be converted without holding all of it in memory.
 pub enum OutTensor<'a> {
+    /// A view of a tensor read elsewhere, written as it is.
     Borrowed(TensorView<'a>),
+    /// Bytes held in memory.
     Owned {
+        /// The tensor's dtype.
         dtype: Dtype,
+        /// The tensor's shape.
         shape: Vec<usize>,
+        /// The tensor's bytes, little-endian.
         data: Vec<u8>,
     },
+    /// Bytes made by `produce` when the writer reaches the tensor.
     Lazy {
+        /// The tensor's dtype.
         dtype: Dtype,
+        /// The tensor's shape.
         shape: Vec<usize>,
+        /// Bytes `produce` makes.
         len: usize,
+        /// Makes the tensor's bytes.
         produce: Producer<'a>,
     },
 }
 
 impl<'a> OutTensor<'a> {
+    /// A tensor of `data`, held in memory.
     pub fn owned(dtype: Dtype, shape: Vec<usize>, data: Vec<u8>) -> Self {
         OutTensor::Owned { dtype, shape, data }
     }
 
+    /// A tensor whose bytes `produce` makes when it is written.
     pub fn lazy(
         dtype: Dtype,
         shape: Vec<usize>,

@@ -10,21 +10,33 @@ use crate::error::{Error, Result};
 /// Rotary embedding frequencies: plain, linearly scaled, or Llama 3.1's band-wise scaling.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RopeScaling {
+    /// Plain `theta^(-2i/d)` frequencies.
     Default,
+    /// Every frequency divided by `factor` (position interpolation).
     Linear {
+        /// The divisor.
         factor: f64,
     },
+    /// Llama 3.1's scaling: long wavelengths slowed by `factor`, short ones kept, the band between
+    /// blended.
     Llama3 {
+        /// The divisor of the long wavelengths.
         factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are divided by `factor`.
         low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
         high_freq_factor: f64,
+        /// The context length the model was pretrained with.
         original_max_position_embeddings: usize,
     },
 }
 
+/// The rotary embedding: its base and scaling.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RopeConfig {
+    /// The base (`rope_theta`).
     pub theta: f64,
+    /// How the frequencies are scaled.
     pub scaling: RopeScaling,
 }
 

@@ -10,30 +10,41 @@ use super::tokenize::{Example, TokenizeOptions, tokenize};
 use crate::error::{Error, Result};
 use crate::text::Tokenizer;
 
+/// How a dataset file becomes examples: its format (detected when `None`), tokenization, and
+/// OpenAssistant's options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataOptions {
     /// `None`: detect from the first record.
     pub format: Option<DatasetFormat>,
+    /// Lengths, loss masks and templates.
     pub tokenize: TokenizeOptions,
+    /// OpenAssistant trees: which threads, languages and ranks.
     pub oasst: OasstOptions,
 }
 
+/// A dataset file read and tokenized.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedData {
+    /// The format it was read as.
     pub format: DatasetFormat,
+    /// Its examples.
     pub examples: Vec<Example>,
+    /// What reading left out.
     pub report: ReadReport,
 }
 
 impl LoadedData {
+    /// Tokens of every example.
     pub fn tokens(&self) -> usize {
         self.examples.iter().map(|e| e.ids.len()).sum()
     }
 
+    /// Tokens with a target (learned).
     pub fn target_tokens(&self) -> usize {
         self.examples.iter().map(Example::target_tokens).sum()
     }
 
+    /// Examples cut to the length limits.
     pub fn truncated(&self) -> usize {
         self.examples.iter().filter(|e| e.truncated).count()
     }

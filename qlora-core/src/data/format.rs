@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::text::Message;
 
 crate::named_enum! {
+    /// How a dataset's records are laid out.
     pub enum DatasetFormat: "format" {
         /// `instruction`, optional `input`, `output` (Stanford Alpaca / QLoRA prompt).
         Alpaca = "alpaca",
@@ -71,7 +72,12 @@ crate::named_enum! {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Sample {
     /// QLoRA's form: `bos + source` is context, `target + eos` is learned.
-    SourceTarget { source: String, target: String },
+    SourceTarget {
+        /// The context.
+        source: String,
+        /// What is learned.
+        target: String,
+    },
     /// A conversation; assistant turns are learned.
     Conversation(Vec<Message>),
     /// Plain text, every token learned.
@@ -81,7 +87,9 @@ pub enum Sample {
 /// Where a sample came from, for messages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Located<T> {
+    /// The file and line (or record) it came from.
     pub location: String,
+    /// The sample.
     pub value: T,
 }
 
@@ -90,6 +98,7 @@ pub const ALPACA_PROMPT_WITH_INPUT: &str = "Below is an instruction that describ
 /// The Stanford Alpaca prompt without an input, as the QLoRA code writes it.
 pub const ALPACA_PROMPT_NO_INPUT: &str = "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n### Instruction:\n{instruction}\n\n### Response: ";
 
+/// The Alpaca prompt of `instruction` (with its `input`, when not empty).
 pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
     if input.is_empty() {
         ALPACA_PROMPT_NO_INPUT.replace("{instruction}", instruction)
@@ -195,9 +204,11 @@ fn chat_messages(record: &Record) -> Result<Vec<Message>> {
 /// What reading a file produced besides the samples.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReadReport {
+    /// Records read.
     pub records: usize,
     /// Reasons and counts of records or messages left out.
     pub skipped: Vec<(String, usize)>,
+    /// OpenAssistant's own counts, for its trees.
     pub oasst: Option<OasstReport>,
 }
 

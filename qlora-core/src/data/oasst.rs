@@ -49,18 +49,26 @@ impl Default for OasstOptions {
 /// What the rebuild kept and dropped.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct OasstReport {
+    /// Messages read.
     pub messages: usize,
+    /// Conversation trees they form.
     pub trees: usize,
+    /// Threads (root-to-leaf paths) kept.
     pub threads: usize,
+    /// Messages marked deleted.
     pub deleted: usize,
+    /// Messages that failed review.
     pub review_failed: usize,
+    /// Messages in a language not asked for.
     pub other_language: usize,
+    /// Replies below the top rank (with `--oasst-top-ranked`).
     pub below_top_rank: usize,
     /// Messages whose parent is missing or was dropped (with all their descendants).
     pub orphaned: usize,
 }
 
 impl OasstReport {
+    /// Each reason messages were left out, with its count (reasons with none left out).
     pub fn dropped(&self) -> Vec<(String, usize)> {
         [
             ("deleted messages", self.deleted),

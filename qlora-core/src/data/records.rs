@@ -8,8 +8,11 @@ use crate::error::{Error, Result};
 /// One JSON object of a dataset file and the line it starts on (1-based).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
+    /// The file the record is in.
     pub file: PathBuf,
+    /// Its line (1-based; for a JSON array, the element's index plus 1).
     pub line: usize,
+    /// Its fields.
     pub fields: Map<String, Value>,
 }
 

@@ -44,6 +44,7 @@ impl Default for TokenizeOptions {
 }
 
 impl TokenizeOptions {
+    /// Check the lengths, naming the flag of a bad one.
     pub fn validate(&self) -> Result<()> {
         if self.source_max_len == 0 || self.target_max_len == 0 {
             return Err(Error::invalid(
@@ -54,10 +55,15 @@ impl TokenizeOptions {
     }
 }
 
+/// A tokenized example: its tokens and their labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
+    /// The token ids.
     pub ids: Vec<u32>,
+    /// The label of every token: its id where it is learned, [`crate::model::IGNORE_INDEX`]
+    /// elsewhere.
     pub labels: Vec<i64>,
+    /// Whether the example was cut to the length limits.
     pub truncated: bool,
 }
 

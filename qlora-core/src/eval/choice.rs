@@ -77,21 +77,27 @@ pub fn context(q: &Question, fewshot: &[Question], style: ChoiceStyle) -> String
 /// One question's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChoiceItem {
+    /// The question's subject.
     pub subject: Option<String>,
+    /// The right choice.
     pub answer: usize,
     /// Log-likelihood of each choice's continuation.
     pub loglikelihoods: Vec<f64>,
     /// Whether each continuation is what greedy decoding would produce.
     pub is_greedy: Vec<bool>,
+    /// The choice with the highest log-likelihood.
     pub pred: usize,
+    /// The choice with the highest log-likelihood per character.
     pub pred_norm: usize,
 }
 
 impl ChoiceItem {
+    /// 1 if `pred` is the answer, else 0.
     pub fn acc(&self) -> f64 {
         f64::from(u8::from(self.pred == self.answer))
     }
 
+    /// 1 if `pred_norm` is the answer, else 0.
     pub fn acc_norm(&self) -> f64 {
         f64::from(u8::from(self.pred_norm == self.answer))
     }
@@ -109,14 +115,21 @@ pub fn mean_and_stderr(values: &[f64]) -> (f64, f64) {
 /// Accuracy over a set of questions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Accuracy {
+    /// Questions scored.
     pub questions: usize,
+    /// Accuracy of the highest log-likelihood.
     pub acc: f64,
+    /// Its standard error (sample standard deviation over the square root of n; NaN for one
+    /// question).
     pub acc_stderr: f64,
+    /// Accuracy of the highest log-likelihood per character.
     pub acc_norm: f64,
+    /// Its standard error.
     pub acc_norm_stderr: f64,
 }
 
 impl Accuracy {
+    /// The accuracies of `items`.
     pub fn of(items: &[&ChoiceItem]) -> Self {
         let acc: Vec<f64> = items.iter().map(|i| i.acc()).collect();
         let norm: Vec<f64> = items.iter().map(|i| i.acc_norm()).collect();
@@ -132,13 +145,18 @@ impl Accuracy {
     }
 }
 
+/// The scores of a multiple-choice run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChoiceReport {
+    /// The template the questions were put in.
     pub style: ChoiceStyle,
+    /// Few-shot examples before each question.
     pub num_fewshot: usize,
+    /// The accuracies over every question.
     pub overall: Accuracy,
     /// Per subject (questions without one under "").
     pub subjects: BTreeMap<String, Accuracy>,
+    /// Every question's scores, in file order.
     pub items: Vec<ChoiceItem>,
     /// The first question's context, as the model saw it.
     pub first_context: String,

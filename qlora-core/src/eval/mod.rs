@@ -50,11 +50,16 @@ pub fn eval_examples(
     Ok((loaded.examples, Some(summary)))
 }
 
+/// The loss over a dataset.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EvalReport {
+    /// Mean loss a target token (nats).
     pub loss: f64,
+    /// `e^loss`.
     pub perplexity: f64,
+    /// Target tokens scored.
     pub tokens: usize,
+    /// Examples scored.
     pub examples: usize,
 }
 

@@ -21,10 +21,13 @@ crate::named_enum! {
 /// One multiple-choice question.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Question {
+    /// The question's text.
     pub question: String,
+    /// The choices, in order.
     pub choices: Vec<String>,
     /// Index of the right choice.
     pub answer: usize,
+    /// The subject (per-subject accuracies, and the letters template's description).
     pub subject: Option<String>,
 }
 

@@ -28,25 +28,33 @@ use crate::gguf::keys;
 use crate::merge::{MergeBase, MergedWeights};
 use crate::staged_dir::StagedDir;
 
+/// How `qlora export-gguf` writes the file.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
+    /// The file's type: the tensors' ggml types (`--type`).
     pub kind: GgufType,
     /// The base an adapter is added to (`None`: as `qlora merge` chooses).
     pub base: Option<MergeBase>,
     /// `general.name` (default: the model directory's name).
     pub name: Option<String>,
+    /// Replace the output if it exists.
     pub overwrite: bool,
 }
 
+/// What an export wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportReport {
+    /// Tensors written.
     pub tensors: usize,
+    /// Bytes of the file.
     pub bytes: u64,
     /// Weights an adapter changed.
     pub merged: usize,
+    /// The base the adapter was merged into.
     pub base: MergeBase,
     /// Tensors per ggml type, e.g. ("Q4_K", 180).
     pub types: BTreeMap<&'static str, usize>,
+    /// Modules of the adapter file its config does not target (ignored, as PEFT ignores them).
     pub ignored_modules: Vec<String>,
 }
 

@@ -12,16 +12,27 @@ use crate::gguf::kquants::{QK_K, quantize_q4k, quantize_q5k, quantize_q6k};
 crate::named_enum! {
     /// A GGUF file type (llama.cpp's `--outtype` / `llama-quantize` names).
     pub enum GgufType: "GGUF type" {
+        /// Every tensor f32.
         F32 = "f32",
+        /// Matrices f16.
         F16 = "f16",
+        /// Matrices bf16.
         Bf16 = "bf16",
+        /// 8-bit blocks of 32 (Unsloth's default).
         Q8_0 = "q8_0",
+        /// 4-bit blocks of 32 with a scale.
         Q4_0 = "q4_0",
+        /// 4-bit blocks of 32 with a scale and a minimum.
         Q4_1 = "q4_1",
+        /// 5-bit blocks of 32 with a scale.
         Q5_0 = "q5_0",
+        /// 5-bit blocks of 32 with a scale and a minimum.
         Q5_1 = "q5_1",
+        /// llama-quantize's Q4_K_M mix.
         Q4KM = "q4_k_m",
+        /// llama-quantize's Q5_K_M mix.
         Q5KM = "q5_k_m",
+        /// Q6_K throughout.
         Q6K = "q6_k",
     }
 }
@@ -78,9 +89,11 @@ pub struct TensorRole<'a> {
     pub name: &'a str,
     /// Values a row holds (ggml's `ne[0]`); 1-D tensors are never quantized.
     pub cols: usize,
+    /// Whether the tensor is a matrix.
     pub two_dimensional: bool,
     /// The decoder layer of a `blk.N.` tensor.
     pub layer: Option<usize>,
+    /// Decoder layers of the model.
     pub layers: usize,
     /// Whether the model has its own `output.weight` (untied).
     pub has_output: bool,

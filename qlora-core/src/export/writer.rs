@@ -17,13 +17,21 @@ pub const ALIGNMENT: u64 = 32;
 /// A metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
+    /// An unsigned 32-bit integer.
     U32(u32),
+    /// A signed 32-bit integer.
     I32(i32),
+    /// A 32-bit float.
     F32(f32),
+    /// A boolean.
     Bool(bool),
+    /// A UTF-8 string.
     String(String),
+    /// An array of strings.
     Strings(Vec<String>),
+    /// An array of signed 32-bit integers.
     I32s(Vec<i32>),
+    /// An array of 32-bit floats.
     F32s(Vec<f32>),
 }
 
@@ -51,9 +59,13 @@ pub fn ggml_type_id(dtype: GgmlDType) -> u32 {
 /// A tensor to write: its GGUF name, its shape as Hugging Face writes it (rows first), its
 /// type, and what produces its bytes.
 pub struct TensorEntry<'a> {
+    /// The GGUF name.
     pub name: String,
+    /// The shape, outermost dimension first (written reversed, as ggml orders it).
     pub shape: Vec<usize>,
+    /// The ggml type of the bytes.
     pub dtype: GgmlDType,
+    /// Makes the tensor's bytes when the writer reaches it.
     pub bytes: Box<dyn FnOnce() -> Result<Vec<u8>> + 'a>,
 }
 

@@ -47,6 +47,7 @@ impl Default for SamplingConfig {
 }
 
 impl SamplingConfig {
+    /// Check every value, naming the flag of a bad one.
     pub fn validate(&self) -> Result<()> {
         if self.temperature.is_nan() || self.temperature < 0.0 {
             return Err(Error::invalid("--temperature must be >= 0"));
@@ -66,18 +67,25 @@ impl SamplingConfig {
     }
 }
 
+/// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
+    /// An end-of-sequence token came.
     EndOfSequence,
+    /// A stop string appeared.
     StopString,
+    /// `max_new_tokens` were generated.
     MaxTokens,
 }
 
+/// What generation produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Generation {
     /// New token ids (without the prompt; the eos that ended it is not included).
     pub ids: Vec<u32>,
+    /// Their text (the stop string left out).
     pub text: String,
+    /// Why it stopped.
     pub stop: StopReason,
 }
 

@@ -26,6 +26,7 @@ pub fn cache_root() -> Result<PathBuf> {
         .ok_or_else(|| Error::invalid("no cache directory: set QLORA_CACHE or HOME"))
 }
 
+/// Whether `path` is a `.gguf` file.
 pub fn is_gguf(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))

@@ -153,11 +153,16 @@ fn rope_scaling(gguf: &GgufFile, theta: f64, head_dim: usize) -> Result<Option<V
     })))
 }
 
+/// The parameters of Llama 3's RoPE scaling.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Llama3Rope {
+    /// The divisor of the long wavelengths.
     pub factor: f64,
+    /// The low-frequency factor.
     pub low_freq_factor: f64,
+    /// The high-frequency factor.
     pub high_freq_factor: f64,
+    /// The context length the model was pretrained with.
     pub original_max_position_embeddings: usize,
 }
 

@@ -14,6 +14,7 @@ use super::blocks::{
 };
 use crate::error::{Error, Result};
 
+/// A GGUF file, memory-mapped: its metadata and tensors.
 pub struct GgufFile {
     path: PathBuf,
     map: memmap2::Mmap,
@@ -56,10 +57,12 @@ impl GgufFile {
         Ok(gguf)
     }
 
+    /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The GGUF format version.
     pub fn version(&self) -> u32 {
         match self.content.magic {
             VersionedMagic::GgufV1 => 1,
@@ -68,6 +71,7 @@ impl GgufFile {
         }
     }
 
+    /// The metadata value of `key`.
     pub fn value(&self, key: &str) -> Option<&Value> {
         self.content.metadata.get(key)
     }
@@ -111,11 +115,13 @@ impl GgufFile {
         }
     }
 
+    /// The unsigned integer of `key`; an error naming it when missing.
     pub fn require_usize(&self, key: &str) -> Result<usize> {
         self.usize(key)?
             .ok_or_else(|| Error::key(&self.path, key, "missing metadata"))
     }
 
+    /// The float of `key`, if present (an error if it is not a number).
     pub fn float(&self, key: &str) -> Result<Option<f64>> {
         match self.value(key) {
             None => Ok(None),
@@ -125,6 +131,7 @@ impl GgufFile {
         }
     }
 
+    /// The boolean of `key`, if present.
     pub fn bool(&self, key: &str) -> Result<Option<bool>> {
         match self.value(key) {
             None => Ok(None),
@@ -133,6 +140,7 @@ impl GgufFile {
         }
     }
 
+    /// The string of `key`, if present.
     pub fn string(&self, key: &str) -> Result<Option<&str>> {
         match self.value(key) {
             None => Ok(None),
@@ -161,6 +169,7 @@ impl GgufFile {
             .map(Some)
     }
 
+    /// The array of strings of `key`, if present.
     pub fn strings(&self, key: &str) -> Result<Option<Vec<&str>>> {
         self.array(key, "an array of strings", |v| match v {
             Value::String(s) => Some(s.as_str()),
@@ -168,6 +177,7 @@ impl GgufFile {
         })
     }
 
+    /// The array of integers of `key`, if present.
     pub fn integers(&self, key: &str) -> Result<Option<Vec<i64>>> {
         self.array(key, "an array of integers", |v| match v {
             Value::I8(n) => Some(*n as i64),
@@ -181,6 +191,7 @@ impl GgufFile {
         })
     }
 
+    /// The array of floats of `key`, if present.
     pub fn floats(&self, key: &str) -> Result<Option<Vec<f32>>> {
         self.array(key, "an array of floats", |v| match v {
             Value::F32(x) => Some(*x),
@@ -208,6 +219,7 @@ impl GgufFile {
             .ok_or_else(|| Error::key(&self.path, name, "missing tensor"))
     }
 
+    /// Whether the file has a tensor `name`.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
     }
@@ -217,6 +229,7 @@ impl GgufFile {
         Ok(self.info(name)?.shape.dims().to_vec())
     }
 
+    /// The ggml type of tensor `name`.
     pub fn tensor_type(&self, name: &str) -> Result<GgmlDType> {
         Ok(self.info(name)?.ggml_dtype)
     }

@@ -17,12 +17,15 @@ use crate::error::{Error, Result};
 use crate::staged_dir::StagedDir;
 use crate::text::{GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE};
 
+/// How `qlora import-gguf` writes the model directory.
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
     /// Dtype of the written weights. bf16 (the default) is what transformers makes of a GGUF
     /// (its dequantized values rounded to bf16); f32 keeps the dequantized values exactly.
     pub dtype: FloatDtype,
+    /// Largest safetensors shard.
     pub max_shard_bytes: usize,
+    /// Replace the output if it exists.
     pub overwrite: bool,
 }
 
@@ -36,10 +39,14 @@ impl Default for ImportOptions {
     }
 }
 
+/// What an import wrote.
 #[derive(Debug, Clone)]
 pub struct ImportSummary {
+    /// The model directory.
     pub out_dir: PathBuf,
+    /// Tensors written.
     pub tensors: usize,
+    /// Values of all tensors.
     pub parameters: usize,
     /// Count of tensors per ggml type, e.g. ("Q4_1", 210).
     pub types: BTreeMap<&'static str, usize>,

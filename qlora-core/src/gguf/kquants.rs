@@ -12,7 +12,9 @@ pub const QK_K: usize = 256;
 
 /// Bytes of a Q4_K, Q5_K and Q6_K super-block.
 pub const Q4K_BYTES: usize = 144;
+/// Bytes of a Q5_K block (256 values).
 pub const Q5K_BYTES: usize = 176;
+/// Bytes of a Q6_K block (256 values).
 pub const Q6K_BYTES: usize = 210;
 
 /// Below this, a group counts as all zeros.

@@ -35,14 +35,18 @@ const TOKEN_USER_DEFINED: i64 = 4;
 
 /// The tokenizer files of a model directory.
 pub struct TokenizerFiles {
+    /// `tokenizer.json`.
     pub tokenizer: Tokenizer,
+    /// `tokenizer_config.json`: special tokens, `add_bos_token`, the chat template.
     pub tokenizer_config: Value,
+    /// `generation_config.json`: the special tokens' ids.
     pub generation_config: Value,
 }
 
 /// The pre-tokenizer regex of Llama 3 (`tokenizer.ggml.pre` = `llama-bpe`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// The tokenizer files transformers makes of the GGUF's `tokenizer.*` metadata.
 pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
     let path = gguf.path();
     let model = gguf

@@ -15,15 +15,20 @@ crate::named_enum! {
     }
 }
 
+/// The shape of fresh adapters: rank, scale, dropout, targets and initialization.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraConfig {
+    /// The rank.
     pub r: usize,
+    /// `lora_alpha`: the output is scaled by `alpha / r` (`alpha / sqrt(r)` with rsLoRA).
     pub alpha: f64,
+    /// Dropout of the adapter's input while training.
     pub dropout: f64,
     /// The projections that get adapters.
     pub target_modules: Vec<Projection>,
     /// Scale by `alpha / sqrt(r)` instead of `alpha / r`.
     pub use_rslora: bool,
+    /// How A is initialized (B starts at zero).
     pub init: LoraInit,
 }
 
@@ -42,10 +47,12 @@ impl Default for LoraConfig {
 }
 
 impl LoraConfig {
+    /// The scale of the adapter's output.
     pub fn scale(&self) -> f64 {
         lora_scale(self.alpha, self.r, self.use_rslora)
     }
 
+    /// Check every value, naming the flag of a bad one.
     pub fn validate(&self) -> Result<()> {
         if self.r == 0 {
             return Err(Error::invalid("LoRA rank must be at least 1"));

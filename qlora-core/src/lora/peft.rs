@@ -18,7 +18,9 @@ use crate::dtype::{FloatDtype, encode_f32};
 use crate::error::{Error, Result};
 use crate::model::{CausalLm, LoraAdapter};
 
+/// PEFT's adapter configuration file.
 pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// PEFT's adapter weights file.
 pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 const KEY_PREFIX: &str = "base_model.model.";
 
@@ -26,8 +28,10 @@ crate::named_enum! {
     /// The dtype adapter weights are written in.
     #[derive(Default)]
     pub enum AdapterDtype: "adapter dtype" {
+        /// 32-bit float (what training keeps).
         #[default]
         F32 = "f32" | "float32",
+        /// bfloat16 (half the size).
         BF16 = "bf16" | "bfloat16",
     }
 }
@@ -139,9 +143,13 @@ fn parse_key(key: &str) -> Option<(&str, &str)> {
 /// The settings of an adapter file that matter for using it.
 #[derive(Debug, Clone)]
 pub struct AdapterSettings {
+    /// The rank (`r`).
     pub r: usize,
+    /// `lora_alpha`.
     pub alpha: f64,
+    /// `lora_dropout`.
     pub dropout: f64,
+    /// Whether the scale is `alpha / sqrt(r)` (rsLoRA).
     pub use_rslora: bool,
     /// Which modules the config targets, with their ranks and alphas.
     pub targeting: Targeting,
@@ -155,15 +163,21 @@ impl AdapterSettings {
     }
 }
 
+/// One module's adapter weights, as the file stores them (f32).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModuleWeights {
+    /// The shape of A (`[r, in]`).
     pub a_shape: Vec<usize>,
+    /// A's values.
     pub a: Vec<f32>,
+    /// The shape of B (`[out, r]`).
     pub b_shape: Vec<usize>,
+    /// B's values.
     pub b: Vec<f32>,
 }
 
 impl ModuleWeights {
+    /// The module's rank (A's rows).
     pub fn rank(&self) -> usize {
         self.a_shape.first().copied().unwrap_or(0)
     }
@@ -192,6 +206,7 @@ impl ModuleWeights {
 /// An adapter directory read and checked for what we support, not yet tied to a model.
 #[derive(Debug, Clone)]
 pub struct AdapterFile {
+    /// The adapter's settings from its configuration.
     pub settings: AdapterSettings,
     /// Module path (`model.layers.0.self_attn.q_proj`) to its matrices: the modules the config
     /// targets, checked against its ranks.
@@ -199,6 +214,7 @@ pub struct AdapterFile {
     /// Modules with weights in the file that the config does not target: PEFT ignores them
     /// (with a warning), and so do we.
     pub ignored: Vec<String>,
+    /// The weights file.
     pub weights_path: std::path::PathBuf,
 }
 

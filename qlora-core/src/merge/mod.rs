@@ -30,6 +30,7 @@ crate::named_enum! {
     }
 }
 
+/// How `qlora merge` writes the merged model.
 #[derive(Debug, Clone)]
 pub struct MergeOptions {
     /// `None`: dequantized when the adapter was trained on NF4 (always for a 4-bit
@@ -39,21 +40,30 @@ pub struct MergeOptions {
     pub dtype: Option<FloatDtype>,
     /// Write a bitsandbytes NF4 checkpoint instead of dense weights.
     pub quantize_nf4: bool,
+    /// Largest safetensors shard.
     pub max_shard_bytes: usize,
+    /// Replace the output if it exists.
     pub overwrite: bool,
 }
 
+/// What a merge wrote.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MergeReport {
+    /// Projections an adapter changed.
     pub merged: usize,
+    /// The base the adapter was added to.
     pub base: MergeBase,
+    /// The dtype of the written weights.
     pub dtype: FloatDtype,
+    /// Bytes written.
     pub bytes_out: usize,
     /// Modules with weights in the adapter file that its config does not target (not merged,
     /// as PEFT ignores them).
     pub ignored_modules: Vec<String>,
 }
 
+/// Merge the adapter in `adapter_dir` into the model in `model_dir` and write the result as the
+/// model directory `out`.
 pub fn merge_model(
     model_dir: &Path,
     adapter_dir: &Path,

@@ -84,9 +84,13 @@ fn merged(w: &[f32], adapter: &Adapter, [out, inp]: [usize; 2], device: &Device)
 
 /// A base model and (optionally) an adapter, ready to give merged weights.
 pub struct MergedWeights {
+    /// The base's configuration.
     pub config: ModelConfig,
+    /// Its `config.json`.
     pub config_path: PathBuf,
+    /// The base's weights.
     pub checkpoint: Checkpoint,
+    /// The base the adapter is added to.
     pub base: MergeBase,
     adapters: HashMap<String, Adapter>,
     linear_shapes: HashMap<String, [usize; 2]>,

@@ -10,10 +10,15 @@ use crate::backend::ops;
 /// One adapter. `key` identifies it among the model's adapters (for dropout streams).
 #[derive(Clone, Debug)]
 pub struct LoraAdapter {
+    /// `A` `[r, in]`.
     pub a: Tensor<2>,
+    /// `B` `[out, r]`.
     pub b: Tensor<2>,
+    /// Multiplies the adapter's output (`alpha / r`).
     pub scale: f64,
+    /// Dropout of the adapter's input while training.
     pub dropout: f64,
+    /// The adapter's place among the model's (its dropout stream).
     pub key: u64,
 }
 
@@ -22,7 +27,9 @@ pub struct LoraAdapter {
 /// checkpointing), the backward pass and a resumed run all see the very same masks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropoutStream {
+    /// The run's seed.
     pub seed: u64,
+    /// The micro-batch's counter.
     pub step: u64,
 }
 
@@ -39,6 +46,7 @@ impl DropoutStream {
 pub type AdapterGrad = (Tensor<2>, Tensor<2>);
 
 impl LoraAdapter {
+    /// The adapter's rank.
     pub fn rank(&self) -> usize {
         self.a.dims()[0]
     }

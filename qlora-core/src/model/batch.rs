@@ -9,9 +9,13 @@ pub const IGNORE_INDEX: i64 = -100;
 /// rotary positions start at 0, and no label crosses from one example into the next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrainBatch {
+    /// The token ids of every row.
     pub ids: Vec<Vec<u32>>,
+    /// Every position's label ([`IGNORE_INDEX`]: none).
     pub labels: Vec<Vec<i64>>,
+    /// Whether each position is a token (false: padding).
     pub is_token: Vec<Vec<bool>>,
+    /// Which example of its row each position belongs to.
     pub segments: Vec<Vec<u32>>,
 }
 

@@ -11,6 +11,7 @@ pub struct KvCache {
 }
 
 impl KvCache {
+    /// An empty cache for a model of `num_layers` layers.
     pub fn new(num_layers: usize) -> Self {
         KvCache {
             layers: vec![None; num_layers],
@@ -24,6 +25,7 @@ impl KvCache {
         self.len
     }
 
+    /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

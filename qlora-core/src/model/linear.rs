@@ -17,6 +17,7 @@ use crate::quant::bnb_cpu_bf16;
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum BaseWeight {
+    /// A dense weight in the compute dtype.
     Dense(Tensor<2>),
     /// NF4, dequantized exactly to f32 for each product (bitsandbytes' training and GPU path).
     Nf4(Nf4Weight),
@@ -42,16 +43,23 @@ impl BaseWeight {
     }
 }
 
+/// A linear layer of the base model.
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// The frozen weight.
     pub weight: BaseWeight,
+    /// The frozen bias `[out]`, if the layer has one.
     pub bias: Option<Tensor<1>>,
+    /// The trainable adapter, if attached.
     pub lora: Option<LoraAdapter>,
+    /// Input width.
     pub in_features: usize,
+    /// Output width.
     pub out_features: usize,
 }
 
 impl Linear {
+    /// A linear of `weight` (and `bias`) without an adapter.
     pub fn new(
         weight: BaseWeight,
         bias: Option<Tensor<1>>,

@@ -46,6 +46,7 @@ impl Bits {
         }
     }
 
+    /// The precision of `bits` (4 or 16).
     pub fn from_number(bits: u64) -> Result<Self> {
         match bits {
             4 => Ok(Bits::Four),
@@ -103,11 +104,16 @@ crate::named_enum! {
     }
 }
 
+/// How a model is loaded.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// The frozen linears' precision.
     pub bits: Bits,
+    /// NF4's block size and double quantization.
     pub nf4: Nf4Config,
+    /// How NF4 linears multiply.
     pub nf4_matmul: Nf4Matmul,
+    /// Where the model lives.
     pub device: Device,
     /// What the dense weights (embeddings, head, a 16-bit base, biases) are stored in and the
     /// activations computed in; norms' weights and adapters stay f32.

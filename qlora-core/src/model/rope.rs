@@ -5,6 +5,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::{RopeConfig, RopeScaling};
 
+/// Rotary embedding tables for any positions.
 #[derive(Clone, Debug)]
 pub struct RotaryEmbedding {
     /// One inverse frequency per pair of dimensions, in f32 as transformers computes them.
@@ -13,6 +14,7 @@ pub struct RotaryEmbedding {
 }
 
 impl RotaryEmbedding {
+    /// The frequencies of `config` for heads of `head_dim`.
     pub fn new(config: &RopeConfig, head_dim: usize) -> Self {
         let base = config.theta as f32;
         let mut inv_freq: Vec<f32> = (0..head_dim / 2)

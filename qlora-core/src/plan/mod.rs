@@ -22,13 +22,20 @@ use crate::config::{ModelConfig, Projection};
 use crate::error::{Error, Result};
 use crate::model::{Bits, LayerActivations};
 
+/// What a planned run trains and how.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlanSettings {
+    /// The frozen linears' precision.
     pub bits: Bits,
+    /// LoRA's rank.
     pub rank: usize,
+    /// The projections adapted.
     pub target_modules: Vec<Projection>,
+    /// Rows a micro-batch.
     pub batch_size: usize,
+    /// Tokens a row.
     pub seq_len: usize,
+    /// Whether layers are recomputed in the backward pass.
     pub gradient_checkpointing: bool,
     /// 8-bit AdamW states (bitsandbytes' blockwise form) instead of 32-bit.
     pub optimizer_8bit: bool,
@@ -55,22 +62,29 @@ impl Default for PlanSettings {
     }
 }
 
+/// One term of a plan.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlanItem {
     /// Stable identifier (the `--json` key).
     pub key: &'static str,
+    /// Its bytes.
     pub bytes: u64,
+    /// What it counts.
     pub detail: String,
 }
 
+/// A plan: where the memory of a training step goes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MemoryPlan {
+    /// Every term.
     pub items: Vec<PlanItem>,
     /// Device memory at the peak of a training step: the sum of the items.
     pub peak_bytes: u64,
     /// Optimizer state the paged optimizer keeps in host memory instead.
     pub host_bytes: u64,
+    /// Values of the model.
     pub parameters: u64,
+    /// Values LoRA trains.
     pub trainable_parameters: u64,
 }
 

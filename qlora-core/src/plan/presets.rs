@@ -47,6 +47,7 @@ pub fn preset_config(name: &str) -> Option<String> {
     Some(config.to_string())
 }
 
+/// The names of the presets.
 pub fn preset_names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.0).collect()
 }

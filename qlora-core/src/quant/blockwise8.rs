@@ -19,6 +19,7 @@ pub struct CodeLut {
 }
 
 impl CodeLut {
+    /// The table of the 256-value map `code`.
     pub fn new(code: &[f32; 256]) -> Self {
         let midpoints: Vec<f32> = code.windows(2).map(|w| (w[0] + w[1]) * 0.5).collect();
         let table = (0..GRID)

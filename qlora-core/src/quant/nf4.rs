@@ -89,7 +89,9 @@ impl Scaling {
 /// Result of blockwise NF4 quantization: packed codes and one f32 absmax per block.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PackedBlocks {
+    /// Two codes a byte.
     pub packed: Vec<u8>,
+    /// The absmax of every block.
     pub absmax: Vec<f32>,
 }
 

@@ -27,7 +27,9 @@ const QUANT_STATE_SUFFIX: &str = "quant_state.bitsandbytes__nf4";
 /// How to quantize: the QLoRA defaults are block size 64 with double quantization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nf4Config {
+    /// Values a block shares an absmax over.
     pub blocksize: usize,
+    /// Whether the absmax values are themselves quantized to 8 bits.
     pub double_quant: bool,
 }
 
@@ -43,17 +45,24 @@ impl Default for Nf4Config {
 /// The absmax of every block, plain or itself quantized.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Absmax {
+    /// One f32 a block.
     Plain(Vec<f32>),
+    /// One 8-bit code a block ([`DoubleQuant`]).
     Double(DoubleQuant),
 }
 
 /// Double quantization: `absmax = code[q] * nested_absmax[block / 256] + offset`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DoubleQuant {
+    /// Every block's code.
     pub codes: Vec<u8>,
+    /// The absmax of every 256 blocks' codes.
     pub nested_absmax: Vec<f32>,
+    /// Added to every decoded absmax (their mean, taken out before quantizing).
     pub offset: f32,
+    /// The 256 values a code stands for.
     pub code: Vec<f32>,
+    /// Blocks a nested absmax covers.
     pub blocksize: usize,
 }
 
@@ -73,14 +82,18 @@ impl DoubleQuant {
 /// One NF4-quantized tensor: exactly the state bitsandbytes keeps for it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nf4Tensor {
+    /// The tensor's shape.
     pub shape: Vec<usize>,
     /// The dtype the tensor had before quantization (recorded, and restored on dequantization
     /// by consumers that care).
     pub dtype: FloatDtype,
+    /// Values a block shares an absmax over.
     pub blocksize: usize,
     /// Two codes a byte, element `2j` in the high nibble.
     pub packed: Vec<u8>,
+    /// The 16 values a code stands for.
     pub code: [f32; 16],
+    /// The absmax of every block.
     pub absmax: Absmax,
 }
 
@@ -135,10 +148,12 @@ impl Nf4Tensor {
         })
     }
 
+    /// Values of the tensor.
     pub fn numel(&self) -> usize {
         self.shape.iter().product()
     }
 
+    /// Blocks of the tensor.
     pub fn blocks(&self) -> usize {
         self.numel().div_ceil(self.blocksize)
     }
@@ -181,6 +196,7 @@ impl Nf4Tensor {
         )
     }
 
+    /// The f32 values, as bitsandbytes dequantizes them.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.numel()];
         self.dequantize_into(&mut out)

@@ -8,19 +8,26 @@ use serde_json::Value;
 use super::chat_template::{ChatTemplate, Message};
 use crate::error::{Error, Result};
 
+/// The tokenizer's file.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// The tokenizer's configuration (special tokens, chat template).
 pub const TOKENIZER_CONFIG_FILE: &str = "tokenizer_config.json";
+/// The generation configuration (end-of-sequence ids).
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
+/// The chat template's own file (newer models).
 pub const CHAT_TEMPLATE_FILE: &str = "chat_template.jinja";
 
 /// Token ids and the byte span `[start, end)` of each in the text (special tokens added by the
 /// post-processor have empty spans).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
+    /// The token ids.
     pub ids: Vec<u32>,
+    /// Each token's byte span in the text.
     pub offsets: Vec<(usize, usize)>,
 }
 
+/// A model's tokenizer with its special tokens and chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     bos: Option<(String, u32)>,
@@ -201,15 +208,18 @@ impl Tokenizer {
         })
     }
 
+    /// The text of `ids`.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         guarded(|| self.inner.decode(ids, skip_special_tokens))?
             .map_err(|e| Error::invalid(format!("cannot decode tokens: {e}")))
     }
 
+    /// Tokens of the vocabulary (added tokens included).
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
+    /// The id of `token`.
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
@@ -224,10 +234,12 @@ impl Tokenizer {
         self.eos.as_ref().map(|(s, _)| s.as_str())
     }
 
+    /// The beginning-of-sequence token's id.
     pub fn bos_id(&self) -> Option<u32> {
         self.bos.as_ref().map(|(_, id)| *id)
     }
 
+    /// The end-of-sequence token's id.
     pub fn eos_id(&self) -> Option<u32> {
         self.eos.as_ref().map(|(_, id)| *id)
     }
@@ -242,10 +254,12 @@ impl Tokenizer {
         self.pad.as_ref().map(|(_, id)| *id)
     }
 
+    /// The unknown token.
     pub fn unk_token(&self) -> Option<&str> {
         self.unk.as_deref()
     }
 
+    /// The ids generation stops at.
     pub fn stop_ids(&self) -> &[u32] {
         &self.stop_ids
     }
@@ -260,6 +274,7 @@ impl Tokenizer {
         &self.inner
     }
 
+    /// The chat template, if the model has one.
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
         self.chat_template.as_ref()
     }

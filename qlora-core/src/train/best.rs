@@ -17,14 +17,19 @@ crate::named_enum! {
     }
 }
 
+/// Where the best adapter is kept in the run's directory.
 pub const BEST_DIR: &str = "best";
+/// The best evaluation's record, next to its adapter.
 pub const BEST_FILE: &str = "best.json";
 
 /// What `best.json` records.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Best {
+    /// What was compared.
     pub metric: BestMetric,
+    /// Its best value.
     pub value: f64,
+    /// The step it was reached at.
     pub step: u64,
 }
 

@@ -16,6 +16,7 @@ use crate::staged_dir::StagedDir;
 
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// The run's settings, saved with every checkpoint and the final adapter.
 pub const CONFIG_FILE: &str = "training_config.toml";
 const PREFIX: &str = "checkpoint-";
 
@@ -27,6 +28,7 @@ pub struct RunPosition {
     pub step: u64,
     /// Epoch of the next batch, and its index within that epoch.
     pub epoch: u64,
+    /// The index of the next batch within its epoch.
     pub batch_in_epoch: usize,
     /// Micro-batches consumed (the dropout stream's counter).
     pub micro_step: u64,

@@ -19,6 +19,7 @@ use crate::lora::{AdapterDtype, LoraConfig, LoraInit};
 use crate::model::Bits;
 use crate::settings;
 
+/// Every setting of a training run: `qlora train`'s flags and the keys of its TOML file.
 #[derive(Debug, Clone, PartialEq, Args, Serialize, Deserialize)]
 #[command(next_help_heading = "Run")]
 #[serde(default)]
@@ -183,9 +184,11 @@ pub struct TrainConfig {
     /// much more memory).
     #[arg(long = "no-gradient-checkpointing", action = ArgAction::SetFalse, help_heading = "Optimization")]
     pub gradient_checkpointing: bool,
+    /// Lengths, loss masks and templates.
     #[command(flatten)]
     #[serde(flatten)]
     pub tokenize: TokenizeOptions,
+    /// OpenAssistant trees: which threads, languages and ranks.
     #[command(flatten)]
     #[serde(flatten)]
     pub oasst: OasstOptions,

@@ -2,25 +2,33 @@
 
 use serde::Serialize;
 
+/// The run's metrics, a JSON line a logged step, in its output directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// One line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepMetrics {
+    /// The optimizer step.
     pub step: u64,
+    /// The step's loss (mean over its target tokens).
     pub loss: f64,
+    /// The step's learning rate.
     pub lr: f64,
+    /// The global gradient norm before clipping.
     pub grad_norm: f64,
+    /// Tokens trained on so far.
     pub tokens: u64,
     /// Real (never padding) tokens a second.
     pub tokens_per_s: f64,
     /// The share of the step's positions that were padding.
     pub padding: f64,
+    /// The held-out loss, at an evaluation step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eval_loss: Option<f64>,
     /// Multiple-choice accuracy on --eval-mc-data (and per character of the choice).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mc_acc: Option<f64>,
+    /// Multiple-choice accuracy per character of the choice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mc_acc_norm: Option<f64>,
     /// Device memory in use after the step (GPU backends; the CPU reports none).
@@ -44,19 +52,25 @@ impl StepMetrics {
 
 /// Where progress is shown: a bar on a terminal, log lines elsewhere.
 pub trait Progress {
+    /// The run starts: `total_steps` in all, `done` of them already (resumed).
     fn start(&mut self, total_steps: u64, done: u64);
+    /// A step finished.
     fn step(&mut self, metrics: &StepMetrics);
+    /// A line to show.
     fn message(&mut self, text: &str);
+    /// The run ended.
     fn finish(&mut self);
 }
 
 /// Plain lines on stderr every `every` steps.
 pub struct LogProgress {
+    /// Steps between lines.
     pub every: u64,
     total: u64,
 }
 
 impl LogProgress {
+    /// Lines every `every` steps.
     pub fn new(every: u64) -> Self {
         LogProgress { every, total: 0 }
     }

@@ -13,20 +13,29 @@ use crate::error::{Error, Result};
 use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, save_adapter};
 use crate::staged_dir::{StagedDir, sweep_stale};
 
+/// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
+    /// Every step ran and the adapter was saved.
     Finished,
     /// Stopped on request after saving a checkpoint.
     Interrupted,
 }
 
+/// What a run did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainSummary {
+    /// How it ended.
     pub outcome: Outcome,
+    /// Optimizer steps taken.
     pub steps: u64,
+    /// The last step's loss.
     pub final_loss: Option<f64>,
+    /// The held-out loss before training.
     pub eval_loss_before: Option<f64>,
+    /// The held-out loss after training.
     pub eval_loss_after: Option<f64>,
+    /// The run's output directory.
     pub out: PathBuf,
 }
 

@@ -4,10 +4,13 @@
 use std::f64::consts::PI;
 
 crate::named_enum! {
+    /// The learning rate after warmup.
     pub enum Schedule: "schedule" {
         /// The QLoRA default.
         Constant = "constant" | "constant_with_warmup",
+        /// Down to 0 in a straight line.
         Linear = "linear",
+        /// Down to 0 along half a cosine.
         Cosine = "cosine",
     }
 }

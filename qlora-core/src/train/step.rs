@@ -14,13 +14,16 @@ use crate::profile::{self, Phase};
 /// The micro-batches of one optimizer step, summed: the gradients of the summed token loss
 /// (divide by `targets` for the step's mean), and what they held.
 pub struct StepGradients {
+    /// `(dA, dB)` of every adapter, summed over the micro-batches.
     pub grads: Vec<(Tensor<2>, Tensor<2>)>,
+    /// The summed token loss.
     pub loss_sum: f64,
     /// Tokens with a target: the step's loss is `loss_sum / targets`, whatever the
     /// micro-batches (not a mean of per-micro-batch means).
     pub targets: usize,
     /// Real tokens, and all positions (padding included).
     pub tokens: u64,
+    /// Positions of the micro-batches, padding included.
     pub positions: u64,
 }
 

@@ -23,10 +23,15 @@ use crate::text::Tokenizer;
 
 /// A run, ready to go.
 pub struct Trainer {
+    /// The run's settings.
     pub config: TrainConfig,
+    /// The model, with its adapters.
     pub model: CausalLm,
+    /// The model's tokenizer.
     pub tokenizer: Tokenizer,
+    /// The training examples.
     pub train: Vec<Example>,
+    /// The held-out examples.
     pub eval: Vec<Example>,
     pub(super) lora: LoraConfig,
     pub(super) optimizer: PagedAdamW,
@@ -250,10 +255,12 @@ impl Trainer {
         Ok(())
     }
 
+    /// Optimizer steps of the whole run.
     pub fn total_steps(&self) -> u64 {
         self.total_steps
     }
 
+    /// Where the run stands.
     pub fn position(&self) -> RunPosition {
         self.position
     }

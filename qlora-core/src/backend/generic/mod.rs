@@ -34,74 +34,92 @@ impl<B: Backend> Clone for F<B> {
 }
 
 impl<B: Backend> F<B> {
+    /// The shape.
     pub fn dims(&self) -> Vec<usize> {
         self.0.shape().to_vec()
     }
 
+    /// The same values in shape `dims`.
     pub fn reshape(self, dims: &[usize]) -> Self {
         F(B::float_reshape(self.0, Shape::from(dims.to_vec())))
     }
 
+    /// Dimensions `a` and `b` swapped.
     pub fn swap(self, a: usize, b: usize) -> Self {
         F(B::float_swap_dims(self.0, a, b))
     }
 
+    /// The matrix product (batched over leading dimensions).
     pub fn matmul(self, rhs: Self) -> Self {
         F(B::float_matmul(self.0, rhs.0))
     }
 
+    /// Every value times `s`.
     pub fn scale(self, s: f64) -> Self {
         F(B::float_mul_scalar(self.0, Scalar::from(s)))
     }
 
+    /// Every value plus `s`.
     pub fn add_scalar(self, s: f64) -> Self {
         F(B::float_add_scalar(self.0, Scalar::from(s)))
     }
 
+    /// `e^x` of every value.
     pub fn exp(self) -> Self {
         F(B::float_exp(self.0))
     }
 
+    /// The natural logarithm of every value.
     pub fn log(self) -> Self {
         F(B::float_log(self.0))
     }
 
+    /// The square root of every value.
     pub fn sqrt(self) -> Self {
         F(B::float_sqrt(self.0))
     }
 
+    /// `1 / x` of every value.
     pub fn recip(self) -> Self {
         F(B::float_recip(self.0))
     }
 
+    /// The logistic sigmoid of every value.
     pub fn sigmoid(self) -> Self {
         F(B::sigmoid(self.0))
     }
 
+    /// The hyperbolic tangent of every value.
     pub fn tanh(self) -> Self {
         F(B::float_tanh(self.0))
     }
 
+    /// Every value clamped to `min..=max`.
     pub fn clamp(self, min: f64, max: f64) -> Self {
         F(B::float_clamp(self.0, Scalar::from(min), Scalar::from(max)))
     }
 
+    /// The absolute value of every value.
     pub fn abs(self) -> Self {
         F(B::float_abs(self.0))
     }
 
+    /// Sums along `dim` (kept, of size 1).
     pub fn sum_dim(self, dim: usize) -> Self {
         F(B::float_sum_dim(self.0, dim))
     }
 
+    /// Means along `dim` (kept, of size 1).
     pub fn mean_dim(self, dim: usize) -> Self {
         F(B::float_mean_dim(self.0, dim))
     }
 
+    /// Maxima along `dim` (kept, of size 1).
     pub fn max_dim(self, dim: usize) -> Self {
         F(B::float_max_dim(self.0, dim))
     }
 
+    /// Broadcast to `dims`.
     pub fn expand(self, dims: &[usize]) -> Self {
         F(B::float_expand(self.0, Shape::from(dims.to_vec())))
     }
@@ -121,6 +139,7 @@ impl<B: Backend> F<B> {
         F(B::float_slice(self.0, &slices))
     }
 
+    /// `parts` joined along `dim`.
     pub fn cat(parts: Vec<Self>, dim: usize) -> Self {
         F(B::float_cat(parts.into_iter().map(|p| p.0).collect(), dim))
     }

@@ -35,19 +35,26 @@ fn is_cpu(device: &Device) -> bool {
 pub const MIN_8BIT_SIZE: usize = 4096;
 
 crate::named_enum! {
+    /// The optimizer: AdamW with 32- or 8-bit states, paged or not (bitsandbytes' names).
     pub enum OptimizerKind: "optimizer" {
+        /// 32-bit states paging between device and host (the QLoRA default).
         PagedAdamW32 = "paged_adamw_32bit",
+        /// bitsandbytes' 8-bit blockwise states, paging.
         PagedAdamW8 = "paged_adamw_8bit",
+        /// `torch.optim.AdamW`.
         AdamW32 = "adamw_32bit" | "adamw_torch" | "adamw",
+        /// bitsandbytes' `AdamW8bit`.
         AdamW8 = "adamw_8bit" | "adamw_bnb_8bit",
     }
 }
 
 impl OptimizerKind {
+    /// Whether the states are 8-bit.
     pub fn eight_bit(self) -> bool {
         matches!(self, OptimizerKind::PagedAdamW8 | OptimizerKind::AdamW8)
     }
 
+    /// Whether the states page between device and host.
     pub fn paged(self) -> bool {
         matches!(
             self,
@@ -56,11 +63,16 @@ impl OptimizerKind {
     }
 }
 
+/// AdamW's hyperparameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
+    /// Decay of the first moment.
     pub beta1: f64,
+    /// Decay of the second moment.
     pub beta2: f64,
+    /// Added to the second moment's root.
     pub eps: f64,
+    /// Decoupled weight decay.
     pub weight_decay: f64,
 }
 
@@ -99,18 +111,28 @@ impl ParamState {
 /// Host form of one parameter's state, for checkpoints.
 #[derive(Clone, Debug, PartialEq)]
 pub enum SavedMoments {
+    /// 32-bit moments.
     F32 {
+        /// The first moment.
         m: Vec<f32>,
+        /// The second moment.
         v: Vec<f32>,
     },
+    /// 8-bit blockwise moments.
     U8 {
+        /// The first moment's codes.
         m_codes: Vec<u8>,
+        /// Its block maxima.
         m_absmax: Vec<f32>,
+        /// The second moment's codes.
         v_codes: Vec<u8>,
+        /// Its block maxima.
         v_absmax: Vec<f32>,
     },
 }
 
+/// AdamW over the adapters' parameters, with 32- or 8-bit states that page between the device and
+/// host memory under a budget.
 pub struct PagedAdamW {
     kind: OptimizerKind,
     config: AdamWConfig,
@@ -127,6 +149,7 @@ pub struct PagedAdamW {
     maps: Option<DeviceMaps>,
     /// Bytes moved host -> device and device -> host, for reports.
     pub paged_in: usize,
+    /// Bytes moved device -> host, for reports.
     pub paged_out: usize,
 }
 
@@ -182,6 +205,7 @@ impl PagedAdamW {
         }
     }
 
+    /// Which optimizer it is.
     pub fn kind(&self) -> OptimizerKind {
         self.kind
     }
