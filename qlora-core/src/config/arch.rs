@@ -91,7 +91,7 @@ impl Architecture {
         Self::ALL.map(Architecture::class_name).join(", ")
     }
 
-    /// The tensors of each layer.
+    /// The tensors of each layer (the spec's q/k norms follow from it).
     pub fn layer_tensors(self) -> &'static [ModelTensor] {
         match self {
             Architecture::Llama | Architecture::Mistral => &LLAMA_LAYER,
@@ -136,10 +136,11 @@ impl Architecture {
             }
             Architecture::Qwen3 => {
                 spec.bias[4..].fill(false);
-                spec.qk_norm = true;
                 qwen_windows(raw, file)?
             }
         };
+        // The per-head norms are there when the family's layers have their tensors.
+        spec.qk_norm = self.layer_tensors().contains(&ModelTensor::AttnQNorm);
         for (layer, window) in spec.layers.iter_mut().zip(windows) {
             *layer = LayerSpec {
                 window,

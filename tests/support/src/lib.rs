@@ -29,21 +29,12 @@ pub fn reference(relative: &str) -> PathBuf {
     root().join("tests/reference").join(relative)
 }
 
-/// Every tensor of a safetensors file: dtype, shape and raw bytes.
+/// Every tensor of a fixture's safetensors file: dtype, shape and raw bytes.
 pub fn load_tensors(relative: &str) -> HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(fixture(relative)).expect("fixture file");
-    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
-    st.tensors()
-        .into_iter()
-        .map(|(name, view)| {
-            (
-                name,
-                (view.dtype(), view.shape().to_vec(), view.data().to_vec()),
-            )
-        })
-        .collect()
+    load_tensors_at(&fixture(relative))
 }
 
+/// Little-endian f32 values of `bytes`.
 pub fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
@@ -57,7 +48,7 @@ pub fn bits(values: &[f32]) -> Vec<u32> {
 }
 
 /// Every tensor of a safetensors file at any path.
-pub fn load_tensors_at(path: &std::path::Path) -> HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> {
+pub fn load_tensors_at(path: &Path) -> HashMap<String, (Dtype, Vec<usize>, Vec<u8>)> {
     let bytes = std::fs::read(path).expect("safetensors file");
     let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
     st.tensors()
