@@ -15,7 +15,8 @@ use qlora_core::text::Tokenizer;
 /// `--device`, for every command that computes.
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
-    /// Where to compute: cpu, wgpu, cuda or cuda:N.
+    /// Where to compute: cpu, wgpu, wgpu:N (discrete GPU N), cuda or cuda:N. Under mpirun,
+    /// an unnumbered GPU is the local rank's.
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
 }

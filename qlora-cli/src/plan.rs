@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use bytesize::ByteSize;
 use clap::{ArgMatches, Args};
+use qlora_core::distributed::step_reduce_bytes;
 use qlora_core::plan::{MemoryPlan, PlanSettings, alternatives, load_config, plan};
 use qlora_core::train::TrainConfig;
 use serde_json::json;
@@ -21,6 +22,10 @@ pub struct PlanArgs {
     /// Memory to fit in, e.g. 24GB.
     #[arg(long, help_heading = "Plan")]
     gpu_memory: Option<ByteSize>,
+    /// Ranks of a data-parallel run (`mpirun -np N`): each device's peak, the global batch and
+    /// the all-reduce a step.
+    #[arg(long, default_value_t = 1, help_heading = "Plan")]
+    world_size: usize,
     /// Print the plan as JSON.
     #[arg(long, help_heading = "Plan")]
     json: bool,
@@ -79,6 +84,12 @@ pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
         parameters,
         trainable_parameters,
     } = plan(&config, &settings)?;
+    if args.world_size == 0 {
+        bail!("--world-size 0: expected at least 1 rank");
+    }
+    let world = args.world_size;
+    let reduce_bytes = step_reduce_bytes(trainable_parameters);
+    let global_batch = settings.batch_size * run.grad_accum * world;
     let limit = args.gpu_memory.map(|m| m.as_u64());
     let fits = limit.map(|l| peak_bytes <= l);
     let suggestions: Vec<(String, u64)> = match fits {
@@ -104,6 +115,12 @@ pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
             "fits": fits,
             "suggestions": suggestions.iter().map(|(c, b)| json!({"change": c, "peak_bytes": b, "fits": limit.map(|l| *b <= l)})).collect::<Vec<_>>(),
         });
+        let mut value = value;
+        if world > 1 {
+            value["world_size"] = json!(world);
+            value["global_batch_rows"] = json!(global_batch);
+            value["allreduce_bytes_per_step"] = json!(reduce_bytes);
+        }
         println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
@@ -125,6 +142,16 @@ pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
         println!(
             "  (+ {} of optimizer state paged to host memory)",
             gib(host_bytes)
+        );
+    }
+    if world > 1 {
+        println!(
+            "on {world} ranks: the peak above on each device; --batch-size {} x --grad-accum {} \
+             x {world} = {global_batch} rows a step; one all-reduce a step of {:.1} MB \
+             ({trainable_parameters} adapter gradients, f32), each rank sending and receiving it",
+            settings.batch_size,
+            run.grad_accum,
+            reduce_bytes as f64 / 1e6
         );
     }
     if let (Some(limit), Some(fits)) = (limit, fits) {

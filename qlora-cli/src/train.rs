@@ -1,5 +1,6 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
@@ -8,9 +9,11 @@ use crate::model_args::DeviceArgs;
 use anyhow::Result;
 use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use qlora_core::device::DeviceChoice;
+use qlora_core::distributed::{self, Collective};
 use qlora_core::gguf::resolve_model;
 use qlora_core::train::{
-    LogProgress, Outcome, Progress, StepMetrics, TrainConfig, Trainer, resume_point,
+    LogProgress, Outcome, Progress, Quiet, StepMetrics, TrainConfig, Trainer, resume_point,
 };
 
 #[derive(Args)]
@@ -95,28 +98,63 @@ impl Progress for BarProgress {
 }
 
 pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
+    let collective = distributed::init()?;
+    if collective.world() == 1 {
+        return train(args, matches, collective);
+    }
+    // A failing rank ends them all (MPI_Abort), naming itself, so the others never wait on it.
+    let rank = collective.rank();
+    let world = collective.world();
+    distributed::abort_ranks_on_panic(rank);
+    match train(args, matches, collective.clone()) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            eprintln!("error: rank {rank} of {world}: {err:#}");
+            collective.abort(1)
+        }
+    }
+}
+
+fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) -> Result<()> {
+    let root = collective.rank() == 0;
     let mut config =
         TrainConfig::from_file_and_flags(args.config.as_deref(), &args.settings, matches)?;
     config.validate()?;
     config.model = resolve_model(&config.model)?;
     let resume = resume_point(&config.out, args.resume.as_deref())?;
 
-    let mut progress: Box<dyn Progress> = if std::io::stderr().is_terminal() {
+    let mut progress: Box<dyn Progress> = if !root {
+        Box::new(Quiet)
+    } else if std::io::stderr().is_terminal() {
         Box::new(BarProgress::new(ProgressDrawTarget::stderr()))
     } else {
         Box::new(LogProgress::new(config.logging_steps))
     };
+    if args.device.device == DeviceChoice::Cpu
+        && let Some(threads) = distributed::share_cpu_threads(collective.local_world())
+    {
+        progress.message(&format!(
+            "{} ranks on this machine: {threads} CPU thread{} each (set RAYON_NUM_THREADS to \
+             choose)",
+            collective.local_world(),
+            if threads == 1 { "" } else { "s" }
+        ));
+    }
 
     let interrupt = Arc::new(AtomicBool::new(false));
     crate::signals::set_training(interrupt.clone());
 
-    let mut trainer = Trainer::new(
+    let mut trainer = Trainer::on_ranks(
         config,
         args.device.device,
         resume.as_deref(),
         progress.as_mut(),
+        collective,
     )?;
     let summary = trainer.run(progress.as_mut(), &interrupt)?;
+    if !root {
+        return Ok(());
+    }
     match summary.outcome {
         Outcome::Finished => {
             let before = summary

@@ -2,7 +2,8 @@
 //!
 //! Modules are listed in dependency order: each uses only those above it.
 //!
-//! - Foundations: [`error`], [`profile`] (where a step's time goes), [`settings`] (flags and TOML), [`dtype`], [`device`], [`staged_dir`].
+//! - Foundations: [`error`], [`profile`] (where a step's time goes), [`settings`] (flags and TOML), [`dtype`], [`device`], [`staged_dir`],
+//!   [`distributed`] (the collectives of a run on several processes: MPI).
 //! - Formats and quantization: [`config`] (`config.json`), [`checkpoint`] (safetensors model
 //!   directories), [`quant`] (NF4 with double quantization, byte for byte bitsandbytes),
 //!   [`quantize_model`], [`text`] (tokenizer, chat templates), [`gguf`] (llama.cpp files).
@@ -23,6 +24,7 @@ pub mod profile;
 pub mod settings;
 
 pub mod device;
+pub mod distributed;
 pub mod dtype;
 pub mod staged_dir;
 

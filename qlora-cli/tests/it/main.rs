@@ -4,7 +4,10 @@ mod common;
 
 mod choice_cli;
 mod gguf_cli;
+mod launch_cli;
 mod model_cli;
+#[cfg(feature = "mpi")]
+mod mpi_cli;
 mod plan_cli;
 mod quantize_cli;
 mod safety_cli;

@@ -71,8 +71,29 @@ pub fn evaluate(
     model: &CausalLm,
     examples: &[Example],
     packing: Option<usize>,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> Result<EvalReport> {
+    let (sum, tokens) = loss_sum(model, examples, packing, progress)?;
+    if tokens == 0 {
+        return Err(Error::invalid("no target tokens to evaluate"));
+    }
+    let loss = sum / tokens as f64;
+    Ok(EvalReport {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+        examples: examples.len(),
+    })
+}
+
+/// The summed loss over all target tokens of `examples`, and their number (what [`evaluate`]
+/// divides; the ranks of a multi-process run add theirs up first).
+pub fn loss_sum(
+    model: &CausalLm,
+    examples: &[Example],
+    packing: Option<usize>,
+    mut progress: impl FnMut(usize),
+) -> Result<(f64, usize)> {
     let usable: Vec<usize> = (0..examples.len())
         .filter(|&i| examples[i].ids.len() >= 2)
         .collect();
@@ -104,14 +125,5 @@ pub fn evaluate(
         done += row.len();
         progress(done);
     }
-    if tokens == 0 {
-        return Err(Error::invalid("no target tokens to evaluate"));
-    }
-    let loss = sum / tokens as f64;
-    Ok(EvalReport {
-        loss,
-        perplexity: loss.exp(),
-        tokens,
-        examples: examples.len(),
-    })
+    Ok((sum, tokens))
 }

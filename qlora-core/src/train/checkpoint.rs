@@ -34,6 +34,21 @@ pub struct RunPosition {
     pub micro_step: u64,
     /// Tokens trained on so far.
     pub tokens: u64,
+    /// Ranks the run trains on (0 reads as 1: checkpoints of one process leave it out). A
+    /// checkpoint resumes on another number of ranks when the global batch stays the same.
+    #[serde(default, skip_serializing_if = "is_one_rank")]
+    pub world_size: usize,
+}
+
+fn is_one_rank(world_size: &usize) -> bool {
+    *world_size <= 1
+}
+
+impl RunPosition {
+    /// Ranks the run trains on.
+    pub fn ranks(&self) -> usize {
+        self.world_size.max(1)
+    }
 }
 
 pub fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {

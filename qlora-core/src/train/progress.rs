@@ -62,6 +62,17 @@ pub trait Progress {
     fn finish(&mut self);
 }
 
+/// Nothing shown: the ranks other than 0 of a multi-process run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn start(&mut self, _: u64, _: u64) {}
+    fn step(&mut self, _: &StepMetrics) {}
+    fn message(&mut self, _: &str) {}
+    fn finish(&mut self) {}
+}
+
 /// Plain lines on stderr every `every` steps.
 pub struct LogProgress {
     /// Steps between lines.

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::best::{BEST_FILE, Best, BestMetric, best_dir};
 use super::checkpoint::{CONFIG_FILE, save_checkpoint};
-use super::progress::{METRICS_FILE, Progress, StepMetrics};
+use super::progress::{METRICS_FILE, Progress, Quiet, StepMetrics};
 use super::trainer::Trainer;
 use crate::error::{Error, Result};
 use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, save_adapter};
@@ -95,7 +95,7 @@ impl Trainer {
     /// With `--save-best`, keep this evaluation's adapter as `OUT/best/` if it beats the best
     /// so far.
     fn keep_best(&mut self, m: &StepMetrics, progress: &mut dyn Progress) -> Result<()> {
-        let Some(metric) = self.config.save_best else {
+        let Some(metric) = self.config.save_best.filter(|_| self.is_root()) else {
             return Ok(());
         };
         let value = match metric {
@@ -156,15 +156,27 @@ impl Trainer {
         Ok(file)
     }
 
-    /// Train to the end (or until `interrupt` is set: then save a checkpoint and stop).
+    /// Train to the end (or until `interrupt` is set, on any rank: then save a checkpoint and
+    /// stop). On several ranks only rank 0 shows progress and writes files.
     pub fn run(
         &mut self,
         progress: &mut dyn Progress,
         interrupt: &AtomicBool,
     ) -> Result<TrainSummary> {
-        std::fs::create_dir_all(&self.config.out).map_err(|e| Error::io(&self.config.out, e))?;
-        let mut metrics = self.open_metrics()?;
+        let root = self.is_root();
+        let mut quiet = Quiet;
+        let progress: &mut dyn Progress = if root { progress } else { &mut quiet };
+        let mut metrics = if root {
+            std::fs::create_dir_all(&self.config.out)
+                .map_err(|e| Error::io(&self.config.out, e))?;
+            Some(self.open_metrics()?)
+        } else {
+            None
+        };
         let metrics_path = self.config.out.join(METRICS_FILE);
+        if self.world() > 1 {
+            progress.message(&self.parallel_header());
+        }
         let eval_loss_before = if self.position.step == 0 {
             self.eval_loss()?
         } else {
@@ -177,7 +189,7 @@ impl Trainer {
         let mut last = None;
         let mut eval_loss_after = None;
         while self.position.step < self.total_steps {
-            let mut m = self.step()?;
+            let (mut m, interrupted) = self.step_or_stop(interrupt.load(Ordering::SeqCst))?;
             let at = self.position.step;
             let final_step = at == self.total_steps;
             if self.config.eval_steps.is_some_and(|e| at.is_multiple_of(e)) || final_step {
@@ -190,20 +202,23 @@ impl Trainer {
                 }
                 self.keep_best(&m, progress)?;
             }
-            writeln!(
-                metrics,
-                "{}",
-                serde_json::to_string(&m).expect("metrics serialize")
-            )
-            .map_err(|e| Error::io(&metrics_path, e))?;
+            if let Some(metrics) = &mut metrics {
+                writeln!(
+                    metrics,
+                    "{}",
+                    serde_json::to_string(&m).expect("metrics serialize")
+                )
+                .map_err(|e| Error::io(&metrics_path, e))?;
+            }
             progress.step(&m);
             last = Some(m.loss);
-            let interrupted = interrupt.load(Ordering::SeqCst);
-            if !final_step && (at.is_multiple_of(self.config.save_steps) || interrupted) {
+            if !final_step && (at.is_multiple_of(self.config.save_steps) || interrupted) && root {
                 let dir = self.save_checkpoint()?;
                 progress.message(&format!("saved {}", dir.display()));
             }
             if interrupted && !final_step {
+                // Every rank leaves once rank 0's checkpoint is complete.
+                self.collective().barrier();
                 progress.finish();
                 return Ok(TrainSummary {
                     outcome: Outcome::Interrupted,
@@ -215,7 +230,14 @@ impl Trainer {
                 });
             }
         }
-        self.save_final()?;
+        if self.world() > 1 {
+            self.check_ranks_agree()?;
+            progress.message(&self.parallel_footer());
+        }
+        if root {
+            self.save_final()?;
+        }
+        self.collective().barrier();
         progress.finish();
         Ok(TrainSummary {
             outcome: Outcome::Finished,

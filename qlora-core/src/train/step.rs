@@ -28,19 +28,25 @@ pub struct StepGradients {
 }
 
 impl Trainer {
-    /// Run the next `grad_accum` micro-batches forward and backward and sum their gradients.
+    /// Run this rank's rows of the next `grad_accum` micro-batches forward and backward and
+    /// sum their gradients.
     pub fn accumulate(&mut self) -> Result<StepGradients> {
         let mut sum: Option<Vec<(Tensor<2>, Tensor<2>)>> = None;
         let (mut loss_sum, mut targets, mut tokens, mut positions) = (0f64, 0usize, 0u64, 0u64);
         for _ in 0..self.config.grad_accum {
             let batch = self.next_batch();
-            tokens += batch.tokens() as u64;
-            positions += batch.positions() as u64;
+            // Each rank's rows draw their own dropout masks (one process: the stream as ever).
+            let (world, rank) = (self.world() as u64, self.collective.rank() as u64);
             let stream = DropoutStream {
                 seed: self.config.seed,
-                step: self.position.micro_step,
+                step: self.position.micro_step * world + rank,
             };
             self.position.micro_step += 1;
+            let Some(batch) = batch else {
+                continue;
+            };
+            tokens += batch.tokens() as u64;
+            positions += batch.positions() as u64;
             let result = self.model.loss_and_grads(
                 &batch,
                 self.config.gradient_checkpointing,
@@ -58,7 +64,7 @@ impl Trainer {
             });
         }
         Ok(StepGradients {
-            grads: sum.expect("at least one micro-batch"),
+            grads: sum.unwrap_or_else(|| self.zero_grads()),
             loss_sum,
             targets,
             tokens,
@@ -68,14 +74,24 @@ impl Trainer {
 
     /// One optimizer step: `grad_accum` micro-batches, clipping, the update.
     pub fn step(&mut self) -> Result<StepMetrics> {
+        Ok(self.step_or_stop(false)?.0)
+    }
+
+    /// [`Trainer::step`], with this rank's request to stop after it (`stop`); returns the
+    /// step's metrics and whether any rank asked to stop, so that all stop after the same step.
+    pub(super) fn step_or_stop(&mut self, stop: bool) -> Result<(StepMetrics, bool)> {
         let start = Instant::now();
-        let StepGradients {
-            grads,
-            loss_sum,
-            targets,
-            tokens,
-            positions,
-        } = self.accumulate()?;
+        let local = self.accumulate()?;
+        let (
+            StepGradients {
+                grads,
+                loss_sum,
+                targets,
+                tokens,
+                positions,
+            },
+            stop,
+        ) = self.reduce(local, stop);
         let step = self.position.step;
         let lr = self.config.lr
             * self
@@ -128,7 +144,7 @@ impl Trainer {
         self.position.step += 1;
         self.position.tokens += tokens;
         let seconds = start.elapsed().as_secs_f64();
-        Ok(StepMetrics {
+        let metrics = StepMetrics {
             step: self.position.step,
             loss,
             lr,
@@ -144,6 +160,7 @@ impl Trainer {
                 .device
                 .memory_pool_usage()
                 .map(|u| u.bytes_in_use),
-        })
+        };
+        Ok((metrics, stop))
     }
 }

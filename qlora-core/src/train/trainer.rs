@@ -2,6 +2,7 @@
 //! resuming from a checkpoint. The step itself is in `step.rs`.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use super::best::{Best, read_best};
 use super::checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
@@ -12,10 +13,11 @@ use super::schedule::warmup_from_ratio;
 use crate::config::Projection;
 use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, split_eval};
 use crate::device::DeviceChoice;
+use crate::distributed::{Collective, ReduceStats, Single, differing};
 use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
 use crate::eval::choice::{Question, evaluate_choices, read_task};
-use crate::eval::evaluate;
+use crate::eval::loss_sum;
 use crate::lora::{AdapterFile, LoraConfig, apply_adapter, load_adapter, read_adapter};
 use crate::model::{CausalLm, LoadOptions, TrainBatch};
 use crate::quant::Nf4Config;
@@ -45,6 +47,10 @@ pub struct Trainer {
     pub(super) mc: Option<(Vec<Question>, Vec<Question>)>,
     /// The best evaluation so far (`--save-best`).
     pub(super) best: Option<Best>,
+    /// The ranks of the run ([`Single`] for one process).
+    pub(super) collective: Rc<dyn Collective>,
+    /// What the step's all-reduces cost so far.
+    pub(super) reduce_stats: ReduceStats,
 }
 
 impl Trainer {
@@ -56,6 +62,21 @@ impl Trainer {
         resume: Option<&Path>,
         progress: &mut dyn Progress,
     ) -> Result<Self> {
+        Self::on_ranks(config, device, resume, progress, Rc::new(Single))
+    }
+
+    /// [`Trainer::new`] for one rank of a run on several ([`crate::distributed::init`]):
+    /// every rank loads the model and data, checks that the others loaded the same, takes the
+    /// local rank's device (an unnumbered GPU) and rank 0's adapter values. `--batch-size`
+    /// stays per rank: a micro-batch of the run holds `batch_size × world` rows.
+    pub fn on_ranks(
+        config: TrainConfig,
+        device: DeviceChoice,
+        resume: Option<&Path>,
+        progress: &mut dyn Progress,
+        collective: Rc<dyn Collective>,
+    ) -> Result<Self> {
+        let device = device.on_local_rank(collective.local_rank(), collective.local_world());
         config.validate()?;
         let mut config = config;
         config.settle_optimizer_budget(device, progress)?;
@@ -150,7 +171,9 @@ impl Trainer {
         );
 
         let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
-        let plan = epoch_plan(&lengths, &config.batching(), config.seed, 0);
+        let mut batching = config.batching();
+        batching.batch_size *= collective.world();
+        let plan = epoch_plan(&lengths, &batching, config.seed, 0);
         let batches_per_epoch = plan.len();
         let steps_per_epoch = batches_per_epoch.div_ceil(config.grad_accum) as u64;
         let total_steps = match (config.max_steps, config.epochs) {
@@ -200,19 +223,34 @@ impl Trainer {
             eval,
             lora,
             optimizer,
-            position: RunPosition::default(),
+            position: RunPosition {
+                world_size: collective.world(),
+                ..RunPosition::default()
+            },
             total_steps,
             warmup,
             lengths,
             plan: (0, plan),
             mc,
             best,
+            collective,
+            reduce_stats: ReduceStats::default(),
         };
+        trainer.reduce_stats.bytes_per_step = trainer.reduce_bytes_per_step();
+        let fingerprint = trainer.fingerprint();
+        let ranks = differing(trainer.collective.as_ref(), fingerprint);
+        if !ranks.is_empty() {
+            return Err(Error::invalid(format!(
+                "rank {ranks:?} loaded another model, data or settings than rank 0: every rank \
+                 must be given the same files and flags"
+            )));
+        }
         if let Some(dir) = resume {
             let saved_path = dir.join(CONFIG_FILE);
             let mut saved = TrainConfig::from_toml_file(&saved_path)?;
             // Checkpoints from before the detected format was recorded detected it too.
             saved.format = saved.format.or(trainer.config.format);
+            trainer.same_global_batch(&mut saved, dir)?;
             for change in trainer.config.resume_changes(&saved, dir)? {
                 progress.message(&format!("resuming with {change}"));
             }
@@ -223,6 +261,7 @@ impl Trainer {
                 trainer.position.step
             ));
         }
+        trainer.sync_adapters();
         Ok(trainer)
     }
 
@@ -251,7 +290,10 @@ impl Trainer {
         }
         let (position, step, moments) = load_checkpoint(dir)?;
         self.optimizer.restore(step, moments)?;
-        self.position = position;
+        self.position = RunPosition {
+            world_size: self.world(),
+            ..position
+        };
         Ok(())
     }
 
@@ -270,23 +312,26 @@ impl Trainer {
         (self.optimizer.paged_in, self.optimizer.paged_out)
     }
 
-    /// The next micro-batch in data order, advancing the position.
-    pub(super) fn next_batch(&mut self) -> TrainBatch {
+    /// This rank's rows of the next micro-batch in data order (none: the epoch's last
+    /// micro-batch left this rank nothing), advancing the position.
+    pub(super) fn next_batch(&mut self) -> Option<TrainBatch> {
         if self.plan.0 != self.position.epoch {
             let plan = epoch_plan(
                 &self.lengths,
-                &self.config.batching(),
+                &self.global_batching(),
                 self.config.seed,
                 self.position.epoch,
             );
             self.plan = (self.position.epoch, plan);
         }
-        let rows: Vec<Vec<&Example>> = self.plan.1[self.position.batch_in_epoch]
+        let rows: Vec<Vec<&Example>> = self
+            .my_rows(&self.plan.1[self.position.batch_in_epoch])
             .iter()
             .map(|row| row.iter().map(|&i| &self.train[i]).collect())
             .collect();
         let pad = self.tokenizer.pad_id().unwrap_or(0);
-        let batch = collate_rows(&rows, pad, self.config.batching().packing);
+        let batch =
+            (!rows.is_empty()).then(|| collate_rows(&rows, pad, self.config.batching().packing));
         self.position.batch_in_epoch += 1;
         if self.position.batch_in_epoch >= self.plan.1.len() {
             self.position.batch_in_epoch = 0;
@@ -295,31 +340,76 @@ impl Trainer {
         batch
     }
 
-    /// Multiple-choice accuracy (and its per-character form) on `--eval-mc-data`.
+    /// Multiple-choice accuracy (and its per-character form) on `--eval-mc-data`; the
+    /// questions are split across the ranks.
     pub fn mc_accuracy(&self) -> Result<Option<(f64, f64)>> {
         let Some((questions, fewshot)) = &self.mc else {
             return Ok(None);
         };
-        let report = evaluate_choices(
-            &self.model,
-            &self.tokenizer,
-            questions,
-            fewshot,
-            self.config.eval_mc_style,
-            |_| {},
-        )?;
-        Ok(Some((report.overall.acc, report.overall.acc_norm)))
+        let mine = self.my_share(questions);
+        // Questions, right, right per character.
+        let mut sums = [0f64; 3];
+        if !mine.is_empty() {
+            let report = evaluate_choices(
+                &self.model,
+                &self.tokenizer,
+                &mine,
+                fewshot,
+                self.config.eval_mc_style,
+                |_| {},
+            )?;
+            let n = report.overall.questions as f64;
+            sums = [n, report.overall.acc * n, report.overall.acc_norm * n];
+        }
+        self.sum_over_ranks(&mut sums);
+        Ok(Some((sums[1] / sums[0], sums[2] / sums[0])))
     }
 
-    /// Mean loss over the held-out examples.
+    /// Mean loss over the held-out examples (split across the ranks).
     pub fn eval_loss(&self) -> Result<Option<f64>> {
         if self.eval.is_empty() {
             return Ok(None);
         }
         let packing = self.config.batching().packing;
-        Ok(Some(
-            evaluate(&self.model, &self.eval, packing, |_| {})?.loss,
-        ))
+        let mine = self.my_share(&self.eval);
+        let mut sums = [0f64; 2];
+        if !mine.is_empty() {
+            let (sum, tokens) = loss_sum(&self.model, &mine, packing, |_| {})?;
+            sums = [sum, tokens as f64];
+        }
+        self.sum_over_ranks(&mut sums);
+        if sums[1] == 0.0 {
+            return Err(Error::invalid("no target tokens to evaluate"));
+        }
+        Ok(Some(sums[0] / sums[1]))
+    }
+
+    /// With a checkpoint of another number of ranks, the global batch (`batch_size × ranks`)
+    /// must stay the same; then the per-rank `batch_size` may differ from `saved`'s.
+    fn same_global_batch(&self, saved: &mut TrainConfig, dir: &Path) -> Result<()> {
+        let (position, _, _) = load_checkpoint(dir)?;
+        let (then, now) = (position.ranks(), self.world());
+        if then == now {
+            return Ok(());
+        }
+        let rows = |batch: usize, ranks: usize| {
+            format!(
+                "{ranks} rank{} x --batch-size {batch} = {} rows a micro-batch",
+                if ranks == 1 { "" } else { "s" },
+                batch * ranks
+            )
+        };
+        if saved.batch_size * then != self.config.batch_size * now {
+            return Err(Error::invalid(format!(
+                "{}: cannot resume with {}: the checkpoint was trained with {}, and the global \
+                 batch must stay the same (choose --batch-size so that it does)",
+                dir.display(),
+                rows(self.config.batch_size, now),
+                rows(saved.batch_size, then)
+            )));
+        }
+        saved.batch_size = self.config.batch_size;
+        Ok(())
     }
 }
 

@@ -38,7 +38,7 @@ struct Run {
 
 /// Six parameters (8-bit and 32-bit states), four steps, every parameter each step.
 fn run(kind: OptimizerKind, budget: Option<usize>) -> Run {
-    let device = DeviceChoice::Wgpu.device().unwrap();
+    let device = DeviceChoice::Wgpu(None).device().unwrap();
     let sizes = [16_384, 3_000, 8_192, 20_000, 1_024, 12_288];
     let mut params: Vec<Tensor<1>> = sizes
         .iter()
@@ -139,8 +139,13 @@ fn paged_training_on_wgpu_equals_unpaged() {
         ..TrainConfig::default()
     };
     let train = |config: TrainConfig| {
-        let mut t =
-            Trainer::new(config, DeviceChoice::Wgpu, None, &mut LogProgress::new(100)).unwrap();
+        let mut t = Trainer::new(
+            config,
+            DeviceChoice::Wgpu(None),
+            None,
+            &mut LogProgress::new(100),
+        )
+        .unwrap();
         let losses: Vec<u64> = (0..3).map(|_| t.step().unwrap().loss.to_bits()).collect();
         let adapters: Vec<Vec<u32>> = t
             .model

@@ -192,7 +192,7 @@ fn a_wgpu_run_resumes_exactly() {
     let trainer = |config: TrainConfig, resume: Option<&std::path::Path>| {
         Trainer::new(
             config,
-            DeviceChoice::Wgpu,
+            DeviceChoice::Wgpu(None),
             resume,
             &mut LogProgress::new(100),
         )
