@@ -147,6 +147,23 @@ fn matches_one_process(extra: &[&str], data: &Path, launcher: Command) {
     let diff = max_diff(&adapter(&one), &adapter(&two));
     eprintln!("2 ranks against 1 process: max |diff| {diff:e}");
     assert!(diff <= 1e-5, "max |diff| {diff}");
+    // Evaluation (split across the ranks, then summed) gives the one-process loss.
+    let eval = |out: &Path| -> Option<f64> {
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let last: serde_json::Value = serde_json::from_str(text.lines().last()?).unwrap();
+        last["eval_loss"].as_f64()
+    };
+    if extra.contains(&"--eval-data") {
+        let (x, y) = (
+            eval(&one).expect("eval_loss"),
+            eval(&two).expect("eval_loss"),
+        );
+        eprintln!("eval loss: 1 process {x}, 2 ranks {y}");
+        assert!(
+            (x - y).abs() <= 1e-5 * x.abs().max(1.0),
+            "eval loss {x} vs {y}"
+        );
+    }
     let (a, b) = (losses(&one), losses(&two));
     assert_eq!(a.len(), 5);
     for ((s, x), (_, y)) in a.iter().zip(&b) {
@@ -160,8 +177,17 @@ fn matches_one_process(extra: &[&str], data: &Path, launcher: Command) {
 #[test]
 fn two_ranks_train_what_one_process_with_their_global_batch_trains() {
     let data = root().join("datasets/parity_train.jsonl");
+    let eval = root().join("datasets/parity_eval.jsonl");
     matches_one_process(
-        &["--max-steps", "5", "--grad-accum", "1", "--no-packing"],
+        &[
+            "--max-steps",
+            "5",
+            "--grad-accum",
+            "1",
+            "--no-packing",
+            "--eval-data",
+            path(&eval),
+        ],
         &data,
         mpirun(2, &[]),
     );
@@ -288,6 +314,30 @@ fn a_checkpoint_of_two_ranks_resumes_on_one_process_with_the_same_losses() {
     );
 }
 
+/// Ranks given different settings refuse to start, every one of them, naming the odd rank.
+#[test]
+fn ranks_with_different_settings_refuse_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("tests/fixtures/tiny-llama");
+    let data = root().join("datasets/parity_train.jsonl");
+    let script = format!(
+        "exec {} train --model {} --data {} --out {} --max-steps 5 --lr 1e-$((4 + OMPI_COMM_WORLD_RANK))",
+        env!("CARGO_BIN_EXE_qlora"),
+        path(&model),
+        path(&data),
+        path(&dir.path().join("run"))
+    );
+    let mut cmd = mpirun(2, &[]);
+    cmd.args(["sh", "-c", &script]);
+    let (code, log) = output(cmd);
+    assert_ne!(code, 0, "{log}");
+    assert!(
+        log.contains("rank [1] loaded another model, data or settings than rank 0"),
+        "{log}"
+    );
+    assert!(!dir.path().join("run/metrics.jsonl").exists(), "{log}");
+}
+
 #[test]
 fn a_rank_with_a_bad_data_line_ends_both_ranks_naming_itself() {
     let dir = tempfile::tempdir().unwrap();
@@ -314,6 +364,7 @@ fn a_rank_with_a_bad_data_line_ends_both_ranks_naming_itself() {
     let took = start.elapsed();
     assert_ne!(code, 0, "{log}");
     assert!(took < Duration::from_secs(10), "took {took:?}: {log}");
+    eprintln!("bad data line on rank 1: both ranks gone {took:?} after the start");
     let line = log
         .lines()
         .find(|l| l.starts_with("error: rank 1 of 2:"))
