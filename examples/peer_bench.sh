@@ -5,7 +5,8 @@
 # every linear, AdamW 32-bit, clipping 0.3, gradient checkpointing, f32, batch 1, one sequence
 # of SEQ tokens a step, every token learned; `--max-seq-len SEQ` so a packed row holds one).
 #
-#   examples/peer_bench.sh [SEQ ...]        # default: 512 2048
+#   examples/peer_bench.sh [--model DIR|FILE.gguf] [SEQ ...]   # default: SmolLM2, 512 2048
+#   examples/peer_bench.sh --model tests/models/Qwen2.5-Coder-0.5B-Instruct.gguf 512
 #
 # Needs the peer's venv and the model it loads (see ../shared/bench/README.md):
 #   PEER_PY (default ~/.cache/qlora-peer/bin/python), PEER_MODEL (default
@@ -16,6 +17,10 @@ cd "$(dirname "$0")/.."
 
 DEFAULT_BENCH=../shared/bench/hf_train_bench.py
 STEPS=6
+if [ "${1:-}" = "--model" ]; then
+  PEER_MODEL="$2"
+  shift 2
+fi
 SEQS=("$@")
 [ ${#SEQS[@]} -gt 0 ] || SEQS=(512 2048)
 

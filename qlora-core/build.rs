@@ -1,15 +1,19 @@
-// Whether the tests on a real model can run (shared by `qlora-core` and `qlora-cli`).
+// Whether the tests on real models can run (shared by `qlora-core` and `qlora-cli`).
 //
-// They need SmolLM2-135M-Instruct's GGUF, which is not in the repository. It is looked for at
-// `$QLORA_SMOLLM2_GGUF`, at `tests/models/` (where `examples/quickstart.sh` links the file it
-// downloaded, whatever its `QLORA_CACHE`), and in the default cache. Found, the path goes to
-// the tests as `QLORA_TEST_SMOLLM2_GGUF` and `cfg(real_model)` is set; not found, the tests
-// are compiled as ignored with the reason, so the summary counts them, except under `CI=true`,
-// where they run and fail.
+// They need GGUF files that are not in the repository. Each is looked for at its variable
+// (`$QLORA_SMOLLM2_GGUF`), at `tests/models/` (where `examples/quickstart.sh` and
+// `examples/fetch_models.sh` link the files they downloaded, whatever their `QLORA_CACHE`),
+// and in the default cache. Found, the path goes to the tests as `QLORA_TEST_<NAME>_GGUF` and
+// its cfg is set; not found, the tests are compiled as ignored with the reason, so the summary
+// counts them, except under `CI=true`, where they run and fail.
 
 use std::path::{Path, PathBuf};
 
-const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// (file, the name in the variables, the cfg of its tests).
+const MODELS: [(&str, &str, &str); 2] = [
+    ("SmolLM2-135M-Instruct.Q4_1.gguf", "SMOLLM2", "real_model"),
+    ("Qwen2.5-Coder-0.5B-Instruct.gguf", "QWEN25", "real_qwen25"),
+];
 
 fn var(name: &str) -> Option<String> {
     println!("cargo::rerun-if-env-changed={name}");
@@ -24,8 +28,8 @@ fn watch(dir: &Path) {
     }
 }
 
-fn find() -> Option<PathBuf> {
-    if let Some(path) = var("QLORA_SMOLLM2_GGUF") {
+fn find(file: &str, name: &str) -> Option<PathBuf> {
+    if let Some(path) = var(&format!("QLORA_{name}_GGUF")) {
         // Asked for explicitly: used even if missing, so the tests say so.
         return Some(PathBuf::from(path));
     }
@@ -45,17 +49,19 @@ fn find() -> Option<PathBuf> {
     dirs.extend(cache.map(|dir| dir.join("downloads")));
     dirs.iter().for_each(|dir| watch(dir));
     dirs.into_iter()
-        .map(|dir| dir.join(GGUF_NAME))
+        .map(|dir| dir.join(file))
         .find(|path| path.is_file())
 }
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(real_model)");
-    let found = find();
     let ci = var("CI").is_some_and(|v| v == "true" || v == "1");
-    if found.is_some() || ci {
-        println!("cargo::rustc-cfg=real_model");
+    for (file, name, cfg) in MODELS {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        let found = find(file, name);
+        if found.is_some() || ci {
+            println!("cargo::rustc-cfg={cfg}");
+        }
+        let path = found.map(|p| p.display().to_string()).unwrap_or_default();
+        println!("cargo::rustc-env=QLORA_TEST_{name}_GGUF={path}");
     }
-    let path = found.map(|p| p.display().to_string()).unwrap_or_default();
-    println!("cargo::rustc-env=QLORA_TEST_SMOLLM2_GGUF={path}");
 }

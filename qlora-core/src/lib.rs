@@ -1,4 +1,4 @@
-//! qlora-core: fine-tune decoder language models (LLaMA, Mistral, Qwen 3) with QLoRA.
+//! qlora-core: fine-tune decoder language models (LLaMA, Mistral, Qwen 2 and 3) with QLoRA.
 //!
 //! Modules are listed in dependency order: each uses only those above it.
 //!

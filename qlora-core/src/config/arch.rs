@@ -17,6 +17,9 @@ pub enum Architecture {
     Llama,
     /// `MistralForCausalLM`: LLaMA's layer with an optional sliding window on every layer.
     Mistral,
+    /// `Qwen2ForCausalLM` (Qwen 2, Qwen 2.5): LLaMA's layer with biases on the query, key and
+    /// value projections, sliding windows on the layers `layer_types` names.
+    Qwen2,
     /// `Qwen3ForCausalLM`: per-head q/k RMSNorm, `head_dim` of its own, sliding windows on the
     /// layers `layer_types` names.
     Qwen3,
@@ -52,9 +55,10 @@ const QWEN3_LAYER: [ModelTensor; 11] = [
 
 impl Architecture {
     /// Every family, in the order messages list them.
-    pub const ALL: [Architecture; 3] = [
+    pub const ALL: [Architecture; 4] = [
         Architecture::Llama,
         Architecture::Mistral,
+        Architecture::Qwen2,
         Architecture::Qwen3,
     ];
 
@@ -63,6 +67,7 @@ impl Architecture {
         match self {
             Architecture::Llama => "LlamaForCausalLM",
             Architecture::Mistral => "MistralForCausalLM",
+            Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::Qwen3 => "Qwen3ForCausalLM",
         }
     }
@@ -72,8 +77,39 @@ impl Architecture {
         match self {
             Architecture::Llama => "llama",
             Architecture::Mistral => "mistral",
+            Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
         }
+    }
+
+    /// llama.cpp's name of the family (`general.architecture`): `llama` (Mistral's checkpoints
+    /// convert to it too), `qwen2`, `qwen3`.
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Architecture::Llama | Architecture::Mistral => "llama",
+            Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+        }
+    }
+
+    /// The family llama.cpp means by `general.architecture` = `name`.
+    pub fn from_gguf_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.gguf_name() == name)
+    }
+
+    /// Every llama.cpp name, comma-separated, for messages.
+    pub fn gguf_names() -> String {
+        let mut names: Vec<&str> = Self::ALL.map(Architecture::gguf_name).to_vec();
+        names.dedup();
+        names.join(", ")
+    }
+
+    /// Whether llama.cpp's converter permutes the rows of the query and key projections
+    /// ([`super::tensors::Rotary`]): only for its `llama` architecture, whose rotary embedding
+    /// rotates adjacent pairs. The others rotate halves (NeoX style), as transformers does, on
+    /// rows as they are.
+    pub fn gguf_permutes_rotary(self) -> bool {
+        self.gguf_name() == "llama"
     }
 
     /// The family of a class name.
@@ -94,7 +130,7 @@ impl Architecture {
     /// The tensors of each layer (the spec's q/k norms follow from it).
     pub fn layer_tensors(self) -> &'static [ModelTensor] {
         match self {
-            Architecture::Llama | Architecture::Mistral => &LLAMA_LAYER,
+            Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => &LLAMA_LAYER,
             Architecture::Qwen3 => &QWEN3_LAYER,
         }
     }
@@ -133,6 +169,12 @@ impl Architecture {
             Architecture::Mistral => {
                 // MistralConfig's default when the key is absent.
                 vec![window_or_default(raw, file)?; layers]
+            }
+            Architecture::Qwen2 => {
+                // Qwen2's q/k/v projections always have a bias, its others never (not keys
+                // of Qwen2Config).
+                spec.bias = [true, true, true, false, false, false, false];
+                qwen_windows(raw, file)?
             }
             Architecture::Qwen3 => {
                 spec.bias[4..].fill(false);

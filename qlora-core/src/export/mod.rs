@@ -1,7 +1,8 @@
 //! `qlora export-gguf`: a model (a base with an adapter merged in, as `qlora merge` merges it,
 //! or an already merged model) written as one GGUF v3 file llama.cpp, Ollama and LM Studio
-//! run: the `llama` architecture's metadata, the tokenizer, the chat template, every tensor in
-//! llama.cpp's names and layout (q/k rows permuted as its converter permutes them) and types
+//! run: the architecture's metadata (llama.cpp's `llama`, `qwen2`, `qwen3`), the tokenizer, the
+//! chat template, every tensor in llama.cpp's names and layout (q/k rows permuted where its
+//! converter permutes them) and types
 //! (`--type`, with llama-quantize's choice of which tensor gets which). Tensors are merged,
 //! converted and written one at a time, and the file appears only when complete.
 
@@ -19,10 +20,10 @@ use types::{TensorRole, encode, tensor_type};
 use writer::{MetaValue, TensorEntry, write_gguf};
 
 use crate::config::tensors::{Rotary, gguf_name};
-use crate::config::{Architecture, ModelConfig, Projection, RopeScaling};
+use crate::config::{ModelConfig, Projection, RopeScaling};
 use crate::error::{Error, Result};
 use crate::gguf::blocks::type_name;
-use crate::gguf::config::{LLAMA, Llama3Rope, ROPE_FREQS_TENSOR, llama3_divisors};
+use crate::gguf::config::{Llama3Rope, ROPE_FREQS_TENSOR, llama3_divisors};
 use crate::gguf::import::permute_rows;
 use crate::gguf::keys;
 use crate::merge::{MergeBase, MergedWeights};
@@ -60,9 +61,10 @@ pub struct ExportReport {
 
 fn model_metadata(config: &ModelConfig, name: &str, kind: GgufType) -> Vec<(String, MetaValue)> {
     let u = |v: usize| MetaValue::U32(v as u32);
-    let key = |k: &str| keys::arch(k, LLAMA);
+    let arch = config.architecture.gguf_name();
+    let key = |k: &str| keys::arch(k, arch);
     let mut meta = vec![
-        (keys::ARCHITECTURE.into(), MetaValue::String(LLAMA.into())),
+        (keys::ARCHITECTURE.into(), MetaValue::String(arch.into())),
         (keys::NAME.into(), MetaValue::String(name.into())),
         (keys::FILE_TYPE.into(), MetaValue::U32(kind.file_type())),
         (keys::QUANTIZATION_VERSION.into(), MetaValue::U32(2)),
@@ -110,26 +112,15 @@ pub fn export_gguf(
 ) -> Result<ExportReport> {
     let weights = MergedWeights::open(model_dir, adapter_dir, options.base)?;
     let config = &weights.config;
-    if !matches!(
-        config.architecture,
-        Architecture::Llama | Architecture::Mistral
-    ) {
-        return Err(Error::key(
-            &weights.config_path,
-            "architectures",
-            format!(
-                "{} is not exported yet: only LLaMA-family models (llama.cpp's `llama`)",
-                config.architecture.class_name()
-            ),
-        ));
-    }
+    let arch = config.architecture.gguf_name();
     if config.spec.has_bias(Projection::Gate) {
         return Err(Error::key(
             &weights.config_path,
             "mlp_bias",
-            "biases in the MLP are not part of llama.cpp's llama architecture",
+            format!("biases in the MLP are not part of llama.cpp's `{arch}` architecture"),
         ));
     }
+    let permuted = config.architecture.gguf_permutes_rotary();
     let name = options.name.clone().unwrap_or_else(|| {
         std::fs::canonicalize(model_dir)
             .ok()
@@ -180,6 +171,7 @@ pub fn export_gguf(
         match gguf_name(hf) {
             Some((gg, rotary, layer)) => {
                 let heads = match rotary {
+                    _ if !permuted => None,
                     Rotary::None => None,
                     Rotary::Query => Some(config.num_attention_heads),
                     Rotary::Key => Some(config.num_key_value_heads),
@@ -190,7 +182,7 @@ pub fn export_gguf(
                 return Err(Error::key(
                     checkpoint.file_of(hf),
                     hf,
-                    "a tensor llama.cpp's llama architecture has no place for",
+                    format!("a tensor llama.cpp's `{arch}` architecture has no place for"),
                 ));
             }
             None => {}

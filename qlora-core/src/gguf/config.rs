@@ -1,4 +1,5 @@
-//! `config.json` of a Hugging Face model from a GGUF's metadata (the `llama` architecture).
+//! `config.json` of a Hugging Face model from a GGUF's metadata (llama.cpp's `llama`, `qwen2`
+//! and `qwen3` architectures).
 
 use serde_json::{Value, json};
 
@@ -11,7 +12,7 @@ use crate::error::{Error, Result};
 /// llama.cpp's tensor of per-frequency RoPE divisors, written for Llama 3.1/3.2 scaling.
 pub const ROPE_FREQS_TENSOR: &str = "rope_freqs.weight";
 
-/// The GGUF architecture import reads.
+/// llama.cpp's name of the LLaMA architecture.
 pub const LLAMA: &str = "llama";
 
 /// An f32 stored in the file, as the decimal it was written from (1e-5, not 9.99999974e-6).
@@ -19,19 +20,29 @@ fn short(value: f64) -> f64 {
     (value as f32).to_string().parse().unwrap_or(value)
 }
 
-/// The `config.json` transformers makes of the GGUF `gguf`, its weights in `dtype`.
-pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
-    let arch = gguf
+/// The family of the GGUF (`general.architecture`), and llama.cpp's name of it, the prefix of
+/// its other keys.
+pub fn architecture(gguf: &GgufFile) -> Result<(Architecture, &str)> {
+    let name = gguf
         .string(keys::ARCHITECTURE)?
         .ok_or_else(|| Error::key(gguf.path(), keys::ARCHITECTURE, "missing metadata"))?;
-    if arch != LLAMA {
-        return Err(Error::key(
+    let arch = Architecture::from_gguf_name(name).ok_or_else(|| {
+        Error::key(
             gguf.path(),
             keys::ARCHITECTURE,
-            format!("`{arch}` is not supported: only LLaMA-family (`llama`) models"),
-        ));
-    }
-    let key = |name: &str| keys::arch(name, LLAMA);
+            format!(
+                "`{name}` is not supported (supported: {})",
+                Architecture::gguf_names()
+            ),
+        )
+    })?;
+    Ok((arch, name))
+}
+
+/// The `config.json` transformers makes of the GGUF `gguf`, its weights in `dtype`.
+pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
+    let (architecture, arch) = architecture(gguf)?;
+    let key = |name: &str| keys::arch(name, arch);
     let hidden = gguf.require_usize(&key(keys::EMBEDDING_LENGTH))?;
     let heads = gguf.require_usize(&key(keys::HEAD_COUNT))?;
     let kv_heads = gguf.usize(&key(keys::HEAD_COUNT_KV))?.unwrap_or(heads);
@@ -81,8 +92,12 @@ pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
     let token_id = |name: &str| -> Result<Option<u32>> {
         Ok(gguf.usize(&keys::token_id(name))?.map(|id| id as u32))
     };
-    let architecture = Architecture::Llama;
+    // llama.cpp runs Qwen's layers without sliding windows (and transformers' config of such
+    // a GGUF turns them off).
+    let qwen = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3);
     Ok(HfConfig {
+        use_sliding_window: qwen.then_some(false),
+        sliding_window: qwen.then_some(Value::Null),
         architectures: Some(vec![architecture.class_name().into()]),
         model_type: Some(architecture.model_type().into()),
         hidden_act: Some("silu".into()),
@@ -94,7 +109,7 @@ pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
         head_dim: Some(head_dim),
         rms_norm_eps: short(eps),
         rope_theta: Some(short(theta)),
-        rope_scaling: rope_scaling(gguf, theta, head_dim)?,
+        rope_scaling: rope_scaling(gguf, arch, theta, head_dim)?,
         max_position_embeddings: context,
         vocab_size,
         tie_word_embeddings: !gguf.has_tensor("output.weight"),
@@ -111,9 +126,9 @@ pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
 
 /// `rope_scaling` for config.json: linear scaling from metadata, or the Llama 3 frequency
 /// scaling recovered from llama.cpp's `rope_freqs` tensor (`None`: no scaling).
-fn rope_scaling(gguf: &GgufFile, theta: f64, head_dim: usize) -> Result<Option<Value>> {
-    let scaling_type = keys::arch(keys::ROPE_SCALING_TYPE, LLAMA);
-    let scaling_factor = keys::arch(keys::ROPE_SCALING_FACTOR, LLAMA);
+fn rope_scaling(gguf: &GgufFile, arch: &str, theta: f64, head_dim: usize) -> Result<Option<Value>> {
+    let scaling_type = keys::arch(keys::ROPE_SCALING_TYPE, arch);
+    let scaling_factor = keys::arch(keys::ROPE_SCALING_FACTOR, arch);
     let kind = gguf.string(&scaling_type)?;
     match kind {
         None | Some("none") => {}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::config::{ROPE_FREQS_TENSOR, hf_config};
+use super::config::{ROPE_FREQS_TENSOR, architecture, hf_config};
 use super::file::GgufFile;
 use super::tokenizer::tokenizer_files;
 use crate::FloatDtype;
@@ -106,6 +106,8 @@ pub fn import_gguf_file(
     options: &ImportOptions,
 ) -> Result<ImportSummary> {
     let config = hf_config(gguf, options.dtype)?;
+    let (arch, arch_name) = architecture(gguf)?;
+    let permuted = arch.gguf_permutes_rotary();
     let heads = config.num_attention_heads;
     let kv_heads = config.num_key_value_heads.unwrap_or(heads);
     let tokenizer = tokenizer_files(gguf)?;
@@ -126,11 +128,14 @@ pub fn import_gguf_file(
             Error::key(
                 gguf.path(),
                 name,
-                "not a tensor of a LLaMA model (unsupported architecture variant?)",
+                format!(
+                    "not a tensor of a `{arch_name}` model (unsupported architecture variant?)"
+                ),
             )
         })?;
         let shape = gguf.shape(name)?;
         let heads = match rotary {
+            _ if !permuted => 0,
             Rotary::None => 0,
             Rotary::Query => heads,
             Rotary::Key => kv_heads,

@@ -23,7 +23,7 @@ use tokenizers::{
     SplitDelimiterBehavior, Tokenizer,
 };
 
-use super::config::LLAMA;
+use super::config::architecture;
 use super::file::GgufFile;
 use super::keys;
 use crate::error::{Error, Result};
@@ -45,6 +45,9 @@ pub struct TokenizerFiles {
 
 /// The pre-tokenizer regex of Llama 3 (`tokenizer.ggml.pre` = `llama-bpe`).
 const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// The pre-tokenizer regex of Qwen 2 and 3 (`qwen2`): Llama 3's with every digit on its own.
+const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// The tokenizer files transformers makes of the GGUF's `tokenizer.*` metadata.
 pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
@@ -148,7 +151,7 @@ pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
         "add_bos_token": add_bos,
         "add_eos_token": add_eos,
         "clean_up_tokenization_spaces": false,
-        "model_max_length": gguf.usize(&keys::arch(keys::CONTEXT_LENGTH, LLAMA))?.unwrap_or(2048),
+        "model_max_length": gguf.usize(&keys::arch(keys::CONTEXT_LENGTH, architecture(gguf)?.1))?.unwrap_or(2048),
     });
     for (key, id) in [
         ("bos_token", bos),
@@ -196,7 +199,7 @@ fn vocabulary(tokens: &[&str]) -> Vocab {
 
 /// The names of byte-level pre-tokenizers (`tokenizer.ggml.pre`) we read and write, the name
 /// llama.cpp's converter writes first.
-pub const BYTE_LEVEL_PRE_TOKENIZERS: [&str; 3] = ["gpt-2", "smollm", "llama-bpe"];
+pub const BYTE_LEVEL_PRE_TOKENIZERS: [&str; 4] = ["gpt-2", "smollm", "llama-bpe", "qwen2"];
 
 /// The pre-tokenizer llama.cpp means by `name` (`tokenizer.ggml.pre`) for a byte-level BPE.
 pub fn byte_level_pre_tokenizer(
@@ -208,9 +211,14 @@ pub fn byte_level_pre_tokenizer(
         "default" | "gpt-2" | "gpt2" => byte_level.into(),
         // SmolLM: every digit on its own, then GPT-2's split.
         "smollm" => PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-        "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" => {
+        "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" | "qwen2" => {
+            let pattern = if name == "qwen2" {
+                QWEN2_PATTERN
+            } else {
+                LLAMA3_PATTERN
+            };
             let split = Split::new(
-                SplitPattern::Regex(LLAMA3_PATTERN.into()),
+                SplitPattern::Regex(pattern.into()),
                 SplitDelimiterBehavior::Isolated,
                 false,
             )
@@ -223,7 +231,7 @@ pub fn byte_level_pre_tokenizer(
         }
         other => {
             return Err(format!(
-                "pre-tokenizer `{other}` is not supported (default, gpt-2, smollm, llama-bpe)"
+                "pre-tokenizer `{other}` is not supported (default, gpt-2, smollm, llama-bpe, qwen2)"
             ));
         }
     })

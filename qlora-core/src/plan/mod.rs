@@ -454,5 +454,9 @@ mod tests {
             base.bytes
         );
         assert_eq!(plan.trainable_parameters, 159_907_840);
+        // What PEFT prints for Qwen2.5-7B with r 64 on every linear layer.
+        let config = load_config("qwen2.5-7b").unwrap();
+        let qwen = super::plan(&config, &PlanSettings::default()).unwrap();
+        assert_eq!(qwen.trainable_parameters, 161_480_704);
     }
 }

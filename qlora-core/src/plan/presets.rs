@@ -1,53 +1,122 @@
 //! Configurations of well-known models, so `qlora plan --model llama-7b` needs no download.
 //! Values are those of the models' published `config.json` files.
 
-/// name, hidden size, intermediate size, layers, attention heads, key/value heads, vocabulary,
-/// RMSNorm epsilon, RoPE theta, maximum positions.
-type Preset = (
-    &'static str,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    usize,
-    f64,
-    f64,
-    usize,
-);
+use crate::config::Architecture;
 
+/// A model's sizes.
+struct Preset {
+    name: &'static str,
+    arch: Architecture,
+    hidden: usize,
+    intermediate: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    vocab: usize,
+    eps: f64,
+    theta: f64,
+    positions: usize,
+    tied: bool,
+}
+
+/// A LLaMA preset.
+const fn llama(
+    name: &'static str,
+    [
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        vocab,
+        positions,
+    ]: [usize; 7],
+    eps: f64,
+    theta: f64,
+) -> Preset {
+    Preset {
+        name,
+        arch: Architecture::Llama,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        vocab,
+        eps,
+        theta,
+        positions,
+        tied: false,
+    }
+}
+
+/// A Qwen preset (RMSNorm epsilon 1e-6, RoPE theta 1e6).
+const fn qwen(
+    name: &'static str,
+    arch: Architecture,
+    [
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        vocab,
+        positions,
+    ]: [usize; 7],
+    tied: bool,
+) -> Preset {
+    Preset {
+        name,
+        arch,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        vocab,
+        eps: 1e-6,
+        theta: 1e6,
+        positions,
+        tied,
+    }
+}
+
+// hidden, intermediate, layers, heads, key/value heads, vocabulary, positions.
 #[rustfmt::skip]
-const PRESETS: [Preset; 6] = [
-    ("llama-7b", 4096, 11008, 32, 32, 32, 32000, 1e-6, 1e4, 2048),
-    ("llama-13b", 5120, 13824, 40, 40, 40, 32000, 1e-6, 1e4, 2048),
-    ("llama-33b", 6656, 17920, 60, 52, 52, 32000, 1e-6, 1e4, 2048),
-    ("llama-65b", 8192, 22016, 80, 64, 64, 32000, 1e-5, 1e4, 2048),
-    ("llama-2-70b", 8192, 28672, 80, 64, 8, 32000, 1e-5, 1e4, 4096),
-    ("llama-3-8b", 4096, 14336, 32, 32, 8, 128256, 1e-5, 5e5, 8192),
+const PRESETS: [Preset; 9] = [
+    llama("llama-7b", [4096, 11008, 32, 32, 32, 32000, 2048], 1e-6, 1e4),
+    llama("llama-13b", [5120, 13824, 40, 40, 40, 32000, 2048], 1e-6, 1e4),
+    llama("llama-33b", [6656, 17920, 60, 52, 52, 32000, 2048], 1e-6, 1e4),
+    llama("llama-65b", [8192, 22016, 80, 64, 64, 32000, 2048], 1e-5, 1e4),
+    llama("llama-2-70b", [8192, 28672, 80, 64, 8, 32000, 4096], 1e-5, 1e4),
+    llama("llama-3-8b", [4096, 14336, 32, 32, 8, 128256, 8192], 1e-5, 5e5),
+    // Qwen2.5-*-Instruct; Qwen3's head_dim is its default, 128.
+    qwen("qwen2.5-0.5b", Architecture::Qwen2, [896, 4864, 24, 14, 2, 151936, 32768], true),
+    qwen("qwen2.5-7b", Architecture::Qwen2, [3584, 18944, 28, 28, 4, 152064, 32768], false),
+    qwen("qwen3-8b", Architecture::Qwen3, [4096, 12288, 36, 32, 8, 151936, 40960], false),
 ];
 
 /// The `config.json` text of a preset.
 pub fn preset_config(name: &str) -> Option<String> {
-    let &(_, hidden, intermediate, layers, heads, kv_heads, vocab, eps, theta, positions) =
-        PRESETS.iter().find(|p| p.0.eq_ignore_ascii_case(name))?;
+    let p = PRESETS.iter().find(|p| p.name.eq_ignore_ascii_case(name))?;
     let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "tie_word_embeddings": false,
-        "hidden_size": hidden,
-        "intermediate_size": intermediate,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "vocab_size": vocab,
-        "rms_norm_eps": eps,
-        "rope_theta": theta,
-        "max_position_embeddings": positions,
+        "architectures": [p.arch.class_name()],
+        "model_type": p.arch.model_type(),
+        "tie_word_embeddings": p.tied,
+        "hidden_size": p.hidden,
+        "intermediate_size": p.intermediate,
+        "num_hidden_layers": p.layers,
+        "num_attention_heads": p.heads,
+        "num_key_value_heads": p.kv_heads,
+        "vocab_size": p.vocab,
+        "rms_norm_eps": p.eps,
+        "rope_theta": p.theta,
+        "max_position_embeddings": p.positions,
     });
     Some(config.to_string())
 }
 
 /// The names of the presets.
 pub fn preset_names() -> Vec<&'static str> {
-    PRESETS.iter().map(|p| p.0).collect()
+    PRESETS.iter().map(|p| p.name).collect()
 }

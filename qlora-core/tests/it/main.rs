@@ -2,6 +2,7 @@
 //! candle and tokenizers for all of them). Heap measurements are in `tests/memory`.
 
 mod adamw_fixture;
+mod arch_parity;
 mod choice_eval;
 mod cube_kernels;
 mod datasets;
@@ -9,6 +10,7 @@ mod fused_ops;
 mod generation;
 mod gguf_export;
 mod gguf_import;
+mod gguf_qwen25;
 mod gguf_smollm2;
 mod lora_grads;
 mod lora_peft;
@@ -19,7 +21,6 @@ mod nf4_properties;
 mod packing;
 mod paging_wgpu;
 mod quantize_parity;
-mod qwen3_parity;
 mod step_grads;
 mod text_parity;
 mod training;

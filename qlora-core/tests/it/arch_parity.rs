@@ -1,0 +1,185 @@
+//! Each architecture's switches against transformers, peft and bitsandbytes, on the tiny
+//! models of `tests/reference/tiny-ARCH` (made by `tests/reference/make_tiny_*.py`): logits
+//! within 1e-4 and loss within 1e-5 of transformers in f32, with and without a PEFT adapter on
+//! all seven projections; the adapters' gradients of the loss (our written-out backward,
+//! checkpointing on and off) within 1e-4 of PyTorch's autograd; and, where the fixture has
+//! them, the adapter merged as peft's `merge_and_unload()` merges it, and NF4 weights
+//! byte-identical to bitsandbytes' checkpoint of the model.
+//!
+//! - Qwen 2: q/k/v biases (and none on o), tied embeddings, a full and a sliding-window layer.
+//! - Qwen 3: per-head q/k RMSNorm, `head_dim` 32 with hidden 64 and 4 heads, tied embeddings, a
+//!   full and a sliding-window layer of 6 keys over 16 tokens.
+
+use std::path::Path;
+
+use qlora_core::FloatDtype;
+use qlora_core::config::{Architecture, ModelConfig, Projection};
+use qlora_core::lora::{apply_adapter, read_adapter};
+use qlora_core::merge::{MergeBase, MergeOptions, merge_model};
+use qlora_core::model::{Bits, CausalLm, LoadOptions, TrainBatch};
+use qlora_core::quantize_model::{QuantizeOptions, quantize_model};
+use safetensors::Dtype;
+use support::{f32s, load_tensors_at, reference};
+
+type Tensors = std::collections::HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
+
+fn dense() -> LoadOptions {
+    LoadOptions {
+        bits: Bits::Sixteen,
+        ..LoadOptions::default()
+    }
+}
+
+fn max_diff(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
+}
+
+/// The reference's `input_ids` as rows of ids, and as labels.
+fn inputs(r: &Tensors) -> (Vec<Vec<u32>>, Vec<Vec<i64>>) {
+    let (_, shape, bytes) = &r["input_ids"];
+    let flat: Vec<u32> = bytes
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()) as u32)
+        .collect();
+    let ids: Vec<Vec<u32>> = flat.chunks(shape[1]).map(<[u32]>::to_vec).collect();
+    let labels = ids
+        .iter()
+        .map(|row| row.iter().map(|&id| i64::from(id)).collect())
+        .collect();
+    (ids, labels)
+}
+
+/// The model's logits and mean loss on the reference's inputs against `r[logits_key]` and
+/// `r[loss_key]`.
+fn check_logits(model: &CausalLm, r: &Tensors, logits_key: &str, loss_key: &str) {
+    let (ids, labels) = inputs(r);
+    let logits = model.forward(&ids, None, None).unwrap();
+    let values: Vec<f32> = logits.clone().into_data().try_into_vec().unwrap();
+    let diff = max_diff(&values, &f32s(&r[logits_key].2));
+    let loss = model.loss_sum(logits, &labels).unwrap();
+    let mean = loss.sum.into_scalar::<f32>() / loss.tokens as f32;
+    let want = f32s(&r[loss_key].2)[0];
+    eprintln!("{logits_key}: max |diff| {diff:.2e}, loss {mean} vs {want}");
+    assert!(diff <= 1e-4, "{logits_key}: max |logit diff| {diff}");
+    assert!((mean - want).abs() <= 1e-5, "{loss_key}: {mean} vs {want}");
+}
+
+/// Logits of the model and of the model with the PEFT adapter, and the adapter's gradients.
+fn matches_transformers_and_peft(dir: &Path) -> Tensors {
+    let r = load_tensors_at(&dir.join("reference.safetensors"));
+    let mut model = CausalLm::load(dir, &dense()).unwrap();
+    check_logits(&model, &r, "logits", "loss");
+
+    let adapter = read_adapter(&dir.join("adapter")).unwrap();
+    apply_adapter(&mut model, adapter).unwrap();
+    check_logits(&model, &r, "lora_logits", "lora_loss");
+
+    let (ids, labels) = inputs(&r);
+    let width = ids[0].len();
+    let batch = TrainBatch::new(ids.clone(), labels, vec![vec![true; width]; ids.len()]);
+    let lora_loss = f32s(&r["lora_loss"].2)[0];
+    for checkpointing in [true, false] {
+        let mut worst = 0f32;
+        let out = model.loss_and_grads(&batch, checkpointing, None).unwrap();
+        let tokens = out.tokens as f32;
+        let mean = out.loss_sum as f32 / tokens;
+        assert!((mean - lora_loss).abs() <= 1e-5, "loss {mean}");
+        assert_eq!(out.grads.paths.len(), 14);
+        for (path, (da, db)) in out.grads.paths.iter().zip(out.grads.grads) {
+            for (name, grad) in [("lora_A", da), ("lora_B", db)] {
+                let ours: Vec<f32> = grad.into_data().try_into_vec().unwrap();
+                let ours: Vec<f32> = ours.iter().map(|g| g / tokens).collect();
+                let want = f32s(&r[&format!("grad.{path}.{name}")].2);
+                let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let diff = max_diff(&ours, &want);
+                worst = worst.max(diff / scale);
+                assert!(
+                    diff <= 1e-4 * scale,
+                    "checkpointing {checkpointing}, {path}.{name}: max diff {diff} (scale {scale})"
+                );
+            }
+        }
+        eprintln!("gradients, checkpointing {checkpointing}: max relative diff {worst:.2e}");
+    }
+    r
+}
+
+/// The adapter merged into the base (f32) gives peft's merged logits.
+fn merge_matches_peft(dir: &Path, r: &Tensors) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    let options = MergeOptions {
+        base: Some(MergeBase::Original),
+        dtype: Some(FloatDtype::F32),
+        quantize_nf4: false,
+        max_shard_bytes: 5_000_000_000,
+        overwrite: false,
+    };
+    let report = merge_model(dir, &dir.join("adapter"), &out, &options).unwrap();
+    assert_eq!(report.merged, 14);
+    let merged = CausalLm::load(&out, &dense()).unwrap();
+    check_logits(&merged, r, "merged_logits", "merged_loss");
+}
+
+/// `quantize_model` writes bitsandbytes' NF4 checkpoint of the model byte for byte (every
+/// quantized tensor and its statistics; dense tensors equal in value), and that checkpoint's
+/// logits on the inputs of `inputs` are bitsandbytes'.
+fn nf4_matches_bitsandbytes(dir: &Path, bnb: &Path, inputs: &Tensors) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("nf4");
+    let options = QuantizeOptions {
+        dtype: Some(FloatDtype::F32),
+        ..QuantizeOptions::default()
+    };
+    let report = quantize_model(dir, &out, &options).unwrap();
+    assert_eq!(report.quantized_tensors, 14);
+    let ours = load_tensors_at(&out.join("model.safetensors"));
+    let theirs = load_tensors_at(&bnb.join("model.safetensors"));
+    let mut names: Vec<_> = theirs.keys().collect();
+    names.sort();
+    let mut our_names: Vec<_> = ours.keys().collect();
+    our_names.sort();
+    assert_eq!(our_names, names);
+    for name in names {
+        assert_eq!(ours[name], theirs[name], "{name}");
+    }
+    let mut r = load_tensors_at(&bnb.join("reference.safetensors"));
+    r.insert("input_ids".into(), inputs["input_ids"].clone());
+    let model = CausalLm::load(bnb, &LoadOptions::default()).unwrap();
+    check_logits(&model, &r, "logits", "loss");
+}
+
+fn windows(config: &ModelConfig) -> Vec<Option<usize>> {
+    config.spec.layers.iter().map(|l| l.window).collect()
+}
+
+#[test]
+fn tiny_qwen2_matches_transformers_peft_and_bitsandbytes() {
+    let dir = reference("tiny-qwen2");
+    let config = ModelConfig::load(&dir).unwrap();
+    assert_eq!(config.architecture, Architecture::Qwen2);
+    let biased: Vec<_> = Projection::ALL
+        .into_iter()
+        .filter(|&p| config.spec.has_bias(p))
+        .collect();
+    assert_eq!(biased, [Projection::Q, Projection::K, Projection::V]);
+    assert!(config.spec.tied_head && !config.spec.qk_norm);
+    assert_eq!(windows(&config), [None, Some(6)]);
+    let r = matches_transformers_and_peft(&dir);
+    merge_matches_peft(&dir, &r);
+    nf4_matches_bitsandbytes(&dir, &reference("tiny-qwen2-bnb-nf4"), &r);
+}
+
+#[test]
+fn tiny_qwen3_matches_transformers_and_peft() {
+    let dir = reference("tiny-qwen3");
+    let config = ModelConfig::load(&dir).unwrap();
+    assert_eq!(config.architecture, Architecture::Qwen3);
+    assert!(config.spec.qk_norm && config.spec.tied_head);
+    assert_eq!(windows(&config), [None, Some(6)]);
+    matches_transformers_and_peft(&dir);
+}
