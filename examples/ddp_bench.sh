@@ -40,7 +40,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 MPIRUN=(mpirun --bind-to none --oversubscribe --mca btl self,vader
         --mca btl_vader_single_copy_mechanism none)
 ARGS=(train --model "$MODEL" --data "$DATA" --max-steps "$STEPS" --rank 64 --alpha 16
-      --max-seq-len 512 --lr 2e-4 --save-steps 100000 --logging-steps 1)
+      --max-seq-len 512 --grad-accum 1 --lr 2e-4 --save-steps 100000 --logging-steps 1)
 
 # Tokens/s over steps 2..N (the first warms up), from a run's metrics.
 rate() {

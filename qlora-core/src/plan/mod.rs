@@ -11,12 +11,10 @@
 mod advice;
 mod presets;
 
-use std::path::Path;
-
 use serde::Serialize;
 
 pub use advice::alternatives;
-pub use presets::{preset_config, preset_names};
+pub use presets::{load_config, preset_config, preset_names};
 
 use crate::config::{ModelConfig, Projection};
 use crate::error::{Error, Result};
@@ -406,24 +404,6 @@ pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan>
         parameters: linear_params + embed_params + norm_params,
         trainable_parameters: lora_params,
     })
-}
-
-/// The config of `model`: a preset name, a model directory, or a `config.json`.
-pub fn load_config(model: &str) -> Result<ModelConfig> {
-    if let Some(text) = preset_config(model) {
-        return ModelConfig::parse(&text, Path::new(model));
-    }
-    let path = Path::new(model);
-    if !path.exists() {
-        return Err(Error::file(
-            path,
-            format!(
-                "not found: give a model directory, a config.json, or a preset ({})",
-                preset_names().join(", ")
-            ),
-        ));
-    }
-    ModelConfig::load(path)
 }
 
 #[cfg(test)]

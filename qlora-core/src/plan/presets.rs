@@ -1,7 +1,11 @@
-//! Configurations of well-known models, so `qlora plan --model llama-7b` needs no download.
+//! Configurations of well-known models, so `qlora plan --model llama-7b` needs no download, and
+//! the config a plan is made for.
 //! Values are those of the models' published `config.json` files.
 
-use crate::config::Architecture;
+use std::path::Path;
+
+use crate::config::{Architecture, ModelConfig};
+use crate::error::{Error, Result};
 
 /// A model's sizes.
 struct Preset {
@@ -119,4 +123,22 @@ pub fn preset_config(name: &str) -> Option<String> {
 /// The names of the presets.
 pub fn preset_names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
+}
+
+/// The config of `model`: a preset name, a model directory, or a `config.json`.
+pub fn load_config(model: &str) -> Result<ModelConfig> {
+    if let Some(text) = preset_config(model) {
+        return ModelConfig::parse(&text, Path::new(model));
+    }
+    let path = Path::new(model);
+    if !path.exists() {
+        return Err(Error::file(
+            path,
+            format!(
+                "not found: give a model directory, a config.json, or a preset ({})",
+                preset_names().join(", ")
+            ),
+        ));
+    }
+    ModelConfig::load(path)
 }

@@ -1,6 +1,7 @@
 //! Training: its configuration, the paged AdamW optimizer, schedules, the step and the run with
 //! checkpoints and resume.
 
+mod adapters;
 mod best;
 mod checkpoint;
 mod config;

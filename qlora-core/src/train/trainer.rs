@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use super::adapters::{adapter_to_continue, attach_adapters};
 use super::best::{Best, read_best};
 use super::checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
 use super::progress::Progress;
 use super::schedule::warmup_from_ratio;
-use crate::config::Projection;
 use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, split_eval};
 use crate::device::DeviceChoice;
 use crate::distributed::{Collective, ReduceStats, Single, differing};
@@ -18,7 +18,7 @@ use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
 use crate::eval::choice::{Question, evaluate_choices, read_task};
 use crate::eval::loss_sum;
-use crate::lora::{AdapterFile, LoraConfig, apply_adapter, load_adapter, read_adapter};
+use crate::lora::{LoraConfig, load_adapter};
 use crate::model::{CausalLm, LoadOptions, TrainBatch};
 use crate::quant::Nf4Config;
 use crate::text::Tokenizer;
@@ -118,43 +118,7 @@ impl Trainer {
             compute,
         };
         let mut model = CausalLm::load(&config.model, &load_options)?;
-        match start_from {
-            Some((dir, file)) => {
-                apply_adapter(&mut model, file)?;
-                let expected = model.layers.len() * lora.target_modules.len();
-                if model.adapters().len() != expected {
-                    return Err(Error::file(
-                        &dir,
-                        format!(
-                            "adapts {} of the model's {expected} {} projections: training \
-                             continues adapters on whole projections only",
-                            model.adapters().len(),
-                            lora.target_names().join("/")
-                        ),
-                    ));
-                }
-                for (_, linear) in model.linears_mut() {
-                    if let Some(adapter) = &mut linear.lora {
-                        adapter.dropout = lora.dropout;
-                    }
-                }
-            }
-            None => model.attach_lora(&lora, config.seed)?,
-        }
-
-        for p in &lora.target_modules {
-            let [out, inp] = model.config.projection_shape(*p);
-            if lora.r > out.min(inp) {
-                progress.message(&format!(
-                    "warning: r {} is above min(in, out) = {} of {}: its adapter has more \
-                     parameters than a full update of the projection and gains nothing from \
-                     the extra rank",
-                    lora.r,
-                    out.min(inp),
-                    p.name()
-                ));
-            }
-        }
+        attach_adapters(&mut model, &lora, start_from, config.seed, progress)?;
         let sizes = model.adapter_sizes();
         let budget = config
             .optim_device_budget_mb
@@ -411,53 +375,4 @@ impl Trainer {
         saved.batch_size = self.config.batch_size;
         Ok(())
     }
-}
-
-/// Read the adapter a run continues (`--adapter`) and make the run's LoRA settings its own.
-/// Refuses adapters training could not save as they are: per-module ranks or alphas.
-fn adapter_to_continue(
-    dir: &Path,
-    config: &mut TrainConfig,
-    progress: &mut dyn Progress,
-) -> Result<(PathBuf, AdapterFile)> {
-    let file = read_adapter(dir)?;
-    let settings = &file.settings;
-    let mut targets: Vec<Projection> = Vec::new();
-    for (module, weights) in &file.modules {
-        let uniform =
-            weights.rank() == settings.r && settings.targeting.alpha(module) == settings.alpha;
-        if !uniform {
-            return Err(Error::file(
-                dir,
-                format!(
-                    "{module} has its own rank or alpha (rank_pattern/alpha_pattern): training \
-                     continues adapters with one r and alpha"
-                ),
-            ));
-        }
-        let short = module.rsplit('.').next().unwrap_or_default();
-        if let Some(p) = Projection::from_name(short)
-            && !targets.contains(&p)
-        {
-            targets.push(p);
-        }
-    }
-    targets.sort();
-    config.rank = settings.r;
-    config.alpha = settings.alpha;
-    config.use_rslora = settings.use_rslora;
-    config.target_modules = targets
-        .iter()
-        .map(|p| p.name())
-        .collect::<Vec<_>>()
-        .join(",");
-    progress.message(&format!(
-        "continuing the adapter in {}: r {}, alpha {}, {}{}",
-        dir.display(),
-        config.rank,
-        config.alpha,
-        config.target_modules,
-        if config.use_rslora { ", rsLoRA" } else { "" }
-    ));
-    Ok((dir.to_path_buf(), file))
 }

@@ -4,7 +4,8 @@
 //! all seven projections; the adapters' gradients of the loss (our written-out backward,
 //! checkpointing on and off) within 1e-4 of PyTorch's autograd; and, where the fixture has
 //! them, the adapter merged as peft's `merge_and_unload()` merges it, and NF4 weights
-//! byte-identical to bitsandbytes' checkpoint of the model.
+//! byte-identical to bitsandbytes' checkpoint of the model; and an f32 GGUF under llama.cpp's
+//! name of the architecture that imports back to the same model.
 //!
 //! - Qwen 2: q/k/v biases (and none on o), tied embeddings, a full and a sliding-window layer.
 //! - Qwen 3: per-head q/k RMSNorm, `head_dim` 32 with hidden 64 and 4 heads, tied embeddings, a
@@ -14,6 +15,8 @@ use std::path::Path;
 
 use qlora_core::FloatDtype;
 use qlora_core::config::{Architecture, ModelConfig, Projection};
+use qlora_core::export::{ExportOptions, GgufType, export_gguf};
+use qlora_core::gguf::{GgufFile, ImportOptions, import_gguf};
 use qlora_core::lora::{apply_adapter, read_adapter};
 use qlora_core::merge::{MergeBase, MergeOptions, merge_model};
 use qlora_core::model::{Bits, CausalLm, LoadOptions, TrainBatch};
@@ -153,6 +156,56 @@ fn nf4_matches_bitsandbytes(dir: &Path, bnb: &Path, inputs: &Tensors) {
     check_logits(&model, &r, "logits", "loss");
 }
 
+/// An f32 GGUF export under llama.cpp's name of the architecture, imported back: the same
+/// weights (the GGUF's rows as transformers has them, unpermuted) and the same logits.
+fn gguf_round_trip(dir: &Path, gguf_arch: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("model.gguf");
+    let options = ExportOptions {
+        kind: GgufType::F32,
+        base: None,
+        name: None,
+        overwrite: false,
+    };
+    export_gguf(dir, None, &file, &options).unwrap();
+    let gguf = GgufFile::open(&file).unwrap();
+    assert_eq!(
+        gguf.string("general.architecture").unwrap(),
+        Some(gguf_arch)
+    );
+    let q = gguf.dequantize("blk.0.attn_q.weight").unwrap();
+    let ours = load_tensors_at(&dir.join("model.safetensors"));
+    let hf: Vec<f32> =
+        qlora_core::dtype::decode_f32(&ours["model.layers.0.self_attn.q_proj.weight"].2, FloatDtype::BF16);
+    assert_eq!(q, hf, "q_proj rows as they are");
+    let back = tmp.path().join("back");
+    let import = ImportOptions {
+        dtype: FloatDtype::F32,
+        ..ImportOptions::default()
+    };
+    import_gguf(&file, &back, &import).unwrap();
+    let before = ModelConfig::load(dir).unwrap();
+    let after = ModelConfig::load(&back).unwrap();
+    assert_eq!(after.architecture, before.architecture);
+    assert_eq!(after.spec.bias, before.spec.bias);
+    assert_eq!(after.spec.qk_norm, before.spec.qk_norm);
+    assert_eq!(after.head_dim, before.head_dim);
+    let r = load_tensors_at(&dir.join("reference.safetensors"));
+    let (ids, _) = inputs(&r);
+    let logits = |d: &Path| -> Vec<f32> {
+        let mut model = CausalLm::load(d, &dense()).unwrap();
+        // llama.cpp runs these layers without windows, and so does the imported config.
+        model.layers.iter_mut().for_each(|l| l.self_attn.window = None);
+        model
+            .forward(&ids, None, None)
+            .unwrap()
+            .into_data()
+            .try_into_vec()
+            .unwrap()
+    };
+    assert_eq!(logits(dir), logits(&back), "logits after export and import");
+}
+
 fn windows(config: &ModelConfig) -> Vec<Option<usize>> {
     config.spec.layers.iter().map(|l| l.window).collect()
 }
@@ -172,6 +225,7 @@ fn tiny_qwen2_matches_transformers_peft_and_bitsandbytes() {
     let r = matches_transformers_and_peft(&dir);
     merge_matches_peft(&dir, &r);
     nf4_matches_bitsandbytes(&dir, &reference("tiny-qwen2-bnb-nf4"), &r);
+    gguf_round_trip(&dir, "qwen2");
 }
 
 #[test]
@@ -182,4 +236,5 @@ fn tiny_qwen3_matches_transformers_and_peft() {
     assert!(config.spec.qk_norm && config.spec.tied_head);
     assert_eq!(windows(&config), [None, Some(6)]);
     matches_transformers_and_peft(&dir);
+    gguf_round_trip(&dir, "qwen3");
 }
