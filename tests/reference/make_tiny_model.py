@@ -58,6 +58,18 @@ ARCHS = {
         sliding_window=6,
         max_window_layers=1,
     ),
+    # Per-head q/k RMSNorm, head_dim independent of hidden/heads, tied embeddings, a full and
+    # a sliding-window layer.
+    "qwen3": lambda: transformers.Qwen3Config(
+        **COMMON,
+        head_dim=32,
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+        attention_bias=False,
+        use_sliding_window=True,
+        sliding_window=6,
+        max_window_layers=1,
+    ),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -23,39 +23,9 @@ struct Preset {
     tied: bool,
 }
 
-/// A LLaMA preset.
-const fn llama(
-    name: &'static str,
-    [
-        hidden,
-        intermediate,
-        layers,
-        heads,
-        kv_heads,
-        vocab,
-        positions,
-    ]: [usize; 7],
-    eps: f64,
-    theta: f64,
-) -> Preset {
-    Preset {
-        name,
-        arch: Architecture::Llama,
-        hidden,
-        intermediate,
-        layers,
-        heads,
-        kv_heads,
-        vocab,
-        eps,
-        theta,
-        positions,
-        tied: false,
-    }
-}
-
-/// A Qwen preset (RMSNorm epsilon 1e-6, RoPE theta 1e6).
-const fn qwen(
+/// A preset of `arch` from its sizes: hidden, intermediate, layers, attention heads, key/value
+/// heads, vocabulary, positions.
+const fn preset(
     name: &'static str,
     arch: Architecture,
     [
@@ -67,6 +37,7 @@ const fn qwen(
         vocab,
         positions,
     ]: [usize; 7],
+    (eps, theta): (f64, f64),
     tied: bool,
 ) -> Preset {
     Preset {
@@ -78,26 +49,31 @@ const fn qwen(
         heads,
         kv_heads,
         vocab,
-        eps: 1e-6,
-        theta: 1e6,
+        eps,
+        theta,
         positions,
         tied,
     }
 }
 
-// hidden, intermediate, layers, heads, key/value heads, vocabulary, positions.
+const LLAMA: Architecture = Architecture::Llama;
+const QWEN2: Architecture = Architecture::Qwen2;
+const QWEN3: Architecture = Architecture::Qwen3;
+/// Qwen's RMSNorm epsilon and RoPE theta.
+const QWEN: (f64, f64) = (1e-6, 1e6);
+
 #[rustfmt::skip]
 const PRESETS: [Preset; 9] = [
-    llama("llama-7b", [4096, 11008, 32, 32, 32, 32000, 2048], 1e-6, 1e4),
-    llama("llama-13b", [5120, 13824, 40, 40, 40, 32000, 2048], 1e-6, 1e4),
-    llama("llama-33b", [6656, 17920, 60, 52, 52, 32000, 2048], 1e-6, 1e4),
-    llama("llama-65b", [8192, 22016, 80, 64, 64, 32000, 2048], 1e-5, 1e4),
-    llama("llama-2-70b", [8192, 28672, 80, 64, 8, 32000, 4096], 1e-5, 1e4),
-    llama("llama-3-8b", [4096, 14336, 32, 32, 8, 128256, 8192], 1e-5, 5e5),
+    preset("llama-7b", LLAMA, [4096, 11008, 32, 32, 32, 32000, 2048], (1e-6, 1e4), false),
+    preset("llama-13b", LLAMA, [5120, 13824, 40, 40, 40, 32000, 2048], (1e-6, 1e4), false),
+    preset("llama-33b", LLAMA, [6656, 17920, 60, 52, 52, 32000, 2048], (1e-6, 1e4), false),
+    preset("llama-65b", LLAMA, [8192, 22016, 80, 64, 64, 32000, 2048], (1e-5, 1e4), false),
+    preset("llama-2-70b", LLAMA, [8192, 28672, 80, 64, 8, 32000, 4096], (1e-5, 1e4), false),
+    preset("llama-3-8b", LLAMA, [4096, 14336, 32, 32, 8, 128256, 8192], (1e-5, 5e5), false),
     // Qwen2.5-*-Instruct; Qwen3's head_dim is its default, 128.
-    qwen("qwen2.5-0.5b", Architecture::Qwen2, [896, 4864, 24, 14, 2, 151936, 32768], true),
-    qwen("qwen2.5-7b", Architecture::Qwen2, [3584, 18944, 28, 28, 4, 152064, 32768], false),
-    qwen("qwen3-8b", Architecture::Qwen3, [4096, 12288, 36, 32, 8, 151936, 40960], false),
+    preset("qwen2.5-0.5b", QWEN2, [896, 4864, 24, 14, 2, 151936, 32768], QWEN, true),
+    preset("qwen2.5-7b", QWEN2, [3584, 18944, 28, 28, 4, 152064, 32768], QWEN, false),
+    preset("qwen3-8b", QWEN3, [4096, 12288, 36, 32, 8, 151936, 40960], QWEN, false),
 ];
 
 /// The `config.json` text of a preset.

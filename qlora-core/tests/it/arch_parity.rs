@@ -1,11 +1,11 @@
 //! Each architecture's switches against transformers, peft and bitsandbytes, on the tiny
-//! models of `tests/reference/tiny-ARCH` (made by `tests/reference/make_tiny_*.py`): logits
-//! within 1e-4 and loss within 1e-5 of transformers in f32, with and without a PEFT adapter on
-//! all seven projections; the adapters' gradients of the loss (our written-out backward,
-//! checkpointing on and off) within 1e-4 of PyTorch's autograd; and, where the fixture has
-//! them, the adapter merged as peft's `merge_and_unload()` merges it, and NF4 weights
-//! byte-identical to bitsandbytes' checkpoint of the model; and an f32 GGUF under llama.cpp's
-//! name of the architecture that imports back to the same model.
+//! models of `tests/reference/tiny-ARCH` (made by `tests/reference/make_tiny_model.py ARCH`):
+//! logits within 1e-4 and loss within 1e-5 of transformers in f32, with and without a PEFT
+//! adapter on all seven projections; the adapters' gradients of the loss (our written-out
+//! backward, checkpointing on and off) within 1e-4 of PyTorch's autograd; the adapter merged as
+//! peft's `merge_and_unload()` merges it; NF4 weights byte-identical to bitsandbytes' checkpoint
+//! of the model; and an f32 GGUF under llama.cpp's name of the architecture that imports back
+//! to the same model.
 //!
 //! - Qwen 2: q/k/v biases (and none on o), tied embeddings, a full and a sliding-window layer.
 //! - Qwen 3: per-head q/k RMSNorm, `head_dim` 32 with hidden 64 and 4 heads, tied embeddings, a
@@ -175,8 +175,10 @@ fn gguf_round_trip(dir: &Path, gguf_arch: &str) {
     );
     let q = gguf.dequantize("blk.0.attn_q.weight").unwrap();
     let ours = load_tensors_at(&dir.join("model.safetensors"));
-    let hf: Vec<f32> =
-        qlora_core::dtype::decode_f32(&ours["model.layers.0.self_attn.q_proj.weight"].2, FloatDtype::BF16);
+    let hf: Vec<f32> = qlora_core::dtype::decode_f32(
+        &ours["model.layers.0.self_attn.q_proj.weight"].2,
+        FloatDtype::BF16,
+    );
     assert_eq!(q, hf, "q_proj rows as they are");
     let back = tmp.path().join("back");
     let import = ImportOptions {
@@ -195,7 +197,10 @@ fn gguf_round_trip(dir: &Path, gguf_arch: &str) {
     let logits = |d: &Path| -> Vec<f32> {
         let mut model = CausalLm::load(d, &dense()).unwrap();
         // llama.cpp runs these layers without windows, and so does the imported config.
-        model.layers.iter_mut().for_each(|l| l.self_attn.window = None);
+        model
+            .layers
+            .iter_mut()
+            .for_each(|l| l.self_attn.window = None);
         model
             .forward(&ids, None, None)
             .unwrap()
@@ -229,12 +234,14 @@ fn tiny_qwen2_matches_transformers_peft_and_bitsandbytes() {
 }
 
 #[test]
-fn tiny_qwen3_matches_transformers_and_peft() {
+fn tiny_qwen3_matches_transformers_peft_and_bitsandbytes() {
     let dir = reference("tiny-qwen3");
     let config = ModelConfig::load(&dir).unwrap();
     assert_eq!(config.architecture, Architecture::Qwen3);
     assert!(config.spec.qk_norm && config.spec.tied_head);
     assert_eq!(windows(&config), [None, Some(6)]);
-    matches_transformers_and_peft(&dir);
+    let r = matches_transformers_and_peft(&dir);
+    merge_matches_peft(&dir, &r);
+    nf4_matches_bitsandbytes(&dir, &reference("tiny-qwen3-bnb-nf4"), &r);
     gguf_round_trip(&dir, "qwen3");
 }

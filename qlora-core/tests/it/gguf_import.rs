@@ -365,8 +365,8 @@ fn bad_files_are_errors_naming_the_problem() {
     assert!(err.contains("not.gguf"), "{err}");
 
     let mut metadata = llama_metadata();
-    metadata[0] = ("general.architecture", Value::String("qwen2".into()));
-    let other = tmp.path().join("qwen.gguf");
+    metadata[0] = ("general.architecture", Value::String("gemma3".into()));
+    let other = tmp.path().join("gemma.gguf");
     write_gguf(
         &other,
         &metadata,
@@ -379,7 +379,8 @@ fn bad_files_are_errors_naming_the_problem() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("general.architecture") && err.contains("qwen2"),
+        err.contains("general.architecture")
+            && err.contains("`gemma3` is not supported (supported: llama, qwen2, qwen3)"),
         "{err}"
     );
 
