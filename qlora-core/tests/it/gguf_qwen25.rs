@@ -18,6 +18,7 @@ use qlora_core::gguf::{GgufFile, ImportOptions, import_gguf};
 use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use qlora_core::text::{Message, Tokenizer};
 use serde_json::Value;
+use support::facts::{ids, top5_logits_diff};
 use support::{f32s, load_tensors_at, reference};
 
 const MISSING: &str = "needs Qwen2.5-Coder-0.5B-Instruct's GGUF: run examples/fetch_models.sh";
@@ -31,15 +32,6 @@ fn gguf_path() -> PathBuf {
 fn facts() -> Value {
     let text = std::fs::read_to_string(reference("qwen2.5_gguf_facts.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn f32_import(gguf: &Path, out: &Path) {
@@ -151,26 +143,7 @@ fn qwen25_gguf_matches_transformers_and_exports_back_bit_identical() {
     );
 
     // The top-5 logits of the chat prompt's last position.
-    let logits = model
-        .forward(std::slice::from_ref(&prompt_ids), None, None)
-        .unwrap();
-    let [_, seq, vocab] = logits.dims();
-    let last: Vec<f32> = logits
-        .narrow(1, seq - 1, 1)
-        .reshape([vocab])
-        .into_data()
-        .try_into_vec()
-        .unwrap();
-    let mut order: Vec<usize> = (0..vocab).collect();
-    order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
-    let top5 = &facts["last_logits_top5"];
-    let got_ids: Vec<u32> = order[..5].iter().map(|&i| i as u32).collect();
-    assert_eq!(got_ids, ids(&top5["ids"]), "top-5 ids");
-    let max_diff = order[..5]
-        .iter()
-        .zip(top5["values"].as_array().unwrap())
-        .map(|(&i, e)| (last[i] - e.as_f64().unwrap() as f32).abs())
-        .fold(0f32, f32::max);
+    let max_diff = top5_logits_diff(&model, &prompt_ids, &facts["last_logits_top5"]);
     assert!(max_diff <= 1e-4, "top-5 logits differ by {max_diff}");
 
     // 32 greedy tokens.

@@ -14,6 +14,7 @@ use qlora_core::gguf::{GgufFile, ImportOptions, import_gguf};
 use qlora_core::model::{Bits, CausalLm, LoadOptions};
 use qlora_core::text::{Message, Tokenizer};
 use serde_json::Value;
+use support::facts::{ids, top5_logits_diff};
 use support::{fixture, load_tensors_at};
 
 const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -41,15 +42,6 @@ fn bf16s(bytes: &[u8]) -> Vec<f32> {
 fn facts() -> Value {
     let text = std::fs::read_to_string(fixture("smollm2_gguf_facts.json")).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(value: &Value) -> Vec<u32> {
-    value
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// The imported model directory (dropped with the temporary directory).
@@ -114,32 +106,7 @@ fn weights_logits_and_greedy_text_match_transformers() {
     )
     .unwrap();
     let prompt = ids(&facts["chat_prompt_ids"]);
-    let logits = model
-        .forward(std::slice::from_ref(&prompt), None, None)
-        .unwrap();
-    let [_, seq, vocab] = logits.dims();
-    let last: Vec<f32> = logits
-        .narrow(1, seq - 1, 1)
-        .reshape([vocab])
-        .into_data()
-        .try_into_vec()
-        .unwrap();
-    let mut order: Vec<usize> = (0..vocab).collect();
-    order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
-    let top5 = &facts["last_logits_top5"];
-    let expected_values: Vec<f32> = top5["values"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_f64().unwrap() as f32)
-        .collect();
-    let got_ids: Vec<u32> = order[..5].iter().map(|&i| i as u32).collect();
-    assert_eq!(got_ids, ids(&top5["ids"]), "top-5 ids");
-    let max_diff = order[..5]
-        .iter()
-        .zip(&expected_values)
-        .map(|(&i, e)| (last[i] - e).abs())
-        .fold(0f32, f32::max);
+    let max_diff = top5_logits_diff(&model, &prompt, &facts["last_logits_top5"]);
     assert!(max_diff <= 1e-4, "top-5 logits differ by {max_diff}");
 
     let tokenizer = Tokenizer::load(&dir).unwrap();

@@ -3,6 +3,7 @@
 //! reader fuzzer. Not published.
 
 pub mod alloc;
+pub mod facts;
 pub mod fuzz;
 pub mod ops;
 pub mod synthetic;
