@@ -49,6 +49,13 @@ COMMON = dict(
 
 # What each architecture's tiny model tests beyond LLaMA's layer.
 ARCHS = {
+    # A sliding window of 6 keys on every layer, over sequences of 16 tokens; untied head.
+    "mistral": lambda: transformers.MistralConfig(
+        **COMMON,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        sliding_window=6,
+    ),
     # q/k/v biases (not o), tied embeddings, a full and a sliding-window layer.
     "qwen2": lambda: transformers.Qwen2Config(
         **COMMON,

@@ -7,6 +7,7 @@
 //! of the model; and an f32 GGUF under llama.cpp's name of the architecture that imports back
 //! to the same model.
 //!
+//! - Mistral: a sliding window of 6 keys on every layer over 16 tokens, untied head.
 //! - Qwen 2: q/k/v biases (and none on o), tied embeddings, a full and a sliding-window layer.
 //! - Qwen 3: per-head q/k RMSNorm, `head_dim` 32 with hidden 64 and 4 heads, tied embeddings, a
 //!   full and a sliding-window layer of 6 keys over 16 tokens.
@@ -244,4 +245,31 @@ fn tiny_qwen3_matches_transformers_peft_and_bitsandbytes() {
     merge_matches_peft(&dir, &r);
     nf4_matches_bitsandbytes(&dir, &reference("tiny-qwen3-bnb-nf4"), &r);
     gguf_round_trip(&dir, "qwen3");
+}
+
+#[test]
+fn tiny_mistral_matches_transformers_peft_and_bitsandbytes() {
+    let dir = reference("tiny-mistral");
+    let config = ModelConfig::load(&dir).unwrap();
+    assert_eq!(config.architecture, Architecture::Mistral);
+    assert!(!config.spec.tied_head);
+    assert_eq!(windows(&config), [Some(6), Some(6)]);
+    let r = matches_transformers_and_peft(&dir);
+    merge_matches_peft(&dir, &r);
+    nf4_matches_bitsandbytes(&dir, &reference("tiny-mistral-bnb-nf4"), &r);
+
+    // The window changes the logits of these 16 tokens: the fixture tests it.
+    let mut full = CausalLm::load(&dir, &dense()).unwrap();
+    full.layers
+        .iter_mut()
+        .for_each(|l| l.self_attn.window = None);
+    let (ids, _) = inputs(&r);
+    let values: Vec<f32> = full
+        .forward(&ids, None, None)
+        .unwrap()
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let diff = max_diff(&values, &f32s(&r["logits"].2));
+    assert!(diff > 1e-2, "without the window: {diff}");
 }
