@@ -34,15 +34,7 @@ qlora() { "$QLORA_BIN" "$@"; }
 GGUF="$(cd "$(dirname "$GGUF")" && pwd)/$(basename "$GGUF")"
 
 qlora import-gguf "$GGUF" --out "$WORK/model" --dtype f32 2>/dev/null
-"$PEER_PY" - "$WORK/model" datasets/identity_eval.jsonl "$WORK/eval_text.jsonl" <<'EOF' 2>/dev/null
-import json, sys
-from transformers import AutoTokenizer
-tok = AutoTokenizer.from_pretrained(sys.argv[1])
-with open(sys.argv[2]) as src, open(sys.argv[3], "w") as out:
-    for line in src:
-        text = tok.apply_chat_template(json.loads(line)["messages"], tokenize=False)
-        out.write(json.dumps({"text": text}) + "\n")
-EOF
+"$PEER_PY" examples/chat_as_text.py "$WORK/model" datasets/identity_eval.jsonl "$WORK/eval_text.jsonl" 2>/dev/null
 # evaluate BITS [--adapter DIR]
 evaluate() { qlora eval --model "$WORK/model" --bits "$1" --data "$WORK/eval_text.jsonl" --format text --json "${@:2}" 2>/dev/null; }
 base=$(evaluate 16)

@@ -39,15 +39,7 @@ qlora export-gguf --model "$WORK/model" --adapter "$WORK/adapter" --out "$WORK/m
 qlora merge --model "$WORK/model" --adapter "$WORK/adapter" --out "$WORK/merged" --dtype f32 2>/dev/null
 
 # The held-out conversations as plain text, rendered by the model's chat template.
-"$PEER_PY" - "$WORK/merged" datasets/identity_eval.jsonl "$WORK/eval_text.jsonl" <<'EOF'
-import json, sys
-from transformers import AutoTokenizer
-tok = AutoTokenizer.from_pretrained(sys.argv[1])
-with open(sys.argv[2]) as src, open(sys.argv[3], "w") as out:
-    for line in src:
-        text = tok.apply_chat_template(json.loads(line)["messages"], tokenize=False)
-        out.write(json.dumps({"text": text}) + "\n")
-EOF
+"$PEER_PY" examples/chat_as_text.py "$WORK/merged" datasets/identity_eval.jsonl "$WORK/eval_text.jsonl"
 ours=$(qlora eval --model "$WORK/merged" --bits 16 --data "$WORK/eval_text.jsonl" --format text --json 2>/dev/null)
 
 "$PEER_PY" - "$WORK" "$ours" <<'EOF'

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::hf::HfConfig;
 use super::spec::{DecoderSpec, LayerSpec, RopeKind};
-use super::tensors::ModelTensor;
+use super::tensors::{ModelTensor, Rotary};
 use crate::error::{Error, Result};
 
 /// A model family.
@@ -104,12 +104,16 @@ impl Architecture {
         names.join(", ")
     }
 
-    /// Whether llama.cpp's converter permutes the rows of the query and key projections
-    /// ([`super::tensors::Rotary`]): only for its `llama` architecture, whose rotary embedding
-    /// rotates adjacent pairs. The others rotate halves (NeoX style), as transformers does, on
-    /// rows as they are.
-    pub fn gguf_permutes_rotary(self) -> bool {
-        self.gguf_name() == "llama"
+    /// The permutation llama.cpp's converter applies to a tensor whose table row says
+    /// `rotary`: the row's for its `llama` architecture, whose rotary embedding rotates
+    /// adjacent pairs; none for the others, which rotate halves (NeoX style) as transformers
+    /// does, on rows as they are.
+    pub fn gguf_rotary(self, rotary: Rotary) -> Rotary {
+        if self.gguf_name() == "llama" {
+            rotary
+        } else {
+            Rotary::None
+        }
     }
 
     /// The family of a class name.

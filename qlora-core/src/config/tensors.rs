@@ -14,6 +14,18 @@ pub enum Rotary {
     Key,
 }
 
+impl Rotary {
+    /// The heads the rows are permuted within, of a model with `heads` query heads and
+    /// `kv_heads` key/value heads (`None`: rows as they are).
+    pub fn heads(self, heads: usize, kv_heads: usize) -> Option<usize> {
+        match self {
+            Rotary::None => None,
+            Rotary::Query => Some(heads),
+            Rotary::Key => Some(kv_heads),
+        }
+    }
+}
+
 /// A tensor of a decoder model: the three whole-model tensors, then a layer's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ModelTensor {

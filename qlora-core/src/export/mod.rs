@@ -19,7 +19,7 @@ pub use types::GgufType;
 use types::{TensorRole, encode, tensor_type};
 use writer::{MetaValue, TensorEntry, write_gguf};
 
-use crate::config::tensors::{Rotary, gguf_name};
+use crate::config::tensors::gguf_name;
 use crate::config::{ModelConfig, Projection, RopeScaling};
 use crate::error::{Error, Result};
 use crate::gguf::blocks::type_name;
@@ -120,7 +120,6 @@ pub fn export_gguf(
             format!("biases in the MLP are not part of llama.cpp's `{arch}` architecture"),
         ));
     }
-    let permuted = config.architecture.gguf_permutes_rotary();
     let name = options.name.clone().unwrap_or_else(|| {
         std::fs::canonicalize(model_dir)
             .ok()
@@ -170,12 +169,10 @@ pub fn export_gguf(
         }
         match gguf_name(hf) {
             Some((gg, rotary, layer)) => {
-                let heads = match rotary {
-                    _ if !permuted => None,
-                    Rotary::None => None,
-                    Rotary::Query => Some(config.num_attention_heads),
-                    Rotary::Key => Some(config.num_key_value_heads),
-                };
+                let heads = config
+                    .architecture
+                    .gguf_rotary(rotary)
+                    .heads(config.num_attention_heads, config.num_key_value_heads);
                 names.push((hf.to_string(), gg, heads, layer))
             }
             None if hf.starts_with("model.") || hf == "lm_head.weight" => {

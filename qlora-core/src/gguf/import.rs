@@ -11,7 +11,7 @@ use crate::FloatDtype;
 use crate::checkpoint::write_json;
 use crate::checkpoint::{OutTensor, write_safetensors};
 use crate::config::CONFIG_FILE;
-use crate::config::tensors::{Rotary, hf_name};
+use crate::config::tensors::hf_name;
 use crate::dtype::encode_f32;
 use crate::error::{Error, Result};
 use crate::staged_dir::StagedDir;
@@ -107,7 +107,6 @@ pub fn import_gguf_file(
 ) -> Result<ImportSummary> {
     let config = hf_config(gguf, options.dtype)?;
     let (arch, arch_name) = architecture(gguf)?;
-    let permuted = arch.gguf_permutes_rotary();
     let heads = config.num_attention_heads;
     let kv_heads = config.num_key_value_heads.unwrap_or(heads);
     let tokenizer = tokenizer_files(gguf)?;
@@ -134,13 +133,10 @@ pub fn import_gguf_file(
             )
         })?;
         let shape = gguf.shape(name)?;
-        let heads = match rotary {
-            _ if !permuted => 0,
-            Rotary::None => 0,
-            Rotary::Query => heads,
-            Rotary::Key => kv_heads,
-        };
-        if heads > 0 && (shape[0] % heads != 0 || (shape[0] / heads) % 2 != 0) {
+        let permuted = arch.gguf_rotary(rotary).heads(heads, kv_heads);
+        if let Some(heads) = permuted
+            && (shape[0] % heads != 0 || (shape[0] / heads) % 2 != 0)
+        {
             return Err(Error::key(
                 gguf.path(),
                 name,
@@ -169,10 +165,9 @@ pub fn import_gguf_file(
                     return vec![0; len];
                 }
             };
-            let values = if heads > 0 {
-                unpermute_rows(&values, rows, heads)
-            } else {
-                values
+            let values = match permuted {
+                Some(heads) => unpermute_rows(&values, rows, heads),
+                None => values,
             };
             encode_f32(&values, dtype)
         };

@@ -211,30 +211,35 @@ pub fn byte_level_pre_tokenizer(
         "default" | "gpt-2" | "gpt2" => byte_level.into(),
         // SmolLM: every digit on its own, then GPT-2's split.
         "smollm" => PreSequence::new(vec![Digits::new(true).into(), byte_level.into()]).into(),
-        "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" | "qwen2" => {
-            let pattern = if name == "qwen2" {
-                QWEN2_PATTERN
-            } else {
-                LLAMA3_PATTERN
-            };
-            let split = Split::new(
-                SplitPattern::Regex(pattern.into()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| e.to_string())?;
-            PreSequence::new(vec![
-                split.into(),
-                ByteLevel::new(add_prefix_space, true, false).into(),
-            ])
-            .into()
+        "llama-bpe" | "llama3" | "llama-v3" | "smaug-bpe" => {
+            regex_then_bytes(LLAMA3_PATTERN, add_prefix_space)?
         }
+        "qwen2" => regex_then_bytes(QWEN2_PATTERN, add_prefix_space)?,
         other => {
             return Err(format!(
                 "pre-tokenizer `{other}` is not supported (default, gpt-2, smollm, llama-bpe, qwen2)"
             ));
         }
     })
+}
+
+/// A split on `pattern` (each match its own piece), then GPT-2's byte mapping without its own
+/// regex: Llama 3's and Qwen's pre-tokenizers.
+fn regex_then_bytes(
+    pattern: &str,
+    add_prefix_space: bool,
+) -> std::result::Result<PreTokenizerWrapper, String> {
+    let split = Split::new(
+        SplitPattern::Regex(pattern.into()),
+        SplitDelimiterBehavior::Isolated,
+        false,
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(PreSequence::new(vec![
+        split.into(),
+        ByteLevel::new(add_prefix_space, true, false).into(),
+    ])
+    .into())
 }
 
 /// Byte-level BPE (GPT-2 style) with the pre-tokenizer llama.cpp names in `tokenizer.ggml.pre`.

@@ -7,54 +7,9 @@ use std::path::Path;
 use crate::config::{Architecture, ModelConfig};
 use crate::error::{Error, Result};
 
-/// A model's sizes.
-struct Preset {
-    name: &'static str,
-    arch: Architecture,
-    hidden: usize,
-    intermediate: usize,
-    layers: usize,
-    heads: usize,
-    kv_heads: usize,
-    vocab: usize,
-    eps: f64,
-    theta: f64,
-    positions: usize,
-    tied: bool,
-}
-
-/// A preset of `arch` from its sizes: hidden, intermediate, layers, attention heads, key/value
-/// heads, vocabulary, positions.
-const fn preset(
-    name: &'static str,
-    arch: Architecture,
-    [
-        hidden,
-        intermediate,
-        layers,
-        heads,
-        kv_heads,
-        vocab,
-        positions,
-    ]: [usize; 7],
-    (eps, theta): (f64, f64),
-    tied: bool,
-) -> Preset {
-    Preset {
-        name,
-        arch,
-        hidden,
-        intermediate,
-        layers,
-        heads,
-        kv_heads,
-        vocab,
-        eps,
-        theta,
-        positions,
-        tied,
-    }
-}
+/// name, architecture, sizes (hidden, intermediate, layers, attention heads, key/value heads,
+/// vocabulary, maximum positions), RMSNorm epsilon and RoPE theta, tied embeddings.
+type Preset = (&'static str, Architecture, [usize; 7], (f64, f64), bool);
 
 const LLAMA: Architecture = Architecture::Llama;
 const QWEN2: Architecture = Architecture::Qwen2;
@@ -64,41 +19,51 @@ const QWEN: (f64, f64) = (1e-6, 1e6);
 
 #[rustfmt::skip]
 const PRESETS: [Preset; 9] = [
-    preset("llama-7b", LLAMA, [4096, 11008, 32, 32, 32, 32000, 2048], (1e-6, 1e4), false),
-    preset("llama-13b", LLAMA, [5120, 13824, 40, 40, 40, 32000, 2048], (1e-6, 1e4), false),
-    preset("llama-33b", LLAMA, [6656, 17920, 60, 52, 52, 32000, 2048], (1e-6, 1e4), false),
-    preset("llama-65b", LLAMA, [8192, 22016, 80, 64, 64, 32000, 2048], (1e-5, 1e4), false),
-    preset("llama-2-70b", LLAMA, [8192, 28672, 80, 64, 8, 32000, 4096], (1e-5, 1e4), false),
-    preset("llama-3-8b", LLAMA, [4096, 14336, 32, 32, 8, 128256, 8192], (1e-5, 5e5), false),
+    ("llama-7b", LLAMA, [4096, 11008, 32, 32, 32, 32000, 2048], (1e-6, 1e4), false),
+    ("llama-13b", LLAMA, [5120, 13824, 40, 40, 40, 32000, 2048], (1e-6, 1e4), false),
+    ("llama-33b", LLAMA, [6656, 17920, 60, 52, 52, 32000, 2048], (1e-6, 1e4), false),
+    ("llama-65b", LLAMA, [8192, 22016, 80, 64, 64, 32000, 2048], (1e-5, 1e4), false),
+    ("llama-2-70b", LLAMA, [8192, 28672, 80, 64, 8, 32000, 4096], (1e-5, 1e4), false),
+    ("llama-3-8b", LLAMA, [4096, 14336, 32, 32, 8, 128256, 8192], (1e-5, 5e5), false),
     // Qwen2.5-*-Instruct; Qwen3's head_dim is its default, 128.
-    preset("qwen2.5-0.5b", QWEN2, [896, 4864, 24, 14, 2, 151936, 32768], QWEN, true),
-    preset("qwen2.5-7b", QWEN2, [3584, 18944, 28, 28, 4, 152064, 32768], QWEN, false),
-    preset("qwen3-8b", QWEN3, [4096, 12288, 36, 32, 8, 151936, 40960], QWEN, false),
+    ("qwen2.5-0.5b", QWEN2, [896, 4864, 24, 14, 2, 151936, 32768], QWEN, true),
+    ("qwen2.5-7b", QWEN2, [3584, 18944, 28, 28, 4, 152064, 32768], QWEN, false),
+    ("qwen3-8b", QWEN3, [4096, 12288, 36, 32, 8, 151936, 40960], QWEN, false),
 ];
 
 /// The `config.json` text of a preset.
 pub fn preset_config(name: &str) -> Option<String> {
-    let p = PRESETS.iter().find(|p| p.name.eq_ignore_ascii_case(name))?;
+    let &(_, arch, sizes, (eps, theta), tied) =
+        PRESETS.iter().find(|p| p.0.eq_ignore_ascii_case(name))?;
+    let [
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        vocab,
+        positions,
+    ] = sizes;
     let config = serde_json::json!({
-        "architectures": [p.arch.class_name()],
-        "model_type": p.arch.model_type(),
-        "tie_word_embeddings": p.tied,
-        "hidden_size": p.hidden,
-        "intermediate_size": p.intermediate,
-        "num_hidden_layers": p.layers,
-        "num_attention_heads": p.heads,
-        "num_key_value_heads": p.kv_heads,
-        "vocab_size": p.vocab,
-        "rms_norm_eps": p.eps,
-        "rope_theta": p.theta,
-        "max_position_embeddings": p.positions,
+        "architectures": [arch.class_name()],
+        "model_type": arch.model_type(),
+        "tie_word_embeddings": tied,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": vocab,
+        "rms_norm_eps": eps,
+        "rope_theta": theta,
+        "max_position_embeddings": positions,
     });
     Some(config.to_string())
 }
 
 /// The names of the presets.
 pub fn preset_names() -> Vec<&'static str> {
-    PRESETS.iter().map(|p| p.name).collect()
+    PRESETS.iter().map(|p| p.0).collect()
 }
 
 /// The config of `model`: a preset name, a model directory, or a `config.json`.
