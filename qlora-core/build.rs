@@ -10,9 +10,10 @@
 use std::path::{Path, PathBuf};
 
 /// (file, the name in the variables, the cfg of its tests).
-const MODELS: [(&str, &str, &str); 2] = [
+const MODELS: [(&str, &str, &str); 3] = [
     ("SmolLM2-135M-Instruct.Q4_1.gguf", "SMOLLM2", "real_model"),
     ("Qwen2.5-Coder-0.5B-Instruct.gguf", "QWEN25", "real_qwen25"),
+    ("gemma-3-270m-q4_k_m.gguf", "GEMMA3", "real_gemma3"),
 ];
 
 fn var(name: &str) -> Option<String> {

@@ -7,7 +7,8 @@ a JSON file of facts the tests hold `qlora import-gguf` against:
 
 Facts: the file's sha256; `config` (the config.json transformers builds); `tokenizer_cases`
 (text -> ids without special tokens); `chat_messages`, `chat_prompt` and `chat_prompt_ids`
-(the model's own template, with the generation prompt); `greedy_new_ids` and `greedy_text` (32
+(the model's own template, with the generation prompt; for a file without a template,
+`chat_messages` is null and the prompt a plain text with BOS); `greedy_new_ids` and `greedy_text` (32
 greedy tokens after the chat prompt); `loss_text`, `loss_ids` and `loss` (the mean next-token
 loss over those ids, float32); `last_logits_top5` (of the chat prompt's last position);
 `weights_first8` (the first 8 values of some tensors, Hugging Face names and layout).
@@ -38,11 +39,20 @@ cases = [
     "Ünïcödé: 東京, Привет, 🙂 and café",
     "<|im_start|>user\nhi<|im_end|>",
 ]
+if model.config.model_type.startswith("gemma"):
+    cases.append("<start_of_turn>user\nhi<end_of_turn>\n")
+
 tokenizer_cases = {t: tokenizer(t, add_special_tokens=False)["input_ids"] for t in cases}
 
 messages = [{"role": "user", "content": "Write a Python function that reverses a string."}]
-prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+if tokenizer.chat_template:
+    prompt = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+else:
+    # A file without a chat template (a base model): a plain prompt, with the BOS the
+    # tokenizer adds.
+    prompt = "The three primary colors are"
+    prompt_ids = tokenizer(prompt)["input_ids"]
 with torch.no_grad():
     ids = torch.tensor([prompt_ids])
     last = model(ids).logits[0, -1]
@@ -69,6 +79,8 @@ for key in [
     "model.layers.0.self_attn.k_proj.weight",
     "model.layers.0.mlp.down_proj.weight",
     "model.layers.0.input_layernorm.weight",
+    "model.layers.0.self_attn.q_norm.weight",
+    "model.layers.0.post_feedforward_layernorm.weight",
     "model.norm.weight",
 ]:
     if key in state:
@@ -80,7 +92,7 @@ facts = {
     "gguf_sha256": sha,
     "config": json.loads(model.config.to_json_string()),
     "tokenizer_cases": tokenizer_cases,
-    "chat_messages": messages,
+    "chat_messages": messages if tokenizer.chat_template else None,
     "chat_prompt": prompt,
     "chat_prompt_ids": prompt_ids,
     "greedy_new_ids": new_ids,

@@ -1,5 +1,5 @@
 //! The operations of a decoder layer between its matmuls: RMSNorm, rotary embedding, SwiGLU,
-//! dropout, and their gradients.
+//! GeGLU, dropout, and their gradients.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, backend_extension};
@@ -46,6 +46,20 @@ pub trait LayerOps: Backend {
         dz: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         generic::layers::swiglu_backward::<Self>(gate, up, dz)
+    }
+
+    /// `gelu_tanh(gate) · up` (GeGLU, with GELU's tanh approximation).
+    fn geglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        generic::layers::geglu::<Self>(gate, up)
+    }
+
+    /// The gradients of [`LayerOps::geglu`] with respect to `gate` and `up`.
+    fn geglu_backward(
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+        dz: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        generic::layers::geglu_backward::<Self>(gate, up, dz)
     }
 
     /// `x` times the inverted-dropout mask of `seed` ([`super::dropout::DropoutMask`]); the

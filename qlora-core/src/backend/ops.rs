@@ -162,6 +162,13 @@ kernel_ops! {
     pub fn swiglu_backward(gate: Tensor<2>, up: Tensor<2>, dz: Tensor<2>) -> (Tensor<2>, Tensor<2>)
         = LayerOps::swiglu_backward [narrow, narrow];
 
+    /// `gelu_tanh(gate) · up`.
+    pub fn geglu(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> = LayerOps::geglu [narrow];
+
+    /// The gradients of [`geglu`] with respect to `gate` and `up`.
+    pub fn geglu_backward(gate: Tensor<2>, up: Tensor<2>, dz: Tensor<2>) -> (Tensor<2>, Tensor<2>)
+        = LayerOps::geglu_backward [narrow, narrow];
+
     /// `x` times the inverted-dropout mask of `seed`.
     pub fn dropout(x: Tensor<2>, seed: u64, p: f64) -> Tensor<2> = LayerOps::dropout [narrow];
 

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::hf::HfConfig;
-use super::spec::{DecoderSpec, LayerSpec, RopeKind};
+use super::spec::{Activation, DecoderSpec, LayerSpec, NormForm, RopeKind};
 use super::tensors::{ModelTensor, Rotary};
 use crate::error::{Error, Result};
 
@@ -23,6 +23,10 @@ pub enum Architecture {
     /// `Qwen3ForCausalLM`: per-head q/k RMSNorm, `head_dim` of its own, sliding windows on the
     /// layers `layer_types` names.
     Qwen3,
+    /// `Gemma3ForCausalLM` (Gemma 3 text models): `(1 + w)` norms, four a layer and on q/k
+    /// heads, GeGLU, scaled embeddings, `query_pre_attn_scalar`, local sliding-window layers
+    /// with a RoPE base of their own between global ones.
+    Gemma3,
 }
 
 /// The tensors of a LLaMA layer.
@@ -53,13 +57,32 @@ const QWEN3_LAYER: [ModelTensor; 11] = [
     ModelTensor::FfnDown,
 ];
 
+/// The tensors of a Gemma 3 layer: a norm before and after the attention and the MLP, and
+/// the q/k norms.
+const GEMMA3_LAYER: [ModelTensor; 13] = [
+    ModelTensor::AttnNorm,
+    ModelTensor::AttnQ,
+    ModelTensor::AttnK,
+    ModelTensor::AttnV,
+    ModelTensor::AttnOutput,
+    ModelTensor::AttnQNorm,
+    ModelTensor::AttnKNorm,
+    ModelTensor::AttnPostNorm,
+    ModelTensor::FfnPreNorm,
+    ModelTensor::FfnGate,
+    ModelTensor::FfnUp,
+    ModelTensor::FfnDown,
+    ModelTensor::FfnPostNorm,
+];
+
 impl Architecture {
     /// Every family, in the order messages list them.
-    pub const ALL: [Architecture; 4] = [
+    pub const ALL: [Architecture; 5] = [
         Architecture::Llama,
         Architecture::Mistral,
         Architecture::Qwen2,
         Architecture::Qwen3,
+        Architecture::Gemma3,
     ];
 
     /// The transformers class: `LlamaForCausalLM`.
@@ -69,6 +92,7 @@ impl Architecture {
             Architecture::Mistral => "MistralForCausalLM",
             Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::Qwen3 => "Qwen3ForCausalLM",
+            Architecture::Gemma3 => "Gemma3ForCausalLM",
         }
     }
 
@@ -79,6 +103,7 @@ impl Architecture {
             Architecture::Mistral => "mistral",
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::Gemma3 => "gemma3_text",
         }
     }
 
@@ -89,7 +114,13 @@ impl Architecture {
             Architecture::Llama | Architecture::Mistral => "llama",
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
+            Architecture::Gemma3 => "gemma3",
         }
+    }
+
+    /// What llama.cpp's converter adds to the family's norm weights (Gemma stores `1 + w`).
+    pub fn gguf_norm_shift(self) -> Option<f32> {
+        (self == Architecture::Gemma3).then_some(1.0)
     }
 
     /// The family llama.cpp means by `general.architecture` = `name`.
@@ -136,6 +167,15 @@ impl Architecture {
         match self {
             Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => &LLAMA_LAYER,
             Architecture::Qwen3 => &QWEN3_LAYER,
+            Architecture::Gemma3 => &GEMMA3_LAYER,
+        }
+    }
+
+    /// `rope_theta` when `config.json` does not give it (Gemma3TextConfig's global base).
+    pub(super) fn default_rope_theta(self) -> f64 {
+        match self {
+            Architecture::Gemma3 => 1_000_000.0,
+            _ => 10_000.0,
         }
     }
 
@@ -144,6 +184,8 @@ impl Architecture {
         match self {
             // Qwen3Config's own default, not hidden / heads.
             Architecture::Qwen3 => Some(128),
+            // Gemma3TextConfig's.
+            Architecture::Gemma3 => Some(256),
             _ if raw.hidden_size.is_multiple_of(raw.num_attention_heads) => {
                 Some(raw.hidden_size / raw.num_attention_heads)
             }
@@ -156,7 +198,11 @@ impl Architecture {
     pub(super) fn spec(self, raw: &HfConfig, head_dim: usize, file: &Path) -> Result<DecoderSpec> {
         let layers = raw.num_hidden_layers;
         let mut spec = DecoderSpec::llama(layers, head_dim);
-        spec.tied_head = raw.tie_word_embeddings;
+        // Gemma3TextConfig ties by default, the others do not.
+        spec.tied_head = raw
+            .tie_word_embeddings
+            .unwrap_or(self == Architecture::Gemma3);
+        spec.activation = self.activation(raw, file)?;
         let attention = raw.attention_bias;
         spec.bias = [
             attention,
@@ -184,17 +230,189 @@ impl Architecture {
                 spec.bias[4..].fill(false);
                 qwen_windows(raw, file)?
             }
+            Architecture::Gemma3 => {
+                if raw.use_bidirectional_attention == Some(true) {
+                    return Err(Error::key(
+                        file,
+                        "use_bidirectional_attention",
+                        "bidirectional (embedding) Gemma models are not supported",
+                    ));
+                }
+                spec.bias[4..].fill(false);
+                spec.norm = NormForm::OnePlusWeight;
+                spec.embedding_scale = Some((raw.hidden_size as f64).sqrt());
+                let key = "query_pre_attn_scalar";
+                let scalar =
+                    match &raw.query_pre_attn_scalar {
+                        None => None,
+                        Some(v) => Some(v.as_f64().ok_or_else(|| {
+                            Error::key(file, key, format!("{v} must be a number"))
+                        })?),
+                    };
+                let scalar = positive(scalar, 256.0, key, file)?;
+                spec.attention_scale = scalar.powf(-0.5);
+                spec.attention_softcap =
+                    softcap(&raw.attn_logit_softcapping, "attn_logit_softcapping", file)?;
+                spec.final_logit_softcap = softcap(
+                    &raw.final_logit_softcapping,
+                    "final_logit_softcapping",
+                    file,
+                )?;
+                spec.local_rope_theta = Some(local_rope_theta(raw, file)?);
+                gemma_windows(raw, file)?
+            }
         };
-        // The per-head norms are there when the family's layers have their tensors.
-        spec.qk_norm = self.layer_tensors().contains(&ModelTensor::AttnQNorm);
+        let tensors = self.layer_tensors();
+        // The per-head norms and the norms after the attention and the MLP are there when the
+        // family's layers have their tensors.
+        spec.qk_norm = tensors.contains(&ModelTensor::AttnQNorm);
+        spec.sandwich_norms = tensors.contains(&ModelTensor::AttnPostNorm);
+        let local = spec.local_rope_theta.is_some();
         for (layer, window) in spec.layers.iter_mut().zip(windows) {
             *layer = LayerSpec {
                 window,
-                rope: RopeKind::Global,
+                // Where the family has a local base, its sliding layers use it.
+                rope: if local && window.is_some() {
+                    RopeKind::Local
+                } else {
+                    RopeKind::Global
+                },
             };
         }
         Ok(spec)
     }
+
+    /// The MLP's activation: `hidden_act` (or Gemma's `hidden_activation`), the family's one.
+    fn activation(self, raw: &HfConfig, file: &Path) -> Result<Activation> {
+        let (key, name, expected) = match self {
+            Architecture::Gemma3 => match &raw.hidden_activation {
+                Some(name) => ("hidden_activation", Some(name), "gelu_pytorch_tanh"),
+                None => ("hidden_act", raw.hidden_act.as_ref(), "gelu_pytorch_tanh"),
+            },
+            _ => ("hidden_act", raw.hidden_act.as_ref(), "silu"),
+        };
+        match name.map_or(expected, String::as_str) {
+            name if name != expected => Err(Error::key(
+                file,
+                key,
+                format!(
+                    "`{name}` is not supported for {}, only {expected}",
+                    self.class_name()
+                ),
+            )),
+            "silu" => Ok(Activation::Silu),
+            _ => Ok(Activation::GeluTanh),
+        }
+    }
+}
+
+/// A positive number from `key`, or `default` when absent.
+fn positive(value: Option<f64>, default: f64, key: &str, file: &Path) -> Result<f64> {
+    match value {
+        None => Ok(default),
+        Some(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Some(v) => Err(Error::key(file, key, format!("{v} must be positive"))),
+    }
+}
+
+/// A soft-cap: absent or null for none, else a positive number.
+fn softcap(value: &Option<Value>, key: &str, file: &Path) -> Result<Option<f64>> {
+    match value {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(c) if c.is_finite() && c > 0.0 => Ok(Some(c)),
+            _ => Err(Error::key(
+                file,
+                key,
+                format!("{v} must be a positive number, or null"),
+            )),
+        },
+    }
+}
+
+/// Gemma 3's RoPE base of its sliding layers: `rope_parameters.sliding_attention` (unscaled),
+/// else `rope_local_base_freq`, else 10000.
+fn local_rope_theta(raw: &HfConfig, file: &Path) -> Result<f64> {
+    if let Some(local) = raw
+        .rope_parameters
+        .as_ref()
+        .and_then(|p| p.get("sliding_attention"))
+    {
+        let kind = local
+            .get("rope_type")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
+        if kind != "default" {
+            return Err(Error::key(
+                file,
+                "rope_parameters.sliding_attention.rope_type",
+                format!("`{kind}` is not supported for the sliding layers, only default"),
+            ));
+        }
+        let theta = local.get("rope_theta").and_then(Value::as_f64);
+        return positive(
+            theta,
+            10000.0,
+            "rope_parameters.sliding_attention.rope_theta",
+            file,
+        );
+    }
+    positive(
+        raw.rope_local_base_freq,
+        10000.0,
+        "rope_local_base_freq",
+        file,
+    )
+}
+
+/// Gemma 3's windows: `sliding_window` keys (default 4096) on the layers `layer_types` calls
+/// `sliding_attention`, or (older files) on all but every `sliding_window_pattern`-th (6).
+fn gemma_windows(raw: &HfConfig, file: &Path) -> Result<Vec<Option<usize>>> {
+    let layers = raw.num_hidden_layers;
+    let window = window_or_default(raw, file)?;
+    let sliding = match &raw.layer_types {
+        Some(_) => layer_types(raw, file)?,
+        None => {
+            let pattern = raw.sliding_window_pattern.unwrap_or(6);
+            if pattern == 0 {
+                return Err(Error::key(
+                    file,
+                    "sliding_window_pattern",
+                    "must be positive",
+                ));
+            }
+            (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+        }
+    };
+    Ok(sliding
+        .into_iter()
+        .map(|s| if s { window } else { None })
+        .collect())
+}
+
+/// `layer_types`: for each layer, whether it slides.
+fn layer_types(raw: &HfConfig, file: &Path) -> Result<Vec<bool>> {
+    let layers = raw.num_hidden_layers;
+    let types = raw.layer_types.as_deref().unwrap_or_default();
+    if types.len() != layers {
+        return Err(Error::key(
+            file,
+            "layer_types",
+            format!("{} entries for {layers} layers", types.len()),
+        ));
+    }
+    types
+        .iter()
+        .map(|t| match t.as_str() {
+            "sliding_attention" => Ok(true),
+            "full_attention" => Ok(false),
+            other => Err(Error::key(
+                file,
+                "layer_types",
+                format!("`{other}`: expected full_attention or sliding_attention"),
+            )),
+        })
+        .collect()
 }
 
 /// `sliding_window`: a positive number, null for none, and when absent 4096 (the default of
@@ -223,27 +441,7 @@ fn qwen_windows(raw: &HfConfig, file: &Path) -> Result<Vec<Option<usize>>> {
     }
     let window = window_or_default(raw, file)?;
     let sliding: Vec<bool> = match &raw.layer_types {
-        Some(types) => {
-            if types.len() != layers {
-                return Err(Error::key(
-                    file,
-                    "layer_types",
-                    format!("{} entries for {layers} layers", types.len()),
-                ));
-            }
-            types
-                .iter()
-                .map(|t| match t.as_str() {
-                    "sliding_attention" => Ok(true),
-                    "full_attention" => Ok(false),
-                    other => Err(Error::key(
-                        file,
-                        "layer_types",
-                        format!("`{other}`: expected full_attention or sliding_attention"),
-                    )),
-                })
-                .collect::<Result<_>>()?
-        }
+        Some(_) => layer_types(raw, file)?,
         None => {
             let first = raw.max_window_layers.unwrap_or(28);
             (0..layers)

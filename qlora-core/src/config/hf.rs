@@ -68,9 +68,9 @@ pub struct HfConfig {
     /// Longest sequence the model was trained for.
     #[serde(default = "default_max_positions")]
     pub max_position_embeddings: usize,
-    /// The output head is the embedding.
-    #[serde(default)]
-    pub tie_word_embeddings: bool,
+    /// The output head is the embedding (absent: the family's default, tied for Gemma).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tie_word_embeddings: Option<bool>,
     /// Biases on the attention's projections (LLaMA's switch for all four).
     #[serde(default)]
     pub attention_bias: bool,
@@ -115,6 +115,40 @@ pub struct HfConfig {
     /// How the checkpoint is quantized (bitsandbytes' 4-bit form).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quantization_config: Option<Value>,
+    /// Gemma's activation key (`gelu_pytorch_tanh`), where LLaMA has `hidden_act`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Gemma: attention scores are scaled by `query_pre_attn_scalar ** -0.5`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<Value>,
+    /// Gemma 3: the RoPE base of the sliding-window layers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma 3 (older files): every this-many-th layer is global, the others slide.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sliding_window_pattern: Option<usize>,
+    /// Gemma: soft-cap of the attention scores (null: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<Value>,
+    /// Gemma: soft-cap of the final logits (null: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<Value>,
+    /// Mixture-of-experts keys (Qwen-MoE, Mixtral, DeepSeek, Phi-MoE): present with a
+    /// positive count, they name a model this toolkit cannot compute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts: Option<Value>,
+    /// See [`HfConfig::num_experts`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_local_experts: Option<Value>,
+    /// See [`HfConfig::num_experts`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n_routed_experts: Option<Value>,
+    /// Gemma's embedding models attend both ways.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub use_bidirectional_attention: Option<bool>,
+    /// A multimodal model's vision tower (Gemma3ForConditionalGeneration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision_config: Option<Value>,
     /// Whether generation keeps a key/value cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub use_cache: Option<bool>,

@@ -98,6 +98,30 @@ impl ModelConfig {
     /// The configuration `raw` describes (read from `file`, for messages).
     pub fn from_raw(raw: HfConfig, file: &Path) -> Result<Self> {
         let bad = |key: &str, message: String| Error::key(file, key, message);
+        if raw.vision_config.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(bad(
+                "vision_config",
+                "a multimodal checkpoint (a vision tower beside the text model) is not \
+                 supported; use its text model (e.g. Gemma3ForCausalLM)"
+                    .into(),
+            ));
+        }
+        for (key, value) in [
+            ("num_experts", &raw.num_experts),
+            ("num_local_experts", &raw.num_local_experts),
+            ("n_routed_experts", &raw.n_routed_experts),
+        ] {
+            if value
+                .as_ref()
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n > 0)
+            {
+                return Err(bad(
+                    key,
+                    "a mixture-of-experts model is not supported (dense models only)".into(),
+                ));
+            }
+        }
         let architecture = match (&raw.architectures, &raw.model_type) {
             (Some(archs), _) if !archs.is_empty() => Architecture::from_class_name(&archs[0])
                 .ok_or_else(|| {
@@ -128,14 +152,6 @@ impl ModelConfig {
                 ));
             }
         };
-        if let Some(act) = &raw.hidden_act
-            && act != "silu"
-        {
-            return Err(bad(
-                "hidden_act",
-                format!("`{act}` is not supported, only silu"),
-            ));
-        }
         if let Some(tp) = raw.pretraining_tp
             && tp > 1
         {
@@ -185,10 +201,16 @@ impl ModelConfig {
                 format!("{head_dim} must be even for rotary embeddings"),
             ));
         }
+        // Per layer type (Gemma 3 in transformers 5): the global layers' parameters; the
+        // architecture reads the sliding layers'.
+        let parameters = raw.rope_parameters.as_ref();
         let rope = rope::parse_rope(
             raw.rope_theta,
             raw.rope_scaling.as_ref(),
-            raw.rope_parameters.as_ref(),
+            parameters
+                .and_then(|p| p.get("full_attention"))
+                .or(parameters),
+            architecture.default_rope_theta(),
             file,
         )?;
         let dtype_name = raw.dtype.as_ref().or(raw.torch_dtype.as_ref());
@@ -329,5 +351,84 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("GPT2LMHeadModel"), "{err}");
+    }
+
+    /// A Gemma 3 config: `extra` added to the Llama base with the class replaced.
+    fn gemma(extra: &str) -> Result<ModelConfig> {
+        let text = BASE
+            .replace("LlamaForCausalLM", "Gemma3ForCausalLM")
+            .replace("EXTRA", extra);
+        ModelConfig::parse(&text, Path::new("config.json"))
+    }
+
+    #[test]
+    fn gemma3_defaults_and_older_keys() {
+        let c = gemma("").unwrap();
+        let spec = &c.spec;
+        // Gemma3TextConfig's defaults: head_dim 256, tied, global base 1e6, local 1e4,
+        // query_pre_attn_scalar 256, five sliding layers of 4096 keys to a global one.
+        assert_eq!((c.head_dim, spec.tied_head), (256, true));
+        assert_eq!(c.rope.theta, 1e6);
+        assert_eq!(spec.local_rope_theta, Some(1e4));
+        assert_eq!(spec.attention_scale, 1.0 / 16.0);
+        assert_eq!(spec.layers[0].window, Some(4096));
+        assert_eq!(spec.layers[0].rope, RopeKind::Local);
+        assert_eq!(spec.activation, Activation::GeluTanh);
+        // The hub's older keys: rope_scaling for the global layers, rope_local_base_freq,
+        // sliding_window_pattern.
+        let text = BASE
+            .replace("LlamaForCausalLM", "Gemma3ForCausalLM")
+            .replace("\"num_hidden_layers\": 1", "\"num_hidden_layers\": 4")
+            .replace(
+                "EXTRA",
+                r#", "sliding_window_pattern": 2, "rope_local_base_freq": 5.0, "rope_theta": 7.0,
+                "rope_scaling": {"rope_type": "linear", "factor": 8.0}, "sliding_window": 3"#,
+            );
+        let c = ModelConfig::parse(&text, Path::new("config.json")).unwrap();
+        let windows: Vec<_> = c.spec.layers.iter().map(|l| l.window).collect();
+        assert_eq!(windows, [Some(3), None, Some(3), None]);
+        assert_eq!(c.spec.local_rope_theta, Some(5.0));
+        assert_eq!(c.rope.theta, 7.0);
+        assert_eq!(c.rope.scaling, RopeScaling::Linear { factor: 8.0 });
+    }
+
+    #[test]
+    fn unsupported_switches_name_their_key() {
+        for (extra, key) in [
+            (r#", "hidden_activation": "gelu""#, "`hidden_activation`"),
+            (
+                r#", "use_bidirectional_attention": true"#,
+                "`use_bidirectional_attention`",
+            ),
+            (
+                r#", "attn_logit_softcapping": "x""#,
+                "`attn_logit_softcapping`",
+            ),
+            (
+                r#", "query_pre_attn_scalar": -1"#,
+                "`query_pre_attn_scalar`",
+            ),
+            (
+                r#", "vision_config": {"hidden_size": 4}"#,
+                "`vision_config`",
+            ),
+            (r#", "num_experts": 8"#, "`num_experts`"),
+        ] {
+            let err = gemma(extra).unwrap_err().to_string();
+            assert!(err.contains(key) && !err.contains('\n'), "{extra}: {err}");
+        }
+        for (extra, key) in [
+            (r#", "num_local_experts": 8"#, "`num_local_experts`"),
+            (r#", "n_routed_experts": 64"#, "`n_routed_experts`"),
+        ] {
+            let err = parse(extra).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra}: {err}");
+        }
+        // Dense configs that spell the key with no experts load.
+        assert!(parse(r#", "num_experts": 0"#).is_ok());
+        // Soft-capped final logits are read, and refused when the model is built.
+        let c = gemma(r#", "final_logit_softcapping": 30.0"#).unwrap();
+        assert_eq!(c.spec.final_logit_softcap, Some(30.0));
+        assert!(c.spec.unsupported().is_some());
     }
 }

@@ -44,6 +44,7 @@ pub(super) fn parse_rope(
     rope_theta: Option<f64>,
     rope_scaling: Option<&Value>,
     rope_parameters: Option<&Value>,
+    default_theta: f64,
     file: &Path,
 ) -> Result<RopeConfig> {
     // Newer files put everything in `rope_parameters`; older ones use `rope_theta` and an
@@ -54,11 +55,13 @@ pub(super) fn parse_rope(
                 .get("rope_theta")
                 .and_then(Value::as_f64)
                 .or(rope_theta)
-                .unwrap_or(10000.0);
+                .unwrap_or(default_theta);
             ("rope_parameters", Some(p), theta)
         }
-        (_, Some(s)) if !s.is_null() => ("rope_scaling", Some(s), rope_theta.unwrap_or(10000.0)),
-        _ => ("rope_theta", None, rope_theta.unwrap_or(10000.0)),
+        (_, Some(s)) if !s.is_null() => {
+            ("rope_scaling", Some(s), rope_theta.unwrap_or(default_theta))
+        }
+        _ => ("rope_theta", None, rope_theta.unwrap_or(default_theta)),
     };
     if theta.is_nan() || theta <= 0.0 {
         return Err(Error::key(

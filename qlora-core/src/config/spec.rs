@@ -112,11 +112,7 @@ impl DecoderSpec {
     /// What the decoder cannot compute yet, if the spec asks for it (the architectures that
     /// need these switches come with them).
     pub fn unsupported(&self) -> Option<&'static str> {
-        if self.sandwich_norms {
-            Some("norms after the attention and the MLP (sandwich norms)")
-        } else if self.activation != Activation::Silu {
-            Some("a gated activation other than SiLU")
-        } else if self.final_logit_softcap.is_some() {
+        if self.final_logit_softcap.is_some() {
             Some("soft-capped final logits")
         } else if self.fused_qkv || self.fused_gate_up {
             Some("fused projections (qkv_proj, gate_up_proj)")

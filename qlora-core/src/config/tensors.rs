@@ -2,6 +2,8 @@
 //! Face and llama.cpp (GGUF) names and whether llama.cpp's converter permutes its rows for the
 //! rotary embedding. Loading, merging, import and export read names from here only.
 
+use super::Architecture;
+
 /// Where llama.cpp's rotary permutation of rows applies: over the query heads, the key-value
 /// heads, or not at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +51,15 @@ pub enum ModelTensor {
     AttnQNorm,
     /// RMSNorm of every key head.
     AttnKNorm,
+    /// The norm of the attention's output, before the residual sum (Gemma).
+    AttnPostNorm,
     /// The norm before the MLP.
     FfnNorm,
+    /// The norm before the MLP, in a family that also norms the MLP's output (Gemma; the
+    /// same GGUF tensor as [`ModelTensor::FfnNorm`], another Hugging Face name).
+    FfnPreNorm,
+    /// The norm of the MLP's output, before the residual sum (Gemma).
+    FfnPostNorm,
     /// The MLP's gate projection.
     FfnGate,
     /// The MLP's up projection.
@@ -64,7 +73,7 @@ pub enum ModelTensor {
 type Row = (ModelTensor, &'static str, &'static str, Rotary);
 
 /// Every tensor's row.
-const TABLE: [Row; 14] = [
+const TABLE: [Row; 17] = [
     (
         ModelTensor::TokenEmbd,
         "model.embed_tokens",
@@ -124,6 +133,24 @@ const TABLE: [Row; 14] = [
         ModelTensor::FfnNorm,
         "post_attention_layernorm",
         "ffn_norm",
+        Rotary::None,
+    ),
+    (
+        ModelTensor::AttnPostNorm,
+        "post_attention_layernorm",
+        "post_attention_norm",
+        Rotary::None,
+    ),
+    (
+        ModelTensor::FfnPreNorm,
+        "pre_feedforward_layernorm",
+        "ffn_norm",
+        Rotary::None,
+    ),
+    (
+        ModelTensor::FfnPostNorm,
+        "post_feedforward_layernorm",
+        "post_ffw_norm",
         Rotary::None,
     ),
     (
@@ -196,18 +223,35 @@ impl ModelTensor {
         }
     }
 
-    /// The tensor, layer and suffix (`weight`, `bias`) of a Hugging Face name.
-    pub fn from_hf(name: &str) -> Option<(ModelTensor, Option<usize>, &str)> {
-        Self::parse(name, HF_LAYERS, |row| row.1)
+    /// Whether the tensor is a norm's weight (Gemma's converter stores those as `1 + w`).
+    pub fn is_norm(self) -> bool {
+        matches!(
+            self,
+            ModelTensor::OutputNorm
+                | ModelTensor::AttnNorm
+                | ModelTensor::AttnQNorm
+                | ModelTensor::AttnKNorm
+                | ModelTensor::AttnPostNorm
+                | ModelTensor::FfnNorm
+                | ModelTensor::FfnPreNorm
+                | ModelTensor::FfnPostNorm
+        )
     }
 
-    /// The tensor, layer and suffix of a GGUF name.
-    pub fn from_gguf(name: &str) -> Option<(ModelTensor, Option<usize>, &str)> {
-        Self::parse(name, GGUF_LAYERS, |row| row.2)
+    /// The tensor, layer and suffix (`weight`, `bias`) of a Hugging Face name, among the
+    /// tensors of `arch`.
+    pub fn from_hf(name: &str, arch: Architecture) -> Option<(ModelTensor, Option<usize>, &str)> {
+        Self::parse(name, arch, HF_LAYERS, |row| row.1)
+    }
+
+    /// The tensor, layer and suffix of a GGUF name, among the tensors of `arch`.
+    pub fn from_gguf(name: &str, arch: Architecture) -> Option<(ModelTensor, Option<usize>, &str)> {
+        Self::parse(name, arch, GGUF_LAYERS, |row| row.2)
     }
 
     fn parse<'a>(
         name: &'a str,
+        arch: Architecture,
         layers: &str,
         column: impl Fn(&Row) -> &'static str,
     ) -> Option<(ModelTensor, Option<usize>, &'a str)> {
@@ -222,28 +266,51 @@ impl ModelTensor {
             }
             None => (None, module),
         };
-        let row = TABLE
-            .iter()
-            .find(|row| column(row) == module && row.0.in_layer() == layer.is_some())?;
+        let row = TABLE.iter().find(|row| {
+            column(row) == module
+                && row.0.in_layer() == layer.is_some()
+                && (!row.0.in_layer() || arch.layer_tensors().contains(&row.0))
+        })?;
         Some((row.0, layer, suffix))
     }
 }
 
-/// The GGUF name of a Hugging Face tensor, its permutation, and its layer (`None` for the
-/// whole-model tensors).
-pub fn gguf_name(hf: &str) -> Option<(String, Rotary, Option<usize>)> {
-    let (tensor, layer, suffix) = ModelTensor::from_hf(hf)?;
-    Some((
-        tensor.gguf_name(layer.unwrap_or(0), suffix),
-        tensor.rotary(),
-        layer,
-    ))
+/// How a tensor of `arch` crosses between a Hugging Face checkpoint and a GGUF file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Crossing {
+    /// The name on the other side.
+    pub name: String,
+    /// The rotary permutation of its rows.
+    pub rotary: Rotary,
+    /// Its layer (`None` for the whole-model tensors).
+    pub layer: Option<usize>,
+    /// What the GGUF value adds to the Hugging Face one (Gemma's norms: 1).
+    pub shift: Option<f32>,
 }
 
-/// The Hugging Face name of a GGUF tensor and its permutation.
-pub fn hf_name(gguf: &str) -> Option<(String, Rotary)> {
-    let (tensor, layer, suffix) = ModelTensor::from_gguf(gguf)?;
-    Some((tensor.hf_name(layer.unwrap_or(0), suffix), tensor.rotary()))
+impl Crossing {
+    fn new(arch: Architecture, tensor: ModelTensor, name: String, layer: Option<usize>) -> Self {
+        Crossing {
+            name,
+            rotary: arch.gguf_rotary(tensor.rotary()),
+            layer,
+            shift: arch.gguf_norm_shift().filter(|_| tensor.is_norm()),
+        }
+    }
+}
+
+/// The GGUF side of the Hugging Face tensor `hf` of `arch`.
+pub fn gguf_name(hf: &str, arch: Architecture) -> Option<Crossing> {
+    let (tensor, layer, suffix) = ModelTensor::from_hf(hf, arch)?;
+    let name = tensor.gguf_name(layer.unwrap_or(0), suffix);
+    Some(Crossing::new(arch, tensor, name, layer))
+}
+
+/// The Hugging Face side of the GGUF tensor `gguf` of `arch`.
+pub fn hf_name(gguf: &str, arch: Architecture) -> Option<Crossing> {
+    let (tensor, layer, suffix) = ModelTensor::from_gguf(gguf, arch)?;
+    let name = tensor.hf_name(layer.unwrap_or(0), suffix);
+    Some(Crossing::new(arch, tensor, name, layer))
 }
 
 #[cfg(test)]
@@ -252,32 +319,80 @@ mod tests {
 
     #[test]
     fn names_read_both_ways() {
-        for (hf, gg) in [
-            ("model.embed_tokens.weight", "token_embd.weight"),
-            ("lm_head.weight", "output.weight"),
+        let (llama, qwen3, gemma3) = (
+            Architecture::Llama,
+            Architecture::Qwen3,
+            Architecture::Gemma3,
+        );
+        for (arch, hf, gg) in [
+            (llama, "model.embed_tokens.weight", "token_embd.weight"),
+            (llama, "lm_head.weight", "output.weight"),
             (
+                llama,
                 "model.layers.3.self_attn.q_proj.weight",
                 "blk.3.attn_q.weight",
             ),
             (
+                qwen3,
                 "model.layers.0.self_attn.k_norm.weight",
                 "blk.0.attn_k_norm.weight",
             ),
-            ("model.layers.12.mlp.down_proj.bias", "blk.12.ffn_down.bias"),
+            (
+                llama,
+                "model.layers.12.mlp.down_proj.bias",
+                "blk.12.ffn_down.bias",
+            ),
+            (
+                llama,
+                "model.layers.1.post_attention_layernorm.weight",
+                "blk.1.ffn_norm.weight",
+            ),
+            (
+                gemma3,
+                "model.layers.1.post_attention_layernorm.weight",
+                "blk.1.post_attention_norm.weight",
+            ),
+            (
+                gemma3,
+                "model.layers.1.pre_feedforward_layernorm.weight",
+                "blk.1.ffn_norm.weight",
+            ),
+            (
+                gemma3,
+                "model.layers.1.post_feedforward_layernorm.weight",
+                "blk.1.post_ffw_norm.weight",
+            ),
         ] {
-            assert_eq!(gguf_name(hf).unwrap().0, gg);
-            assert_eq!(hf_name(gg).unwrap().0, hf);
+            assert_eq!(gguf_name(hf, arch).unwrap().name, gg);
+            assert_eq!(hf_name(gg, arch).unwrap().name, hf);
         }
-        assert_eq!(hf_name("blk.1.attn_k.weight").unwrap().1, Rotary::Key);
+        let k = hf_name("blk.1.attn_k.weight", llama).unwrap();
+        assert_eq!((k.rotary, k.shift), (Rotary::Key, None));
+        // Gemma's norms (all of them) cross with a shift of 1, its projections without one;
+        // llama.cpp rotates halves for it, so no rows move.
+        let norm = hf_name("blk.0.attn_q_norm.weight", gemma3).unwrap();
+        assert_eq!(norm.shift, Some(1.0));
+        assert_eq!(
+            gguf_name("model.norm.weight", gemma3).unwrap().shift,
+            Some(1.0)
+        );
+        let q = hf_name("blk.0.attn_q.weight", gemma3).unwrap();
+        assert_eq!((q.rotary, q.shift), (Rotary::None, None));
+        // A tensor its family has not is no tensor of it.
+        assert!(hf_name("blk.0.attn_q_norm.weight", llama).is_none());
+        assert!(hf_name("blk.0.post_ffw_norm.weight", qwen3).is_none());
         for bad in [
             "model.layers.x.mlp.up_proj.weight",
             "blk.0.attn_q.scale",
             "token_embd",
         ] {
-            assert!(gguf_name(bad).is_none() && hf_name(bad).is_none(), "{bad}");
+            assert!(
+                gguf_name(bad, llama).is_none() && hf_name(bad, llama).is_none(),
+                "{bad}"
+            );
         }
         // A layer's module outside a layer, or a whole-model tensor inside one, is no tensor.
-        assert!(gguf_name("self_attn.q_proj.weight").is_none());
-        assert!(hf_name("blk.0.token_embd.weight").is_none());
+        assert!(gguf_name("self_attn.q_proj.weight", llama).is_none());
+        assert!(hf_name("blk.0.token_embd.weight", llama).is_none());
     }
 }

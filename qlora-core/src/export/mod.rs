@@ -19,11 +19,14 @@ pub use types::GgufType;
 use types::{TensorRole, encode, tensor_type};
 use writer::{MetaValue, TensorEntry, write_gguf};
 
-use crate::config::tensors::gguf_name;
-use crate::config::{ModelConfig, Projection, RopeScaling};
+use crate::config::tensors::{Crossing, gguf_name};
+use crate::config::{Architecture, ModelConfig, Projection, RopeScaling};
 use crate::error::{Error, Result};
 use crate::gguf::blocks::type_name;
-use crate::gguf::config::{Llama3Rope, ROPE_FREQS_TENSOR, llama3_divisors};
+use crate::gguf::config::{
+    GEMMA3_27B_LAYERS, GEMMA3_LOCAL_ROPE_THETA, GEMMA3_PATTERN, Llama3Rope, ROPE_FREQS_TENSOR,
+    llama3_divisors,
+};
 use crate::gguf::import::permute_rows;
 use crate::gguf::keys;
 use crate::merge::{MergeBase, MergedWeights};
@@ -59,7 +62,12 @@ pub struct ExportReport {
     pub ignored_modules: Vec<String>,
 }
 
-fn model_metadata(config: &ModelConfig, name: &str, kind: GgufType) -> Vec<(String, MetaValue)> {
+fn model_metadata(
+    config: &ModelConfig,
+    name: &str,
+    kind: GgufType,
+    window: Option<usize>,
+) -> Vec<(String, MetaValue)> {
     let u = |v: usize| MetaValue::U32(v as u32);
     let arch = config.architecture.gguf_name();
     let key = |k: &str| keys::arch(k, arch);
@@ -85,9 +93,14 @@ fn model_metadata(config: &ModelConfig, name: &str, kind: GgufType) -> Vec<(Stri
             MetaValue::F32(config.rope.theta as f32),
         ),
     ];
-    if config.head_dim * config.num_attention_heads != config.hidden_size {
+    // Gemma's readers (transformers among them) take a missing key_length as 256.
+    let gemma = config.architecture == Architecture::Gemma3;
+    if gemma || config.head_dim * config.num_attention_heads != config.hidden_size {
         meta.push((key(keys::KEY_LENGTH), u(config.head_dim)));
         meta.push((key(keys::VALUE_LENGTH), u(config.head_dim)));
+    }
+    if let Some(window) = window {
+        meta.push((key(keys::SLIDING_WINDOW), u(window)));
     }
     if let RopeScaling::Linear { factor } = config.rope.scaling {
         meta.push((
@@ -100,6 +113,60 @@ fn model_metadata(config: &ModelConfig, name: &str, kind: GgufType) -> Vec<(Stri
         ));
     }
     meta
+}
+
+/// The sliding window of a Gemma 3 model, when llama.cpp's `gemma3` can spell its layers: it
+/// fixes what `gguf::config` reads back (five sliding layers to a global one, a local RoPE
+/// base of 10000, scores scaled by `1/sqrt(head_dim)`, or `1/sqrt(hidden/heads)` with 62
+/// layers, no soft-capping); another value is an error naming its key in `file`.
+fn gemma3_layout(config: &ModelConfig, file: &Path) -> Result<Option<usize>> {
+    let spec = &config.spec;
+    let window = spec.layers.iter().find_map(|l| l.window);
+    for (i, layer) in spec.layers.iter().enumerate() {
+        let expected = window.filter(|_| (i + 1) % GEMMA3_PATTERN != 0);
+        if layer.window != expected {
+            return Err(Error::key(
+                file,
+                "layer_types",
+                format!(
+                    "layer {i} has no GGUF spelling: llama.cpp's gemma3 slides every layer but \
+                     each {GEMMA3_PATTERN}th, with one window"
+                ),
+            ));
+        }
+    }
+    if window.is_some() && spec.local_rope_theta != Some(GEMMA3_LOCAL_ROPE_THETA) {
+        return Err(Error::key(
+            file,
+            "rope_local_base_freq",
+            format!(
+                "llama.cpp's gemma3 fixes the sliding layers' RoPE base at {GEMMA3_LOCAL_ROPE_THETA}"
+            ),
+        ));
+    }
+    let scalar = if config.num_hidden_layers == GEMMA3_27B_LAYERS {
+        config.hidden_size / config.num_attention_heads
+    } else {
+        config.head_dim
+    };
+    if spec.attention_scale != (scalar as f64).powf(-0.5) {
+        return Err(Error::key(
+            file,
+            "query_pre_attn_scalar",
+            format!(
+                "{} has no GGUF spelling: llama.cpp's gemma3 scales scores by 1/sqrt({scalar})",
+                spec.attention_scale.powi(-2).round()
+            ),
+        ));
+    }
+    if spec.attention_softcap.is_some() {
+        return Err(Error::key(
+            file,
+            "attn_logit_softcapping",
+            "llama.cpp's gemma3 does not soft-cap attention scores",
+        ));
+    }
+    Ok(window)
 }
 
 /// Write the model in `model_dir` (with the adapter in `adapter_dir` merged in, if given) as
@@ -126,7 +193,11 @@ pub fn export_gguf(
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "model".into())
     });
-    let mut metadata = model_metadata(config, &name, options.kind);
+    let window = match config.architecture {
+        Architecture::Gemma3 => gemma3_layout(config, &weights.config_path)?,
+        _ => None,
+    };
+    let mut metadata = model_metadata(config, &name, options.kind, window);
     metadata.extend(vocab::tokenizer_metadata(model_dir, config.vocab_size)?);
 
     let checkpoint = &weights.checkpoint;
@@ -159,7 +230,7 @@ pub fn export_gguf(
         });
     }
     // The checkpoint's tensors in llama.cpp's order: embedding, layers, norm, head.
-    let mut names: Vec<(String, String, Option<usize>, Option<usize>)> = Vec::new();
+    let mut names: Vec<(String, Crossing, Option<usize>)> = Vec::new();
     for hf in checkpoint.names() {
         if !hf.ends_with(".weight") && !hf.ends_with(".bias") {
             continue;
@@ -167,13 +238,12 @@ pub fn export_gguf(
         if config.spec.tied_head && hf == "lm_head.weight" {
             continue;
         }
-        match gguf_name(hf) {
-            Some((gg, rotary, layer)) => {
-                let heads = config
-                    .architecture
-                    .gguf_rotary(rotary)
+        match gguf_name(hf, config.architecture) {
+            Some(crossing) => {
+                let heads = crossing
+                    .rotary
                     .heads(config.num_attention_heads, config.num_key_value_heads);
-                names.push((hf.to_string(), gg, heads, layer))
+                names.push((hf.to_string(), crossing, heads))
             }
             None if hf.starts_with("model.") || hf == "lm_head.weight" => {
                 return Err(Error::key(
@@ -191,8 +261,14 @@ pub fn export_gguf(
         "output.weight" => (3, 0),
         _ => (1, 0),
     };
-    names.sort_by_key(|(_, gg, _, layer)| (order(gg).0, layer.unwrap_or(0)));
-    for (hf, gg, heads, layer) in names {
+    names.sort_by_key(|(_, c, _)| (order(&c.name).0, c.layer.unwrap_or(0)));
+    for (hf, crossing, heads) in names {
+        let Crossing {
+            name: gg,
+            layer,
+            shift,
+            ..
+        } = crossing;
         // A 4-bit checkpoint stores packed bytes: its projections' shapes are the config's.
         let shape = match weights.linear_shape(&hf) {
             Some(shape) => shape.to_vec(),
@@ -217,10 +293,13 @@ pub fn export_gguf(
             dtype,
             bytes: Box::new(move || {
                 let values = weights.values(&hf, Some(&shape_in))?;
-                let values = match heads {
+                let mut values = match heads {
                     Some(heads) => permute_rows(&values, shape_in[0], heads),
                     None => values,
                 };
+                if let Some(shift) = shift {
+                    values.iter_mut().for_each(|v| *v += shift);
+                }
                 encode(&values, cols, dtype).map_err(|e| e.at_key(checkpoint.file_of(&hf), &hf))
             }),
         });

@@ -1,5 +1,5 @@
-//! `config.json` of a Hugging Face model from a GGUF's metadata (llama.cpp's `llama`, `qwen2`
-//! and `qwen3` architectures).
+//! `config.json` of a Hugging Face model from a GGUF's metadata (llama.cpp's `llama`, `qwen2`,
+//! `qwen3` and `gemma3` architectures).
 
 use serde_json::{Value, json};
 
@@ -95,7 +95,8 @@ pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
     // llama.cpp runs Qwen's layers without sliding windows (and transformers' config of such
     // a GGUF turns them off).
     let qwen = matches!(architecture, Architecture::Qwen2 | Architecture::Qwen3);
-    Ok(HfConfig {
+    let layers = gguf.require_usize(&key(keys::BLOCK_COUNT))?;
+    let mut config = HfConfig {
         use_sliding_window: qwen.then_some(false),
         sliding_window: qwen.then_some(Value::Null),
         architectures: Some(vec![architecture.class_name().into()]),
@@ -103,7 +104,7 @@ pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
         hidden_act: Some("silu".into()),
         hidden_size: hidden,
         intermediate_size: gguf.require_usize(&key(keys::FEED_FORWARD_LENGTH))?,
-        num_hidden_layers: gguf.require_usize(&key(keys::BLOCK_COUNT))?,
+        num_hidden_layers: layers,
         num_attention_heads: heads,
         num_key_value_heads: Some(kv_heads),
         head_dim: Some(head_dim),
@@ -112,7 +113,7 @@ pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
         rope_scaling: rope_scaling(gguf, arch, theta, head_dim)?,
         max_position_embeddings: context,
         vocab_size,
-        tie_word_embeddings: !gguf.has_tensor("output.weight"),
+        tie_word_embeddings: Some(!gguf.has_tensor("output.weight")),
         attention_bias: gguf.has_tensor("blk.0.attn_q.bias"),
         mlp_bias: false,
         dtype: Some(dtype.torch_name().into()),
@@ -121,8 +122,50 @@ pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
         eos_token_id: token_id("eos")?.map(OneOrMany::One),
         pad_token_id: token_id("padding")?,
         ..HfConfig::default()
-    })
+    };
+    if architecture == Architecture::Gemma3 {
+        gemma3(gguf, &mut config, heads, head_dim)?;
+    }
+    Ok(config)
 }
+
+/// What llama.cpp's `gemma3` fixes rather than stores: GeGLU; with a sliding window, Gemma's
+/// pattern of five local layers (RoPE base 10000) to a global one; scores scaled by
+/// `1/sqrt(head_dim)`, or by `1/sqrt(hidden/heads)` for the 62 layers of the 27B model.
+fn gemma3(gguf: &GgufFile, config: &mut HfConfig, heads: usize, head_dim: usize) -> Result<()> {
+    let layers = config.num_hidden_layers;
+    config.hidden_act = None;
+    config.hidden_activation = Some("gelu_pytorch_tanh".into());
+    let window = gguf
+        .usize(&keys::arch(keys::SLIDING_WINDOW, "gemma3"))?
+        .filter(|&w| w > 0);
+    config.sliding_window = Some(window.map_or(Value::Null, |w| json!(w)));
+    config.layer_types = Some(
+        (0..layers)
+            .map(|i| {
+                if window.is_some() && (i + 1) % GEMMA3_PATTERN != 0 {
+                    "sliding_attention".into()
+                } else {
+                    "full_attention".into()
+                }
+            })
+            .collect(),
+    );
+    config.rope_local_base_freq = Some(GEMMA3_LOCAL_ROPE_THETA);
+    config.query_pre_attn_scalar = Some(json!(if layers == GEMMA3_27B_LAYERS {
+        config.hidden_size / heads
+    } else {
+        head_dim
+    }));
+    Ok(())
+}
+
+/// Every this-many-th layer of llama.cpp's `gemma3` is global, the others slide.
+pub const GEMMA3_PATTERN: usize = 6;
+/// The RoPE base llama.cpp's `gemma3` gives its sliding layers.
+pub const GEMMA3_LOCAL_ROPE_THETA: f64 = 10000.0;
+/// The layers of Gemma 3 27B, whose scores llama.cpp scales by `1/sqrt(hidden/heads)`.
+pub const GEMMA3_27B_LAYERS: usize = 62;
 
 /// `rope_scaling` for config.json: linear scaling from metadata, or the Llama 3 frequency
 /// scaling recovered from llama.cpp's `rope_freqs` tensor (`None`: no scaling).

@@ -123,7 +123,7 @@ pub fn import_gguf_file(
         if name == ROPE_FREQS_TENSOR {
             continue; // folded into config.json's rope_scaling
         }
-        let (target, rotary) = hf_name(name).ok_or_else(|| {
+        let crossing = hf_name(name, arch).ok_or_else(|| {
             Error::key(
                 gguf.path(),
                 name,
@@ -133,7 +133,8 @@ pub fn import_gguf_file(
             )
         })?;
         let shape = gguf.shape(name)?;
-        let permuted = arch.gguf_rotary(rotary).heads(heads, kv_heads);
+        let permuted = crossing.rotary.heads(heads, kv_heads);
+        let shift = crossing.shift;
         if let Some(heads) = permuted
             && (shape[0] % heads != 0 || (shape[0] / heads) % 2 != 0)
         {
@@ -165,13 +166,19 @@ pub fn import_gguf_file(
                     return vec![0; len];
                 }
             };
-            let values = match permuted {
+            let mut values = match permuted {
                 Some(heads) => unpermute_rows(&values, rows, heads),
                 None => values,
             };
+            if let Some(shift) = shift {
+                values.iter_mut().for_each(|v| *v -= shift);
+            }
             encode_f32(&values, dtype)
         };
-        tensors.insert(target, OutTensor::lazy(dtype.safetensors(), shape, produce));
+        tensors.insert(
+            crossing.name,
+            OutTensor::lazy(dtype.safetensors(), shape, produce),
+        );
     }
     if !tensors.contains_key("model.embed_tokens.weight") {
         return Err(Error::key(

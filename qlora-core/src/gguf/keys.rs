@@ -32,6 +32,8 @@ pub const KEY_LENGTH: &str = "{arch}.attention.key_length";
 pub const VALUE_LENGTH: &str = "{arch}.attention.value_length";
 /// RMSNorm's epsilon.
 pub const LAYERNORM_RMS_EPS: &str = "{arch}.attention.layer_norm_rms_epsilon";
+/// The keys a sliding-window layer sees (Gemma 3's local layers).
+pub const SLIDING_WINDOW: &str = "{arch}.attention.sliding_window";
 /// Dimensions the rotary embedding turns.
 pub const ROPE_DIMENSION_COUNT: &str = "{arch}.rope.dimension_count";
 /// RoPE's base.

@@ -1,4 +1,5 @@
-//! The decoder layer: `h = x + attn(norm(x)); out = h + mlp(norm(h))`, and its forward pass
+//! The decoder layer: `h = x + attn(norm(x)); out = h + mlp(norm(h))` (with Gemma's sandwich
+//! norms `h = x + norm(attn(norm(x)))`, `out = h + norm(mlp(norm(h)))`), and its forward pass
 //! for inference (the training step's forward and backward passes are in
 //! `layer_train.rs`).
 
@@ -18,10 +19,22 @@ pub struct DecoderLayer {
     pub input_layernorm: RmsNorm,
     /// The attention.
     pub self_attn: Attention,
-    /// The norm before the MLP.
-    pub post_attention_layernorm: RmsNorm,
+    /// The norm of the attention's output (Gemma).
+    pub attn_out_norm: Option<RmsNorm>,
+    /// The norm before the MLP (LLaMA's `post_attention_layernorm`).
+    pub mlp_norm: RmsNorm,
     /// The MLP.
     pub mlp: Mlp,
+    /// The norm of the MLP's output (Gemma).
+    pub mlp_out_norm: Option<RmsNorm>,
+}
+
+/// `x` through `norm`, or as it is.
+pub(super) fn maybe_norm(norm: &Option<RmsNorm>, x: Tensor<2>) -> Tensor<2> {
+    match norm {
+        Some(n) => n.forward(x),
+        None => x,
+    }
 }
 
 impl DecoderLayer {
@@ -68,11 +81,10 @@ impl DecoderLayer {
         let attended =
             self.self_attn
                 .forward(self.input_layernorm.forward(x.clone()), context, cache);
-        let h = x + attended;
-        let out = self.mlp.forward(
-            self.post_attention_layernorm.forward(h.clone()),
-            context.dropout,
-        );
-        h + out
+        let h = x + maybe_norm(&self.attn_out_norm, attended);
+        let out = self
+            .mlp
+            .forward(self.mlp_norm.forward(h.clone()), context.dropout);
+        h + maybe_norm(&self.mlp_out_norm, out)
     }
 }

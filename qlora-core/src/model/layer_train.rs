@@ -8,7 +8,8 @@
 //! size of its input (the input, the attention output, the hidden state after attention) and
 //! the attention's log-sum-exp; the backward pass recomputes only what its gradients read: the
 //! queries, keys and values, and the gate and up projections (never the attention, nor the
-//! output and down projections, whose results it does not use). Without checkpointing it keeps
+//! output and down projections, whose results it does not use, unless the layer norms them:
+//! Gemma's sandwich norms read their inputs). Without checkpointing it keeps
 //! all of that instead. Dropout masks come from `(seed, step, adapter)`, so the recomputation
 //! sees exactly the masks of the first pass.
 
@@ -16,19 +17,20 @@ use burn::tensor::Tensor;
 
 use super::adapter::AdapterGrad;
 use super::attention::{LayerContext, Projected};
-use super::layer::DecoderLayer;
+use super::layer::{DecoderLayer, maybe_norm};
 use crate::backend::ops;
 use crate::config::{ModelConfig, Projection};
 use crate::error::Result;
 use crate::profile::{self, Phase};
 
 /// The MLP half's activations up to its down projection: the norm, gate, up and their
-/// activation.
+/// activation; with a norm of the MLP's output, the down projection's output too.
 struct MlpHalf {
     n2: Tensor<2>,
     gate: Tensor<2>,
     up: Tensor<2>,
     z: Tensor<2>,
+    down: Option<Tensor<2>>,
 }
 
 /// What a layer's backward pass reads.
@@ -38,6 +40,8 @@ pub struct LayerActivations {
     projected: Projected,
     attended: Tensor<2>,
     lse: Tensor<1>,
+    /// The output projection's output, with a norm of it (Gemma).
+    o: Option<Tensor<2>>,
     h: Tensor<2>,
     mlp: MlpHalf,
 }
@@ -90,6 +94,10 @@ impl LayerActivations {
         if config.spec.qk_norm {
             all += q + kv;
         }
+        if config.spec.sandwich_norms {
+            // The output and down projections' outputs, before their norms.
+            all += h + h;
+        }
         KeptValues {
             checkpoint: h + q + h,
             checkpoint_f32: config.num_attention_heads,
@@ -125,12 +133,32 @@ fn add(a: Option<Tensor<2>>, b: Option<Tensor<2>>) -> Option<Tensor<2>> {
 
 impl DecoderLayer {
     /// The MLP half of the layer on its hidden state after attention, up to (not including)
-    /// the down projection.
+    /// the down projection, or including it when the layer norms its output.
     fn mlp_half(&self, h: Tensor<2>, context: &LayerContext<'_>) -> MlpHalf {
-        let n2 = self.post_attention_layernorm.forward(h);
+        let n2 = self.mlp_norm.forward(h);
         let (gate, up) = self.mlp.gate_up(n2.clone(), context.dropout);
         let z = self.mlp.activate(gate.clone(), up.clone());
-        MlpHalf { n2, gate, up, z }
+        let down = self
+            .mlp_out_norm
+            .as_ref()
+            .map(|_| self.mlp.down_proj.forward_rows(z.clone(), context.dropout));
+        MlpHalf {
+            n2,
+            gate,
+            up,
+            z,
+            down,
+        }
+    }
+
+    /// The output projection of `attended`, when the layer norms it (what its backward pass
+    /// reads).
+    fn attn_out(&self, attended: &Tensor<2>, context: &LayerContext<'_>) -> Option<Tensor<2>> {
+        self.attn_out_norm.as_ref().map(|_| {
+            self.self_attn
+                .o_proj
+                .forward_rows(attended.clone(), context.dropout)
+        })
     }
 
     /// Run the layer forward, keeping what its backward pass needs (with `checkpointing`, only
@@ -151,13 +179,17 @@ impl DecoderLayer {
             context,
         );
         let o = attn.o_proj.forward_rows(attended.clone(), context.dropout);
-        let h = x.clone() + o;
+        let h = x.clone() + maybe_norm(&self.attn_out_norm, o.clone());
+        let o = self.attn_out_norm.is_some().then_some(o);
         let mlp = self.mlp_half(h.clone(), context);
-        let y = h.clone()
-            + self
+        let down = match &mlp.down {
+            Some(down) => down.clone(),
+            None => self
                 .mlp
                 .down_proj
-                .forward_rows(mlp.z.clone(), context.dropout);
+                .forward_rows(mlp.z.clone(), context.dropout),
+        };
+        let y = h.clone() + maybe_norm(&self.mlp_out_norm, down);
         let kept = if checkpointing {
             Kept::Checkpoint {
                 x,
@@ -172,6 +204,7 @@ impl DecoderLayer {
                 projected,
                 attended,
                 lse,
+                o,
                 h,
                 mlp,
             })
@@ -180,7 +213,8 @@ impl DecoderLayer {
     }
 
     /// The activations of a checkpointed layer, recomputed from what was kept: the queries,
-    /// keys and values (the attention itself was kept), and the MLP up to the down projection.
+    /// keys and values (the attention itself was kept), and the MLP up to the down projection
+    /// (with sandwich norms, the output and down projections too).
     fn recompute(
         &self,
         x: Tensor<2>,
@@ -191,6 +225,7 @@ impl DecoderLayer {
     ) -> LayerActivations {
         let n1 = self.input_layernorm.forward(x.clone());
         let projected: Projected = self.self_attn.project(n1.clone(), context);
+        let o = self.attn_out(&attended, context);
         let mlp = self.mlp_half(h.clone(), context);
         LayerActivations {
             x,
@@ -198,6 +233,7 @@ impl DecoderLayer {
             projected,
             attended,
             lse,
+            o,
             h,
             mlp,
         }
@@ -220,10 +256,20 @@ impl DecoderLayer {
             }
         };
         let (attn, mlp) = (&self.self_attn, &self.mlp);
-        let MlpHalf { n2, gate, up, z } = a.mlp;
+        let MlpHalf {
+            n2,
+            gate,
+            up,
+            z,
+            down,
+        } = a.mlp;
 
-        // The MLP half: y = h + down(act(gate(n2), up(n2))), n2 = norm(h).
-        let (g, dz) = mlp.down_proj.backward(z, dy.clone(), drop, true)?;
+        // The MLP half: y = h + [norm](down(act(gate(n2), up(n2)))), n2 = norm(h).
+        let d_down = match (&self.mlp_out_norm, down) {
+            (Some(norm), Some(down)) => norm.backward(down, dy.clone()),
+            _ => dy.clone(),
+        };
+        let (g, dz) = mlp.down_proj.backward(z, d_down, drop, true)?;
         keep(Projection::Down, g);
         let (d_gate, d_up) =
             mlp.activate_backward(gate, up, dz.expect("asked for the input gradient"));
@@ -232,13 +278,15 @@ impl DecoderLayer {
         let (g, dn2_up) = mlp.up_proj.backward(n2, d_up, drop, true)?;
         keep(Projection::Up, g);
         let dn2 = add(dn2_gate, dn2_up).expect("input gradients");
-        let dh = dy + self.post_attention_layernorm.backward(a.h, dn2);
+        let dh = dy + self.mlp_norm.backward(a.h, dn2);
 
-        // The attention half: h = x + o(attention(rope(qn(q(n1))), rope(kn(k(n1))), v(n1))),
-        // n1 = norm(x).
-        let (g, d_attended) = attn
-            .o_proj
-            .backward(a.attended.clone(), dh.clone(), drop, true)?;
+        // The attention half: h = x + [norm](o(attention(rope(qn(q(n1))), rope(kn(k(n1))),
+        // v(n1)))), n1 = norm(x).
+        let d_o = match (&self.attn_out_norm, a.o) {
+            (Some(norm), Some(o)) => norm.backward(o, dh.clone()),
+            _ => dh.clone(),
+        };
+        let (g, d_attended) = attn.o_proj.backward(a.attended.clone(), d_o, drop, true)?;
         keep(Projection::O, g);
         let Projected {
             q,

@@ -283,6 +283,11 @@ impl CausalLm {
                     .then(|| norm(tensor, index, config.head_dim))
                     .transpose()
             };
+            let sandwich = |tensor: ModelTensor| {
+                spec.sandwich_norms
+                    .then(|| norm(tensor, index, hidden))
+                    .transpose()
+            };
             layers.push(DecoderLayer {
                 input_layernorm: norm(ModelTensor::AttnNorm, index, hidden)?,
                 self_attn: Attention {
@@ -300,12 +305,23 @@ impl CausalLm {
                     softcap: spec.attention_softcap,
                     rope: layer.rope,
                 },
-                post_attention_layernorm: norm(ModelTensor::FfnNorm, index, hidden)?,
+                attn_out_norm: sandwich(ModelTensor::AttnPostNorm)?,
+                mlp_norm: norm(
+                    if spec.sandwich_norms {
+                        ModelTensor::FfnPreNorm
+                    } else {
+                        ModelTensor::FfnNorm
+                    },
+                    index,
+                    hidden,
+                )?,
                 mlp: Mlp {
+                    activation: spec.activation,
                     gate_proj: linear(Projection::Gate)?,
                     up_proj: linear(Projection::Up)?,
                     down_proj: linear(Projection::Down)?,
                 },
+                mlp_out_norm: sandwich(ModelTensor::FfnPostNorm)?,
             });
         }
         let head_name = ModelTensor::Output.hf_name(0, "weight");

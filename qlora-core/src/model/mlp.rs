@@ -3,11 +3,14 @@ use burn::tensor::Tensor;
 use super::adapter::DropoutStream;
 use super::linear::Linear;
 use crate::backend::ops;
+use crate::config::Activation;
 use crate::profile::{self, Phase};
 
-/// The gated MLP: `down(silu(gate(x)) * up(x))` (SwiGLU).
+/// The gated MLP: `down(act(gate(x)) * up(x))` (SwiGLU, or GeGLU for Gemma).
 #[derive(Clone, Debug)]
 pub struct Mlp {
+    /// The gated activation.
+    pub activation: Activation,
     /// The gate projection.
     pub gate_proj: Linear,
     /// The up projection.
@@ -31,7 +34,10 @@ impl Mlp {
     /// The gated activation of `gate` and `up`: what the down projection multiplies.
     pub fn activate(&self, gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> {
         let _span = profile::span(Phase::Elementwise);
-        ops::swiglu(gate, up)
+        match self.activation {
+            Activation::Silu => ops::swiglu(gate, up),
+            Activation::GeluTanh => ops::geglu(gate, up),
+        }
     }
 
     /// The gradients of [`Mlp::activate`] with respect to `gate` and `up`.
@@ -42,7 +48,10 @@ impl Mlp {
         dz: Tensor<2>,
     ) -> (Tensor<2>, Tensor<2>) {
         let _span = profile::span(Phase::Elementwise);
-        ops::swiglu_backward(gate, up, dz)
+        match self.activation {
+            Activation::Silu => ops::swiglu_backward(gate, up, dz),
+            Activation::GeluTanh => ops::geglu_backward(gate, up, dz),
+        }
     }
 
     /// The MLP on `normed` `[rows, hidden]`.

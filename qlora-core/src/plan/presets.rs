@@ -14,11 +14,12 @@ type Preset = (&'static str, Architecture, [usize; 7], (f64, f64), bool);
 const LLAMA: Architecture = Architecture::Llama;
 const QWEN2: Architecture = Architecture::Qwen2;
 const QWEN3: Architecture = Architecture::Qwen3;
-/// Qwen's RMSNorm epsilon and RoPE theta.
+const GEMMA3: Architecture = Architecture::Gemma3;
+/// Qwen's (and Gemma 3's) RMSNorm epsilon and RoPE theta.
 const QWEN: (f64, f64) = (1e-6, 1e6);
 
 #[rustfmt::skip]
-const PRESETS: [Preset; 9] = [
+const PRESETS: [Preset; 12] = [
     ("llama-7b", LLAMA, [4096, 11008, 32, 32, 32, 32000, 2048], (1e-6, 1e4), false),
     ("llama-13b", LLAMA, [5120, 13824, 40, 40, 40, 32000, 2048], (1e-6, 1e4), false),
     ("llama-33b", LLAMA, [6656, 17920, 60, 52, 52, 32000, 2048], (1e-6, 1e4), false),
@@ -29,6 +30,11 @@ const PRESETS: [Preset; 9] = [
     ("qwen2.5-0.5b", QWEN2, [896, 4864, 24, 14, 2, 151936, 32768], QWEN, true),
     ("qwen2.5-7b", QWEN2, [3584, 18944, 28, 28, 4, 152064, 32768], QWEN, false),
     ("qwen3-8b", QWEN3, [4096, 12288, 36, 32, 8, 151936, 40960], QWEN, false),
+    // Gemma 3's text models (head_dim 256, their default); 4B and 12B are the text towers of
+    // the multimodal checkpoints.
+    ("gemma-3-270m", GEMMA3, [640, 2048, 18, 4, 1, 262144, 32768], QWEN, true),
+    ("gemma-3-4b", GEMMA3, [2560, 10240, 34, 8, 4, 262208, 131072], QWEN, true),
+    ("gemma-3-12b", GEMMA3, [3840, 15360, 48, 16, 8, 262208, 131072], QWEN, true),
 ];
 
 /// The `config.json` text of a preset.

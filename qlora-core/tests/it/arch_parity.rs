@@ -11,11 +11,16 @@
 //! - Qwen 2: q/k/v biases (and none on o), tied embeddings, a full and a sliding-window layer.
 //! - Qwen 3: per-head q/k RMSNorm, `head_dim` 32 with hidden 64 and 4 heads, tied embeddings, a
 //!   full and a sliding-window layer of 6 keys over 16 tokens.
+//! - Gemma 3: `(1 + w)` norms, four a layer and on the q/k heads, GeGLU, embeddings scaled by
+//!   `sqrt(hidden)`, scores by `query_pre_attn_scalar`, five sliding layers with a local RoPE
+//!   base and a global layer with linear RoPE scaling, tied embeddings.
 
 use std::path::Path;
 
 use qlora_core::FloatDtype;
-use qlora_core::config::{Architecture, ModelConfig, Projection};
+use qlora_core::config::{
+    Activation, Architecture, ModelConfig, NormForm, Projection, RopeKind, RopeScaling,
+};
 use qlora_core::export::{ExportOptions, GgufType, export_gguf};
 use qlora_core::gguf::{GgufFile, ImportOptions, import_gguf};
 use qlora_core::lora::{apply_adapter, read_adapter};
@@ -92,7 +97,7 @@ fn matches_transformers_and_peft(dir: &Path) -> Tensors {
         let tokens = out.tokens as f32;
         let mean = out.loss_sum as f32 / tokens;
         assert!((mean - lora_loss).abs() <= 1e-5, "loss {mean}");
-        assert_eq!(out.grads.paths.len(), 14);
+        assert_eq!(out.grads.paths.len(), 7 * model.layers.len());
         for (path, (da, db)) in out.grads.paths.iter().zip(out.grads.grads) {
             for (name, grad) in [("lora_A", da), ("lora_B", db)] {
                 let ours: Vec<f32> = grad.into_data().try_into_vec().unwrap();
@@ -124,7 +129,8 @@ fn merge_matches_peft(dir: &Path, r: &Tensors) {
         overwrite: false,
     };
     let report = merge_model(dir, &dir.join("adapter"), &out, &options).unwrap();
-    assert_eq!(report.merged, 14);
+    let layers = ModelConfig::load(dir).unwrap().num_hidden_layers;
+    assert_eq!(report.merged, 7 * layers);
     let merged = CausalLm::load(&out, &dense()).unwrap();
     check_logits(&merged, r, "merged_logits", "merged_loss");
 }
@@ -140,7 +146,8 @@ fn nf4_matches_bitsandbytes(dir: &Path, bnb: &Path, inputs: &Tensors) {
         ..QuantizeOptions::default()
     };
     let report = quantize_model(dir, &out, &options).unwrap();
-    assert_eq!(report.quantized_tensors, 14);
+    let layers = ModelConfig::load(dir).unwrap().num_hidden_layers;
+    assert_eq!(report.quantized_tensors, 7 * layers);
     let ours = load_tensors_at(&out.join("model.safetensors"));
     let theirs = load_tensors_at(&bnb.join("model.safetensors"));
     let mut names: Vec<_> = theirs.keys().collect();
@@ -158,17 +165,13 @@ fn nf4_matches_bitsandbytes(dir: &Path, bnb: &Path, inputs: &Tensors) {
 }
 
 /// An f32 GGUF export under llama.cpp's name of the architecture, imported back: the same
-/// weights (the GGUF's rows as transformers has them, unpermuted) and the same logits.
-fn gguf_round_trip(dir: &Path, gguf_arch: &str) {
+/// weights (the GGUF's rows as transformers has them, unpermuted) and the same logits. With
+/// `windows_kept`, llama.cpp runs the layers' sliding windows and the import keeps them;
+/// otherwise (Qwen) it runs them without, and so does the imported config.
+fn gguf_round_trip(dir: &Path, gguf_arch: &str, windows_kept: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("model.gguf");
-    let options = ExportOptions {
-        kind: GgufType::F32,
-        base: None,
-        name: None,
-        overwrite: false,
-    };
-    export_gguf(dir, None, &file, &options).unwrap();
+    export_gguf(dir, None, &file, &f32_export()).unwrap();
     let gguf = GgufFile::open(&file).unwrap();
     assert_eq!(
         gguf.string("general.architecture").unwrap(),
@@ -193,15 +196,19 @@ fn gguf_round_trip(dir: &Path, gguf_arch: &str) {
     assert_eq!(after.spec.bias, before.spec.bias);
     assert_eq!(after.spec.qk_norm, before.spec.qk_norm);
     assert_eq!(after.head_dim, before.head_dim);
+    if windows_kept {
+        assert_eq!(after.spec, before.spec);
+    }
     let r = load_tensors_at(&dir.join("reference.safetensors"));
     let (ids, _) = inputs(&r);
     let logits = |d: &Path| -> Vec<f32> {
         let mut model = CausalLm::load(d, &dense()).unwrap();
-        // llama.cpp runs these layers without windows, and so does the imported config.
-        model
-            .layers
-            .iter_mut()
-            .for_each(|l| l.self_attn.window = None);
+        if !windows_kept {
+            model
+                .layers
+                .iter_mut()
+                .for_each(|l| l.self_attn.window = None);
+        }
         model
             .forward(&ids, None, None)
             .unwrap()
@@ -231,7 +238,7 @@ fn tiny_qwen2_matches_transformers_peft_and_bitsandbytes() {
     let r = matches_transformers_and_peft(&dir);
     merge_matches_peft(&dir, &r);
     nf4_matches_bitsandbytes(&dir, &reference("tiny-qwen2-bnb-nf4"), &r);
-    gguf_round_trip(&dir, "qwen2");
+    gguf_round_trip(&dir, "qwen2", false);
 }
 
 #[test]
@@ -244,7 +251,7 @@ fn tiny_qwen3_matches_transformers_peft_and_bitsandbytes() {
     let r = matches_transformers_and_peft(&dir);
     merge_matches_peft(&dir, &r);
     nf4_matches_bitsandbytes(&dir, &reference("tiny-qwen3-bnb-nf4"), &r);
-    gguf_round_trip(&dir, "qwen3");
+    gguf_round_trip(&dir, "qwen3", false);
 }
 
 #[test]
@@ -272,4 +279,65 @@ fn tiny_mistral_matches_transformers_peft_and_bitsandbytes() {
         .unwrap();
     let diff = max_diff(&values, &f32s(&r["logits"].2));
     assert!(diff > 1e-2, "without the window: {diff}");
+}
+
+#[test]
+fn tiny_gemma3_matches_transformers_peft_and_bitsandbytes() {
+    let dir = reference("tiny-gemma3");
+    let config = ModelConfig::load(&dir).unwrap();
+    assert_eq!(config.architecture, Architecture::Gemma3);
+    let spec = &config.spec;
+    assert!(spec.qk_norm && spec.sandwich_norms && spec.tied_head);
+    assert_eq!(spec.norm, NormForm::OnePlusWeight);
+    assert_eq!(spec.activation, Activation::GeluTanh);
+    assert_eq!(spec.embedding_scale, Some(8.0));
+    assert_eq!(spec.attention_scale, 24f64.powf(-0.5));
+    let mut expected = vec![Some(6); 5];
+    expected.push(None);
+    assert_eq!(windows(&config), expected);
+    let ropes: Vec<RopeKind> = spec.layers.iter().map(|l| l.rope).collect();
+    assert_eq!(ropes[4..], [RopeKind::Local, RopeKind::Global]);
+    assert_eq!(spec.local_rope_theta, Some(10000.0));
+    assert_eq!(config.rope.theta, 1e6);
+    assert_eq!(config.rope.scaling, RopeScaling::Linear { factor: 8.0 });
+    let r = matches_transformers_and_peft(&dir);
+    merge_matches_peft(&dir, &r);
+    nf4_matches_bitsandbytes(&dir, &reference("tiny-gemma3-bnb-nf4"), &r);
+
+    // llama.cpp scales Gemma 3's scores by 1/sqrt(head_dim) (and hard-codes the pattern of
+    // six and the local base of 10000, which the fixture has): the scalar of 24 has no GGUF
+    // spelling, and export says so.
+    let tmp = tempfile::tempdir().unwrap();
+    let err = export_gguf(&dir, None, &tmp.path().join("m.gguf"), &f32_export()).unwrap_err();
+    assert!(err.to_string().contains("query_pre_attn_scalar"), "{err}");
+    let same_scale = tmp.path().join("scalar-32");
+    copy_with_config(&dir, &same_scale, |c| {
+        c["query_pre_attn_scalar"] = 32.into()
+    });
+    gguf_round_trip(&same_scale, "gemma3", true);
+}
+
+/// `dir`'s model, tokenizer and reference in `out`, its `config.json` changed by `edit`.
+fn copy_with_config(dir: &Path, out: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    std::fs::create_dir_all(out).unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, out.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let file = out.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    edit(&mut config);
+    std::fs::write(&file, config.to_string()).unwrap();
+}
+
+fn f32_export() -> ExportOptions {
+    ExportOptions {
+        kind: GgufType::F32,
+        base: None,
+        name: None,
+        overwrite: false,
+    }
 }

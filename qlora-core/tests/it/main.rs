@@ -10,7 +10,7 @@ mod fused_ops;
 mod generation;
 mod gguf_export;
 mod gguf_import;
-mod gguf_qwen25;
+mod gguf_real;
 mod gguf_smollm2;
 mod lora_grads;
 mod lora_peft;

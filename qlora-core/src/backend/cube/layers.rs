@@ -1,4 +1,4 @@
-//! RMSNorm, rotary embedding, SwiGLU and dropout as one kernel launch each (forward and
+//! RMSNorm, rotary embedding, SwiGLU, GeGLU and dropout as one kernel launch each (forward and
 //! backward). RMSNorm takes a cube a row and sums in shared memory (a fixed tree, so the same
 //! inputs give the same bits); the others are a thread a value. Dropout draws the very mask the
 //! CPU draws ([`DropoutMask`]): SplitMix64 over the element's index, in 32-bit halves (WGSL has
@@ -11,6 +11,7 @@ use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 use super::{contiguous_f32, cube_count_2d, f32_buffer};
 use crate::backend::dropout::DropoutMask;
+use crate::backend::generic::layers::{GELU_BETA, GELU_KAPPA};
 use crate::backend::{LayerOps, LoraOps};
 
 /// Units of a row's cube.
@@ -140,6 +141,41 @@ fn swiglu_backward_kernel(gate: &[f32], up: &[f32], dz: &[f32], dg: &mut [f32], 
     du[i] = dz[i] * (g * s);
 }
 
+/// `tanh(β (a + κ a³))` of GELU's tanh approximation.
+#[cube]
+fn gelu_tanh_inner(a: f32) -> f32 {
+    let beta = comptime!(GELU_BETA as f32);
+    let kappa = comptime!(GELU_KAPPA as f32);
+    (beta * (a + kappa * a * a * a)).tanh()
+}
+
+#[cube(launch)]
+fn geglu_kernel(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    let i = ABSOLUTE_POS;
+    if i >= gate.len() {
+        terminate!();
+    }
+    let a = gate[i];
+    out[i] = 0.5f32 * a * (1.0f32 + gelu_tanh_inner(a)) * up[i];
+}
+
+#[cube(launch)]
+fn geglu_backward_kernel(gate: &[f32], up: &[f32], dz: &[f32], dg: &mut [f32], du: &mut [f32]) {
+    let i = ABSOLUTE_POS;
+    if i >= gate.len() {
+        terminate!();
+    }
+    let beta = comptime!(GELU_BETA as f32);
+    let kappa = comptime!(GELU_KAPPA as f32);
+    let a = gate[i];
+    let t = gelu_tanh_inner(a);
+    // gelu'(a) = (1 + t)/2 + a/2 · (1 - t²) · β (1 + 3κ a²)
+    let d = 0.5f32 * (1.0f32 + t)
+        + 0.5f32 * a * (1.0f32 - t * t) * beta * (1.0f32 + 3.0f32 * kappa * a * a);
+    dg[i] = dz[i] * up[i] * d;
+    du[i] = dz[i] * (0.5f32 * a * (1.0f32 + t));
+}
+
 /// The low 64 bits of `(hi, lo) · (mh, ml)`, as `(hi, lo)`.
 #[cube]
 fn mul64(hi: u32, lo: u32, mh: u32, ml: u32) -> (u32, u32) {
@@ -194,6 +230,50 @@ fn elementwise(t: &CubeTensor) -> (CubeCount, CubeDim) {
 
 fn like(t: &CubeTensor) -> CubeTensor {
     f32_buffer(t, t.meta.shape().to_vec())
+}
+
+/// `kernel(gate, up, out)`, a thread a value: a gated activation.
+macro_rules! gated {
+    ($kernel:ident, $gate:expr, $up:expr) => {{
+        let (gate, up) = (contiguous_f32($gate), contiguous_f32($up));
+        let out = like(&gate);
+        let (count, dim) = elementwise(&gate);
+        let client = gate.client.clone();
+        $kernel::launch(
+            &client,
+            count,
+            dim,
+            gate.into_buffer_arg(),
+            up.into_buffer_arg(),
+            out.clone().into_buffer_arg(),
+        );
+        out
+    }};
+}
+
+/// `kernel(gate, up, dz, d_gate, d_up)`, a thread a value: a gated activation's gradients.
+macro_rules! gated_backward {
+    ($kernel:ident, $gate:expr, $up:expr, $dz:expr) => {{
+        let (gate, up, dz) = (
+            contiguous_f32($gate),
+            contiguous_f32($up),
+            contiguous_f32($dz),
+        );
+        let (dg, du) = (like(&gate), like(&gate));
+        let (count, dim) = elementwise(&gate);
+        let client = gate.client.clone();
+        $kernel::launch(
+            &client,
+            count,
+            dim,
+            gate.into_buffer_arg(),
+            up.into_buffer_arg(),
+            dz.into_buffer_arg(),
+            dg.clone().into_buffer_arg(),
+            du.clone().into_buffer_arg(),
+        );
+        (dg, du)
+    }};
 }
 
 impl LayerOps for CubeBackend {
@@ -262,19 +342,7 @@ impl LayerOps for CubeBackend {
     }
 
     fn swiglu(gate: CubeTensor, up: CubeTensor) -> CubeTensor {
-        let (gate, up) = (contiguous_f32(gate), contiguous_f32(up));
-        let out = like(&gate);
-        let (count, dim) = elementwise(&gate);
-        let client = gate.client.clone();
-        swiglu_kernel::launch(
-            &client,
-            count,
-            dim,
-            gate.into_buffer_arg(),
-            up.into_buffer_arg(),
-            out.clone().into_buffer_arg(),
-        );
-        out
+        gated!(swiglu_kernel, gate, up)
     }
 
     fn swiglu_backward(
@@ -282,21 +350,19 @@ impl LayerOps for CubeBackend {
         up: CubeTensor,
         dz: CubeTensor,
     ) -> (CubeTensor, CubeTensor) {
-        let (gate, up, dz) = (contiguous_f32(gate), contiguous_f32(up), contiguous_f32(dz));
-        let (dg, du) = (like(&gate), like(&gate));
-        let (count, dim) = elementwise(&gate);
-        let client = gate.client.clone();
-        swiglu_backward_kernel::launch(
-            &client,
-            count,
-            dim,
-            gate.into_buffer_arg(),
-            up.into_buffer_arg(),
-            dz.into_buffer_arg(),
-            dg.clone().into_buffer_arg(),
-            du.clone().into_buffer_arg(),
-        );
-        (dg, du)
+        gated_backward!(swiglu_backward_kernel, gate, up, dz)
+    }
+
+    fn geglu(gate: CubeTensor, up: CubeTensor) -> CubeTensor {
+        gated!(geglu_kernel, gate, up)
+    }
+
+    fn geglu_backward(
+        gate: CubeTensor,
+        up: CubeTensor,
+        dz: CubeTensor,
+    ) -> (CubeTensor, CubeTensor) {
+        gated_backward!(geglu_backward_kernel, gate, up, dz)
     }
 
     fn dropout(x: CubeTensor, seed: u64, p: f64) -> CubeTensor {

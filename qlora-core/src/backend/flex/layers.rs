@@ -1,4 +1,4 @@
-//! RMSNorm, rotary embedding, SwiGLU and dropout on the CPU: one pass over memory each,
+//! RMSNorm, rotary embedding, SwiGLU, GeGLU and dropout on the CPU: one pass over memory each,
 //! forward and backward, rows split over the thread pool.
 
 use burn::backend::flex::FlexTensor;
@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::kernel::{dot, exp, floats, multiversion, tensor, uninit};
 use crate::backend::LayerOps;
+use crate::backend::generic::layers::{GELU_BETA, GELU_KAPPA};
 
 /// Rows a task takes: enough to amortize the scheduling, few enough to balance.
 fn rows_per_task(rows: usize, width: usize) -> usize {
@@ -101,6 +102,73 @@ multiversion! {
     }
 }
 
+/// `tanh(β (a + κ a³))` of GELU's tanh approximation, through [`exp`] (vectorizes).
+#[inline(always)]
+fn gelu_tanh_inner(a: f32) -> f32 {
+    const BETA: f32 = GELU_BETA as f32;
+    const KAPPA: f32 = GELU_KAPPA as f32;
+    let y = BETA * (a + KAPPA * a * a * a);
+    1.0 - 2.0 / (exp(2.0 * y) + 1.0)
+}
+
+multiversion! {
+    fn geglu_span(out: &mut [f32], g: &[f32], u: &[f32]) {
+        for ((o, g), u) in out.iter_mut().zip(g).zip(u) {
+            *o = 0.5 * g * (1.0 + gelu_tanh_inner(*g)) * u;
+        }
+    }
+}
+
+multiversion! {
+    fn geglu_backward_span(dg: &mut [f32], du: &mut [f32], g: &[f32], u: &[f32], dz: &[f32]) {
+        const BETA: f32 = GELU_BETA as f32;
+        const KAPPA: f32 = GELU_KAPPA as f32;
+        for i in 0..dg.len() {
+            let a = g[i];
+            let t = gelu_tanh_inner(a);
+            let d = 0.5 * (1.0 + t) + 0.5 * a * (1.0 - t * t) * BETA * (1.0 + 3.0 * KAPPA * a * a);
+            dg[i] = dz[i] * u[i] * d;
+            du[i] = dz[i] * (0.5 * a * (1.0 + t));
+        }
+    }
+}
+
+/// An elementwise gated activation over `gate` and `up` by `span`.
+fn gated(gate: FlexTensor, up: FlexTensor, span: fn(&mut [f32], &[f32], &[f32])) -> FlexTensor {
+    let shape = gate.shape();
+    let (g, u) = (floats(&gate), floats(&up));
+    let mut out = uninit(g.len());
+    out.par_chunks_mut(16384)
+        .zip(g.par_chunks(16384).zip(u.par_chunks(16384)))
+        .for_each(|(out, (g, u))| span(out, g, u));
+    FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
+}
+
+/// The gradients of a gated activation by `span`.
+fn gated_backward(
+    gate: FlexTensor,
+    up: FlexTensor,
+    dz: FlexTensor,
+    span: fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32]),
+) -> (FlexTensor, FlexTensor) {
+    let shape = gate.shape();
+    let (g, u, dz) = (floats(&gate), floats(&up), floats(&dz));
+    let mut dg = uninit(g.len());
+    let mut du = uninit(g.len());
+    dg.par_chunks_mut(16384)
+        .zip(du.par_chunks_mut(16384))
+        .zip(
+            g.par_chunks(16384)
+                .zip(u.par_chunks(16384))
+                .zip(dz.par_chunks(16384)),
+        )
+        .for_each(|((dg, du), ((g, u), dz))| span(dg, du, g, u, dz));
+    (
+        FlexTensor::from_data(burn::tensor::TensorData::new(dg, shape.clone())),
+        FlexTensor::from_data(burn::tensor::TensorData::new(du, shape)),
+    )
+}
+
 impl LayerOps for Flex {
     fn rms_norm(x: FlexTensor, weight: FlexTensor, eps: f64) -> FlexTensor {
         let [rows, h] = dims2(&x);
@@ -148,13 +216,7 @@ impl LayerOps for Flex {
     }
 
     fn swiglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
-        let shape = gate.shape();
-        let (g, u) = (floats(&gate), floats(&up));
-        let mut out = uninit(g.len());
-        out.par_chunks_mut(16384)
-            .zip(g.par_chunks(16384).zip(u.par_chunks(16384)))
-            .for_each(|(out, (g, u))| swiglu_span(out, g, u));
-        FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
+        gated(gate, up, swiglu_span)
     }
 
     fn swiglu_backward(
@@ -162,22 +224,19 @@ impl LayerOps for Flex {
         up: FlexTensor,
         dz: FlexTensor,
     ) -> (FlexTensor, FlexTensor) {
-        let shape = gate.shape();
-        let (g, u, dz) = (floats(&gate), floats(&up), floats(&dz));
-        let mut dg = uninit(g.len());
-        let mut du = uninit(g.len());
-        dg.par_chunks_mut(16384)
-            .zip(du.par_chunks_mut(16384))
-            .zip(
-                g.par_chunks(16384)
-                    .zip(u.par_chunks(16384))
-                    .zip(dz.par_chunks(16384)),
-            )
-            .for_each(|((dg, du), ((g, u), dz))| swiglu_backward_span(dg, du, g, u, dz));
-        (
-            FlexTensor::from_data(burn::tensor::TensorData::new(dg, shape.clone())),
-            FlexTensor::from_data(burn::tensor::TensorData::new(du, shape)),
-        )
+        gated_backward(gate, up, dz, swiglu_backward_span)
+    }
+
+    fn geglu(gate: FlexTensor, up: FlexTensor) -> FlexTensor {
+        gated(gate, up, geglu_span)
+    }
+
+    fn geglu_backward(
+        gate: FlexTensor,
+        up: FlexTensor,
+        dz: FlexTensor,
+    ) -> (FlexTensor, FlexTensor) {
+        gated_backward(gate, up, dz, geglu_backward_span)
     }
 
     fn dropout(x: FlexTensor, seed: u64, p: f64) -> FlexTensor {

@@ -1,4 +1,4 @@
-//! RMSNorm, rotary embedding, SwiGLU and dropout as tensor operations, with their gradients.
+//! RMSNorm, rotary embedding, SwiGLU, GeGLU and dropout as tensor operations, with their gradients.
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, TensorMetadata};
@@ -85,6 +85,46 @@ pub fn swiglu_backward<B: Backend>(
     let d_silu = sig.clone() * (gate * (-sig).add_scalar(1.0)).add_scalar(1.0);
     let d_gate = dz.clone() * up * d_silu;
     let d_up = dz * silu;
+    (d_gate.0, d_up.0)
+}
+
+/// `sqrt(2 / π)`, GELU's tanh approximation's constant (PyTorch's `kBeta`).
+pub const GELU_BETA: f64 = 0.797_884_560_802_865_4;
+/// The cubic coefficient of GELU's tanh approximation.
+pub const GELU_KAPPA: f64 = 0.044715;
+
+/// `gelu_tanh(gate) · up`, with `gelu_tanh(a) = a/2 · (1 + tanh(β (a + κ a³)))`.
+pub fn geglu<B: Backend>(gate: FloatTensor<B>, up: FloatTensor<B>) -> FloatTensor<B> {
+    let a = F::<B>(gate);
+    let t = gelu_tanh_inner(a.clone());
+    (a * t.add_scalar(1.0).scale(0.5) * F(up)).0
+}
+
+/// `tanh(β (a + κ a³))`.
+fn gelu_tanh_inner<B: Backend>(a: F<B>) -> F<B> {
+    let cube = a.clone() * a.clone() * a.clone();
+    (a + cube.scale(GELU_KAPPA)).scale(GELU_BETA).tanh()
+}
+
+/// The gradients of [`geglu`] with respect to `gate` and `up`.
+pub fn geglu_backward<B: Backend>(
+    gate: FloatTensor<B>,
+    up: FloatTensor<B>,
+    dz: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let (a, up, dz) = (F::<B>(gate), F::<B>(up), F::<B>(dz));
+    let t = gelu_tanh_inner(a.clone());
+    let gelu = a.clone() * t.clone().add_scalar(1.0).scale(0.5);
+    // gelu'(a) = (1 + t)/2 + a/2 · (1 - t²) · β (1 + 3κ a²)
+    let square = a.clone() * a.clone();
+    let inner = square
+        .scale(3.0 * GELU_KAPPA)
+        .add_scalar(1.0)
+        .scale(GELU_BETA);
+    let sech2 = (-(t.clone() * t.clone())).add_scalar(1.0);
+    let d_gelu = t.add_scalar(1.0).scale(0.5) + a.scale(0.5) * sech2 * inner;
+    let d_gate = dz.clone() * up * d_gelu;
+    let d_up = dz * gelu;
     (d_gate.0, d_up.0)
 }
 

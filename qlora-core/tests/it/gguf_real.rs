@@ -1,13 +1,18 @@
-//! A real Qwen 2 model through the GGUF importer and exporter: Qwen2.5-Coder-0.5B-Instruct
-//! (llama.cpp's `qwen2`: q/k/v biases, rows not permuted, ChatML; Q5_0, Q8_0, Q4_K and Q6_K
-//! tensors) against what transformers 5.25 makes of the same file in float32
-//! (`tests/reference/qwen2.5_gguf_facts.json`, by `tests/reference/make_gguf_facts.py`):
-//! tokenizer, chat template, weights, the loss of a text within 1e-4 relative, the top-5 logits
-//! within 1e-4, 32 greedy tokens identical; and an f32 export of the imported model that
-//! imports back bit-identical.
+//! Real models through the GGUF importer and exporter, against what transformers 5.25 makes of
+//! the same file in float32 (`tests/reference/NAME_gguf_facts.json`, by
+//! `tests/reference/make_gguf_facts.py`): config.json, tokenizer (and chat template, where the
+//! file has one), weights, the loss of a text within 1e-4 relative, the top-5 logits of a
+//! prompt within 1e-4, 32 greedy tokens identical; and an f32 export of the imported model
+//! that imports back bit-identical.
 //!
-//! The GGUF (491 MB) is not in the repo; `examples/fetch_models.sh` fetches it and `build.rs`
-//! looks for it as for SmolLM2's (`$QLORA_QWEN25_GGUF`).
+//! - Qwen2.5-Coder-0.5B-Instruct (llama.cpp's `qwen2`: q/k/v biases, rows not permuted,
+//!   ChatML; Q5_0, Q8_0, Q4_K and Q6_K tensors).
+//! - Gemma 3 270M (`gemma3`: norms stored as `1 + w`, four a layer and on q/k heads, GeGLU,
+//!   scaled embeddings, five sliding layers of 512 keys to a global one, 262,144 tokens of
+//!   SentencePiece BPE; Q8_0, Q5_0, Q4_K and Q6_K tensors; a base model without a template).
+//!
+//! The GGUFs (491 and 253 MB) are not in the repo; `examples/fetch_models.sh` fetches them and
+//! `build.rs` looks for them as for SmolLM2's (`$QLORA_QWEN25_GGUF`, `$QLORA_GEMMA3_GGUF`).
 
 use std::path::{Path, PathBuf};
 
@@ -21,16 +26,17 @@ use serde_json::Value;
 use support::facts::{ids, top5_logits_diff};
 use support::{f32s, load_tensors_at, reference};
 
-const MISSING: &str = "needs Qwen2.5-Coder-0.5B-Instruct's GGUF: run examples/fetch_models.sh";
-
-fn gguf_path() -> PathBuf {
-    let path = PathBuf::from(env!("QLORA_TEST_QWEN25_GGUF"));
-    assert!(path.is_file(), "not found at {path:?}; {MISSING}");
+fn gguf_path(path: &str) -> PathBuf {
+    let path = PathBuf::from(path);
+    assert!(
+        path.is_file(),
+        "not found at {path:?}; run examples/fetch_models.sh"
+    );
     path
 }
 
-fn facts() -> Value {
-    let text = std::fs::read_to_string(reference("qwen2.5_gguf_facts.json")).unwrap();
+fn facts(name: &str) -> Value {
+    let text = std::fs::read_to_string(reference(name)).unwrap();
     serde_json::from_str(&text).unwrap()
 }
 
@@ -42,60 +48,102 @@ fn f32_import(gguf: &Path, out: &Path) {
     import_gguf(gguf, out, &options).unwrap();
 }
 
+/// The config.json keys every import must derive as transformers does.
+const CONFIG_KEYS: [&str; 11] = [
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "max_position_embeddings",
+    "vocab_size",
+    "tie_word_embeddings",
+    "bos_token_id",
+    "pad_token_id",
+];
+
 #[test]
 #[cfg_attr(
     not(real_qwen25),
     ignore = "needs Qwen2.5-Coder-0.5B-Instruct's GGUF: run examples/fetch_models.sh"
 )]
 fn qwen25_gguf_matches_transformers_and_exports_back_bit_identical() {
-    let facts = facts();
-    let gguf = gguf_path();
+    matches_transformers_and_exports_back(
+        &gguf_path(env!("QLORA_TEST_QWEN25_GGUF")),
+        &facts("qwen2.5_gguf_facts.json"),
+        ("qwen2", "Qwen2ForCausalLM"),
+        &[
+            "use_sliding_window",
+            "sliding_window",
+            "eos_token_id",
+            "hidden_act",
+        ],
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(real_gemma3),
+    ignore = "needs Gemma 3 270M's GGUF: run examples/fetch_models.sh"
+)]
+fn gemma3_gguf_matches_transformers_and_exports_back_bit_identical() {
+    matches_transformers_and_exports_back(
+        &gguf_path(env!("QLORA_TEST_GEMMA3_GGUF")),
+        &facts("gemma3_gguf_facts.json"),
+        ("gemma3", "Gemma3ForCausalLM"),
+        &[
+            "sliding_window",
+            "layer_types",
+            "query_pre_attn_scalar",
+            "head_dim",
+            "hidden_activation",
+            "eos_token_id",
+        ],
+    );
+}
+
+/// The checks of the module's header on the GGUF `gguf` of llama.cpp's `arch` (`class` in
+/// transformers), with `extra_keys` of config.json equal to transformers' too.
+fn matches_transformers_and_exports_back(
+    gguf: &Path,
+    facts: &Value,
+    (arch, class): (&str, &str),
+    extra_keys: &[&str],
+) {
     assert_eq!(
-        GgufFile::open(&gguf)
+        GgufFile::open(gguf)
             .unwrap()
             .string("general.architecture")
             .unwrap(),
-        Some("qwen2")
+        Some(arch)
     );
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("qwen");
-    f32_import(&gguf, &dir);
+    let dir = tmp.path().join("model");
+    f32_import(gguf, &dir);
 
     // config.json: the keys transformers derives from the metadata.
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let theirs = &facts["config"];
-    for key in [
-        "model_type",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "max_position_embeddings",
-        "vocab_size",
-        "tie_word_embeddings",
-        "use_sliding_window",
-        "sliding_window",
-        "bos_token_id",
-        "eos_token_id",
-        "pad_token_id",
-        "hidden_act",
-    ] {
+    for key in CONFIG_KEYS.iter().chain(extra_keys) {
         assert_eq!(config[key], theirs[key], "config.json `{key}`");
     }
-    assert_eq!(config["architectures"][0], "Qwen2ForCausalLM");
+    assert_eq!(config["architectures"][0], class);
 
     let tokenizer = Tokenizer::load(&dir).unwrap();
     for (text, expected) in facts["tokenizer_cases"].as_object().unwrap() {
-        let got = tokenizer.encode(text, true).unwrap();
+        let got = tokenizer.encode(text, false).unwrap();
         assert_eq!(got, ids(expected), "ids of {text:?}");
         assert_eq!(tokenizer.decode(&got, false).unwrap(), *text, "round trip");
     }
-    let content = facts["chat_messages"][0]["content"].as_str().unwrap();
-    let prompt = tokenizer
-        .apply_chat_template(&[Message::new("user", content)], true)
-        .unwrap();
+    // The chat template's prompt, or (a file without one) the facts' plain prompt, with BOS.
+    let prompt = match facts["chat_messages"][0]["content"].as_str() {
+        Some(content) => tokenizer
+            .apply_chat_template(&[Message::new("user", content)], true)
+            .unwrap(),
+        None => facts["chat_prompt"].as_str().unwrap().to_string(),
+    };
     assert_eq!(prompt, facts["chat_prompt"].as_str().unwrap());
     let prompt_ids = tokenizer.encode(&prompt, true).unwrap();
     assert_eq!(prompt_ids, ids(&facts["chat_prompt_ids"]));
@@ -162,7 +210,7 @@ fn qwen25_gguf_matches_transformers_and_exports_back_bit_identical() {
     drop(model);
 
     // An f32 export imports back bit-identical.
-    let exported = tmp.path().join("qwen-f32.gguf");
+    let exported = tmp.path().join("model-f32.gguf");
     let options = ExportOptions {
         kind: GgufType::F32,
         base: None,
