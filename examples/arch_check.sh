@@ -5,7 +5,8 @@
 #      (datasets/identity_eval.jsonl rendered by the model's chat template, every token
 #      scored) against transformers' loss on the GGUF itself (`gguf_file=`, float32);
 #   2. a short QLoRA run (NF4 base, r 16, packing) on datasets/identity_train.jsonl: the
-#      held-out loss before and after;
+#      held-out loss before and after (a base model without a chat template: on plain
+#      transcripts of the conversations, see examples/chat_as_text.py);
 #   3. the adapter loaded by peft on transformers' model of the imported directory: its loss
 #      against `qlora eval --adapter` (16-bit base, float32).
 # Each comparison prints its relative difference; the script fails when one exceeds 1e-4 or
@@ -40,8 +41,16 @@ evaluate() { qlora eval --model "$WORK/model" --bits "$1" --data "$WORK/eval_tex
 base=$(evaluate 16)
 base_nf4=$(evaluate 4)
 
+# A model with a chat template trains on the conversations; one without (a base model) on
+# their plain transcripts.
+if grep -q '"chat_template"' "$WORK/model/tokenizer_config.json"; then
+  train_data=(--format messages --data datasets/identity_train.jsonl)
+else
+  "$PEER_PY" examples/chat_as_text.py "$WORK/model" datasets/identity_train.jsonl "$WORK/train_text.jsonl" 2>/dev/null
+  train_data=(--format text --data "$WORK/train_text.jsonl")
+fi
 start=$SECONDS
-qlora train --model "$WORK/model" --format messages --data datasets/identity_train.jsonl \
+qlora train --model "$WORK/model" "${train_data[@]}" \
   --out "$WORK/adapter" --rank 16 --alpha 32 --lr 1e-3 --batch-size 2 --grad-accum 1 \
   --max-seq-len 512 --max-steps "$STEPS" --logging-steps 1000 --save-steps 100000 2>/dev/null
 train_s=$((SECONDS - start))
