@@ -70,7 +70,8 @@ texts = [json.loads(l)["text"] for l in open(f"{work}/eval_text.jsonl")]
 def loss(model, tok):
     total, count = 0.0, 0
     for text in texts:
-        ids = tok(text, return_tensors="pt", add_special_tokens=False).input_ids
+        # With the special tokens (BOS) the tokenizer adds, as `qlora eval --format text` does.
+        ids = tok(text, return_tensors="pt").input_ids
         with torch.no_grad():
             total += model(ids, labels=ids).loss.item() * (ids.shape[1] - 1)
         count += ids.shape[1] - 1

@@ -17,6 +17,7 @@ mod projection;
 mod rope;
 mod spec;
 pub mod tensors;
+mod windows;
 
 pub use arch::Architecture;
 pub use hf::{HfConfig, OneOrMany};

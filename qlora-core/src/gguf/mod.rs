@@ -5,6 +5,7 @@ pub mod blocks;
 pub mod cache;
 pub mod config;
 pub mod file;
+mod gemma_tokenizer;
 pub mod import;
 pub mod keys;
 pub mod kquants;

@@ -144,12 +144,15 @@ fn gated(gate: FlexTensor, up: FlexTensor, span: fn(&mut [f32], &[f32], &[f32]))
     FlexTensor::from_data(burn::tensor::TensorData::new(out, shape))
 }
 
+/// A gated activation's backward span: `(d_gate, d_up, gate, up, dz)`.
+type BackwardSpan = fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32]);
+
 /// The gradients of a gated activation by `span`.
 fn gated_backward(
     gate: FlexTensor,
     up: FlexTensor,
     dz: FlexTensor,
-    span: fn(&mut [f32], &mut [f32], &[f32], &[f32], &[f32]),
+    span: BackwardSpan,
 ) -> (FlexTensor, FlexTensor) {
     let shape = gate.shape();
     let (g, u, dz) = (floats(&gate), floats(&up), floats(&dz));
