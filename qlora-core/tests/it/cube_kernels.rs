@@ -127,6 +127,8 @@ fn elementwise_kernels_match_cpu() {
         let qt = t(&x, [rows, heads * dim], device);
         let ut = t(&up, [rows, hidden], device);
         let (dg, du) = ops::swiglu_backward(xt.clone(), ut.clone(), dyt.clone());
+        let (eg, eu) = ops::geglu_backward(xt.clone(), ut.clone(), dyt.clone());
+        let geglu = vec(ops::geglu(xt.clone(), ut.clone()));
         [
             vec(ops::rms_norm(xt.clone(), &wt, 1e-5)),
             vec(ops::rms_norm_backward(xt.clone(), &wt, 1e-5, dyt)),
@@ -135,6 +137,9 @@ fn elementwise_kernels_match_cpu() {
             vec(ops::swiglu(xt, ut)),
             vec(dg),
             vec(du),
+            geglu,
+            vec(eg),
+            vec(eu),
         ]
     };
     let (cpu, gpu) = (run(&Device::flex()), run(&gpu()));
@@ -146,6 +151,9 @@ fn elementwise_kernels_match_cpu() {
         "swiglu",
         "swiglu dgate",
         "swiglu dup",
+        "geglu",
+        "geglu dgate",
+        "geglu dup",
     ];
     for (name, (got, want)) in names.iter().zip(gpu.iter().zip(&cpu)) {
         assert_close(name, got, want, 1e-5);

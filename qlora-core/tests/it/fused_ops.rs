@@ -115,25 +115,38 @@ fn rope_forward_and_its_inverse_rotation_as_backward() {
 
 #[test]
 fn swiglu_forward_and_backward() {
+    gated_forward_and_backward("swiglu", ops::swiglu, ops::swiglu_backward);
+}
+
+#[test]
+fn geglu_forward_and_backward() {
+    gated_forward_and_backward("geglu", ops::geglu, ops::geglu_backward);
+}
+
+type Gated = fn(Tensor<2>, Tensor<2>) -> Tensor<2>;
+type GatedBackward = fn(Tensor<2>, Tensor<2>, Tensor<2>) -> (Tensor<2>, Tensor<2>);
+
+/// A gated activation's CPU kernel against its tensor-op form through autodiff, and its
+/// gradient with respect to the gate against central differences.
+fn gated_forward_and_backward(name: &str, forward: Gated, backward: GatedBackward) {
     let (cpu, ad) = (Device::flex(), Device::flex().autodiff());
     let shape = [6, 40];
     let n = 240;
     let (g, u, dz) = (values(n, 7, 4.0), values(n, 8, 2.0), values(n, 9, 1.0));
-    let fast = vec(ops::swiglu(t(&g, shape, &cpu), t(&u, shape, &cpu)));
+    let fast = vec(forward(t(&g, shape, &cpu), t(&u, shape, &cpu)));
     let (ga, ua) = (
         t(&g, shape, &ad).require_grad(),
         t(&u, shape, &ad).require_grad(),
     );
-    let reference = ops::swiglu(ga.clone(), ua.clone());
+    let reference = forward(ga.clone(), ua.clone());
     assert_close("forward", &fast, &vec(reference.clone()), 1e-6);
     let grads = (reference * t(&dz, shape, &ad)).sum().backward();
-    let (dg, du) =
-        ops::swiglu_backward(t(&g, shape, &cpu), t(&u, shape, &cpu), t(&dz, shape, &cpu));
+    let (dg, du) = backward(t(&g, shape, &cpu), t(&u, shape, &cpu), t(&dz, shape, &cpu));
     let (dg, du) = (vec(dg), vec(du));
     assert_close("d gate", &dg, &vec(ga.grad(&grads).unwrap()), 1e-5);
     assert_close("d up", &du, &vec(ua.grad(&grads).unwrap()), 1e-6);
-    check_central("swiglu gate", &g, &dg, |g| {
-        weighted_sum(ops::swiglu(t(g, shape, &cpu), t(&u, shape, &cpu)), &dz)
+    check_central(&format!("{name} gate"), &g, &dg, |g| {
+        weighted_sum(forward(t(g, shape, &cpu), t(&u, shape, &cpu)), &dz)
     });
 }
 
