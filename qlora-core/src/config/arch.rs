@@ -243,13 +243,14 @@ impl Architecture {
                 spec.norm = NormForm::OnePlusWeight;
                 spec.embedding_scale = Some((raw.hidden_size as f64).sqrt());
                 let key = "query_pre_attn_scalar";
-                let scalar =
-                    match &raw.query_pre_attn_scalar {
-                        None => None,
-                        Some(v) => Some(v.as_f64().ok_or_else(|| {
-                            Error::key(file, key, format!("{v} must be a number"))
-                        })?),
-                    };
+                let scalar = raw
+                    .query_pre_attn_scalar
+                    .as_ref()
+                    .map(|v| {
+                        v.as_f64()
+                            .ok_or_else(|| Error::key(file, key, format!("{v} must be a number")))
+                    })
+                    .transpose()?;
                 let scalar = positive(scalar, 256.0, key, file)?;
                 spec.attention_scale = scalar.powf(-0.5);
                 spec.attention_softcap =

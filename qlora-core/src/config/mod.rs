@@ -25,6 +25,7 @@ pub use projection::Projection;
 pub use rope::{RopeConfig, RopeScaling};
 pub use spec::{Activation, DecoderSpec, LayerSpec, NormForm, RopeKind};
 pub use tensors::{ModelTensor, Rotary};
+pub use windows::slides_in_pattern;
 
 /// The name of a model directory's configuration.
 pub const CONFIG_FILE: &str = "config.json";

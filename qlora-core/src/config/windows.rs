@@ -15,7 +15,7 @@ pub(super) fn gemma_windows(raw: &HfConfig, file: &Path) -> Result<Vec<Option<us
     let layers = raw.num_hidden_layers;
     let window = window_or_default(raw, file)?;
     let sliding = match &raw.layer_types {
-        Some(_) => layer_types(raw, file)?,
+        Some(types) => layer_types(raw, types, file)?,
         None => {
             let pattern = raw.sliding_window_pattern.unwrap_or(6);
             if pattern == 0 {
@@ -25,7 +25,7 @@ pub(super) fn gemma_windows(raw: &HfConfig, file: &Path) -> Result<Vec<Option<us
                     "must be positive",
                 ));
             }
-            (0..layers).map(|i| (i + 1) % pattern != 0).collect()
+            (0..layers).map(|i| slides_in_pattern(i, pattern)).collect()
         }
     };
     Ok(sliding
@@ -34,10 +34,14 @@ pub(super) fn gemma_windows(raw: &HfConfig, file: &Path) -> Result<Vec<Option<us
         .collect())
 }
 
-/// `layer_types`: for each layer, whether it slides.
-fn layer_types(raw: &HfConfig, file: &Path) -> Result<Vec<bool>> {
+/// Whether `layer` slides in Gemma's pattern: all but every `pattern`-th layer.
+pub fn slides_in_pattern(layer: usize, pattern: usize) -> bool {
+    (layer + 1) % pattern != 0
+}
+
+/// `layer_types` (`types`): for each layer, whether it slides.
+fn layer_types(raw: &HfConfig, types: &[String], file: &Path) -> Result<Vec<bool>> {
     let layers = raw.num_hidden_layers;
-    let types = raw.layer_types.as_deref().unwrap_or_default();
     if types.len() != layers {
         return Err(Error::key(
             file,
@@ -85,7 +89,7 @@ pub(super) fn qwen_windows(raw: &HfConfig, file: &Path) -> Result<Vec<Option<usi
     }
     let window = window_or_default(raw, file)?;
     let sliding: Vec<bool> = match &raw.layer_types {
-        Some(_) => layer_types(raw, file)?,
+        Some(types) => layer_types(raw, types, file)?,
         None => {
             let first = raw.max_window_layers.unwrap_or(28);
             (0..layers)

@@ -20,11 +20,11 @@ use types::{TensorRole, encode, tensor_type};
 use writer::{MetaValue, TensorEntry, write_gguf};
 
 use crate::config::tensors::{Crossing, gguf_name};
-use crate::config::{Architecture, ModelConfig, Projection, RopeScaling};
+use crate::config::{Architecture, ModelConfig, Projection, RopeScaling, slides_in_pattern};
 use crate::error::{Error, Result};
 use crate::gguf::blocks::type_name;
 use crate::gguf::config::{
-    GEMMA3_27B_LAYERS, GEMMA3_LOCAL_ROPE_THETA, GEMMA3_PATTERN, Llama3Rope, ROPE_FREQS_TENSOR,
+    GEMMA3_LOCAL_ROPE_THETA, GEMMA3_PATTERN, Llama3Rope, ROPE_FREQS_TENSOR, gemma3_query_scalar,
     llama3_divisors,
 };
 use crate::gguf::import::permute_rows;
@@ -123,7 +123,7 @@ fn gemma3_layout(config: &ModelConfig, file: &Path) -> Result<Option<usize>> {
     let spec = &config.spec;
     let window = spec.layers.iter().find_map(|l| l.window);
     for (i, layer) in spec.layers.iter().enumerate() {
-        let expected = window.filter(|_| (i + 1) % GEMMA3_PATTERN != 0);
+        let expected = window.filter(|_| slides_in_pattern(i, GEMMA3_PATTERN));
         if layer.window != expected {
             return Err(Error::key(
                 file,
@@ -144,11 +144,12 @@ fn gemma3_layout(config: &ModelConfig, file: &Path) -> Result<Option<usize>> {
             ),
         ));
     }
-    let scalar = if config.num_hidden_layers == GEMMA3_27B_LAYERS {
-        config.hidden_size / config.num_attention_heads
-    } else {
-        config.head_dim
-    };
+    let scalar = gemma3_query_scalar(
+        config.num_hidden_layers,
+        config.hidden_size,
+        config.num_attention_heads,
+        config.head_dim,
+    );
     if spec.attention_scale != (scalar as f64).powf(-0.5) {
         return Err(Error::key(
             file,

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 use super::file::GgufFile;
 use super::keys;
 use crate::FloatDtype;
-use crate::config::{Architecture, HfConfig, OneOrMany};
+use crate::config::{Architecture, HfConfig, OneOrMany, slides_in_pattern};
 use crate::error::{Error, Result};
 
 /// llama.cpp's tensor of per-frequency RoPE divisors, written for Llama 3.1/3.2 scaling.
@@ -143,7 +143,7 @@ fn gemma3(gguf: &GgufFile, config: &mut HfConfig, heads: usize, head_dim: usize)
     config.layer_types = Some(
         (0..layers)
             .map(|i| {
-                if window.is_some() && (i + 1) % GEMMA3_PATTERN != 0 {
+                if window.is_some() && slides_in_pattern(i, GEMMA3_PATTERN) {
                     "sliding_attention".into()
                 } else {
                     "full_attention".into()
@@ -152,12 +152,23 @@ fn gemma3(gguf: &GgufFile, config: &mut HfConfig, heads: usize, head_dim: usize)
             .collect(),
     );
     config.rope_local_base_freq = Some(GEMMA3_LOCAL_ROPE_THETA);
-    config.query_pre_attn_scalar = Some(json!(if layers == GEMMA3_27B_LAYERS {
-        config.hidden_size / heads
+    config.query_pre_attn_scalar = Some(json!(gemma3_query_scalar(
+        layers,
+        config.hidden_size,
+        heads,
+        head_dim
+    )));
+    Ok(())
+}
+
+/// The `query_pre_attn_scalar` llama.cpp's `gemma3` scales scores by (`1/sqrt` of it):
+/// `head_dim`, or `hidden / heads` for the 62 layers of the 27B model.
+pub fn gemma3_query_scalar(layers: usize, hidden: usize, heads: usize, head_dim: usize) -> usize {
+    if layers == GEMMA3_27B_LAYERS {
+        hidden / heads
     } else {
         head_dim
-    }));
-    Ok(())
+    }
 }
 
 /// Every this-many-th layer of llama.cpp's `gemma3` is global, the others slide.
@@ -165,7 +176,7 @@ pub const GEMMA3_PATTERN: usize = 6;
 /// The RoPE base llama.cpp's `gemma3` gives its sliding layers.
 pub const GEMMA3_LOCAL_ROPE_THETA: f64 = 10000.0;
 /// The layers of Gemma 3 27B, whose scores llama.cpp scales by `1/sqrt(hidden/heads)`.
-pub const GEMMA3_27B_LAYERS: usize = 62;
+const GEMMA3_27B_LAYERS: usize = 62;
 
 /// `rope_scaling` for config.json: linear scaling from metadata, or the Llama 3 frequency
 /// scaling recovered from llama.cpp's `rope_freqs` tensor (`None`: no scaling).

@@ -53,6 +53,7 @@ const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{
 /// The tokenizer files transformers makes of the GGUF's `tokenizer.*` metadata.
 pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
     let path = gguf.path();
+    let (arch, arch_name) = architecture(gguf)?;
     let model = gguf
         .string(keys::TOKENIZER_MODEL)?
         .ok_or_else(|| Error::key(path, keys::TOKENIZER_MODEL, "missing metadata"))?;
@@ -92,7 +93,7 @@ pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
 
     let (mut tokenizer, default_add_bos) = match model {
         "gpt2" => (byte_level_bpe(gguf, &tokens)?, false),
-        "llama" if architecture(gguf)?.0 == Architecture::Gemma3 => {
+        "llama" if arch == Architecture::Gemma3 => {
             (super::gemma_tokenizer::gemma_bpe(gguf, &tokens, unk)?, true)
         }
         "llama" => (sentencepiece_bpe(gguf, &tokens, &types, unk)?, true),
@@ -162,7 +163,7 @@ pub fn tokenizer_files(gguf: &GgufFile) -> Result<TokenizerFiles> {
         "add_bos_token": add_bos,
         "add_eos_token": add_eos,
         "clean_up_tokenization_spaces": false,
-        "model_max_length": gguf.usize(&keys::arch(keys::CONTEXT_LENGTH, architecture(gguf)?.1))?.unwrap_or(2048),
+        "model_max_length": gguf.usize(&keys::arch(keys::CONTEXT_LENGTH, arch_name))?.unwrap_or(2048),
     });
     for (key, id) in [
         ("bos_token", bos),
