@@ -36,7 +36,7 @@ pub(super) fn gemma_windows(raw: &HfConfig, file: &Path) -> Result<Vec<Option<us
 
 /// Whether `layer` slides in Gemma's pattern: all but every `pattern`-th layer.
 pub fn slides_in_pattern(layer: usize, pattern: usize) -> bool {
-    (layer + 1) % pattern != 0
+    !(layer + 1).is_multiple_of(pattern)
 }
 
 /// `layer_types` (`types`): for each layer, whether it slides.
