@@ -9,7 +9,8 @@ It writes, next to this script:
 - tiny-ARCH/: the model (`save_pretrained`), tiny-llama's fixture tokenizer, `adapter/` (a PEFT
   LoRA adapter, r 4, alpha 8, on every linear layer, random non-zero A and B) and
   `reference.safetensors`: `input_ids` [2,16]; `logits`, `loss` of the model (labels =
-  input_ids, eager attention); `lora_logits`, `lora_loss` with the adapter;
+  input_ids, eager attention); for phi3 `short_logits` of the first 8 tokens (LongRoPE's
+  short factors); `lora_logits`, `lora_loss` with the adapter;
   `grad.MODULE.lora_A|lora_B`, the gradients of `lora_loss`; `merged_logits`, `merged_loss`
   after peft's `merge_and_unload()`;
 - tiny-ARCH-bnb-nf4/: the model loaded by transformers with bitsandbytes NF4 double
@@ -94,8 +95,27 @@ ARCHS = {
             "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
         },
     ),
+    # Phi-3: fused qkv_proj and gate_up_proj, LongRoPE on half of every head (partial rotary
+    # factor 0.5) with a pretraining length of 8, so the 16-token sequences use the long
+    # factors and their first 8 tokens (`short_logits`) the short ones; a sliding window of 6
+    # keys on every layer; untied head.
+    "phi3": lambda: transformers.Phi3Config(
+        **COMMON,
+        tie_word_embeddings=False,
+        original_max_position_embeddings=8,
+        rope_parameters={
+            "rope_type": "longrope",
+            "rope_theta": 10000.0,
+            "partial_rotary_factor": 0.5,
+            "short_factor": [1.0, 1.3, 2.1, 3.7],
+            "long_factor": [1.1, 2.9, 7.5, 19.0],
+        },
+        sliding_window=6,
+    ),
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# PEFT's names of Phi-3's (fused) linears.
+FUSED_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 
 
 def main(arch):
@@ -125,9 +145,11 @@ def main(arch):
     input_ids = torch.randint(3, 1024, (2, 16), generator=gen)
     with torch.no_grad():
         base = model(input_ids, labels=input_ids)
+        short = model(input_ids[:, :8]).logits
 
+    targets = FUSED_TARGETS if arch == "phi3" else TARGETS
     lora = peft.LoraConfig(
-        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=TARGETS, init_lora_weights=False
+        r=4, lora_alpha=8, lora_dropout=0.0, target_modules=targets, init_lora_weights=False
     )
     tuned = peft.get_peft_model(model, lora)
     torch.manual_seed(2)
@@ -146,6 +168,8 @@ def main(arch):
         "lora_logits": result.logits.detach().contiguous(),
         "lora_loss": result.loss.detach().reshape(1),
     }
+    if arch == "phi3":
+        tensors["short_logits"] = short.contiguous()
     for name, p in tuned.named_parameters():
         if "lora_" in name:
             # base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight

@@ -5,10 +5,11 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::Projection;
 use super::hf::HfConfig;
 use super::spec::{Activation, DecoderSpec, LayerSpec, NormForm, RopeKind};
 use super::tensors::{ModelTensor, Rotary};
-use super::windows::{gemma_windows, qwen_windows, window_or_default};
+use super::windows::{gemma_windows, qwen_windows, window_or_default, window_or_none};
 use crate::error::{Error, Result};
 
 /// A model family.
@@ -28,6 +29,11 @@ pub enum Architecture {
     /// heads, GeGLU, scaled embeddings, `query_pre_attn_scalar`, local sliding-window layers
     /// with a RoPE base of their own between global ones.
     Gemma3,
+    /// `Phi3ForCausalLM` (Phi-3, Phi-3.5, Phi-4-mini): LLaMA's layer with the query, key and
+    /// value projections fused into `qkv_proj` and the gate and up projections into
+    /// `gate_up_proj`, LongRoPE, a partial rotary factor, a sliding window on every layer
+    /// where `sliding_window` sets one.
+    Phi3,
 }
 
 /// The tensors of a LLaMA layer.
@@ -76,14 +82,44 @@ const GEMMA3_LAYER: [ModelTensor; 13] = [
     ModelTensor::FfnPostNorm,
 ];
 
+/// The tensors of a Phi-3 layer: LLaMA's with the fused projections.
+const PHI3_LAYER: [ModelTensor; 6] = [
+    ModelTensor::AttnNorm,
+    ModelTensor::AttnQkv,
+    ModelTensor::AttnOutput,
+    ModelTensor::FfnNorm,
+    ModelTensor::FfnGateUp,
+    ModelTensor::FfnDown,
+];
+
+/// LLaMA's seven projections.
+const SPLIT: [Projection; 7] = [
+    Projection::Q,
+    Projection::K,
+    Projection::V,
+    Projection::O,
+    Projection::Gate,
+    Projection::Up,
+    Projection::Down,
+];
+
+/// Phi-3's four.
+const FUSED: [Projection; 4] = [
+    Projection::Qkv,
+    Projection::O,
+    Projection::GateUp,
+    Projection::Down,
+];
+
 impl Architecture {
     /// Every family, in the order messages list them.
-    pub const ALL: [Architecture; 5] = [
+    pub const ALL: [Architecture; 6] = [
         Architecture::Llama,
         Architecture::Mistral,
         Architecture::Qwen2,
         Architecture::Qwen3,
         Architecture::Gemma3,
+        Architecture::Phi3,
     ];
 
     /// The transformers class: `LlamaForCausalLM`.
@@ -94,6 +130,7 @@ impl Architecture {
             Architecture::Qwen2 => "Qwen2ForCausalLM",
             Architecture::Qwen3 => "Qwen3ForCausalLM",
             Architecture::Gemma3 => "Gemma3ForCausalLM",
+            Architecture::Phi3 => "Phi3ForCausalLM",
         }
     }
 
@@ -105,6 +142,7 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
             Architecture::Gemma3 => "gemma3_text",
+            Architecture::Phi3 => "phi3",
         }
     }
 
@@ -116,6 +154,7 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
             Architecture::Gemma3 => "gemma3",
+            Architecture::Phi3 => "phi3",
         }
     }
 
@@ -169,7 +208,23 @@ impl Architecture {
             Architecture::Llama | Architecture::Mistral | Architecture::Qwen2 => &LLAMA_LAYER,
             Architecture::Qwen3 => &QWEN3_LAYER,
             Architecture::Gemma3 => &GEMMA3_LAYER,
+            Architecture::Phi3 => &PHI3_LAYER,
         }
+    }
+
+    /// The linear projections of each layer, in checkpoint order: LLaMA's seven, or Phi-3's
+    /// four with fused ones.
+    pub fn projections(self) -> &'static [Projection] {
+        match self {
+            Architecture::Phi3 => &FUSED,
+            _ => &SPLIT,
+        }
+    }
+
+    /// The projection names of the family, comma-separated, for messages.
+    pub fn projection_names(self) -> String {
+        let names: Vec<&str> = self.projections().iter().map(|p| p.name()).collect();
+        names.join(", ")
     }
 
     /// `rope_theta` when `config.json` does not give it (Gemma3TextConfig's global base).
@@ -205,14 +260,10 @@ impl Architecture {
             .unwrap_or(self == Architecture::Gemma3);
         spec.activation = self.activation(raw, file)?;
         let attention = raw.attention_bias;
+        let mlp = raw.mlp_bias;
+        // In Projection::ALL order: q, k, v, qkv, o, gate, up, gate_up, down.
         spec.bias = [
-            attention,
-            attention,
-            attention,
-            attention,
-            raw.mlp_bias,
-            raw.mlp_bias,
-            raw.mlp_bias,
+            attention, attention, attention, attention, attention, mlp, mlp, mlp, mlp,
         ];
         let windows: Vec<Option<usize>> = match self {
             // Not a key of LlamaConfig: transformers ignores it, and so do we.
@@ -224,11 +275,11 @@ impl Architecture {
             Architecture::Qwen2 => {
                 // Qwen2's q/k/v projections always have a bias, its others never (not keys
                 // of Qwen2Config).
-                spec.bias = [true, true, true, false, false, false, false];
+                spec.bias = [true, true, true, false, false, false, false, false, false];
                 qwen_windows(raw, file)?
             }
             Architecture::Qwen3 => {
-                spec.bias[4..].fill(false);
+                spec.bias[Projection::O as usize..].fill(false);
                 qwen_windows(raw, file)?
             }
             Architecture::Gemma3 => {
@@ -239,7 +290,7 @@ impl Architecture {
                         "bidirectional (embedding) Gemma models are not supported",
                     ));
                 }
-                spec.bias[4..].fill(false);
+                spec.bias[Projection::O as usize..].fill(false);
                 spec.norm = NormForm::OnePlusWeight;
                 spec.embedding_scale = Some((raw.hidden_size as f64).sqrt());
                 let key = "query_pre_attn_scalar";
@@ -263,12 +314,19 @@ impl Architecture {
                 spec.local_rope_theta = Some(local_rope_theta(raw, file)?);
                 gemma_windows(raw, file)?
             }
+            Architecture::Phi3 => {
+                // Not keys of Phi3Config: no biases.
+                spec.bias = [false; 9];
+                vec![window_or_none(raw, file)?; layers]
+            }
         };
         let tensors = self.layer_tensors();
         // The per-head norms and the norms after the attention and the MLP are there when the
         // family's layers have their tensors.
         spec.qk_norm = tensors.contains(&ModelTensor::AttnQNorm);
         spec.sandwich_norms = tensors.contains(&ModelTensor::AttnPostNorm);
+        spec.fused_qkv = tensors.contains(&ModelTensor::AttnQkv);
+        spec.fused_gate_up = tensors.contains(&ModelTensor::FfnGateUp);
         let local = spec.local_rope_theta.is_some();
         for (layer, window) in spec.layers.iter_mut().zip(windows) {
             *layer = LayerSpec {

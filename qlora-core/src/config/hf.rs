@@ -149,6 +149,14 @@ pub struct HfConfig {
     /// A multimodal model's vision tower (Gemma3ForConditionalGeneration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vision_config: Option<Value>,
+    /// Phi-3: the context length of pretraining, which LongRoPE's long factors extend
+    /// (taking precedence over the one in `rope_scaling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub original_max_position_embeddings: Option<usize>,
+    /// The fraction of every head the rotary embedding rotates (Phi-4-mini: 0.75); the older
+    /// place of `rope_parameters.partial_rotary_factor`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
     /// Whether generation keeps a key/value cache.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub use_cache: Option<bool>,

@@ -206,15 +206,18 @@ impl ModelConfig {
         // Per layer type (Gemma 3 in transformers 5): the global layers' parameters; the
         // architecture reads the sliding layers'.
         let parameters = raw.rope_parameters.as_ref();
-        let rope = rope::parse_rope(
-            raw.rope_theta,
-            raw.rope_scaling.as_ref(),
-            parameters
+        let keys = rope::RopeKeys {
+            rope_theta: raw.rope_theta,
+            rope_scaling: raw.rope_scaling.as_ref(),
+            rope_parameters: parameters
                 .and_then(|p| p.get("full_attention"))
                 .or(parameters),
-            architecture.default_rope_theta(),
-            file,
-        )?;
+            partial_rotary_factor: raw.partial_rotary_factor,
+            original_max_position_embeddings: raw.original_max_position_embeddings,
+            max_position_embeddings: raw.max_position_embeddings,
+            head_dim,
+        };
+        let rope = rope::parse_rope(&keys, architecture.default_rope_theta(), file)?;
         let dtype_name = raw.dtype.as_ref().or(raw.torch_dtype.as_ref());
         let dtype = match dtype_name {
             Some(name) => Some(FloatDtype::from_torch_name(name).ok_or_else(|| {
@@ -280,17 +283,34 @@ impl ModelConfig {
         match p {
             Projection::Q => [q, h],
             Projection::K | Projection::V => [kv, h],
+            Projection::Qkv => [q + 2 * kv, h],
             Projection::O => [h, q],
             Projection::Gate | Projection::Up => [i, h],
+            Projection::GateUp => [2 * i, h],
             Projection::Down => [h, i],
         }
     }
 
-    /// The checkpoint names and shapes of the seven projection weights of decoder layer `layer`.
+    /// The outputs a fused projection stacks, in row order (`q, k, v`; `gate, up`), or
+    /// the projection itself.
+    pub fn projection_parts(&self, p: Projection) -> Vec<(Projection, usize)> {
+        let parts: &[Projection] = match p {
+            Projection::Qkv => &[Projection::Q, Projection::K, Projection::V],
+            Projection::GateUp => &[Projection::Gate, Projection::Up],
+            _ => return vec![(p, self.projection_shape(p)[0])],
+        };
+        parts
+            .iter()
+            .map(|&part| (part, self.projection_shape(part)[0]))
+            .collect()
+    }
+
+    /// The checkpoint names and shapes of the projection weights of decoder layer `layer`.
     pub fn linear_shapes(&self, layer: usize) -> Vec<(String, [usize; 2])> {
-        Projection::ALL
-            .into_iter()
-            .map(|p| (p.weight_name(layer), self.projection_shape(p)))
+        self.architecture
+            .projections()
+            .iter()
+            .map(|&p| (p.weight_name(layer), self.projection_shape(p)))
             .collect()
     }
 }
@@ -311,13 +331,7 @@ mod tests {
     fn rope_forms() {
         let c = parse("").unwrap();
         assert_eq!(c.head_dim, 4);
-        assert_eq!(
-            c.rope,
-            RopeConfig {
-                theta: 10000.0,
-                scaling: RopeScaling::Default
-            }
-        );
+        assert_eq!(c.rope, RopeConfig::plain(10000.0));
         let c = parse(r#", "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"}"#)
             .unwrap();
         assert_eq!(c.rope.theta, 500000.0);

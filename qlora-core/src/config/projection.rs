@@ -1,9 +1,11 @@
-//! The seven linear projections of a decoder layer, what LoRA adapts: their names as PEFT's
-//! `target_modules` write them, and their tensors in the model's table.
+//! The linear projections of a decoder layer, what LoRA adapts: their names as PEFT's
+//! `target_modules` write them, and their tensors in the model's table. LLaMA's layer has
+//! seven; Phi-3's fuses the query, key and value projections into one and the gate and up
+//! projections into another ([`super::Architecture::projections`]).
 
 use super::tensors::ModelTensor;
 
-/// The seven linear projections of a decoder layer, in checkpoint (and PEFT) order.
+/// The linear projections of a decoder layer, in checkpoint (and PEFT) order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Projection {
     /// Queries.
@@ -12,27 +14,56 @@ pub enum Projection {
     K,
     /// Values.
     V,
+    /// Queries, keys and values in one (Phi-3's `qkv_proj`: their rows stacked).
+    Qkv,
     /// The attention's output.
     O,
     /// The MLP's gate.
     Gate,
     /// The MLP's up projection.
     Up,
+    /// The gate and up projections in one (Phi-3's `gate_up_proj`: gate rows, then up rows).
+    GateUp,
     /// The MLP's down projection.
     Down,
 }
 
 impl Projection {
-    /// All seven, in checkpoint order.
-    pub const ALL: [Projection; 7] = [
+    /// Every projection any family has, in checkpoint order.
+    pub const ALL: [Projection; 9] = [
         Projection::Q,
         Projection::K,
         Projection::V,
+        Projection::Qkv,
         Projection::O,
         Projection::Gate,
         Projection::Up,
+        Projection::GateUp,
         Projection::Down,
     ];
+
+    /// Where the projection sits among LLaMA's seven (a fused one where its first part does):
+    /// what numbers an adapter within its layer, so LLaMA's numbering stays as it was.
+    pub fn slot(self) -> usize {
+        match self {
+            Projection::Q | Projection::Qkv => 0,
+            Projection::K => 1,
+            Projection::V => 2,
+            Projection::O => 3,
+            Projection::Gate | Projection::GateUp => 4,
+            Projection::Up => 5,
+            Projection::Down => 6,
+        }
+    }
+
+    /// Slots of a layer's adapters ([`Projection::slot`]).
+    pub const SLOTS: usize = 7;
+
+    /// The number of the projection's adapter in `layer` (what its dropout stream is drawn
+    /// by): the model's linears numbered in order, whether adapted or not.
+    pub fn adapter_key(self, layer: usize) -> u64 {
+        (layer * Self::SLOTS + self.slot()) as u64
+    }
 
     /// The name PEFT's `target_modules` use: `q_proj`, ..., `down_proj`.
     pub fn name(self) -> &'static str {
@@ -45,9 +76,11 @@ impl Projection {
             Projection::Q => ModelTensor::AttnQ,
             Projection::K => ModelTensor::AttnK,
             Projection::V => ModelTensor::AttnV,
+            Projection::Qkv => ModelTensor::AttnQkv,
             Projection::O => ModelTensor::AttnOutput,
             Projection::Gate => ModelTensor::FfnGate,
             Projection::Up => ModelTensor::FfnUp,
+            Projection::GateUp => ModelTensor::FfnGateUp,
             Projection::Down => ModelTensor::FfnDown,
         }
     }

@@ -1,5 +1,5 @@
 //! Rotary embedding settings of `config.json`: `rope_theta` with `rope_scaling`, or the newer
-//! `rope_parameters`.
+//! `rope_parameters`; the part of every head rotated (`partial_rotary_factor`).
 
 use std::path::Path;
 
@@ -29,6 +29,20 @@ pub enum RopeScaling {
         /// The context length the model was pretrained with.
         original_max_position_embeddings: usize,
     },
+    /// LongRoPE (Phi-3): every frequency divided by a factor of its own, the short factors up
+    /// to the pretraining length and the long ones past it (for the whole forward pass, as
+    /// transformers picks them by the pass's last position), and `cos`, `sin` multiplied by
+    /// `attention_factor`.
+    LongRope {
+        /// Divisors of the frequencies up to `original_max_position_embeddings`.
+        short_factor: Vec<f64>,
+        /// Divisors of the frequencies past it.
+        long_factor: Vec<f64>,
+        /// The context length the model was pretrained with.
+        original_max_position_embeddings: usize,
+        /// Multiplies `cos` and `sin`.
+        attention_factor: f64,
+    },
 }
 
 /// The rotary embedding: its base and scaling.
@@ -38,15 +52,51 @@ pub struct RopeConfig {
     pub theta: f64,
     /// How the frequencies are scaled.
     pub scaling: RopeScaling,
+    /// The fraction of every head rotated (its first dimensions); the rest passes through.
+    pub partial_rotary_factor: f64,
+}
+
+impl RopeConfig {
+    /// Plain frequencies of base `theta` over whole heads.
+    pub fn plain(theta: f64) -> Self {
+        RopeConfig {
+            theta,
+            scaling: RopeScaling::Default,
+            partial_rotary_factor: 1.0,
+        }
+    }
+
+    /// The dimensions of a `head_dim` head the rotary embedding rotates (as transformers
+    /// rounds them: down).
+    pub fn rotary_dim(&self, head_dim: usize) -> usize {
+        (head_dim as f64 * self.partial_rotary_factor) as usize
+    }
+}
+
+/// The keys of `config.json` the rotary embedding reads.
+pub(super) struct RopeKeys<'a> {
+    pub rope_theta: Option<f64>,
+    pub rope_scaling: Option<&'a Value>,
+    pub rope_parameters: Option<&'a Value>,
+    /// The top-level `partial_rotary_factor`.
+    pub partial_rotary_factor: Option<f64>,
+    /// The top-level `original_max_position_embeddings` (Phi-3's, which LongRoPE prefers).
+    pub original_max_position_embeddings: Option<usize>,
+    pub max_position_embeddings: usize,
+    pub head_dim: usize,
 }
 
 pub(super) fn parse_rope(
-    rope_theta: Option<f64>,
-    rope_scaling: Option<&Value>,
-    rope_parameters: Option<&Value>,
+    keys: &RopeKeys<'_>,
     default_theta: f64,
     file: &Path,
 ) -> Result<RopeConfig> {
+    let RopeKeys {
+        rope_theta,
+        rope_scaling,
+        rope_parameters,
+        ..
+    } = *keys;
     // Newer files put everything in `rope_parameters`; older ones use `rope_theta` and an
     // optional `rope_scaling` object.
     let (key, params, theta) = match (rope_parameters, rope_scaling) {
@@ -70,10 +120,34 @@ pub(super) fn parse_rope(
             format!("{theta} must be positive"),
         ));
     }
+    let factor_key = format!("{key}.partial_rotary_factor");
+    let partial_rotary_factor = match params.and_then(|p| p.get("partial_rotary_factor")) {
+        Some(v) => Some(
+            v.as_f64()
+                .ok_or_else(|| Error::key(file, &factor_key, format!("{v} must be a number")))?,
+        ),
+        None => keys.partial_rotary_factor,
+    }
+    .unwrap_or(1.0);
+    let rotary_dim = (keys.head_dim as f64 * partial_rotary_factor) as usize;
+    if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0)
+        || rotary_dim == 0
+        || !rotary_dim.is_multiple_of(2)
+    {
+        return Err(Error::key(
+            file,
+            factor_key,
+            format!(
+                "{partial_rotary_factor} must be in (0, 1] and rotate an even number of a \
+                 head's {} dimensions",
+                keys.head_dim
+            ),
+        ));
+    }
     let Some(params) = params else {
         return Ok(RopeConfig {
-            theta,
-            scaling: RopeScaling::Default,
+            partial_rotary_factor,
+            ..RopeConfig::plain(theta)
         });
     };
     let kind = params
@@ -98,13 +172,84 @@ pub(super) fn parse_rope(
             high_freq_factor: number("high_freq_factor")?,
             original_max_position_embeddings: number("original_max_position_embeddings")? as usize,
         },
+        // Phi-3's first checkpoints call it `su`.
+        "longrope" | "su" => long_rope(keys, params, key, rotary_dim, file)?,
         other => {
             return Err(Error::key(
                 file,
                 format!("{key}.rope_type"),
-                format!("`{other}` is not supported (default, linear, llama3)"),
+                format!("`{other}` is not supported (default, linear, llama3, longrope)"),
             ));
         }
     };
-    Ok(RopeConfig { theta, scaling })
+    Ok(RopeConfig {
+        theta,
+        scaling,
+        partial_rotary_factor,
+    })
+}
+
+/// LongRoPE's factors, lengths and attention factor, as transformers derives them: the
+/// pretraining length from the top-level key (Phi-3's) before the object's, `factor` from
+/// the object or the ratio of the two lengths, the attention factor from the object or
+/// `sqrt(1 + ln(factor) / ln(original))`.
+fn long_rope(
+    keys: &RopeKeys<'_>,
+    params: &Value,
+    key: &str,
+    rotary_dim: usize,
+    file: &Path,
+) -> Result<RopeScaling> {
+    let factors = |field: &str| -> Result<Vec<f64>> {
+        let bad = || {
+            Error::key(
+                file,
+                format!("{key}.{field}"),
+                format!("expected {} numbers, one a rotated pair", rotary_dim / 2),
+            )
+        };
+        let values: Vec<f64> = params
+            .get(field)
+            .and_then(Value::as_array)
+            .ok_or_else(bad)?
+            .iter()
+            .map(|v| v.as_f64().filter(|f| f.is_finite() && *f > 0.0))
+            .collect::<Option<_>>()
+            .ok_or_else(bad)?;
+        if values.len() != rotary_dim / 2 {
+            return Err(bad());
+        }
+        Ok(values)
+    };
+    let original = keys
+        .original_max_position_embeddings
+        .or_else(|| {
+            params
+                .get("original_max_position_embeddings")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+        })
+        .unwrap_or(keys.max_position_embeddings);
+    if original == 0 {
+        return Err(Error::key(
+            file,
+            "original_max_position_embeddings",
+            "must be positive",
+        ));
+    }
+    let factor = params
+        .get("factor")
+        .and_then(Value::as_f64)
+        .unwrap_or(keys.max_position_embeddings as f64 / original as f64);
+    let attention_factor = match params.get("attention_factor").and_then(Value::as_f64) {
+        Some(f) => f,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    Ok(RopeScaling::LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_position_embeddings: original,
+        attention_factor,
+    })
 }

@@ -45,7 +45,7 @@ pub struct LayerSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderSpec {
     /// Projections with a bias, in [`Projection::ALL`] order.
-    pub bias: [bool; 7],
+    pub bias: [bool; 9],
     /// RMSNorm of every query and key head (weights `[head_dim]`) before the rotary embedding
     /// (Qwen 3, Gemma 3).
     pub qk_norm: bool,
@@ -81,7 +81,7 @@ impl DecoderSpec {
     /// layers, scores scaled by `1 / sqrt(head_dim)`.
     pub fn llama(layers: usize, head_dim: usize) -> Self {
         DecoderSpec {
-            bias: [false; 7],
+            bias: [false; 9],
             qk_norm: false,
             norm: NormForm::Weight,
             sandwich_norms: false,
@@ -112,12 +112,8 @@ impl DecoderSpec {
     /// What the decoder cannot compute yet, if the spec asks for it (the architectures that
     /// need these switches come with them).
     pub fn unsupported(&self) -> Option<&'static str> {
-        if self.final_logit_softcap.is_some() {
-            Some("soft-capped final logits")
-        } else if self.fused_qkv || self.fused_gate_up {
-            Some("fused projections (qkv_proj, gate_up_proj)")
-        } else {
-            None
-        }
+        self.final_logit_softcap
+            .is_some()
+            .then_some("soft-capped final logits")
     }
 }

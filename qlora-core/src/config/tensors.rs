@@ -45,6 +45,8 @@ pub enum ModelTensor {
     AttnK,
     /// The value projection.
     AttnV,
+    /// The query, key and value projections in one (Phi-3).
+    AttnQkv,
     /// The attention's output projection.
     AttnOutput,
     /// RMSNorm of every query head (Qwen 3, Gemma 3).
@@ -64,6 +66,8 @@ pub enum ModelTensor {
     FfnGate,
     /// The MLP's up projection.
     FfnUp,
+    /// The gate and up projections in one (Phi-3; llama.cpp names it `ffn_up`).
+    FfnGateUp,
     /// The MLP's down projection.
     FfnDown,
 }
@@ -73,7 +77,7 @@ pub enum ModelTensor {
 type Row = (ModelTensor, &'static str, &'static str, Rotary);
 
 /// Every tensor's row.
-const TABLE: [Row; 17] = [
+const TABLE: [Row; 19] = [
     (
         ModelTensor::TokenEmbd,
         "model.embed_tokens",
@@ -109,6 +113,12 @@ const TABLE: [Row; 17] = [
         ModelTensor::AttnV,
         "self_attn.v_proj",
         "attn_v",
+        Rotary::None,
+    ),
+    (
+        ModelTensor::AttnQkv,
+        "self_attn.qkv_proj",
+        "attn_qkv",
         Rotary::None,
     ),
     (
@@ -160,6 +170,12 @@ const TABLE: [Row; 17] = [
         Rotary::None,
     ),
     (ModelTensor::FfnUp, "mlp.up_proj", "ffn_up", Rotary::None),
+    (
+        ModelTensor::FfnGateUp,
+        "mlp.gate_up_proj",
+        "ffn_up",
+        Rotary::None,
+    ),
     (
         ModelTensor::FfnDown,
         "mlp.down_proj",

@@ -68,7 +68,14 @@ fn layer_types(raw: &HfConfig, types: &[String], file: &Path) -> Result<Vec<bool
 pub(super) fn window_or_default(raw: &HfConfig, file: &Path) -> Result<Option<usize>> {
     match &raw.sliding_window {
         None => Ok(Some(4096)),
-        Some(Value::Null) => Ok(None),
+        Some(_) => window_or_none(raw, file),
+    }
+}
+
+/// `sliding_window`: a positive number, and when null or absent none (Phi3Config's default).
+pub(super) fn window_or_none(raw: &HfConfig, file: &Path) -> Result<Option<usize>> {
+    match &raw.sliding_window {
+        None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(w) if w > 0 => Ok(Some(w as usize)),
             _ => Err(Error::key(

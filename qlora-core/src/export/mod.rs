@@ -1,6 +1,7 @@
 //! `qlora export-gguf`: a model (a base with an adapter merged in, as `qlora merge` merges it,
 //! or an already merged model) written as one GGUF v3 file llama.cpp, Ollama and LM Studio
-//! run: the architecture's metadata (llama.cpp's `llama`, `qwen2`, `qwen3`), the tokenizer, the
+//! run: the architecture's metadata (llama.cpp's `llama`, `qwen2`, `qwen3`, `gemma3`, `phi3`),
+//! the tokenizer, the
 //! chat template, every tensor in llama.cpp's names and layout (q/k rows permuted where its
 //! converter permutes them) and types
 //! (`--type`, with llama-quantize's choice of which tensor gets which). Tensors are merged,
@@ -24,8 +25,8 @@ use crate::config::{Architecture, ModelConfig, Projection, RopeScaling, slides_i
 use crate::error::{Error, Result};
 use crate::gguf::blocks::type_name;
 use crate::gguf::config::{
-    GEMMA3_LOCAL_ROPE_THETA, GEMMA3_PATTERN, Llama3Rope, ROPE_FREQS_TENSOR, gemma3_query_scalar,
-    llama3_divisors,
+    GEMMA3_LOCAL_ROPE_THETA, GEMMA3_PATTERN, Llama3Rope, PHI3_ROPE_FACTORS, ROPE_FREQS_TENSOR,
+    gemma3_query_scalar, llama3_divisors,
 };
 use crate::gguf::import::permute_rows;
 use crate::gguf::keys;
@@ -81,7 +82,10 @@ fn model_metadata(
         (key(keys::EMBEDDING_LENGTH), u(config.hidden_size)),
         (key(keys::BLOCK_COUNT), u(config.num_hidden_layers)),
         (key(keys::FEED_FORWARD_LENGTH), u(config.intermediate_size)),
-        (key(keys::ROPE_DIMENSION_COUNT), u(config.head_dim)),
+        (
+            key(keys::ROPE_DIMENSION_COUNT),
+            u(config.rope.rotary_dim(config.head_dim)),
+        ),
         (key(keys::HEAD_COUNT), u(config.num_attention_heads)),
         (key(keys::HEAD_COUNT_KV), u(config.num_key_value_heads)),
         (
@@ -99,7 +103,25 @@ fn model_metadata(
         meta.push((key(keys::KEY_LENGTH), u(config.head_dim)));
         meta.push((key(keys::VALUE_LENGTH), u(config.head_dim)));
     }
-    if let Some(window) = window {
+    if config.architecture == Architecture::Phi3 {
+        // As llama.cpp's converter writes them (0: no window).
+        meta.push((key(keys::SLIDING_WINDOW), u(window.unwrap_or(0))));
+        let original = match &config.rope.scaling {
+            RopeScaling::LongRope {
+                original_max_position_embeddings,
+                attention_factor,
+                ..
+            } => {
+                meta.push((
+                    key(keys::ROPE_SCALING_ATTN_FACTOR),
+                    MetaValue::F32(*attention_factor as f32),
+                ));
+                *original_max_position_embeddings
+            }
+            _ => config.max_position_embeddings,
+        };
+        meta.push((key(keys::ROPE_SCALING_ORIG_CTX_LEN), u(original)));
+    } else if let Some(window) = window {
         meta.push((key(keys::SLIDING_WINDOW), u(window)));
     }
     if let RopeScaling::Linear { factor } = config.rope.scaling {
@@ -170,6 +192,29 @@ fn gemma3_layout(config: &ModelConfig, file: &Path) -> Result<Option<usize>> {
     Ok(window)
 }
 
+/// LongRoPE and a partial rotary factor have a GGUF spelling in llama.cpp's `phi3` only.
+fn check_rope(config: &ModelConfig, file: &Path) -> Result<()> {
+    if config.architecture == Architecture::Phi3 {
+        return Ok(());
+    }
+    let arch = config.architecture.gguf_name();
+    if matches!(config.rope.scaling, RopeScaling::LongRope { .. }) {
+        return Err(Error::key(
+            file,
+            "rope_scaling",
+            format!("LongRoPE has no spelling in llama.cpp's `{arch}` (only in phi3)"),
+        ));
+    }
+    if config.rope.partial_rotary_factor != 1.0 {
+        return Err(Error::key(
+            file,
+            "partial_rotary_factor",
+            format!("llama.cpp's `{arch}` rotates whole heads"),
+        ));
+    }
+    Ok(())
+}
+
 /// Write the model in `model_dir` (with the adapter in `adapter_dir` merged in, if given) as
 /// the GGUF file `out`.
 pub fn export_gguf(
@@ -188,6 +233,7 @@ pub fn export_gguf(
             format!("biases in the MLP are not part of llama.cpp's `{arch}` architecture"),
         ));
     }
+    check_rope(config, &weights.config_path)?;
     let name = options.name.clone().unwrap_or_else(|| {
         std::fs::canonicalize(model_dir)
             .ok()
@@ -196,6 +242,8 @@ pub fn export_gguf(
     });
     let window = match config.architecture {
         Architecture::Gemma3 => gemma3_layout(config, &weights.config_path)?,
+        // One on every layer; llama.cpp's `phi3` stores it and runs without it.
+        Architecture::Phi3 => config.spec.layers.first().and_then(|l| l.window),
         _ => None,
     };
     let mut metadata = model_metadata(config, &name, options.kind, window);
@@ -229,6 +277,24 @@ pub fn export_gguf(
             dtype: GgmlDType::F32,
             bytes: Box::new(move || encode(&divisors, 1, GgmlDType::F32)),
         });
+    }
+    if let RopeScaling::LongRope {
+        short_factor,
+        long_factor,
+        ..
+    } = &config.rope.scaling
+    {
+        let (short_name, long_name) = PHI3_ROPE_FACTORS;
+        for (name, factors) in [(long_name, long_factor), (short_name, short_factor)] {
+            let values: Vec<f32> = factors.iter().map(|&f| f as f32).collect();
+            *types.entry("F32").or_default() += 1;
+            tensors.push(TensorEntry {
+                name: name.into(),
+                shape: vec![values.len()],
+                dtype: GgmlDType::F32,
+                bytes: Box::new(move || encode(&values, 1, GgmlDType::F32)),
+            });
+        }
     }
     // The checkpoint's tensors in llama.cpp's order: embedding, layers, norm, head.
     let mut names: Vec<(String, Crossing, Option<usize>)> = Vec::new();

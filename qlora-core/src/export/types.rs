@@ -132,6 +132,13 @@ pub fn tensor_type(kind: GgufType, role: TensorRole<'_>) -> GgmlDType {
         if role.layers == 80 && t == GgmlDType::Q4K {
             t = GgmlDType::Q5K;
         }
+    } else if name.contains("attn_qkv.weight") {
+        // A fused projection (Phi-3): one step up.
+        match kind {
+            GgufType::Q4KM => t = GgmlDType::Q5K,
+            GgufType::Q5KM => t = GgmlDType::Q6K,
+            _ => {}
+        }
     } else if name.contains("ffn_down") {
         let layer = role.layer.unwrap_or(0);
         if matches!(kind, GgufType::Q4KM | GgufType::Q5KM) && use_more_bits(layer, role.layers) {

@@ -57,8 +57,10 @@ pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
         Some(d) => d,
         None => hidden / heads,
     };
-    if let Some(rot) = gguf.usize(&key(keys::ROPE_DIMENSION_COUNT))?
+    let rotary_dim = gguf.usize(&key(keys::ROPE_DIMENSION_COUNT))?;
+    if let Some(rot) = rotary_dim
         && rot != head_dim
+        && architecture != Architecture::Phi3
     {
         return Err(Error::key(
             gguf.path(),
@@ -126,8 +128,64 @@ pub fn hf_config(gguf: &GgufFile, dtype: FloatDtype) -> Result<HfConfig> {
     if architecture == Architecture::Gemma3 {
         gemma3(gguf, &mut config, heads, head_dim)?;
     }
+    if architecture == Architecture::Phi3 {
+        phi3(gguf, &mut config, rotary_dim.unwrap_or(head_dim), head_dim)?;
+    }
     Ok(config)
 }
+
+/// llama.cpp's `phi3`: the rotated part of each head, the pretraining length, LongRoPE's
+/// factors from its `rope_factors_short`/`rope_factors_long` tensors and attention factor (left
+/// out where it is the one transformers derives); no sliding window (llama.cpp runs Phi-3
+/// without one, as transformers' reading of such a GGUF does).
+fn phi3(gguf: &GgufFile, config: &mut HfConfig, rotary_dim: usize, head_dim: usize) -> Result<()> {
+    config.sliding_window = Some(Value::Null);
+    if rotary_dim != head_dim {
+        config.partial_rotary_factor = Some(rotary_dim as f64 / head_dim as f64);
+    }
+    let context = config.max_position_embeddings;
+    let original = gguf
+        .usize(&keys::arch(keys::ROPE_SCALING_ORIG_CTX_LEN, "phi3"))?
+        .unwrap_or(context);
+    config.original_max_position_embeddings = Some(original);
+    let (short_name, long_name) = PHI3_ROPE_FACTORS;
+    if !gguf.has_tensor(short_name) && !gguf.has_tensor(long_name) {
+        return Ok(());
+    }
+    let factors = |name: &str| -> Result<Vec<f64>> {
+        let values = gguf.dequantize(name)?;
+        if values.len() != rotary_dim / 2 {
+            return Err(Error::key(
+                gguf.path(),
+                name,
+                format!("{} factors, expected {}", values.len(), rotary_dim / 2),
+            ));
+        }
+        Ok(values.into_iter().map(|v| short(f64::from(v))).collect())
+    };
+    let mut scaling = json!({
+        "rope_type": "longrope",
+        "short_factor": factors(short_name)?,
+        "long_factor": factors(long_name)?,
+    });
+    let factor = context as f64 / original as f64;
+    let derived = if factor > 1.0 {
+        (1.0 + factor.ln() / (original as f64).ln()).sqrt()
+    } else {
+        1.0
+    };
+    if let Some(stored) = gguf.float(&keys::arch(keys::ROPE_SCALING_ATTN_FACTOR, "phi3"))?
+        && stored as f32 != derived as f32
+    {
+        scaling["attention_factor"] = json!(short(stored));
+    }
+    config.rope_scaling = Some(scaling);
+    Ok(())
+}
+
+/// llama.cpp's LongRoPE tensors: the short and the long factors.
+pub const PHI3_ROPE_FACTORS: (&str, &str) =
+    ("rope_factors_short.weight", "rope_factors_long.weight");
 
 /// What llama.cpp's `gemma3` fixes rather than stores: GeGLU; with a sliding window, Gemma's
 /// pattern of five local layers (RoPE base 10000) to a global one; scores scaled by

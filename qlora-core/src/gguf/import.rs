@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use super::config::{ROPE_FREQS_TENSOR, architecture, hf_config};
+use super::config::{PHI3_ROPE_FACTORS, ROPE_FREQS_TENSOR, architecture, hf_config};
 use super::file::GgufFile;
 use super::tokenizer::tokenizer_files;
 use crate::FloatDtype;
@@ -120,7 +120,7 @@ pub fn import_gguf_file(
         types: BTreeMap::new(),
     };
     for name in gguf.tensor_names() {
-        if name == ROPE_FREQS_TENSOR {
+        if name == ROPE_FREQS_TENSOR || [PHI3_ROPE_FACTORS.0, PHI3_ROPE_FACTORS.1].contains(&name) {
             continue; // folded into config.json's rope_scaling
         }
         let crossing = hf_name(name, arch).ok_or_else(|| {

@@ -42,6 +42,10 @@ pub const ROPE_FREQ_BASE: &str = "{arch}.rope.freq_base";
 pub const ROPE_SCALING_TYPE: &str = "{arch}.rope.scaling.type";
 /// The linear RoPE scaling factor.
 pub const ROPE_SCALING_FACTOR: &str = "{arch}.rope.scaling.factor";
+/// What multiplies the rotary `cos` and `sin` (LongRoPE's attention factor).
+pub const ROPE_SCALING_ATTN_FACTOR: &str = "{arch}.rope.scaling.attn_factor";
+/// The context length of pretraining, which RoPE scaling extends.
+pub const ROPE_SCALING_ORIG_CTX_LEN: &str = "{arch}.rope.scaling.original_context_length";
 
 /// The tokenizer model: `gpt2` (byte-level BPE) or `llama` (SentencePiece).
 pub const TOKENIZER_MODEL: &str = "tokenizer.ggml.model";

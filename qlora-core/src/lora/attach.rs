@@ -5,7 +5,6 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::config::{LoraConfig, LoraInit};
-use crate::config::Projection;
 use crate::error::Result;
 use crate::model::{CausalLm, LoraAdapter};
 
@@ -54,10 +53,9 @@ impl CausalLm {
         let device = self.device.clone();
         let mut rng = StdRng::seed_from_u64(seed);
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            for (p, linear) in Projection::ALL.into_iter().zip(layer.linears_mut()) {
+            for (p, linear) in layer.linears_mut() {
                 if config.target_modules.contains(&p) {
-                    // Keys number the model's linears in order, whether adapted or not.
-                    let key = (i * Projection::ALL.len() + p as usize) as u64;
+                    let key = p.adapter_key(i);
                     linear.lora = Some(new_adapter(
                         linear.in_features,
                         linear.out_features,

@@ -1,6 +1,6 @@
 //! What an adapter set is: rank, alpha, dropout, which projections, the scale, how `A` starts.
 
-use crate::config::Projection;
+use crate::config::{Architecture, Projection};
 use crate::error::{Error, Result};
 
 crate::named_enum! {
@@ -79,12 +79,30 @@ impl LoraConfig {
                 let name = name.trim();
                 Projection::from_name(name).ok_or_else(|| {
                     Error::invalid(format!(
-                        "unknown target module `{name}`; LLaMA has {}",
+                        "unknown target module `{name}`; the models have {}",
                         Projection::names()
                     ))
                 })
             })
             .collect()
+    }
+
+    /// The targets among the projections of `arch`: all of them for `all-linear` (every
+    /// projection any family has), else the ones named, each of which `arch` must have.
+    pub fn for_architecture(mut self, arch: Architecture) -> Result<Self> {
+        let own = arch.projections();
+        if self.target_modules != Projection::ALL {
+            if let Some(p) = self.target_modules.iter().find(|p| !own.contains(p)) {
+                return Err(Error::invalid(format!(
+                    "target module `{}` is not a projection of {}; it has {}",
+                    p.name(),
+                    arch.class_name(),
+                    arch.projection_names()
+                )));
+            }
+        }
+        self.target_modules.retain(|p| own.contains(p));
+        Ok(self)
     }
 
     /// The target modules' names, as PEFT writes them.

@@ -392,9 +392,11 @@ pub fn apply_adapter(model: &mut CausalLm, file: AdapterFile) -> Result<LoraConf
         }
     }
     // Keys follow model order, so dropout streams match those of a fresh attach.
-    for (key, (_, linear)) in model.linears_mut().into_iter().enumerate() {
-        if let Some(lora) = &mut linear.lora {
-            lora.key = key as u64;
+    for (i, layer) in model.layers.iter_mut().enumerate() {
+        for (p, linear) in layer.linears_mut() {
+            if let Some(lora) = &mut linear.lora {
+                lora.key = p.adapter_key(i);
+            }
         }
     }
     targets.sort();

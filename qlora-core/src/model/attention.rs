@@ -3,6 +3,7 @@ use burn::tensor::{Int, Tensor};
 use super::adapter::DropoutStream;
 use super::kv_cache::LayerCache;
 use super::linear::Linear;
+use super::projections::InputProjections;
 use super::rms_norm::RmsNorm;
 use crate::backend::{AttentionShape, ops};
 use crate::config::RopeKind;
@@ -12,12 +13,8 @@ use crate::profile::{self, Phase};
 /// sliding window, a score scale and soft-cap of its own, its rotary table.
 #[derive(Clone, Debug)]
 pub struct Attention {
-    /// The query projection.
-    pub q_proj: Linear,
-    /// The key projection.
-    pub k_proj: Linear,
-    /// The value projection.
-    pub v_proj: Linear,
+    /// The query, key and value projections (split or fused).
+    pub qkv: InputProjections,
     /// The output projection.
     pub o_proj: Linear,
     /// RMSNorm of every query head before the rotary embedding.
@@ -55,6 +52,24 @@ impl RopeTables {
     pub fn new(cos: Tensor<2>, sin: Tensor<2>) -> Self {
         let neg_sin = sin.clone().neg();
         RopeTables { cos, sin, neg_sin }
+    }
+
+    /// Every `head_dim` head of `x` `[rows, heads * head_dim]` rotated (with `inverse`, back:
+    /// the backward pass): its first dimensions, as wide as the tables, the rest as they are
+    /// (a partial rotary factor).
+    pub fn rotate(&self, x: Tensor<2>, head_dim: usize, inverse: bool) -> Tensor<2> {
+        let sin = if inverse { &self.neg_sin } else { &self.sin };
+        let dim = self.cos.dims()[1];
+        if dim == head_dim {
+            return ops::rope(x, &self.cos, sin);
+        }
+        let [rows, width] = x.dims();
+        let heads = width / head_dim;
+        let x = x.reshape([rows, heads, head_dim]);
+        let rotated = x.clone().narrow(2, 0, dim).reshape([rows, heads * dim]);
+        let rotated = ops::rope(rotated, &self.cos, sin).reshape([rows, heads, dim]);
+        let passed = x.narrow(2, dim, head_dim - dim);
+        Tensor::cat(vec![rotated, passed], 2).reshape([rows, width])
     }
 }
 
@@ -112,9 +127,11 @@ impl Attention {
     /// Queries, keys and values of the normalized hidden states `normed` `[rows, hidden]`:
     /// the q/k norms and the rotary embedding applied to queries and keys.
     pub fn project(&self, normed: Tensor<2>, context: &LayerContext<'_>) -> Projected {
-        let q = self.q_proj.forward_rows(normed.clone(), context.dropout);
-        let k = self.k_proj.forward_rows(normed.clone(), context.dropout);
-        let v = self.v_proj.forward_rows(normed, context.dropout);
+        let [q, k, v]: [Tensor<2>; 3] = self
+            .qkv
+            .forward(normed, context.dropout)
+            .try_into()
+            .expect("queries, keys and values");
         let norm = |x: Tensor<2>, norm: &Option<RmsNorm>| match norm {
             Some(n) => (n.forward_heads(x.clone()), Some(x)),
             None => (x, None),
@@ -122,10 +139,10 @@ impl Attention {
         let (q, q_linear) = norm(q, &self.q_norm);
         let (k, k_linear) = norm(k, &self.k_norm);
         let _span = profile::span(Phase::Elementwise);
-        let (cos, sin) = (&context.rope.cos, &context.rope.sin);
+        let rope = context.rope;
         Projected {
-            q: ops::rope(q, cos, sin),
-            k: ops::rope(k, cos, sin),
+            q: rope.rotate(q, self.head_dim, false),
+            k: rope.rotate(k, self.head_dim, false),
             v,
             q_linear,
             k_linear,

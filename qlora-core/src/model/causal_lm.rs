@@ -338,9 +338,9 @@ impl CausalLm {
     /// Every decoder linear with its module path (`model.layers.3.self_attn.q_proj`), in
     /// layer order and [`Projection::ALL`] order within a layer.
     pub fn linears(&self) -> Vec<(String, &Linear)> {
-        let mut out = Vec::with_capacity(self.layers.len() * Projection::ALL.len());
+        let mut out = Vec::with_capacity(self.layers.len() * Projection::SLOTS);
         for (i, layer) in self.layers.iter().enumerate() {
-            for (p, linear) in Projection::ALL.into_iter().zip(layer.linears()) {
+            for (p, linear) in layer.linears() {
                 out.push((p.path(i), linear));
             }
         }
@@ -349,9 +349,9 @@ impl CausalLm {
 
     /// [`CausalLm::linears`], mutably.
     pub fn linears_mut(&mut self) -> Vec<(String, &mut Linear)> {
-        let mut out = Vec::with_capacity(self.layers.len() * Projection::ALL.len());
+        let mut out = Vec::with_capacity(self.layers.len() * Projection::SLOTS);
         for (i, layer) in self.layers.iter_mut().enumerate() {
-            for (p, linear) in Projection::ALL.into_iter().zip(layer.linears_mut()) {
+            for (p, linear) in layer.linears_mut() {
                 out.push((p.path(i), linear));
             }
         }

@@ -38,37 +38,31 @@ pub(super) fn maybe_norm(norm: &Option<RmsNorm>, x: Tensor<2>) -> Tensor<2> {
 }
 
 impl DecoderLayer {
-    /// The seven projections, in [`Projection::ALL`] order.
-    pub fn linears(&self) -> [&Linear; 7] {
+    /// The projections, in checkpoint ([`Projection::ALL`]) order.
+    pub fn linears(&self) -> Vec<(Projection, &Linear)> {
         let (a, m) = (&self.self_attn, &self.mlp);
-        [
-            &a.q_proj,
-            &a.k_proj,
-            &a.v_proj,
-            &a.o_proj,
-            &m.gate_proj,
-            &m.up_proj,
-            &m.down_proj,
-        ]
+        let mut out = a.qkv.linears();
+        out.push((Projection::O, &a.o_proj));
+        out.extend(m.gate_up.linears());
+        out.push((Projection::Down, &m.down_proj));
+        out
     }
 
     /// [`DecoderLayer::linears`], mutably.
-    pub fn linears_mut(&mut self) -> [&mut Linear; 7] {
+    pub fn linears_mut(&mut self) -> Vec<(Projection, &mut Linear)> {
         let (a, m) = (&mut self.self_attn, &mut self.mlp);
-        [
-            &mut a.q_proj,
-            &mut a.k_proj,
-            &mut a.v_proj,
-            &mut a.o_proj,
-            &mut m.gate_proj,
-            &mut m.up_proj,
-            &mut m.down_proj,
-        ]
+        let mut out = a.qkv.linears_mut();
+        out.push((Projection::O, &mut a.o_proj));
+        out.extend(m.gate_up.linears_mut());
+        out.push((Projection::Down, &mut m.down_proj));
+        out
     }
 
-    /// Projection `p`.
-    pub fn linear(&self, p: Projection) -> &Linear {
-        self.linears()[p as usize]
+    /// Projection `p`, if the layer has it.
+    pub fn linear(&self, p: Projection) -> Option<&Linear> {
+        self.linears()
+            .into_iter()
+            .find_map(|(q, linear)| (q == p).then_some(linear))
     }
 
     /// The layer on the hidden states `x` `[rows, hidden]`.

@@ -124,13 +124,6 @@ impl Kept {
     }
 }
 
-fn add(a: Option<Tensor<2>>, b: Option<Tensor<2>>) -> Option<Tensor<2>> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a + b),
-        (a, b) => a.or(b),
-    }
-}
-
 impl DecoderLayer {
     /// The MLP half of the layer on its hidden state after attention, up to (not including)
     /// the down projection, or including it when the layer norms its output.
@@ -273,11 +266,11 @@ impl DecoderLayer {
         keep(Projection::Down, g);
         let (d_gate, d_up) =
             mlp.activate_backward(gate, up, dz.expect("asked for the input gradient"));
-        let (g, dn2_gate) = mlp.gate_proj.backward(n2.clone(), d_gate, drop, true)?;
-        keep(Projection::Gate, g);
-        let (g, dn2_up) = mlp.up_proj.backward(n2, d_up, drop, true)?;
-        keep(Projection::Up, g);
-        let dn2 = add(dn2_gate, dn2_up).expect("input gradients");
+        let (g, dn2) = mlp.gate_up.backward(n2, vec![d_gate, d_up], drop, true)?;
+        for (p, g) in g {
+            keep(p, Some(g));
+        }
+        let dn2 = dn2.expect("input gradients");
         let dh = dy + self.mlp_norm.backward(a.h, dn2);
 
         // The attention half: h = x + [norm](o(attention(rope(qn(q(n1))), rope(kn(k(n1))),
@@ -313,8 +306,8 @@ impl DecoderLayer {
             let _span = profile::span(Phase::Elementwise);
             let rope = context.rope;
             (
-                ops::rope(dq, &rope.cos, &rope.neg_sin),
-                ops::rope(dk, &rope.cos, &rope.neg_sin),
+                rope.rotate(dq, attn.head_dim, true),
+                rope.rotate(dk, attn.head_dim, true),
             )
         };
         // Through the q/k norms, to the projections' outputs.
@@ -326,15 +319,11 @@ impl DecoderLayer {
             (Some(norm), Some(x)) => norm.backward_heads(x, dk),
             _ => dk,
         };
-        let mut dn1 = None;
-        for (p, linear, d) in [
-            (Projection::Q, &attn.q_proj, dq),
-            (Projection::K, &attn.k_proj, dk),
-            (Projection::V, &attn.v_proj, dv),
-        ] {
-            let (g, dx) = linear.backward(a.n1.clone(), d, drop, input_grad)?;
-            keep(p, g);
-            dn1 = add(dn1, dx);
+        let (g, dn1) = attn
+            .qkv
+            .backward(a.n1.clone(), vec![dq, dk, dv], drop, input_grad)?;
+        for (p, g) in g {
+            keep(p, Some(g));
         }
         grads.sort_by_key(|(p, _)| *p);
         let dx = dn1.map(|dn1| dh + self.input_layernorm.backward(a.x, dn1));

@@ -16,13 +16,12 @@ use super::causal_lm::CausalLm;
 use super::layer::DecoderLayer;
 use super::linear::{BaseWeight, Linear};
 use super::mlp::Mlp;
+use super::projections::InputProjections;
 use super::rms_norm::RmsNorm;
 use super::rope::RotaryEmbedding;
 use crate::backend::Nf4Weight;
 use crate::checkpoint::Checkpoint;
-use crate::config::{
-    CONFIG_FILE, ModelConfig, ModelTensor, NormForm, Projection, RopeConfig, RopeScaling,
-};
+use crate::config::{CONFIG_FILE, ModelConfig, ModelTensor, NormForm, Projection, RopeConfig};
 use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
 use crate::quant::{Nf4Config, Nf4Tensor};
@@ -278,6 +277,24 @@ impl CausalLm {
                 let name = p.weight_name(index);
                 loader.linear(&name, shape, spec.has_bias(p), options, config.bnb_4bit)
             };
+            // Split, or fused into one linear whose rows stack the parts.
+            let group = |fused: bool, whole: Projection| -> Result<InputProjections> {
+                let parts = config.projection_parts(whole);
+                Ok(if fused {
+                    InputProjections::Fused {
+                        projection: whole,
+                        linear: linear(whole)?,
+                        widths: parts.iter().map(|(_, w)| *w).collect(),
+                    }
+                } else {
+                    InputProjections::Split(
+                        parts
+                            .into_iter()
+                            .map(|(p, _)| Ok((p, linear(p)?)))
+                            .collect::<Result<_>>()?,
+                    )
+                })
+            };
             let head_norm = |tensor: ModelTensor| {
                 spec.qk_norm
                     .then(|| norm(tensor, index, config.head_dim))
@@ -291,9 +308,7 @@ impl CausalLm {
             layers.push(DecoderLayer {
                 input_layernorm: norm(ModelTensor::AttnNorm, index, hidden)?,
                 self_attn: Attention {
-                    q_proj: linear(Projection::Q)?,
-                    k_proj: linear(Projection::K)?,
-                    v_proj: linear(Projection::V)?,
+                    qkv: group(spec.fused_qkv, Projection::Qkv)?,
                     o_proj: linear(Projection::O)?,
                     q_norm: head_norm(ModelTensor::AttnQNorm)?,
                     k_norm: head_norm(ModelTensor::AttnKNorm)?,
@@ -317,8 +332,7 @@ impl CausalLm {
                 )?,
                 mlp: Mlp {
                     activation: spec.activation,
-                    gate_proj: linear(Projection::Gate)?,
-                    up_proj: linear(Projection::Up)?,
+                    gate_up: group(spec.fused_gate_up, Projection::GateUp)?,
                     down_proj: linear(Projection::Down)?,
                 },
                 mlp_out_norm: sandwich(ModelTensor::FfnPostNorm)?,
@@ -339,8 +353,8 @@ impl CausalLm {
         };
         let local_rope = spec.local_rope_theta.map(|theta| {
             let local = RopeConfig {
-                theta,
-                scaling: RopeScaling::Default,
+                partial_rotary_factor: config.rope.partial_rotary_factor,
+                ..RopeConfig::plain(theta)
             };
             RotaryEmbedding::new(&local, config.head_dim)
         });

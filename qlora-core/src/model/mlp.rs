@@ -2,6 +2,7 @@ use burn::tensor::Tensor;
 
 use super::adapter::DropoutStream;
 use super::linear::Linear;
+use super::projections::InputProjections;
 use crate::backend::ops;
 use crate::config::Activation;
 use crate::profile::{self, Phase};
@@ -11,10 +12,8 @@ use crate::profile::{self, Phase};
 pub struct Mlp {
     /// The gated activation.
     pub activation: Activation,
-    /// The gate projection.
-    pub gate_proj: Linear,
-    /// The up projection.
-    pub up_proj: Linear,
+    /// The gate and up projections (split or fused).
+    pub gate_up: InputProjections,
     /// The down projection.
     pub down_proj: Linear,
 }
@@ -26,8 +25,11 @@ impl Mlp {
         normed: Tensor<2>,
         dropout: Option<&DropoutStream>,
     ) -> (Tensor<2>, Tensor<2>) {
-        let gate = self.gate_proj.forward_rows(normed.clone(), dropout);
-        let up = self.up_proj.forward_rows(normed, dropout);
+        let [gate, up]: [Tensor<2>; 2] = self
+            .gate_up
+            .forward(normed, dropout)
+            .try_into()
+            .expect("gate and up");
         (gate, up)
     }
 

@@ -196,10 +196,15 @@ pub fn plan(config: &ModelConfig, settings: &PlanSettings) -> Result<MemoryPlan>
     let r = settings.rank as u64;
 
     // (projection, in, out) of each projection of a layer.
-    let projections = Projection::ALL.map(|p| {
-        let [out, inp] = config.projection_shape(p);
-        (p, inp as u64, out as u64)
-    });
+    let projections: Vec<(Projection, u64, u64)> = config
+        .architecture
+        .projections()
+        .iter()
+        .map(|&p| {
+            let [out, inp] = config.projection_shape(p);
+            (p, inp as u64, out as u64)
+        })
+        .collect();
     let adapted = |p: &Projection| settings.target_modules.contains(p);
 
     let mut items = Vec::new();

@@ -118,6 +118,7 @@ impl Trainer {
             compute,
         };
         let mut model = CausalLm::load(&config.model, &load_options)?;
+        let lora = lora.for_architecture(model.config.architecture)?;
         attach_adapters(&mut model, &lora, start_from, config.seed, progress)?;
         let sizes = model.adapter_sizes();
         let budget = config

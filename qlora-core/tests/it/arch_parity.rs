@@ -1,7 +1,7 @@
 //! Each architecture's switches against transformers, peft and bitsandbytes, on the tiny
 //! models of `tests/reference/tiny-ARCH` (made by `tests/reference/make_tiny_model.py ARCH`):
 //! logits within 1e-4 and loss within 1e-5 of transformers in f32, with and without a PEFT
-//! adapter on all seven projections; the adapters' gradients of the loss (our written-out
+//! adapter on every projection; the adapters' gradients of the loss (our written-out
 //! backward, checkpointing on and off) within 1e-4 of PyTorch's autograd; the adapter merged as
 //! peft's `merge_and_unload()` merges it; NF4 weights byte-identical to bitsandbytes' checkpoint
 //! of the model; and an f32 GGUF under llama.cpp's name of the architecture that imports back
@@ -14,6 +14,9 @@
 //! - Gemma 3: `(1 + w)` norms, four a layer and on the q/k heads, GeGLU, embeddings scaled by
 //!   `sqrt(hidden)`, scores by `query_pre_attn_scalar`, five sliding layers with a local RoPE
 //!   base and a global layer with linear RoPE scaling, tied embeddings.
+//! - Phi-3: fused `qkv_proj` and `gate_up_proj` (adapters on the fused modules, NF4 of the
+//!   fused weights), LongRoPE on half of every head with the long factors over 16 tokens and the
+//!   short ones over 8, a sliding window of 6 keys on every layer, untied head.
 
 use std::path::Path;
 
@@ -97,7 +100,8 @@ fn matches_transformers_and_peft(dir: &Path) -> Tensors {
         let tokens = out.tokens as f32;
         let mean = out.loss_sum as f32 / tokens;
         assert!((mean - lora_loss).abs() <= 1e-5, "loss {mean}");
-        assert_eq!(out.grads.paths.len(), 7 * model.layers.len());
+        let projections = model.config.architecture.projections().len();
+        assert_eq!(out.grads.paths.len(), projections * model.layers.len());
         for (path, (da, db)) in out.grads.paths.iter().zip(out.grads.grads) {
             for (name, grad) in [("lora_A", da), ("lora_B", db)] {
                 let ours: Vec<f32> = grad.into_data().try_into_vec().unwrap();
@@ -117,6 +121,12 @@ fn matches_transformers_and_peft(dir: &Path) -> Tensors {
     r
 }
 
+/// The decoder linears of the model in `dir`.
+fn linears(dir: &Path) -> usize {
+    let config = ModelConfig::load(dir).unwrap();
+    config.architecture.projections().len() * config.num_hidden_layers
+}
+
 /// The adapter merged into the base (f32) gives peft's merged logits.
 fn merge_matches_peft(dir: &Path, r: &Tensors) {
     let tmp = tempfile::tempdir().unwrap();
@@ -129,8 +139,7 @@ fn merge_matches_peft(dir: &Path, r: &Tensors) {
         overwrite: false,
     };
     let report = merge_model(dir, &dir.join("adapter"), &out, &options).unwrap();
-    let layers = ModelConfig::load(dir).unwrap().num_hidden_layers;
-    assert_eq!(report.merged, 7 * layers);
+    assert_eq!(report.merged, linears(dir));
     let merged = CausalLm::load(&out, &dense()).unwrap();
     check_logits(&merged, r, "merged_logits", "merged_loss");
 }
@@ -146,8 +155,7 @@ fn nf4_matches_bitsandbytes(dir: &Path, bnb: &Path, inputs: &Tensors) {
         ..QuantizeOptions::default()
     };
     let report = quantize_model(dir, &out, &options).unwrap();
-    let layers = ModelConfig::load(dir).unwrap().num_hidden_layers;
-    assert_eq!(report.quantized_tensors, 7 * layers);
+    assert_eq!(report.quantized_tensors, linears(dir));
     let ours = load_tensors_at(&out.join("model.safetensors"));
     let theirs = load_tensors_at(&bnb.join("model.safetensors"));
     let mut names: Vec<_> = theirs.keys().collect();
@@ -177,13 +185,14 @@ fn gguf_round_trip(dir: &Path, gguf_arch: &str, windows_kept: bool) {
         gguf.string("general.architecture").unwrap(),
         Some(gguf_arch)
     );
-    let q = gguf.dequantize("blk.0.attn_q.weight").unwrap();
+    // The first projection (q_proj, or Phi-3's qkv_proj): rows as they are.
+    let arch = ModelConfig::load(dir).unwrap().architecture;
+    let first = arch.projections()[0].weight_name(0);
+    let crossing = qlora_core::config::tensors::gguf_name(&first, arch).unwrap();
+    let q = gguf.dequantize(&crossing.name).unwrap();
     let ours = load_tensors_at(&dir.join("model.safetensors"));
-    let hf: Vec<f32> = qlora_core::dtype::decode_f32(
-        &ours["model.layers.0.self_attn.q_proj.weight"].2,
-        FloatDtype::BF16,
-    );
-    assert_eq!(q, hf, "q_proj rows as they are");
+    let hf: Vec<f32> = qlora_core::dtype::decode_f32(&ours[&first].2, FloatDtype::BF16);
+    assert_eq!(q, hf, "{first}: rows as they are");
     let back = tmp.path().join("back");
     let import = ImportOptions {
         dtype: FloatDtype::F32,
@@ -315,6 +324,48 @@ fn tiny_gemma3_matches_transformers_peft_and_bitsandbytes() {
         c["query_pre_attn_scalar"] = 32.into()
     });
     gguf_round_trip(&same_scale, "gemma3", true);
+}
+
+#[test]
+fn tiny_phi3_matches_transformers_peft_and_bitsandbytes() {
+    let dir = reference("tiny-phi3");
+    let config = ModelConfig::load(&dir).unwrap();
+    assert_eq!(config.architecture, Architecture::Phi3);
+    let spec = &config.spec;
+    assert!(spec.fused_qkv && spec.fused_gate_up && !spec.tied_head);
+    assert_eq!(spec.bias, [false; 9]);
+    assert_eq!(windows(&config), [Some(6), Some(6)]);
+    assert_eq!(config.rope.rotary_dim(config.head_dim), 8);
+    let RopeScaling::LongRope {
+        original_max_position_embeddings,
+        attention_factor,
+        ..
+    } = config.rope.scaling
+    else {
+        panic!("LongRoPE: {:?}", config.rope.scaling)
+    };
+    assert_eq!(original_max_position_embeddings, 8);
+    // sqrt(1 + ln(256 / 8) / ln(8)).
+    assert!((attention_factor - (1.0 + 32f64.ln() / 8f64.ln()).sqrt()).abs() < 1e-12);
+    let r = matches_transformers_and_peft(&dir);
+
+    // The first 8 tokens, within the pretraining length: the short factors.
+    let model = CausalLm::load(&dir, &dense()).unwrap();
+    let (ids, _) = inputs(&r);
+    let short: Vec<Vec<u32>> = ids.iter().map(|row| row[..8].to_vec()).collect();
+    let values: Vec<f32> = model
+        .forward(&short, None, None)
+        .unwrap()
+        .into_data()
+        .try_into_vec()
+        .unwrap();
+    let diff = max_diff(&values, &f32s(&r["short_logits"].2));
+    eprintln!("short_logits: max |diff| {diff:.2e}");
+    assert!(diff <= 1e-4, "short_logits: {diff}");
+
+    merge_matches_peft(&dir, &r);
+    nf4_matches_bitsandbytes(&dir, &reference("tiny-phi3-bnb-nf4"), &r);
+    gguf_round_trip(&dir, "phi3", false);
 }
 
 /// `dir`'s model, tokenizer and reference in `out`, its `config.json` changed by `edit`.

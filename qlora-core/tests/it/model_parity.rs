@@ -8,6 +8,7 @@
 //! reproduces that kernel. Our default f32 path is checked to equal the dense model built from
 //! the dequantized weights exactly, and the dense model is checked against transformers above.
 
+use qlora_core::config::Projection;
 use qlora_core::model::{BaseWeight, Bits, CausalLm, LoadOptions, Nf4Matmul};
 use support::{f32s, fixture, load_tensors};
 
@@ -95,11 +96,11 @@ fn f32_nf4_path_equals_the_dense_model_of_the_dequantized_weights() {
     )
     .unwrap();
     assert!(matches!(
-        nf4.layers[0].mlp.up_proj.weight,
+        nf4.layers[0].linear(Projection::Up).unwrap().weight,
         BaseWeight::Nf4(_)
     ));
     assert!(matches!(
-        dequantized.layers[0].mlp.up_proj.weight,
+        dequantized.layers[0].linear(Projection::Up).unwrap().weight,
         BaseWeight::Dense(_)
     ));
     let reference = logits(&dequantized);
