@@ -420,3 +420,77 @@ fn train_help_shows_the_required_flags() {
         assert!(help.trim_start().starts_with("Required"), "{flag}: {help}");
     }
 }
+
+#[test]
+fn phi3_trains_adapters_on_its_fused_projections() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = root().join("tests/reference/tiny-phi3");
+    let train = root().join("datasets/parity_train.jsonl");
+    let eval = root().join("datasets/parity_eval.jsonl");
+    let out = dir.path().join("run");
+    let base = [
+        "train",
+        "--model",
+        path(&model),
+        "--data",
+        path(&train),
+        "--out",
+        path(&out),
+    ];
+    // LLaMA's names are not Phi-3's projections: one line naming the ones it has.
+    let mut args = base.to_vec();
+    args.extend(["--target-modules", "q_proj,v_proj"]);
+    let (code, _, stderr) = qlora(&args);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("`q_proj`")
+            && stderr.contains("qkv_proj, o_proj, gate_up_proj, down_proj")
+            && stderr.trim_end().lines().count() == 1,
+        "{stderr}"
+    );
+    assert!(!out.exists(), "nothing written for a bad configuration");
+
+    let mut args = base.to_vec();
+    args.extend([
+        "--eval-data",
+        path(&eval),
+        "--max-steps",
+        "8",
+        "--batch-size",
+        "8",
+        "--grad-accum",
+        "1",
+        "--lr",
+        "1e-2",
+    ]);
+    let (code, _, stderr) = qlora(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("trained 8 steps"))
+        .expect(&stderr);
+    let losses: Vec<f64> = line
+        .split([' ', ',', ';'])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(losses[2] < losses[1], "eval loss did not drop: {line}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["qkv_proj", "o_proj", "gate_up_proj", "down_proj"])
+    );
+    let merged = dir.path().join("merged");
+    let (code, _, stderr) = qlora(&[
+        "merge",
+        "--model",
+        path(&model),
+        "--adapter",
+        path(&out),
+        "--out",
+        path(&merged),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("merged 8 adapters"), "{stderr}");
+}

@@ -120,15 +120,20 @@ pub(super) fn parse_rope(
             format!("{theta} must be positive"),
         ));
     }
-    let factor_key = format!("{key}.partial_rotary_factor");
-    let partial_rotary_factor = match params.and_then(|p| p.get("partial_rotary_factor")) {
-        Some(v) => Some(
-            v.as_f64()
-                .ok_or_else(|| Error::key(file, &factor_key, format!("{v} must be a number")))?,
-        ),
-        None => keys.partial_rotary_factor,
-    }
-    .unwrap_or(1.0);
+    let (factor_key, partial_rotary_factor) =
+        match params.and_then(|p| p.get("partial_rotary_factor")) {
+            Some(v) => {
+                let factor_key = format!("{key}.partial_rotary_factor");
+                let factor = v.as_f64().ok_or_else(|| {
+                    Error::key(file, &factor_key, format!("{v} must be a number"))
+                })?;
+                (factor_key, factor)
+            }
+            None => (
+                "partial_rotary_factor".to_string(),
+                keys.partial_rotary_factor.unwrap_or(1.0),
+            ),
+        };
     let rotary_dim = (keys.head_dim as f64 * partial_rotary_factor) as usize;
     if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0)
         || rotary_dim == 0
@@ -252,4 +257,108 @@ fn long_rope(
         original_max_position_embeddings: original,
         attention_factor,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{Architecture, ModelConfig};
+
+    /// A Phi-3 config (head_dim 8) with `extra` keys.
+    fn phi3(extra: &str) -> Result<ModelConfig> {
+        let text = format!(
+            r#"{{"architectures": ["Phi3ForCausalLM"], "vocab_size": 10, "hidden_size": 16,
+            "intermediate_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "max_position_embeddings": 131072{extra}}}"#
+        );
+        ModelConfig::parse(&text, Path::new("config.json"))
+    }
+
+    #[test]
+    fn phi3_long_rope_as_the_hub_writes_it() {
+        // Phi-3.5-mini's form: `rope_scaling` with `type`, the pretraining length beside it.
+        let c = phi3(
+            r#", "original_max_position_embeddings": 4096, "rope_scaling": {"type": "longrope",
+            "short_factor": [1.0, 1.5, 2.0, 3.0], "long_factor": [1.0, 4.0, 9.0, 16.0]}"#,
+        )
+        .unwrap();
+        assert_eq!(c.architecture, Architecture::Phi3);
+        assert!(c.spec.fused_qkv && c.spec.fused_gate_up);
+        // Phi3Config's window is none when absent.
+        assert!(c.spec.layers.iter().all(|l| l.window.is_none()));
+        let RopeScaling::LongRope {
+            short_factor,
+            original_max_position_embeddings,
+            attention_factor,
+            ..
+        } = &c.rope.scaling
+        else {
+            panic!("{:?}", c.rope.scaling)
+        };
+        assert_eq!(short_factor, &[1.0, 1.5, 2.0, 3.0]);
+        assert_eq!(*original_max_position_embeddings, 4096);
+        let expected = (1.0 + 32f64.ln() / 4096f64.ln()).sqrt();
+        assert!((attention_factor - expected).abs() < 1e-12);
+        // Phi-3's first name for it, and an explicit attention factor.
+        let c = phi3(
+            r#", "rope_scaling": {"type": "su", "attention_factor": 1.25,
+            "short_factor": [1, 1, 1, 1], "long_factor": [2, 2, 2, 2]}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            c.rope.scaling,
+            RopeScaling::LongRope { attention_factor, .. } if attention_factor == 1.25
+        ));
+    }
+
+    #[test]
+    fn partial_rotary_factor_from_either_place() {
+        let c = phi3(r#", "partial_rotary_factor": 0.75"#).unwrap();
+        assert_eq!(c.rope.rotary_dim(c.head_dim), 6);
+        let c =
+            phi3(r#", "rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5}"#)
+                .unwrap();
+        assert_eq!(c.rope.rotary_dim(c.head_dim), 4);
+        // With LongRoPE the factors cover the rotated pairs only.
+        let c = phi3(
+            r#", "partial_rotary_factor": 0.5, "rope_scaling": {"type": "longrope",
+            "short_factor": [1, 1], "long_factor": [2, 2]}"#,
+        );
+        assert!(c.is_ok(), "{c:?}");
+    }
+
+    #[test]
+    fn bad_rope_keys_are_named() {
+        for (extra, key) in [
+            (
+                r#", "partial_rotary_factor": 1.5"#,
+                "`partial_rotary_factor`",
+            ),
+            (
+                r#", "partial_rotary_factor": 0.1"#,
+                "`partial_rotary_factor`",
+            ),
+            (
+                r#", "rope_parameters": {"partial_rotary_factor": "x"}"#,
+                "`rope_parameters.partial_rotary_factor`",
+            ),
+            (
+                r#", "rope_scaling": {"type": "longrope", "short_factor": [1, 1, 1], "long_factor": [1, 1, 1, 1]}"#,
+                "`rope_scaling.short_factor`",
+            ),
+            (
+                r#", "rope_scaling": {"type": "longrope", "short_factor": [1, 1, 1, 1]}"#,
+                "`rope_scaling.long_factor`",
+            ),
+            (
+                r#", "rope_scaling": {"type": "longrope", "short_factor": [1, 1, 1, -1], "long_factor": [1, 1, 1, 1]}"#,
+                "`rope_scaling.short_factor`",
+            ),
+        ] {
+            let err = phi3(extra).unwrap_err().to_string();
+            assert!(err.contains(key) && !err.contains('\n'), "{extra}: {err}");
+        }
+    }
 }

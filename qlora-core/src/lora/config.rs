@@ -137,7 +137,40 @@ mod tests {
             LoraConfig::parse_target_modules("all-linear")
                 .unwrap()
                 .len(),
-            7
+            9
         );
+    }
+
+    #[test]
+    fn targets_resolve_per_architecture() {
+        let all = LoraConfig::default();
+        let llama = all.clone().for_architecture(Architecture::Llama).unwrap();
+        assert_eq!(llama.target_modules, Architecture::Llama.projections());
+        let phi3 = all.for_architecture(Architecture::Phi3).unwrap();
+        assert_eq!(
+            phi3.target_names(),
+            ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+        );
+        let named = |spec: &str| LoraConfig {
+            target_modules: LoraConfig::parse_target_modules(spec).unwrap(),
+            ..LoraConfig::default()
+        };
+        let err = named("q_proj,o_proj")
+            .for_architecture(Architecture::Phi3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`q_proj`") && err.contains("qkv_proj"),
+            "{err}"
+        );
+        assert!(
+            named("qkv_proj")
+                .for_architecture(Architecture::Qwen2)
+                .is_err()
+        );
+        let o = named("o_proj")
+            .for_architecture(Architecture::Phi3)
+            .unwrap();
+        assert_eq!(o.target_modules, [Projection::O]);
     }
 }

@@ -15,11 +15,12 @@ const LLAMA: Architecture = Architecture::Llama;
 const QWEN2: Architecture = Architecture::Qwen2;
 const QWEN3: Architecture = Architecture::Qwen3;
 const GEMMA3: Architecture = Architecture::Gemma3;
+const PHI3: Architecture = Architecture::Phi3;
 /// Qwen's (and Gemma 3's) RMSNorm epsilon and RoPE theta.
 const QWEN: (f64, f64) = (1e-6, 1e6);
 
 #[rustfmt::skip]
-const PRESETS: [Preset; 12] = [
+const PRESETS: [Preset; 14] = [
     ("llama-7b", LLAMA, [4096, 11008, 32, 32, 32, 32000, 2048], (1e-6, 1e4), false),
     ("llama-13b", LLAMA, [5120, 13824, 40, 40, 40, 32000, 2048], (1e-6, 1e4), false),
     ("llama-33b", LLAMA, [6656, 17920, 60, 52, 52, 32000, 2048], (1e-6, 1e4), false),
@@ -35,6 +36,10 @@ const PRESETS: [Preset; 12] = [
     ("gemma-3-270m", GEMMA3, [640, 2048, 18, 4, 1, 262144, 32768], QWEN, true),
     ("gemma-3-4b", GEMMA3, [2560, 10240, 34, 8, 4, 262208, 131072], QWEN, true),
     ("gemma-3-12b", GEMMA3, [3840, 15360, 48, 16, 8, 262208, 131072], QWEN, true),
+    // Phi-3.5-mini-instruct and Phi-4-mini-instruct (fused qkv_proj and gate_up_proj; their
+    // LongRoPE and Phi-4-mini's partial rotary factor change no memory figure).
+    ("phi-3.5-mini", PHI3, [3072, 8192, 32, 32, 32, 32064, 131072], (1e-5, 1e4), false),
+    ("phi-4-mini", PHI3, [3072, 8192, 32, 24, 8, 200064, 131072], (1e-5, 1e4), true),
 ];
 
 /// The `config.json` text of a preset.

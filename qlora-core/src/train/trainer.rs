@@ -11,6 +11,7 @@ use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
 use super::progress::Progress;
 use super::schedule::warmup_from_ratio;
+use crate::config::ModelConfig;
 use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, split_eval};
 use crate::device::DeviceChoice;
 use crate::distributed::{Collective, ReduceStats, Single, differing};
@@ -78,13 +79,16 @@ impl Trainer {
     ) -> Result<Self> {
         let device = device.on_local_rank(collective.local_rank(), collective.local_world());
         config.validate()?;
+        // The projections the targets name, among the model's (before anything is read).
+        let architecture = ModelConfig::load(&config.model)?.architecture;
+        config.lora()?.for_architecture(architecture)?;
         let mut config = config;
         config.settle_optimizer_budget(device, progress)?;
         let start_from = match config.adapter.clone() {
             Some(dir) => Some(adapter_to_continue(&dir, &mut config, progress)?),
             None => None,
         };
-        let lora = config.lora()?;
+        let lora = config.lora()?.for_architecture(architecture)?;
         let options = config.data_options();
         let tokenizer = Tokenizer::load(&config.model)?;
         let loaded: LoadedData = load_examples(&config.data, &tokenizer, &options)?;
@@ -118,7 +122,6 @@ impl Trainer {
             compute,
         };
         let mut model = CausalLm::load(&config.model, &load_options)?;
-        let lora = lora.for_architecture(model.config.architecture)?;
         attach_adapters(&mut model, &lora, start_from, config.seed, progress)?;
         let sizes = model.adapter_sizes();
         let budget = config
