@@ -365,8 +365,8 @@ fn bad_files_are_errors_naming_the_problem() {
     assert!(err.contains("not.gguf"), "{err}");
 
     let mut metadata = llama_metadata();
-    metadata[0] = ("general.architecture", Value::String("phi3".into()));
-    let other = tmp.path().join("phi3.gguf");
+    metadata[0] = ("general.architecture", Value::String("phi2".into()));
+    let other = tmp.path().join("phi2.gguf");
     write_gguf(
         &other,
         &metadata,
@@ -380,7 +380,8 @@ fn bad_files_are_errors_naming_the_problem() {
         .to_string();
     assert!(
         err.contains("general.architecture")
-            && err.contains("`phi3` is not supported (supported: llama, qwen2, qwen3, gemma3)"),
+            && err
+                .contains("`phi2` is not supported (supported: llama, qwen2, qwen3, gemma3, phi3)"),
         "{err}"
     );
 
