@@ -91,15 +91,15 @@ impl LoraConfig {
     /// projection any family has), else the ones named, each of which `arch` must have.
     pub fn for_architecture(mut self, arch: Architecture) -> Result<Self> {
         let own = arch.projections();
-        if self.target_modules != Projection::ALL {
-            if let Some(p) = self.target_modules.iter().find(|p| !own.contains(p)) {
-                return Err(Error::invalid(format!(
-                    "target module `{}` is not a projection of {}; it has {}",
-                    p.name(),
-                    arch.class_name(),
-                    arch.projection_names()
-                )));
-            }
+        if self.target_modules != Projection::ALL
+            && let Some(p) = self.target_modules.iter().find(|p| !own.contains(p))
+        {
+            return Err(Error::invalid(format!(
+                "target module `{}` is not a projection of {}; it has {}",
+                p.name(),
+                arch.class_name(),
+                arch.projection_names()
+            )));
         }
         self.target_modules.retain(|p| own.contains(p));
         Ok(self)

@@ -10,7 +10,11 @@ use super::linear::Linear;
 use crate::config::Projection;
 use crate::error::Result;
 
-/// Projections of one input.
+/// The adapters' gradients of a group of projections, and the gradient of their input.
+pub type GroupGrads = (Vec<(Projection, AdapterGrad)>, Option<Tensor<2>>);
+
+/// Projections of one input (two a layer: the size of a linear inline does not matter).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum InputProjections {
     /// One linear an output.
@@ -65,7 +69,7 @@ impl InputProjections {
         dys: Vec<Tensor<2>>,
         dropout: Option<&DropoutStream>,
         input_grad: bool,
-    ) -> Result<(Vec<(Projection, AdapterGrad)>, Option<Tensor<2>>)> {
+    ) -> Result<GroupGrads> {
         let mut grads = Vec::new();
         match self {
             InputProjections::Split(linears) => {
