@@ -12,6 +12,19 @@ fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `qlora train --model MODEL --data DATA --out OUT`.
+fn train_args<'a>(model: &'a Path, data: &'a Path, out: &'a Path) -> [&'a str; 7] {
+    [
+        "train",
+        "--model",
+        path(model),
+        "--data",
+        path(data),
+        "--out",
+        path(out),
+    ]
+}
+
 #[test]
 fn training_halves_the_eval_loss_and_the_adapter_merges() {
     let dir = tempfile::tempdir().unwrap();
@@ -143,15 +156,7 @@ fn bad_training_configurations_fail_fast() {
     let model = root().join("tests/fixtures/tiny-llama");
     let train = root().join("datasets/parity_train.jsonl");
     let out = dir.path().join("o");
-    let base = [
-        "train",
-        "--model",
-        path(&model),
-        "--data",
-        path(&train),
-        "--out",
-        path(&out),
-    ];
+    let base = train_args(&model, &train, &out);
     for (extra, needle) in [
         (vec!["--lr=-1"], "--lr"),
         (vec!["--rank", "0"], "--rank"),
@@ -428,15 +433,7 @@ fn phi3_trains_adapters_on_its_fused_projections() {
     let train = root().join("datasets/parity_train.jsonl");
     let eval = root().join("datasets/parity_eval.jsonl");
     let out = dir.path().join("run");
-    let base = [
-        "train",
-        "--model",
-        path(&model),
-        "--data",
-        path(&train),
-        "--out",
-        path(&out),
-    ];
+    let base = train_args(&model, &train, &out);
     // LLaMA's names are not Phi-3's projections: one line naming the ones it has.
     let mut args = base.to_vec();
     args.extend(["--target-modules", "q_proj,v_proj"]);

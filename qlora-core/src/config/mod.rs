@@ -22,7 +22,7 @@ mod windows;
 pub use arch::Architecture;
 pub use hf::{HfConfig, OneOrMany};
 pub use projection::Projection;
-pub use rope::{RopeConfig, RopeScaling};
+pub use rope::{RopeConfig, RopeScaling, longrope_attention_factor};
 pub use spec::{Activation, DecoderSpec, LayerSpec, NormForm, RopeKind};
 pub use tensors::{ModelTensor, Rotary};
 pub use windows::slides_in_pattern;

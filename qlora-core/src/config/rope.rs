@@ -66,10 +66,26 @@ impl RopeConfig {
         }
     }
 
-    /// The dimensions of a `head_dim` head the rotary embedding rotates (as transformers
-    /// rounds them: down).
+    /// The dimensions of a `head_dim` head the rotary embedding rotates.
     pub fn rotary_dim(&self, head_dim: usize) -> usize {
-        (head_dim as f64 * self.partial_rotary_factor) as usize
+        rotary_dim(head_dim, self.partial_rotary_factor)
+    }
+}
+
+/// The dimensions of a `head_dim` head a partial rotary `factor` rotates (as transformers
+/// rounds them: down).
+fn rotary_dim(head_dim: usize, factor: f64) -> usize {
+    (head_dim as f64 * factor) as usize
+}
+
+/// LongRoPE's attention factor when a config does not give one, as transformers (and
+/// llama.cpp's converter) derive it from the context extension `factor` over a pretraining
+/// length of `original`: `sqrt(1 + ln(factor) / ln(original))`, 1 without extension.
+pub fn longrope_attention_factor(factor: f64, original: usize) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        (1.0 + factor.ln() / (original as f64).ln()).sqrt()
     }
 }
 
@@ -134,7 +150,7 @@ pub(super) fn parse_rope(
                 keys.partial_rotary_factor.unwrap_or(1.0),
             ),
         };
-    let rotary_dim = (keys.head_dim as f64 * partial_rotary_factor) as usize;
+    let rotary_dim = rotary_dim(keys.head_dim, partial_rotary_factor);
     if !(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0)
         || rotary_dim == 0
         || !rotary_dim.is_multiple_of(2)
@@ -246,11 +262,10 @@ fn long_rope(
         .get("factor")
         .and_then(Value::as_f64)
         .unwrap_or(keys.max_position_embeddings as f64 / original as f64);
-    let attention_factor = match params.get("attention_factor").and_then(Value::as_f64) {
-        Some(f) => f,
-        None if factor <= 1.0 => 1.0,
-        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
-    };
+    let attention_factor = params
+        .get("attention_factor")
+        .and_then(Value::as_f64)
+        .unwrap_or_else(|| longrope_attention_factor(factor, original));
     Ok(RopeScaling::LongRope {
         short_factor: factors("short_factor")?,
         long_factor: factors("long_factor")?,

@@ -6,7 +6,9 @@ use serde_json::{Value, json};
 use super::file::GgufFile;
 use super::keys;
 use crate::FloatDtype;
-use crate::config::{Architecture, HfConfig, OneOrMany, slides_in_pattern};
+use crate::config::{
+    Architecture, HfConfig, OneOrMany, longrope_attention_factor, slides_in_pattern,
+};
 use crate::error::{Error, Result};
 
 /// llama.cpp's tensor of per-frequency RoPE divisors, written for Llama 3.1/3.2 scaling.
@@ -168,12 +170,7 @@ fn phi3(gguf: &GgufFile, config: &mut HfConfig, rotary_dim: usize, head_dim: usi
         "short_factor": factors(short_name)?,
         "long_factor": factors(long_name)?,
     });
-    let factor = context as f64 / original as f64;
-    let derived = if factor > 1.0 {
-        (1.0 + factor.ln() / (original as f64).ln()).sqrt()
-    } else {
-        1.0
-    };
+    let derived = longrope_attention_factor(context as f64 / original as f64, original);
     if let Some(stored) = gguf.float(&keys::arch(keys::ROPE_SCALING_ATTN_FACTOR, "phi3"))?
         && stored as f32 != derived as f32
     {

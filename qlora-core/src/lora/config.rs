@@ -90,18 +90,7 @@ impl LoraConfig {
     /// The targets among the projections of `arch`: all of them for `all-linear` (every
     /// projection any family has), else the ones named, each of which `arch` must have.
     pub fn for_architecture(mut self, arch: Architecture) -> Result<Self> {
-        let own = arch.projections();
-        if self.target_modules != Projection::ALL
-            && let Some(p) = self.target_modules.iter().find(|p| !own.contains(p))
-        {
-            return Err(Error::invalid(format!(
-                "target module `{}` is not a projection of {}; it has {}",
-                p.name(),
-                arch.class_name(),
-                arch.projection_names()
-            )));
-        }
-        self.target_modules.retain(|p| own.contains(p));
+        self.target_modules = targets_of(arch, &self.target_modules)?;
         Ok(self)
     }
 
@@ -109,6 +98,27 @@ impl LoraConfig {
     pub fn target_names(&self) -> Vec<&'static str> {
         self.target_modules.iter().map(|p| p.name()).collect()
     }
+}
+
+/// The projections of `arch` that `targets` name: all of them for [`Projection::ALL`]
+/// (`all-linear`), else the ones named, each of which `arch` must have.
+pub fn targets_of(arch: Architecture, targets: &[Projection]) -> Result<Vec<Projection>> {
+    let own = arch.projections();
+    if targets != Projection::ALL
+        && let Some(p) = targets.iter().find(|p| !own.contains(p))
+    {
+        return Err(Error::invalid(format!(
+            "target module `{}` is not a projection of {}; it has {}",
+            p.name(),
+            arch.class_name(),
+            arch.projection_names()
+        )));
+    }
+    Ok(targets
+        .iter()
+        .copied()
+        .filter(|p| own.contains(p))
+        .collect())
 }
 
 /// `alpha / r`, or `alpha / sqrt(r)` with rank-stabilized LoRA.

@@ -8,7 +8,7 @@ mod config;
 mod peft;
 mod targeting;
 
-pub use config::{LoraConfig, LoraInit, lora_scale};
+pub use config::{LoraConfig, LoraInit, lora_scale, targets_of};
 pub use peft::{
     ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, AdapterFile, AdapterSettings,
     ModuleWeights, apply_adapter, load_adapter, read_adapter, save_adapter,

@@ -97,11 +97,6 @@ impl RotaryEmbedding {
         }
     }
 
-    /// The dimensions of every head rotated.
-    pub fn rotary_dim(&self) -> usize {
-        self.rotary_dim
-    }
-
     /// `cos` and `sin` tables `[positions, rotary_dim]`, a row for each position. LongRoPE
     /// uses its long factors for all of them when one lies past the pretraining length.
     pub fn tables(&self, positions: &[usize], device: &Device) -> (Tensor<2>, Tensor<2>) {

@@ -143,11 +143,7 @@ const PLANNABLE: f64 = (1u64 << 60) as f64;
 /// estimated in f64 (which cannot overflow) with the plan's largest factors.
 fn check_plannable(config: &ModelConfig, settings: &PlanSettings) -> Result<()> {
     // The targets must be the model's projections (as training requires).
-    crate::lora::LoraConfig {
-        target_modules: settings.target_modules.clone(),
-        ..crate::lora::LoraConfig::default()
-    }
-    .for_architecture(config.architecture)?;
+    crate::lora::targets_of(config.architecture, &settings.target_modules)?;
     let f = |x: usize| x as f64;
     let (h, inter, layers, vocab) = (
         f(config.hidden_size),

@@ -11,6 +11,7 @@ use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
 use super::progress::Progress;
 use super::schedule::warmup_from_ratio;
+use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, split_eval};
 use crate::device::DeviceChoice;
@@ -79,8 +80,9 @@ impl Trainer {
     ) -> Result<Self> {
         let device = device.on_local_rank(collective.local_rank(), collective.local_world());
         config.validate()?;
-        // The projections the targets name, among the model's (before anything is read).
-        let architecture = ModelConfig::load(&config.model)?.architecture;
+        // The projections the targets name, among the model's (before anything else is read).
+        let model_config = ModelConfig::load(&config.model)?;
+        let architecture = model_config.architecture;
         config.lora()?.for_architecture(architecture)?;
         let mut config = config;
         config.settle_optimizer_budget(device, progress)?;
@@ -121,7 +123,8 @@ impl Trainer {
             device,
             compute,
         };
-        let mut model = CausalLm::load(&config.model, &load_options)?;
+        let checkpoint = Checkpoint::open(&config.model)?;
+        let mut model = CausalLm::from_checkpoint(model_config, &checkpoint, &load_options)?;
         attach_adapters(&mut model, &lora, start_from, config.seed, progress)?;
         let sizes = model.adapter_sizes();
         let budget = config

@@ -65,6 +65,16 @@ fn inputs(r: &Tensors) -> (Vec<Vec<u32>>, Vec<Vec<i64>>) {
     (ids, labels)
 }
 
+/// The model's logits of `ids`, flat.
+fn logits_of(model: &CausalLm, ids: &[Vec<u32>]) -> Vec<f32> {
+    model
+        .forward(ids, None, None)
+        .unwrap()
+        .into_data()
+        .try_into_vec()
+        .unwrap()
+}
+
 /// The model's logits and mean loss on the reference's inputs against `r[logits_key]` and
 /// `r[loss_key]`.
 fn check_logits(model: &CausalLm, r: &Tensors, logits_key: &str, loss_key: &str) {
@@ -218,12 +228,7 @@ fn gguf_round_trip(dir: &Path, gguf_arch: &str, windows_kept: bool) {
                 .iter_mut()
                 .for_each(|l| l.self_attn.window = None);
         }
-        model
-            .forward(&ids, None, None)
-            .unwrap()
-            .into_data()
-            .try_into_vec()
-            .unwrap()
+        logits_of(&model, &ids)
     };
     assert_eq!(logits(dir), logits(&back), "logits after export and import");
 }
@@ -280,13 +285,7 @@ fn tiny_mistral_matches_transformers_peft_and_bitsandbytes() {
         .iter_mut()
         .for_each(|l| l.self_attn.window = None);
     let (ids, _) = inputs(&r);
-    let values: Vec<f32> = full
-        .forward(&ids, None, None)
-        .unwrap()
-        .into_data()
-        .try_into_vec()
-        .unwrap();
-    let diff = max_diff(&values, &f32s(&r["logits"].2));
+    let diff = max_diff(&logits_of(&full, &ids), &f32s(&r["logits"].2));
     assert!(diff > 1e-2, "without the window: {diff}");
 }
 
@@ -353,13 +352,7 @@ fn tiny_phi3_matches_transformers_peft_and_bitsandbytes() {
     let model = CausalLm::load(&dir, &dense()).unwrap();
     let (ids, _) = inputs(&r);
     let short: Vec<Vec<u32>> = ids.iter().map(|row| row[..8].to_vec()).collect();
-    let values: Vec<f32> = model
-        .forward(&short, None, None)
-        .unwrap()
-        .into_data()
-        .try_into_vec()
-        .unwrap();
-    let diff = max_diff(&values, &f32s(&r["short_logits"].2));
+    let diff = max_diff(&logits_of(&model, &short), &f32s(&r["short_logits"].2));
     eprintln!("short_logits: max |diff| {diff:.2e}");
     assert!(diff <= 1e-4, "short_logits: {diff}");
 
