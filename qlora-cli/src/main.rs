@@ -93,7 +93,7 @@ fn main() -> ExitCode {
         Ok(matches) => matches,
         Err(err) => match value_error(&err) {
             Some(line) => {
-                eprintln!("error: {line}");
+                qlora_core::stderr::line(format_args!("error: {line}"));
                 return ExitCode::FAILURE;
             }
             None => err.exit(),
@@ -101,7 +101,9 @@ fn main() -> ExitCode {
     };
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     if let Err(err) = signals::install() {
-        eprintln!("error: cannot install the signal handlers: {err}");
+        qlora_core::stderr::line(format_args!(
+            "error: cannot install the signal handlers: {err}"
+        ));
         return ExitCode::FAILURE;
     }
     let sub = |name: &str| {
@@ -128,7 +130,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line: the cause chain joined, naming the file and key.
-            eprintln!("error: {err:#}");
+            qlora_core::stderr::line(format_args!("error: {err:#}"));
             ExitCode::FAILURE
         }
     }

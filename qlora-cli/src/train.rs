@@ -88,7 +88,7 @@ impl Progress for BarProgress {
         if self.target.is_none() {
             self.bar.println(text);
         } else {
-            eprintln!("{text}");
+            qlora_core::stderr::line(text);
         }
     }
 
@@ -109,7 +109,7 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
     match train(args, matches, collective.clone()) {
         Ok(()) => Ok(()),
         Err(err) => {
-            eprintln!("error: rank {rank} of {world}: {err:#}");
+            qlora_core::stderr::line(format_args!("error: rank {rank} of {world}: {err:#}"));
             collective.abort(1)
         }
     }
@@ -165,22 +165,24 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
                 .eval_loss_after
                 .map(|l| format!(", {l:.4} after"))
                 .unwrap_or_default();
-            eprintln!(
+            qlora_core::stderr::line(format_args!(
                 "trained {} steps{before}{after}; adapter in {}",
                 summary.steps,
                 summary.out.display()
-            );
+            ));
             // The curves are a convenience: failing to draw them does not fail the run.
             match crate::plot::draw(&summary.out, None) {
-                Ok(path) => eprintln!("curves in {}", path.display()),
-                Err(e) => eprintln!("warning: no training curves: {e:#}"),
+                Ok(path) => qlora_core::stderr::line(format_args!("curves in {}", path.display())),
+                Err(e) => {
+                    qlora_core::stderr::line(format_args!("warning: no training curves: {e:#}"))
+                }
             }
         }
-        Outcome::Interrupted => eprintln!(
+        Outcome::Interrupted => qlora_core::stderr::line(format_args!(
             "stopped at step {}, no final adapter; continue with --resume (checkpoint in {})",
             summary.steps,
             summary.out.display()
-        ),
+        )),
     }
     Ok(())
 }

@@ -22,6 +22,7 @@
 pub mod error;
 pub mod profile;
 pub mod settings;
+pub mod stderr;
 
 pub mod device;
 pub mod distributed;

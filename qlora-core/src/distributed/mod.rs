@@ -114,7 +114,9 @@ pub fn abort_ranks_on_panic(rank: usize) {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             previous(info);
-            eprintln!("error: rank {rank} panicked; ending every rank");
+            crate::stderr::line(format_args!(
+                "error: rank {rank} panicked; ending every rank"
+            ));
             mpi::abort_world(101);
         }));
     }

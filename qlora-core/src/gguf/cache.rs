@@ -107,7 +107,7 @@ pub fn resolve_gguf_in(path: &Path, cache: &Path) -> Result<PathBuf> {
     // A file that is not a usable GGUF fails here, before anything is announced or written.
     let gguf = GgufFile::open(path)?;
     let exists = dir.exists();
-    eprintln!(
+    crate::stderr::line(format_args!(
         "{} {} into the cache at {}{}",
         if exists { "re-importing" } else { "importing" },
         path.display(),
@@ -117,7 +117,7 @@ pub fn resolve_gguf_in(path: &Path, cache: &Path) -> Result<PathBuf> {
         } else {
             " (first use only)"
         }
-    );
+    ));
     let options = ImportOptions {
         overwrite: exists,
         ..ImportOptions::default()

@@ -90,7 +90,7 @@ impl LogProgress {
 impl Progress for LogProgress {
     fn start(&mut self, total_steps: u64, done: u64) {
         self.total = total_steps;
-        eprintln!("training: {total_steps} steps ({done} done)");
+        crate::stderr::line(format_args!("training: {total_steps} steps ({done} done)"));
     }
 
     fn step(&mut self, m: &StepMetrics) {
@@ -100,7 +100,7 @@ impl Progress for LogProgress {
             || m.mc_acc.is_some()
         {
             let eval = m.evaluation();
-            eprintln!(
+            crate::stderr::line(format_args!(
                 "step {}/{} loss {:.4} lr {:.3e} grad_norm {:.3} tokens/s {:.1} padding {:.1}%{eval}",
                 m.step,
                 self.total,
@@ -109,12 +109,12 @@ impl Progress for LogProgress {
                 m.grad_norm,
                 m.tokens_per_s,
                 100.0 * m.padding
-            );
+            ));
         }
     }
 
     fn message(&mut self, text: &str) {
-        eprintln!("{text}");
+        crate::stderr::line(text);
     }
 
     fn finish(&mut self) {}
