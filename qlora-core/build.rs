@@ -1,19 +1,28 @@
 // Whether the tests on real models can run (shared by `qlora-core` and `qlora-cli`).
 //
-// They need GGUF files that are not in the repository. Each is looked for at its variable
-// (`$QLORA_SMOLLM2_GGUF`), at `tests/models/` (where `examples/quickstart.sh` and
+// They need GGUF files (and the chat templates models ship) that are not in the repository.
+// Each is looked for at its variable (`$QLORA_SMOLLM2_GGUF`), at `tests/models/` (where `examples/quickstart.sh` and
 // `examples/fetch_models.sh` link the files they downloaded, whatever their `QLORA_CACHE`),
-// and in the default cache. Found, the path goes to the tests as `QLORA_TEST_<NAME>_GGUF` and
+// and in the default cache. Found, the path goes to the tests as `QLORA_TEST_<NAME>` and
 // its cfg is set; not found, the tests are compiled as ignored with the reason, so the summary
 // counts them, except under `CI=true`, where they run and fail.
 
 use std::path::{Path, PathBuf};
 
-/// (file, the name in the variables, the cfg of its tests).
-const MODELS: [(&str, &str, &str); 3] = [
-    ("SmolLM2-135M-Instruct.Q4_1.gguf", "SMOLLM2", "real_model"),
-    ("Qwen2.5-Coder-0.5B-Instruct.gguf", "QWEN25", "real_qwen25"),
-    ("gemma-3-270m-q4_k_m.gguf", "GEMMA3", "real_gemma3"),
+/// (file or directory, the name in the variables, the cfg of its tests).
+const MODELS: [(&str, &str, &str); 4] = [
+    (
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SMOLLM2_GGUF",
+        "real_model",
+    ),
+    (
+        "Qwen2.5-Coder-0.5B-Instruct.gguf",
+        "QWEN25_GGUF",
+        "real_qwen25",
+    ),
+    ("gemma-3-270m-q4_k_m.gguf", "GEMMA3_GGUF", "real_gemma3"),
+    ("chat-templates", "CHAT_TEMPLATES", "real_chat_templates"),
 ];
 
 fn var(name: &str) -> Option<String> {
@@ -30,7 +39,7 @@ fn watch(dir: &Path) {
 }
 
 fn find(file: &str, name: &str) -> Option<PathBuf> {
-    if let Some(path) = var(&format!("QLORA_{name}_GGUF")) {
+    if let Some(path) = var(&format!("QLORA_{name}")) {
         // Asked for explicitly: used even if missing, so the tests say so.
         return Some(PathBuf::from(path));
     }
@@ -51,7 +60,7 @@ fn find(file: &str, name: &str) -> Option<PathBuf> {
     dirs.iter().for_each(|dir| watch(dir));
     dirs.into_iter()
         .map(|dir| dir.join(file))
-        .find(|path| path.is_file())
+        .find(|path| path.exists())
 }
 
 fn main() {
@@ -63,6 +72,6 @@ fn main() {
             println!("cargo::rustc-cfg={cfg}");
         }
         let path = found.map(|p| p.display().to_string()).unwrap_or_default();
-        println!("cargo::rustc-env=QLORA_TEST_{name}_GGUF={path}");
+        println!("cargo::rustc-env=QLORA_TEST_{name}={path}");
     }
 }

@@ -4,6 +4,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use qlora_core::data::{ConversationTemplate, DatasetFormat};
 use qlora_core::generate::{Prompt, SamplingConfig, generate};
+use qlora_core::text::TemplateKwargs;
 
 use crate::model_args::ModelArgs;
 
@@ -35,6 +36,10 @@ pub struct GenerateArgs {
     /// A system message to put before --chat.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// Extra variables for the chat template, a JSON object, as transformers'
+    /// `apply_chat_template` keyword arguments (Qwen3: '{"enable_thinking": false}').
+    #[arg(long, value_name = "JSON", requires = "chat")]
+    chat_template_kwargs: Option<TemplateKwargs>,
     #[command(flatten)]
     sampling: SamplingConfig,
 }
@@ -43,6 +48,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     let config = args.sampling.clone();
     config.validate()?;
     let (model, tokenizer) = args.model.load()?;
+    let chat_kwargs = args.chat_template_kwargs.clone().unwrap_or_default();
     let prompt = match (&args.prompt, &args.chat) {
         (Some(text), _) => Prompt::Text {
             text,
@@ -53,6 +59,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         (None, Some(message)) => Prompt::Chat {
             message,
             system: args.system.as_deref(),
+            kwargs: &chat_kwargs,
         },
         (None, None) => bail!("give --prompt or --chat"),
     };

@@ -49,6 +49,7 @@ pub fn response_prompt(
         target_max_len: usize::MAX / 4,
         train_on_source: false,
         template: effective_template(format, template),
+        chat_template_kwargs: None,
     };
     let example = tokenize(&sample, tokenizer, &options)?;
     let start = example

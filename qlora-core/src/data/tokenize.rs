@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::format::{ConversationTemplate, Sample, render_guanaco};
 use crate::error::{Error, Result};
 use crate::model::IGNORE_INDEX;
-use crate::text::{Message, Tokenizer};
+use crate::text::{Message, TemplateKwargs, Tokenizer};
 
 /// How samples become tokens (flags of `train` and `eval`, keys of `training_config.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
@@ -35,6 +35,10 @@ pub struct TokenizeOptions {
     /// (the model's chat template).
     #[arg(long, default_value_t = ConversationTemplate::Guanaco, help_heading = "Data")]
     pub template: ConversationTemplate,
+    /// Extra variables for the chat template, a JSON object, as transformers'
+    /// `apply_chat_template` keyword arguments (Qwen3: '{"enable_thinking": false}').
+    #[arg(long, value_name = "JSON", help_heading = "Data")]
+    pub chat_template_kwargs: Option<TemplateKwargs>,
 }
 
 impl Default for TokenizeOptions {
@@ -121,20 +125,28 @@ fn render_guanaco_with_targets(messages: &[Message], tokenizer: &Tokenizer) -> R
     Rendered { text, targets }
 }
 
-fn render_chat_with_targets(messages: &[Message], tokenizer: &Tokenizer) -> Result<Rendered> {
-    let text = tokenizer.apply_chat_template(messages, false)?;
+fn render_chat_with_targets(
+    messages: &[Message],
+    tokenizer: &Tokenizer,
+    kwargs: &TemplateKwargs,
+) -> Result<Rendered> {
+    let render = |messages: &[Message], generation| {
+        tokenizer.apply_chat_template_with(messages, generation, kwargs)
+    };
+    let text = render(messages, false)?;
     let mut targets = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         if m.role != "assistant" {
             continue;
         }
-        let before = tokenizer.apply_chat_template(&messages[..i], true)?;
-        let through = tokenizer.apply_chat_template(&messages[..=i], false)?;
+        let before = render(&messages[..i], true)?;
+        let through = render(&messages[..=i], false)?;
         if !text.starts_with(&before) || !text.starts_with(&through) || through.len() < before.len()
         {
             return Err(Error::invalid(
-                "the chat template does not render a conversation as the concatenation of its \
-                 prefixes, so assistant turns cannot be located",
+                "the chat template does not render this conversation as the concatenation of its \
+                 prefixes, so its assistant turns cannot be located (Qwen3's drops the reasoning \
+                 of all but the last turn); give each assistant turn its own sample",
             ));
         }
         targets.push(before.len()..through.len());
@@ -156,7 +168,11 @@ pub fn tokenize(
         Sample::Conversation(messages) => {
             let rendered = match options.template {
                 ConversationTemplate::Guanaco => render_guanaco_with_targets(messages, tokenizer),
-                ConversationTemplate::Chat => render_chat_with_targets(messages, tokenizer)?,
+                ConversationTemplate::Chat => render_chat_with_targets(
+                    messages,
+                    tokenizer,
+                    &options.chat_template_kwargs.clone().unwrap_or_default(),
+                )?,
             };
             let encoded = tokenizer.encode_with_offsets(&rendered.text, false)?;
             let mut ids = encoded.ids;

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use crate::data::{ConversationTemplate, DatasetFormat, response_prompt};
 use crate::error::Result;
-use crate::text::{Message, Tokenizer};
+use crate::text::{Message, TemplateKwargs, Tokenizer};
 use crate::train::{CONFIG_FILE, TrainConfig};
 
 /// A prompt.
@@ -29,6 +29,8 @@ pub enum Prompt<'a> {
         message: &'a str,
         /// The system message.
         system: Option<&'a str>,
+        /// The template's extra variables (`enable_thinking`, ...).
+        kwargs: &'a TemplateKwargs,
     },
 }
 
@@ -66,14 +68,18 @@ impl Prompt<'_> {
                 let ids = response_prompt(format, template, text, input, tokenizer)?;
                 Ok((ids, Some(format)))
             }
-            Prompt::Chat { message, system } => {
+            Prompt::Chat {
+                message,
+                system,
+                kwargs,
+            } => {
                 let mut messages = Vec::new();
                 if let Some(system) = system {
                     messages.push(Message::new("system", system));
                 }
                 messages.push(Message::new("user", message));
                 // The template writes the special tokens itself.
-                let text = tokenizer.apply_chat_template(&messages, true)?;
+                let text = tokenizer.apply_chat_template_with(&messages, true, kwargs)?;
                 Ok((tokenizer.encode(&text, false)?, None))
             }
         }

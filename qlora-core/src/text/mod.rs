@@ -3,7 +3,7 @@
 mod chat_template;
 mod tokenizer;
 
-pub use chat_template::{ChatTemplate, Message};
+pub use chat_template::{ChatTemplate, Message, TemplateKwargs};
 pub use tokenizer::{
     CHAT_TEMPLATE_FILE, Encoded, GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, TOKENIZER_FILE,
     Tokenizer,

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::chat_template::{ChatTemplate, Message};
+use super::chat_template::{ChatTemplate, Message, TemplateKwargs};
 use crate::error::{Error, Result};
 
 /// The tokenizer's file.
@@ -285,6 +285,16 @@ impl Tokenizer {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.apply_chat_template_with(messages, add_generation_prompt, &TemplateKwargs::default())
+    }
+
+    /// [`apply_chat_template`](Self::apply_chat_template) with the template's extra variables.
+    pub fn apply_chat_template_with(
+        &self,
+        messages: &[Message],
+        add_generation_prompt: bool,
+        kwargs: &TemplateKwargs,
+    ) -> Result<String> {
         self.chat_template
             .as_ref()
             .ok_or_else(|| {
@@ -292,6 +302,6 @@ impl Tokenizer {
                     "the model has no chat template (chat_template.jinja or tokenizer_config.json)",
                 )
             })?
-            .render(messages, add_generation_prompt)
+            .render_with(messages, add_generation_prompt, &kwargs.0)
     }
 }

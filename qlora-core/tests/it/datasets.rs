@@ -203,6 +203,63 @@ fn llama2_inst_template_masks_by_turn() {
     assert!(err.contains("roles must alternate"), "{err}");
 }
 
+/// Qwen3's template (as the model ships it): a turn learns the `<think>` block the template
+/// writes, `--chat-template-kwargs` reaches the template, and a multi-turn conversation (whose
+/// earlier reasoning the template drops) is refused with a way out.
+#[test]
+#[cfg_attr(
+    not(real_chat_templates),
+    ignore = "chat templates not fetched; run examples/fetch_models.sh templates"
+)]
+fn qwen3_template_masks_its_turn_and_takes_kwargs() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["tokenizer.json", "tokenizer_config.json"] {
+        std::fs::copy(fixture("tiny-llama").join(file), dir.path().join(file)).unwrap();
+    }
+    let templates = PathBuf::from(env!("QLORA_TEST_CHAT_TEMPLATES"));
+    std::fs::copy(
+        templates.join("Qwen-Qwen3-0.6B.jinja"),
+        dir.path().join("chat_template.jinja"),
+    )
+    .unwrap();
+    let t = Tokenizer::load(dir.path()).unwrap();
+    let messages = vec![
+        Message::new("user", "hi"),
+        Message::new("assistant", "hello"),
+    ];
+    let options = TokenizeOptions {
+        template: ConversationTemplate::Chat,
+        ..TokenizeOptions::default()
+    };
+    let e = tokenize(&Sample::Conversation(messages.clone()), &t, &options).unwrap();
+    let (learned, _) = split_text(&t, &e.ids, &e.labels);
+    assert_eq!(learned, "<think>\n\n</think>\n\nhello<|im_end|>\n");
+
+    let kwargs: qlora_core::text::TemplateKwargs = r#"{"enable_thinking": false}"#.parse().unwrap();
+    let prompt = t
+        .apply_chat_template_with(&messages[..1], true, &kwargs)
+        .unwrap();
+    assert_eq!(
+        prompt,
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    );
+    assert!("[1]".parse::<qlora_core::text::TemplateKwargs>().is_err());
+
+    let two_turns = vec![
+        Message::new("user", "hi"),
+        Message::new("assistant", "hello"),
+        Message::new("user", "bye"),
+        Message::new("assistant", "bye"),
+    ];
+    let err = tokenize(&Sample::Conversation(two_turns), &t, &options)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("give each assistant turn its own sample"),
+        "{err}"
+    );
+}
+
 #[test]
 fn messages_and_sharegpt_and_text_formats() {
     let t = tokenizer();
