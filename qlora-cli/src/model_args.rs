@@ -23,8 +23,9 @@ pub struct DeviceArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// Hugging Face model directory (config.json, safetensors, tokenizer.json), or a GGUF
-    /// file (imported into the cache on first use).
+    /// Hugging Face model directory (config.json, safetensors, tokenizer.json), a repo id in
+    /// the Hugging Face cache (ORG/NAME[@REVISION]), or a GGUF file (imported into the cache on
+    /// first use).
     #[arg(long)]
     pub model: PathBuf,
     /// Precision of the frozen base: 4 (NF4 with double quantization) or 16 (dense).

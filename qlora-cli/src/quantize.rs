@@ -12,7 +12,8 @@ use crate::output_args::ShardedOutputArgs;
 
 #[derive(Args)]
 pub struct QuantizeArgs {
-    /// Hugging Face model directory (config.json + safetensors).
+    /// Hugging Face model directory (config.json + safetensors), or a repo id in the Hugging
+    /// Face cache (ORG/NAME[@REVISION]).
     #[arg(long)]
     model: PathBuf,
     /// Dtype of the tensors kept dense and of the compute dtype (default: the model's).
@@ -39,7 +40,8 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         overwrite: args.output.output.force,
     };
     let start = Instant::now();
-    let report = quantize_model(&args.model, &args.output.output.out, &options)?;
+    let model = qlora_core::gguf::resolve_model(&args.model)?;
+    let report = quantize_model(&model, &args.output.output.out, &options)?;
     eprintln!(
         "quantized {} weights ({} parameters) to NF4, kept {} tensors dense: {} -> {} in {:.1}s; wrote {}",
         report.quantized_tensors,

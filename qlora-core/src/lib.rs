@@ -29,6 +29,8 @@ pub mod distributed;
 pub mod dtype;
 pub mod staged_dir;
 
+pub mod hub;
+
 pub mod config;
 
 pub mod checkpoint;

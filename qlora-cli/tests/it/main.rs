@@ -4,6 +4,7 @@ mod common;
 
 mod choice_cli;
 mod gguf_cli;
+mod hub_cli;
 mod launch_cli;
 mod model_cli;
 #[cfg(feature = "mpi")]

@@ -7,6 +7,7 @@ use std::time::UNIX_EPOCH;
 use super::file::GgufFile;
 use super::import::{ImportOptions, import_gguf_file};
 use crate::error::{Error, Result};
+use crate::hub;
 
 /// `$QLORA_CACHE`, else `$XDG_CACHE_HOME/qlora`, else `~/.cache/qlora`.
 pub fn cache_root() -> Result<PathBuf> {
@@ -33,10 +34,20 @@ pub fn is_gguf(path: &Path) -> bool {
         && path.is_file()
 }
 
-/// A model directory for `path`: the path itself, or for a `.gguf` file its imported copy in
-/// the cache (keyed by name, size and modification time), importing it on first use.
+/// A model directory for `path`: the path itself; for a `.gguf` file its imported copy in
+/// the cache (keyed by name, size and modification time), importing it on first use; for a
+/// Hugging Face repo id (`ORG/NAME[@REVISION]`, not an existing path) its snapshot in the
+/// Hugging Face cache ([`crate::hub`]).
 pub fn resolve_model(path: impl AsRef<Path>) -> Result<PathBuf> {
     let path = path.as_ref();
+    if let Some(snapshot) = path
+        .to_str()
+        .map(hub::resolve_model_id)
+        .transpose()?
+        .flatten()
+    {
+        return Ok(snapshot.dir);
+    }
     if !is_gguf(path) {
         return Ok(path.to_path_buf());
     }

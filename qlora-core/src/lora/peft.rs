@@ -54,8 +54,13 @@ fn number(x: f64) -> Value {
     }
 }
 
-/// `adapter_config.json` for `config`.
+/// `adapter_config.json` for `config`. A base model from the Hugging Face cache is recorded
+/// as PEFT records it: its repo id, and its commit as `revision`.
 pub fn adapter_config_json(config: &LoraConfig, base_model: &str) -> Value {
+    let (base_model, revision) = match crate::hub::snapshot_origin(Path::new(base_model)) {
+        Some((repo, commit)) => (repo, json!(commit)),
+        None => (base_model.to_string(), Value::Null),
+    };
     json!({
         "alpha_pattern": {},
         "base_model_name_or_path": base_model,
@@ -74,7 +79,7 @@ pub fn adapter_config_json(config: &LoraConfig, base_model: &str) -> Value {
         "peft_type": "LORA",
         "r": config.r,
         "rank_pattern": {},
-        "revision": null,
+        "revision": revision,
         "target_modules": config.target_names(),
         "task_type": "CAUSAL_LM",
         "use_dora": false,

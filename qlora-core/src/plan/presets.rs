@@ -83,11 +83,19 @@ pub fn load_config(model: &str) -> Result<ModelConfig> {
         return ModelConfig::parse(&text, Path::new(model));
     }
     let path = Path::new(model);
+    if let Some(wanted) = crate::hub::parse_repo_id(model).filter(|_| !path.exists()) {
+        let cache = crate::hub::hub_cache().ok_or_else(|| {
+            Error::invalid("no Hugging Face cache: set HF_HUB_CACHE, HF_HOME or HOME")
+        })?;
+        let snapshot = crate::hub::resolve_snapshot_in(&cache, &wanted)?;
+        return ModelConfig::load(&snapshot.dir);
+    }
     if !path.exists() {
         return Err(Error::file(
             path,
             format!(
-                "not found: give a model directory, a config.json, or a preset ({})",
+                "not found: give a model directory, a config.json, a Hugging Face repo id \
+                 (ORG/NAME in its cache), or a preset ({})",
                 preset_names().join(", ")
             ),
         ));

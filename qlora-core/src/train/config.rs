@@ -24,8 +24,9 @@ use crate::settings;
 #[command(next_help_heading = "Run")]
 #[serde(default)]
 pub struct TrainConfig {
-    /// Required: Hugging Face model directory, or a GGUF file (imported into the cache on first
-    /// use); `qlora plan` also takes a config.json or a preset (llama-7b, ...).
+    /// Required: Hugging Face model directory, a repo id in the Hugging Face cache
+    /// (ORG/NAME[@REVISION]), or a GGUF file (imported into the cache on first use); `qlora
+    /// plan` also takes a config.json or a preset (llama-7b, ...).
     #[arg(long, default_value = "", hide_default_value = true, value_parser = path)]
     pub model: PathBuf,
     /// Required: training data (JSON Lines or JSON array).

@@ -102,7 +102,9 @@ impl TrainConfig {
             }
             _ => {}
         }
-        if !self.model.exists() {
+        // A repo id is looked up in the Hugging Face cache when the model is resolved.
+        let repo_id = self.model.to_str().and_then(crate::hub::parse_repo_id);
+        if !self.model.exists() && repo_id.is_none() {
             return Err(Error::file(&self.model, "model not found"));
         }
         Ok(())

@@ -1,0 +1,290 @@
+//! `--model ORG/NAME[@REVISION]`: a model in the Hugging Face cache, found as `huggingface_hub`
+//! finds it. The cache is `$HF_HUB_CACHE` (or the older `$HUGGINGFACE_HUB_CACHE`), else
+//! `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`; a
+//! repo lives in `models--ORG--NAME/`, a revision name in `refs/REV` holds its commit, and the
+//! commit's files are under `snapshots/COMMIT/` (links into `blobs/`). A 40-hex revision is the
+//! commit itself. Nothing is downloaded here.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The Hugging Face hub cache directory, as `huggingface_hub` computes it.
+pub fn hub_cache() -> Option<PathBuf> {
+    let var = |name: &str| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(|v| expand_home(Path::new(&v)))
+    };
+    if let Some(dir) = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")) {
+        return Some(dir);
+    }
+    let home = var("HF_HOME").or_else(|| {
+        var("XDG_CACHE_HOME")
+            .or_else(|| var("HOME").map(|h| h.join(".cache")))
+            .map(|c| c.join("huggingface"))
+    })?;
+    Some(home.join("hub"))
+}
+
+fn expand_home(path: &Path) -> PathBuf {
+    match (path.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// A model repo id and the revision asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoRef {
+    /// `ORG/NAME`.
+    pub repo: String,
+    /// A branch, tag or commit [default: `main`].
+    pub revision: Option<String>,
+}
+
+fn is_name(part: &str) -> bool {
+    !part.is_empty()
+        && part.len() <= 96
+        && !part.starts_with(['.', '-'])
+        && !part.contains("..")
+        && !part.contains("--")
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// `ORG/NAME` or `ORG/NAME@REVISION`, if `text` has that shape.
+pub fn parse_repo_id(text: &str) -> Option<RepoRef> {
+    let (repo, revision) = match text.split_once('@') {
+        Some((repo, rev)) if !rev.is_empty() => (repo, Some(rev.to_string())),
+        Some(_) => return None,
+        None => (text, None),
+    };
+    let (org, name) = repo.split_once('/')?;
+    (is_name(org) && is_name(name)).then(|| RepoRef {
+        repo: repo.to_string(),
+        revision,
+    })
+}
+
+/// A resolved snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// `ORG/NAME`.
+    pub repo: String,
+    /// The commit.
+    pub commit: String,
+    /// `.../models--ORG--NAME/snapshots/COMMIT`.
+    pub dir: PathBuf,
+}
+
+fn is_commit(rev: &str) -> bool {
+    rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The repo's folder in the cache.
+pub fn repo_dir(cache: &Path, repo: &str) -> PathBuf {
+    cache.join(format!("models--{}", repo.replace('/', "--")))
+}
+
+/// `name -> commit` of every revision name in `refs/` (nested names such as `pr/1` included),
+/// then the commits in `snapshots/`, for messages.
+fn cached_revisions(repo_dir: &Path) -> String {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = format!("{prefix}{}", entry.file_name().to_string_lossy());
+            if entry.path().is_dir() {
+                walk(&entry.path(), &format!("{name}/"), out);
+            } else if let Ok(commit) = std::fs::read_to_string(entry.path()) {
+                out.push(format!("{name} -> {}", commit.trim()));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&repo_dir.join("refs"), "", &mut found);
+    if let Ok(entries) = std::fs::read_dir(repo_dir.join("snapshots")) {
+        let mut commits: Vec<String> = entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        commits.sort();
+        found.push(format!("snapshots {}", commits.join(", ")));
+    }
+    if found.is_empty() {
+        "none".into()
+    } else {
+        found.join("; ")
+    }
+}
+
+/// The snapshot `wanted` names in `cache`, with `config.json` in it.
+pub fn resolve_snapshot_in(cache: &Path, wanted: &RepoRef) -> Result<Snapshot> {
+    let repo = &wanted.repo;
+    let dir = repo_dir(cache, repo);
+    if !dir.is_dir() {
+        return Err(Error::invalid(format!(
+            "{repo} is not a path, and not in the Hugging Face cache at {} (no {}); download \
+             it first (`hf download {repo}`), or set HF_HUB_CACHE or HF_HOME to the cache that \
+             holds it",
+            cache.display(),
+            dir.file_name().unwrap_or_default().to_string_lossy(),
+        )));
+    }
+    let revision = wanted.revision.as_deref().unwrap_or("main");
+    let commit = if is_commit(revision) {
+        revision.to_string()
+    } else {
+        let reference = dir.join("refs").join(revision);
+        match std::fs::read_to_string(&reference) {
+            Ok(text) if is_commit(text.trim()) => text.trim().to_string(),
+            Ok(_) => {
+                return Err(Error::file(
+                    &reference,
+                    format!("{repo}: revision `{revision}` does not hold a commit hash"),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::invalid(format!(
+                    "{repo}: revision `{revision}` is not in the Hugging Face cache at {}; \
+                     cached revisions: {}",
+                    dir.display(),
+                    cached_revisions(&dir)
+                )));
+            }
+        }
+    };
+    let snapshot = dir.join("snapshots").join(&commit);
+    let found = Snapshot {
+        repo: repo.clone(),
+        commit,
+        dir: snapshot,
+    };
+    if !found.dir.is_dir() {
+        return Err(found.missing("its snapshot folder", &dir));
+    }
+    if !found.dir.join("config.json").is_file() {
+        return Err(found.missing("config.json", &dir));
+    }
+    Ok(found)
+}
+
+impl Snapshot {
+    fn missing(&self, what: &str, repo_dir: &Path) -> Error {
+        Error::invalid(format!(
+            "{}@{} in the Hugging Face cache ({}) lacks {what}; download it again \
+             (`hf download {}`); cached revisions: {}",
+            self.repo,
+            self.commit,
+            self.dir.display(),
+            self.repo,
+            cached_revisions(repo_dir)
+        ))
+    }
+
+    /// Check that the files a model needs are there (links into `blobs/` that resolve): the
+    /// tokenizer, and the weights (every shard `model.safetensors.index.json` names, or
+    /// `model.safetensors`).
+    pub fn check_model_files(&self) -> Result<()> {
+        let repo_dir = self
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(&self.dir)
+            .to_path_buf();
+        let has = |name: &str| self.dir.join(name).is_file();
+        let index = "model.safetensors.index.json";
+        if has(index) {
+            let path = self.dir.join(index);
+            let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
+            let map = value["weight_map"]
+                .as_object()
+                .ok_or_else(|| Error::key(&path, "weight_map", "expected an object"))?;
+            let mut shards: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+            shards.sort();
+            shards.dedup();
+            if let Some(shard) = shards.iter().find(|s| !has(s)) {
+                return Err(self.missing(&format!("{shard} (named by {index})"), &repo_dir));
+            }
+        } else if !has("model.safetensors") {
+            return Err(self.missing(
+                "model.safetensors (or model.safetensors.index.json)",
+                &repo_dir,
+            ));
+        }
+        if !has("tokenizer.json") {
+            return Err(self.missing("tokenizer.json", &repo_dir));
+        }
+        Ok(())
+    }
+}
+
+/// The model `text` names if it is a repo id and not an existing path: its snapshot in the
+/// cache, with its files checked.
+pub fn resolve_model_id(text: &str) -> Result<Option<Snapshot>> {
+    if Path::new(text).exists() {
+        return Ok(None);
+    }
+    let Some(wanted) = parse_repo_id(text) else {
+        return Ok(None);
+    };
+    let cache = hub_cache().ok_or_else(|| {
+        Error::invalid("no Hugging Face cache: set HF_HUB_CACHE, HF_HOME or HOME")
+    })?;
+    let snapshot = resolve_snapshot_in(&cache, &wanted)?;
+    snapshot.check_model_files()?;
+    Ok(Some(snapshot))
+}
+
+/// The repo id and commit of a snapshot folder (`.../models--ORG--NAME/snapshots/COMMIT`), to
+/// record where a model came from, as PEFT records `base_model_name_or_path` and `revision`.
+pub fn snapshot_origin(dir: &Path) -> Option<(String, String)> {
+    let commit = dir.file_name()?.to_str()?;
+    let snapshots = dir.parent()?;
+    if snapshots.file_name()? != "snapshots" || !is_commit(commit) {
+        return None;
+    }
+    let repo = snapshots
+        .parent()?
+        .file_name()?
+        .to_str()?
+        .strip_prefix("models--")?;
+    let (org, name) = repo.split_once("--")?;
+    (is_name(org) && is_name(name)).then(|| (format!("{org}/{name}"), commit.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repo_ids() {
+        let r = parse_repo_id("Qwen/Qwen2.5-0.5B@v1.0").unwrap();
+        assert_eq!(
+            (r.repo.as_str(), r.revision.as_deref()),
+            ("Qwen/Qwen2.5-0.5B", Some("v1.0"))
+        );
+        assert_eq!(parse_repo_id("a/b").unwrap().revision, None);
+        for bad in ["a", "a/b/c", "/b", "a/", "../b", "a/b@", "a b/c", "a--x/b"] {
+            assert_eq!(parse_repo_id(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn origin_of_a_snapshot_folder() {
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        let dir = PathBuf::from(format!("/c/hub/models--Org--My.Model/snapshots/{commit}"));
+        assert_eq!(
+            snapshot_origin(&dir),
+            Some(("Org/My.Model".to_string(), commit.to_string()))
+        );
+        assert_eq!(snapshot_origin(Path::new("/tmp/model")), None);
+    }
+}
