@@ -27,6 +27,12 @@ pub fn hub_cache() -> Option<PathBuf> {
     Some(home.join("hub"))
 }
 
+/// [`hub_cache`], or an error saying which variables set it.
+pub fn require_hub_cache() -> Result<PathBuf> {
+    hub_cache()
+        .ok_or_else(|| Error::invalid("no Hugging Face cache: set HF_HUB_CACHE, HF_HOME or HOME"))
+}
+
 fn expand_home(path: &Path) -> PathBuf {
     match (path.strip_prefix("~"), std::env::var_os("HOME")) {
         (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
@@ -166,16 +172,24 @@ pub fn resolve_snapshot_in(cache: &Path, wanted: &RepoRef) -> Result<Snapshot> {
         dir: snapshot,
     };
     if !found.dir.is_dir() {
-        return Err(found.missing("its snapshot folder", &dir));
+        return Err(found.missing("its snapshot folder"));
     }
     if !found.dir.join("config.json").is_file() {
-        return Err(found.missing("config.json", &dir));
+        return Err(found.missing("config.json"));
     }
     Ok(found)
 }
 
 impl Snapshot {
-    fn missing(&self, what: &str, repo_dir: &Path) -> Error {
+    /// The repo's folder: `snapshots/COMMIT`'s grandparent.
+    fn repo_dir(&self) -> &Path {
+        self.dir
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(&self.dir)
+    }
+
+    fn missing(&self, what: &str) -> Error {
         Error::invalid(format!(
             "{}@{} in the Hugging Face cache ({}) lacks {what}; download it again \
              (`hf download {}`); cached revisions: {}",
@@ -183,7 +197,7 @@ impl Snapshot {
             self.commit,
             self.dir.display(),
             self.repo,
-            cached_revisions(repo_dir)
+            cached_revisions(self.repo_dir())
         ))
     }
 
@@ -191,12 +205,6 @@ impl Snapshot {
     /// tokenizer, and the weights (every shard `model.safetensors.index.json` names, or
     /// `model.safetensors`).
     pub fn check_model_files(&self) -> Result<()> {
-        let repo_dir = self
-            .dir
-            .parent()
-            .and_then(Path::parent)
-            .unwrap_or(&self.dir)
-            .to_path_buf();
         let has = |name: &str| self.dir.join(name).is_file();
         let index = "model.safetensors.index.json";
         if has(index) {
@@ -211,16 +219,13 @@ impl Snapshot {
             shards.sort();
             shards.dedup();
             if let Some(shard) = shards.iter().find(|s| !has(s)) {
-                return Err(self.missing(&format!("{shard} (named by {index})"), &repo_dir));
+                return Err(self.missing(&format!("{shard} (named by {index})")));
             }
         } else if !has("model.safetensors") {
-            return Err(self.missing(
-                "model.safetensors (or model.safetensors.index.json)",
-                &repo_dir,
-            ));
+            return Err(self.missing("model.safetensors (or model.safetensors.index.json)"));
         }
         if !has("tokenizer.json") {
-            return Err(self.missing("tokenizer.json", &repo_dir));
+            return Err(self.missing("tokenizer.json"));
         }
         Ok(())
     }
@@ -235,10 +240,7 @@ pub fn resolve_model_id(text: &str) -> Result<Option<Snapshot>> {
     let Some(wanted) = parse_repo_id(text) else {
         return Ok(None);
     };
-    let cache = hub_cache().ok_or_else(|| {
-        Error::invalid("no Hugging Face cache: set HF_HUB_CACHE, HF_HOME or HOME")
-    })?;
-    let snapshot = resolve_snapshot_in(&cache, &wanted)?;
+    let snapshot = resolve_snapshot_in(&require_hub_cache()?, &wanted)?;
     snapshot.check_model_files()?;
     Ok(Some(snapshot))
 }

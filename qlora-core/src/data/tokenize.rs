@@ -168,11 +168,11 @@ pub fn tokenize(
         Sample::Conversation(messages) => {
             let rendered = match options.template {
                 ConversationTemplate::Guanaco => render_guanaco_with_targets(messages, tokenizer),
-                ConversationTemplate::Chat => render_chat_with_targets(
-                    messages,
-                    tokenizer,
-                    &options.chat_template_kwargs.clone().unwrap_or_default(),
-                )?,
+                ConversationTemplate::Chat => {
+                    let none = TemplateKwargs::default();
+                    let kwargs = options.chat_template_kwargs.as_ref().unwrap_or(&none);
+                    render_chat_with_targets(messages, tokenizer, kwargs)?
+                }
             };
             let encoded = tokenizer.encode_with_offsets(&rendered.text, false)?;
             let mut ids = encoded.ids;

@@ -84,10 +84,7 @@ pub fn load_config(model: &str) -> Result<ModelConfig> {
     }
     let path = Path::new(model);
     if let Some(wanted) = crate::hub::parse_repo_id(model).filter(|_| !path.exists()) {
-        let cache = crate::hub::hub_cache().ok_or_else(|| {
-            Error::invalid("no Hugging Face cache: set HF_HUB_CACHE, HF_HOME or HOME")
-        })?;
-        let snapshot = crate::hub::resolve_snapshot_in(&cache, &wanted)?;
+        let snapshot = crate::hub::resolve_snapshot_in(&crate::hub::require_hub_cache()?, &wanted)?;
         return ModelConfig::load(&snapshot.dir);
     }
     if !path.exists() {

@@ -22,6 +22,22 @@ fn write(dir: &Path, name: &str, lines: &[&str]) -> PathBuf {
     path
 }
 
+/// The fixture's tokenizer with `template` as its `chat_template.jinja` (in a folder that
+/// lives as long as the first value).
+fn tokenizer_with_template(template: &str) -> (tempfile::TempDir, Tokenizer) {
+    let dir = tempfile::tempdir().unwrap();
+    for file in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(fixture("tiny-llama").join(file), dir.path().join(file)).unwrap();
+    }
+    std::fs::write(dir.path().join("chat_template.jinja"), template).unwrap();
+    let t = Tokenizer::load(dir.path()).unwrap();
+    (dir, t)
+}
+
 /// The text of the learned tokens, and of the rest.
 fn split_text(t: &Tokenizer, ids: &[u32], labels: &[i64]) -> (String, String) {
     let learned: Vec<u32> = ids
@@ -165,17 +181,8 @@ fn chatml_masks_by_turn() {
 
 #[test]
 fn llama2_inst_template_masks_by_turn() {
-    let dir = tempfile::tempdir().unwrap();
-    for file in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-    ] {
-        std::fs::copy(fixture("tiny-llama").join(file), dir.path().join(file)).unwrap();
-    }
     let template = "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}{% set system_message = messages[0]['content'] %}{% else %}{% set loop_messages = messages %}{% set system_message = false %}{% endif %}{% for message in loop_messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}{% if loop.index0 == 0 and system_message != false %}{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}{% else %}{% set content = message['content'] %}{% endif %}{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}{% elif message['role'] == 'assistant' %}{{ ' '  + content.strip() + ' ' + eos_token }}{% endif %}{% endfor %}";
-    std::fs::write(dir.path().join("chat_template.jinja"), template).unwrap();
-    let t = Tokenizer::load(dir.path()).unwrap();
+    let (_dir, t) = tokenizer_with_template(template);
     let messages = vec![
         Message::new("system", "be brief"),
         Message::new("user", "what is a rank?"),
@@ -212,17 +219,9 @@ fn llama2_inst_template_masks_by_turn() {
     ignore = "chat templates not fetched; run examples/fetch_models.sh templates"
 )]
 fn qwen3_template_masks_its_turn_and_takes_kwargs() {
-    let dir = tempfile::tempdir().unwrap();
-    for file in ["tokenizer.json", "tokenizer_config.json"] {
-        std::fs::copy(fixture("tiny-llama").join(file), dir.path().join(file)).unwrap();
-    }
     let templates = PathBuf::from(env!("QLORA_TEST_CHAT_TEMPLATES"));
-    std::fs::copy(
-        templates.join("Qwen-Qwen3-0.6B.jinja"),
-        dir.path().join("chat_template.jinja"),
-    )
-    .unwrap();
-    let t = Tokenizer::load(dir.path()).unwrap();
+    let template = std::fs::read_to_string(templates.join("Qwen-Qwen3-0.6B.jinja")).unwrap();
+    let (_dir, t) = tokenizer_with_template(&template);
     let messages = vec![
         Message::new("user", "hi"),
         Message::new("assistant", "hello"),
