@@ -2,7 +2,9 @@ use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 use clap::Args;
-use qlora_core::data::{DataOptions, DatasetFormat, OasstOptions, TokenizeOptions};
+use qlora_core::data::{
+    DataOptions, DatasetFormat, FieldMap, OasstOptions, SourceOptions, TokenizeOptions,
+};
 use qlora_core::eval::choice::{ChoiceReport, ChoiceStyle, evaluate_choices, read_task};
 use qlora_core::eval::{Task, eval_examples, evaluate};
 
@@ -12,10 +14,15 @@ use crate::model_args::ModelArgs;
 pub struct EvalArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Dataset file: JSON Lines or a JSON array (for multiple-choice: records with question,
-    /// choices, answer and an optional subject).
+    /// Dataset: a JSON Lines, JSON or parquet file, a folder of them, or a dataset repo id in
+    /// the Hugging Face cache (for multiple-choice: a file of records with question, choices,
+    /// answer and an optional subject).
     #[arg(long)]
     data: PathBuf,
+    #[command(flatten)]
+    source: SourceOptions,
+    #[command(flatten)]
+    fields: FieldMap,
     /// loss (next-token loss and perplexity) or multiple-choice (accuracy).
     #[arg(long, default_value_t = Task::Loss)]
     task: Task,
@@ -56,6 +63,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     let (model, tokenizer) = args.model.load()?;
     let options = DataOptions {
+        splits: vec![args.source.data_split],
+        config: args.source.data_config,
+        fields: args.fields,
         format: Some(args.format),
         tokenize: args.tokenize,
         oasst: args.oasst,

@@ -2,7 +2,7 @@
 //!
 //! Modules are listed in dependency order: each uses only those above it.
 //!
-//! - Foundations: [`error`], [`profile`] (where a step's time goes), [`settings`] (flags and TOML), [`dtype`], [`device`], [`staged_dir`],
+//! - Foundations: [`error`], [`profile`] (where a step's time goes), [`settings`] (flags and TOML), [`dtype`], [`device`], [`staged_dir`], [`tfevents`] (TensorBoard files),
 //!   [`distributed`] (the collectives of a run on several processes: MPI).
 //! - Formats and quantization: [`config`] (`config.json`), [`checkpoint`] (safetensors model
 //!   directories), [`quant`] (NF4 with double quantization, byte for byte bitsandbytes),
@@ -28,6 +28,7 @@ pub mod device;
 pub mod distributed;
 pub mod dtype;
 pub mod staged_dir;
+pub mod tfevents;
 
 pub mod hub;
 

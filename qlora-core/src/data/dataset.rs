@@ -3,17 +3,24 @@
 use std::fmt;
 use std::path::Path;
 
+use super::fields::FieldMap;
 use super::format::{ConversationTemplate, DatasetFormat, ReadReport, samples};
 use super::oasst::OasstOptions;
-use super::records::read_records;
+use super::source::read_dataset;
 use super::tokenize::{Example, TokenizeOptions, tokenize};
 use crate::error::{Error, Result};
 use crate::text::Tokenizer;
 
-/// How a dataset file becomes examples: its format (detected when `None`), tokenization, and
-/// OpenAssistant's options.
+/// How a dataset becomes examples: the part of a folder or repo read, column names, its format
+/// (detected when `None`), tokenization, and OpenAssistant's options.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DataOptions {
+    /// The splits of a folder or repo to read, the first one it has (none: `train`).
+    pub splits: Vec<String>,
+    /// A repo's configuration (subset), when its card declares several.
+    pub config: Option<String>,
+    /// Columns renamed to the names the formats read.
+    pub fields: FieldMap,
     /// `None`: detect from the first record.
     pub format: Option<DatasetFormat>,
     /// Lengths, loss masks and templates.
@@ -22,9 +29,22 @@ pub struct DataOptions {
     pub oasst: OasstOptions,
 }
 
-/// A dataset file read and tokenized.
+impl DataOptions {
+    /// The splits to look for, in order.
+    pub fn split_names(&self) -> Vec<&str> {
+        if self.splits.is_empty() {
+            vec!["train"]
+        } else {
+            self.splits.iter().map(String::as_str).collect()
+        }
+    }
+}
+
+/// A dataset read and tokenized.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedData {
+    /// Where it came from: the file, or a folder's or repo's split and files.
+    pub origin: String,
     /// The format it was read as.
     pub format: DatasetFormat,
     /// Its examples.
@@ -90,17 +110,24 @@ pub fn effective_template(
     }
 }
 
-/// Read, convert and tokenize `path`. Fails on the first malformed record (naming file, line
-/// and field) and when nothing is left to learn from.
+/// Read, convert and tokenize `path` (a file, a folder, or a dataset repo id). Fails on the
+/// first malformed record (naming file, line or row, and field) and when nothing is left to
+/// learn from.
 pub fn load_examples(
     path: &Path,
     tokenizer: &Tokenizer,
     options: &DataOptions,
 ) -> Result<LoadedData> {
-    let records = read_records(path)?;
+    let read = read_dataset(
+        path,
+        &options.split_names(),
+        options.config.as_deref(),
+        &options.fields,
+    )?;
+    let records = read.records;
     let first = records
         .first()
-        .ok_or_else(|| Error::invalid(format!("{}: the dataset is empty", path.display())))?;
+        .ok_or_else(|| Error::invalid(format!("{}: the dataset is empty", read.origin)))?;
     let format = match options.format {
         Some(format) => format,
         None => DatasetFormat::detect(first)?,
@@ -115,6 +142,7 @@ pub fn load_examples(
         examples.push(example);
     }
     let loaded = LoadedData {
+        origin: read.origin,
         format,
         examples,
         report,
@@ -122,7 +150,7 @@ pub fn load_examples(
     if loaded.examples.is_empty() || loaded.target_tokens() == 0 {
         return Err(Error::invalid(format!(
             "{}: nothing to learn after filtering ({loaded})",
-            path.display()
+            loaded.origin
         )));
     }
     Ok(loaded)

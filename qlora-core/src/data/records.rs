@@ -5,26 +5,50 @@ use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
 
-/// One JSON object of a dataset file and the line it starts on (1-based).
+/// Where a record is in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// A line of JSON Lines (1-based; for a JSON array, the element's index plus 1).
+    Line(usize),
+    /// A row of a parquet file: its row group and its row in the group (both 0-based, as
+    /// pyarrow counts them).
+    Row {
+        /// The row group.
+        group: usize,
+        /// The row within the group.
+        row: usize,
+    },
+}
+
+/// One record of a dataset file (a JSON object, or a parquet row as one) and where it is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
     /// The file the record is in.
     pub file: PathBuf,
-    /// Its line (1-based; for a JSON array, the element's index plus 1).
-    pub line: usize,
-    /// Its fields.
+    /// Where in the file.
+    pub place: Place,
+    /// Its fields (a parquet file's columns).
     pub fields: Map<String, Value>,
 }
 
 impl Record {
-    /// `file:line` for messages.
+    /// `file:line`, or `file: row group G, row R`, for messages.
     pub fn location(&self) -> String {
-        format!("{}:{}", self.file.display(), self.line)
+        match self.place {
+            Place::Line(line) => format!("{}:{line}", self.file.display()),
+            Place::Row { group, row } => {
+                format!("{}: row group {group}, row {row}", self.file.display())
+            }
+        }
     }
 
-    /// An error about `field` of this record.
+    /// An error about `field` of this record (a column, in a parquet file).
     pub fn error(&self, field: &str, message: impl std::fmt::Display) -> Error {
-        Error::invalid(format!("{}: field `{field}`: {message}", self.location()))
+        let noun = match self.place {
+            Place::Line(_) => "field",
+            Place::Row { .. } => "column",
+        };
+        Error::invalid(format!("{}: {noun} `{field}`: {message}", self.location()))
     }
 
     /// A required string field.
@@ -47,7 +71,8 @@ impl Record {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+/// What kind of JSON value `value` is, for messages.
+pub(crate) fn kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -60,7 +85,7 @@ fn kind(value: &Value) -> &'static str {
 
 /// Read every record of `path`: JSON Lines (one object a line, blank lines skipped), or a
 /// single JSON array of objects (a file whose first non-blank character is `[`).
-pub fn read_records(path: &Path) -> Result<Vec<Record>> {
+pub fn read_json_records(path: &Path) -> Result<Vec<Record>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut reader = BufReader::new(file);
     let mut first = String::new();
@@ -94,7 +119,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
             .map(|(i, value)| match value {
                 Value::Object(fields) => Ok(Record {
                     file: path.to_path_buf(),
-                    line: i + 1,
+                    place: Place::Line(i + 1),
                     fields,
                 }),
                 other => Err(Error::invalid(format!(
@@ -121,7 +146,7 @@ pub fn read_records(path: &Path) -> Result<Vec<Record>> {
             match value {
                 Value::Object(fields) => records.push(Record {
                     file: path.to_path_buf(),
-                    line: line_number,
+                    place: Place::Line(line_number),
                     fields,
                 }),
                 other => {
@@ -157,12 +182,15 @@ mod tests {
     #[test]
     fn jsonl_and_array_with_locations() {
         let f = write("\n{\"text\": \"a\"}\n\n{\"text\": \"b\"}\n");
-        let records = read_records(f.path()).unwrap();
+        let records = read_json_records(f.path()).unwrap();
         assert_eq!(records.len(), 2);
-        assert_eq!((records[0].line, records[1].line), (2, 4));
+        assert_eq!(
+            (records[0].place, records[1].place),
+            (Place::Line(2), Place::Line(4))
+        );
         assert_eq!(records[1].string("text").unwrap(), "b");
         let f = write("[{\"text\": \"a\"}, {\"x\": 1}]");
-        let records = read_records(f.path()).unwrap();
+        let records = read_json_records(f.path()).unwrap();
         let err = records[1].string("text").unwrap_err().to_string();
         assert!(err.ends_with(":2: field `text`: missing"), "{err}");
         let err = records[1]
@@ -176,10 +204,10 @@ mod tests {
     #[test]
     fn malformed_line_names_file_and_line() {
         let f = write("{\"text\": \"a\"}\n{\"text\": \n");
-        let err = read_records(f.path()).unwrap_err().to_string();
+        let err = read_json_records(f.path()).unwrap_err().to_string();
         assert!(err.contains(":2: invalid JSON"), "{err}");
         let f = write("{\"text\": \"a\"}\n[1]\n");
-        let err = read_records(f.path()).unwrap_err().to_string();
+        let err = read_json_records(f.path()).unwrap_err().to_string();
         assert!(err.contains(":2: expected a JSON object"), "{err}");
     }
 }

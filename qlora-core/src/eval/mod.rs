@@ -17,7 +17,7 @@ crate::named_enum! {
 use std::path::Path;
 
 use crate::data::{
-    DataOptions, DatasetFormat, Example, collate_rows, load_examples, pack, read_records,
+    DataOptions, DatasetFormat, Example, collate_rows, load_examples, pack, read_dataset,
 };
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
@@ -33,9 +33,15 @@ pub fn eval_examples(
     options: &DataOptions,
 ) -> Result<(Vec<Example>, Option<String>)> {
     if options.format == Some(DatasetFormat::Text) {
-        let records = read_records(path)?;
+        let read = read_dataset(
+            path,
+            &options.split_names(),
+            options.config.as_deref(),
+            &options.fields,
+        )?;
+        let records = read.records;
         if records.is_empty() {
-            return Err(Error::file(path, "no records"));
+            return Err(Error::invalid(format!("{}: no records", read.origin)));
         }
         let mut examples = Vec::with_capacity(records.len());
         for record in &records {
@@ -46,7 +52,7 @@ pub fn eval_examples(
     }
     options.tokenize.validate()?;
     let loaded = load_examples(path, tokenizer, options)?;
-    let summary = format!("{}: {loaded}", path.display());
+    let summary = format!("{}: {loaded}", loaded.origin);
     Ok((loaded.examples, Some(summary)))
 }
 

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::best::BestMetric;
 use super::optimizer::OptimizerKind;
 use super::schedule::Schedule;
-use crate::data::{Batching, DataOptions, DatasetFormat, OasstOptions, TokenizeOptions};
+use crate::data::{
+    Batching, DataOptions, DatasetFormat, FieldMap, OasstOptions, SourceOptions, TokenizeOptions,
+};
 use crate::dtype::ComputeDtype;
 use crate::error::Result;
 use crate::eval::choice::ChoiceStyle;
@@ -29,15 +31,29 @@ pub struct TrainConfig {
     /// plan` also takes a config.json or a preset (llama-7b, ...).
     #[arg(long, default_value = "", hide_default_value = true, value_parser = path)]
     pub model: PathBuf,
-    /// Required: training data (JSON Lines or JSON array).
+    /// Required: training data: a JSON Lines, JSON or parquet file, a folder of them (parquet
+    /// shards), or a dataset repo id in the Hugging Face cache (ORG/NAME[@REVISION]).
     #[arg(long, default_value = "", hide_default_value = true, value_parser = path)]
     pub data: PathBuf,
-    /// alpaca, input-output, oasst, guanaco, messages or text [default: detected].
+    /// Which split and configuration of a folder or dataset repo --data reads.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub source: SourceOptions,
+    /// Columns renamed to the names the formats read.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub fields: FieldMap,
+    /// alpaca, input-output, oasst, guanaco, messages, prompt-completion or text [default:
+    /// detected].
     #[arg(long)]
     pub format: Option<DatasetFormat>,
-    /// Held-out data for evaluation (instead of --eval-fraction).
+    /// Held-out data for evaluation (instead of --eval-fraction); the same forms as --data.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
+    /// The split --eval-data reads from a folder or a dataset repo [default: validation, else
+    /// test].
+    #[arg(long, help_heading = "Data")]
+    pub eval_split: Option<String>,
     /// Fraction of the data held out for evaluation.
     #[arg(long, default_value_t = 0.0)]
     pub eval_fraction: f64,
@@ -261,12 +277,27 @@ impl TrainConfig {
         }
     }
 
-    /// How the data files are read.
+    /// How the training data is read.
     pub fn data_options(&self) -> DataOptions {
         DataOptions {
+            splits: vec![self.source.data_split.clone()],
+            config: self.source.data_config.clone(),
+            fields: self.fields.clone(),
             format: self.format,
             tokenize: self.tokenize.clone(),
             oasst: self.oasst.clone(),
+        }
+    }
+
+    /// How the held-out data (`--eval-data`) is read: as the training data, from its own split.
+    pub fn eval_data_options(&self) -> DataOptions {
+        let splits = match &self.eval_split {
+            Some(split) => vec![split.clone()],
+            None => vec!["validation".into(), "test".into()],
+        };
+        DataOptions {
+            splits,
+            ..self.data_options()
         }
     }
 }

@@ -20,7 +20,7 @@ pub use best::{BEST_DIR, BEST_FILE, Best, BestMetric, best_dir, read_best};
 pub use checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 pub use config::TrainConfig;
 pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, SavedMoments};
-pub use progress::{LogProgress, METRICS_FILE, Progress, Quiet, StepMetrics};
+pub use progress::{LogProgress, METRICS_FILE, Progress, Quiet, StepMetrics, TENSORBOARD_DIR};
 pub use resume::resume_point;
 pub use run::{Outcome, TrainSummary};
 pub use schedule::{Schedule, warmup_from_ratio};

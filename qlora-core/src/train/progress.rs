@@ -36,7 +36,34 @@ pub struct StepMetrics {
     pub device_memory_bytes: Option<u64>,
 }
 
+/// The directory of the run's TensorBoard event files, in its output directory.
+pub const TENSORBOARD_DIR: &str = "runs";
+
 impl StepMetrics {
+    /// Every value of the line but the step, under the names transformers logs to TensorBoard
+    /// (`train/loss`, `train/learning_rate`, `eval/loss`, ...).
+    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
+        let mut out = vec![
+            ("train/loss", self.loss),
+            ("train/learning_rate", self.lr),
+            ("train/grad_norm", self.grad_norm),
+            ("train/tokens", self.tokens as f64),
+            ("train/tokens_per_second", self.tokens_per_s),
+            ("train/padding", self.padding),
+        ];
+        let optional = [
+            ("eval/loss", self.eval_loss),
+            ("eval/mc_acc", self.mc_acc),
+            ("eval/mc_acc_norm", self.mc_acc_norm),
+            (
+                "train/device_memory_bytes",
+                self.device_memory_bytes.map(|b| b as f64),
+            ),
+        ];
+        out.extend(optional.into_iter().filter_map(|(tag, v)| Some((tag, v?))));
+        out
+    }
+
     /// ` eval_loss 1.2345 mc_acc 0.4500` for what was evaluated at this step (or nothing).
     pub fn evaluation(&self) -> String {
         let mut text = String::new();

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::best::{BEST_FILE, Best, BestMetric, best_dir};
 use super::checkpoint::{CONFIG_FILE, save_checkpoint};
-use super::progress::{METRICS_FILE, Progress, Quiet, StepMetrics};
+use super::progress::{METRICS_FILE, Progress, Quiet, StepMetrics, TENSORBOARD_DIR};
 use super::trainer::Trainer;
 use crate::error::{Error, Result};
 use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, save_adapter};
 use crate::staged_dir::{StagedDir, sweep_stale};
+use crate::tfevents::EventWriter;
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,12 +167,14 @@ impl Trainer {
         let root = self.is_root();
         let mut quiet = Quiet;
         let progress: &mut dyn Progress = if root { progress } else { &mut quiet };
-        let mut metrics = if root {
+        let (mut metrics, mut events) = if root {
             std::fs::create_dir_all(&self.config.out)
                 .map_err(|e| Error::io(&self.config.out, e))?;
-            Some(self.open_metrics()?)
+            let resumed = (self.position.step > 0).then_some(self.position.step);
+            let events = EventWriter::create(&self.config.out.join(TENSORBOARD_DIR), resumed)?;
+            (Some(self.open_metrics()?), Some(events))
         } else {
-            None
+            (None, None)
         };
         let metrics_path = self.config.out.join(METRICS_FILE);
         if self.world() > 1 {
@@ -209,6 +212,9 @@ impl Trainer {
                     serde_json::to_string(&m).expect("metrics serialize")
                 )
                 .map_err(|e| Error::io(&metrics_path, e))?;
+            }
+            if let Some(events) = &mut events {
+                events.scalars(m.step, &m.scalars())?;
             }
             progress.step(&m);
             last = Some(m.loss);

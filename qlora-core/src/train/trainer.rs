@@ -94,13 +94,13 @@ impl Trainer {
         let options = config.data_options();
         let tokenizer = Tokenizer::load(&config.model)?;
         let loaded: LoadedData = load_examples(&config.data, &tokenizer, &options)?;
-        progress.message(&format!("{}: {loaded}", config.data.display()));
+        progress.message(&format!("{}: {loaded}", loaded.origin));
         // Recorded in training_config.toml, so `generate --adapter` wraps prompts the same way.
         config.format = Some(loaded.format);
         let (train, eval) = match &config.eval_data {
             Some(path) => {
-                let eval = load_examples(path, &tokenizer, &options)?;
-                progress.message(&format!("{}: {eval}", path.display()));
+                let eval = load_examples(path, &tokenizer, &config.eval_data_options())?;
+                progress.message(&format!("{}: {eval}", eval.origin));
                 (loaded.examples, eval.examples)
             }
             None => split_eval(loaded.examples, config.eval_fraction, config.seed),

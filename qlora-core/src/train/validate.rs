@@ -1,6 +1,8 @@
 //! Checking a training configuration before any work: every value in range and every file
 //! there, with the flag of a bad one named.
 
+use std::path::Path;
+
 use super::best::BestMetric;
 use super::config::TrainConfig;
 use crate::error::{Error, Result};
@@ -71,13 +73,18 @@ impl TrainConfig {
             return fail("max-seq-len", "must be at least 2");
         }
         LoraConfig::parse_target_modules(&self.target_modules)?;
-        if !self.data.is_file() {
-            return Err(Error::file(&self.data, "training data not found"));
-        }
-        if let Some(eval) = &self.eval_data
-            && !eval.is_file()
-        {
-            return Err(Error::file(eval, "evaluation data not found"));
+        // Files, folders and repo ids are found (and a folder's or repo's split) before any
+        // work.
+        let found = |path: &Path, options: &crate::data::DataOptions, what: &str| {
+            if !path.exists() && path.to_str().and_then(crate::hub::parse_repo_id).is_none() {
+                return Err(Error::file(path, format!("{what} not found")));
+            }
+            crate::data::dataset_files(path, &options.split_names(), options.config.as_deref())
+                .map(|_| ())
+        };
+        found(&self.data, &self.data_options(), "training data")?;
+        if let Some(eval) = &self.eval_data {
+            found(eval, &self.eval_data_options(), "evaluation data")?;
         }
         for path in [&self.eval_mc_data, &self.eval_mc_fewshot_data]
             .into_iter()

@@ -1,13 +1,43 @@
-//! `--model ORG/NAME[@REVISION]`: a model in the Hugging Face cache, found as `huggingface_hub`
-//! finds it. The cache is `$HF_HUB_CACHE` (or the older `$HUGGINGFACE_HUB_CACHE`), else
-//! `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`; a
-//! repo lives in `models--ORG--NAME/`, a revision name in `refs/REV` holds its commit, and the
-//! commit's files are under `snapshots/COMMIT/` (links into `blobs/`). A 40-hex revision is the
-//! commit itself. Nothing is downloaded here.
+//! `--model ORG/NAME[@REVISION]` and `--data ORG/NAME`: repos in the Hugging Face cache, found
+//! as `huggingface_hub` finds them. The cache is `$HF_HUB_CACHE` (or the older
+//! `$HUGGINGFACE_HUB_CACHE`), else `$HF_HOME/hub`, else `$XDG_CACHE_HOME/huggingface/hub`, else
+//! `~/.cache/huggingface/hub`; a model repo lives in `models--ORG--NAME/` (a dataset in
+//! `datasets--ORG--NAME/`), a revision name in `refs/REV` holds its commit, and the commit's
+//! files are under `snapshots/COMMIT/` (links into `blobs/`). A 40-hex revision is the commit
+//! itself. [`splits`] finds a dataset's files for a split as `datasets` does.
+
+pub mod splits;
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// What a repo holds: the Hub keeps models and datasets apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoKind {
+    /// A model (`models--ORG--NAME`).
+    Model,
+    /// A dataset (`datasets--ORG--NAME`).
+    Dataset,
+}
+
+impl RepoKind {
+    /// The cache folder's prefix and the Hub's URL path segment (`models`, `datasets`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            RepoKind::Model => "models",
+            RepoKind::Dataset => "datasets",
+        }
+    }
+
+    /// `hf download`'s arguments for a repo of this kind.
+    fn download_command(self, repo: &str) -> String {
+        match self {
+            RepoKind::Model => format!("hf download {repo}"),
+            RepoKind::Dataset => format!("hf download --repo-type dataset {repo}"),
+        }
+    }
+}
 
 /// The Hugging Face hub cache directory, as `huggingface_hub` computes it.
 pub fn hub_cache() -> Option<PathBuf> {
@@ -77,6 +107,8 @@ pub fn parse_repo_id(text: &str) -> Option<RepoRef> {
 /// A resolved snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
+    /// A model's or a dataset's.
+    pub kind: RepoKind,
     /// `ORG/NAME`.
     pub repo: String,
     /// The commit.
@@ -90,8 +122,8 @@ fn is_commit(rev: &str) -> bool {
 }
 
 /// The repo's folder in the cache.
-pub fn repo_dir(cache: &Path, repo: &str) -> PathBuf {
-    cache.join(format!("models--{}", repo.replace('/', "--")))
+pub fn repo_dir(cache: &Path, kind: RepoKind, repo: &str) -> PathBuf {
+    cache.join(format!("{}--{}", kind.plural(), repo.replace('/', "--")))
 }
 
 /// `name -> commit` of every revision name in `refs/` (nested names such as `pr/1` included),
@@ -129,17 +161,26 @@ fn cached_revisions(repo_dir: &Path) -> String {
     }
 }
 
-/// The snapshot `wanted` names in `cache`, with `config.json` in it.
+/// The model snapshot `wanted` names in `cache`, with `config.json` in it.
 pub fn resolve_snapshot_in(cache: &Path, wanted: &RepoRef) -> Result<Snapshot> {
+    let found = resolve_in(cache, RepoKind::Model, wanted)?;
+    if !found.dir.join("config.json").is_file() {
+        return Err(found.missing("config.json"));
+    }
+    Ok(found)
+}
+
+/// The snapshot of the `kind` repo `wanted` names in `cache`.
+pub fn resolve_in(cache: &Path, kind: RepoKind, wanted: &RepoRef) -> Result<Snapshot> {
     let repo = &wanted.repo;
-    let dir = repo_dir(cache, repo);
+    let dir = repo_dir(cache, kind, repo);
     if !dir.is_dir() {
         return Err(Error::invalid(format!(
             "{repo} is not a path, and not in the Hugging Face cache at {} (no {}); download \
-             it first (`hf download {repo}`), or set HF_HUB_CACHE or HF_HOME to the cache that \
-             holds it",
+             it first (`{}`), or set HF_HUB_CACHE or HF_HOME to the cache that holds it",
             cache.display(),
             dir.file_name().unwrap_or_default().to_string_lossy(),
+            kind.download_command(repo),
         )));
     }
     let revision = wanted.revision.as_deref().unwrap_or("main");
@@ -167,15 +208,13 @@ pub fn resolve_snapshot_in(cache: &Path, wanted: &RepoRef) -> Result<Snapshot> {
     };
     let snapshot = dir.join("snapshots").join(&commit);
     let found = Snapshot {
+        kind,
         repo: repo.clone(),
         commit,
         dir: snapshot,
     };
     if !found.dir.is_dir() {
         return Err(found.missing("its snapshot folder"));
-    }
-    if !found.dir.join("config.json").is_file() {
-        return Err(found.missing("config.json"));
     }
     Ok(found)
 }
@@ -189,14 +228,15 @@ impl Snapshot {
             .unwrap_or(&self.dir)
     }
 
-    fn missing(&self, what: &str) -> Error {
+    /// An error: the snapshot lacks `what`.
+    pub fn missing(&self, what: &str) -> Error {
         Error::invalid(format!(
             "{}@{} in the Hugging Face cache ({}) lacks {what}; download it again \
-             (`hf download {}`); cached revisions: {}",
+             (`{}`); cached revisions: {}",
             self.repo,
             self.commit,
             self.dir.display(),
-            self.repo,
+            self.kind.download_command(&self.repo),
             cached_revisions(self.repo_dir())
         ))
     }
@@ -229,6 +269,18 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// The dataset `text` names if it is a repo id and not an existing path: its snapshot in the
+/// cache.
+pub fn resolve_dataset_id(text: &str) -> Result<Option<Snapshot>> {
+    if Path::new(text).exists() {
+        return Ok(None);
+    }
+    let Some(wanted) = parse_repo_id(text) else {
+        return Ok(None);
+    };
+    resolve_in(&require_hub_cache()?, RepoKind::Dataset, &wanted).map(Some)
 }
 
 /// The model `text` names if it is a repo id and not an existing path: its snapshot in the
