@@ -1,5 +1,6 @@
 //! Running the `qlora` binary the way a user does.
 
+use std::path::Path;
 use std::process::Command;
 
 /// Exit code, stdout and stderr of `qlora ARGS`.
@@ -8,6 +9,32 @@ pub fn qlora(args: &[&str]) -> (i32, String, String) {
         .args(args)
         .output()
         .expect("run qlora");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `qlora ARGS` with `env` set and the Hugging Face variables of the test machine cleared.
+pub fn qlora_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qlora"));
+    command.args(args);
+    for var in [
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_HOME",
+        "XDG_CACHE_HOME",
+        "HF_ENDPOINT",
+        "HF_TOKEN",
+        "HF_HUB_OFFLINE",
+    ] {
+        command.env_remove(var);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let out = command.output().expect("run qlora");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

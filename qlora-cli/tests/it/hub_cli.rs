@@ -2,36 +2,13 @@
 //! it out (blobs, snapshot links, refs), as a user with models downloaded by transformers runs
 //! it.
 
+use crate::common::qlora_env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const COMMIT: &str = "5f0b02c75b57c5855da9ae460ce51323ea669d8a";
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `qlora ARGS` with `env` set and the Hugging Face variables of the test machine cleared.
-fn qlora_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_qlora"));
-    command.args(args);
-    for var in [
-        "HF_HUB_CACHE",
-        "HUGGINGFACE_HUB_CACHE",
-        "HF_HOME",
-        "XDG_CACHE_HOME",
-    ] {
-        command.env_remove(var);
-    }
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    let out = command.output().expect("run qlora");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// The tiny fixture as `hub/models--Org--Tiny`: each file a blob, linked from the snapshot of

@@ -3,6 +3,7 @@
 mod common;
 
 mod choice_cli;
+mod data_cli;
 mod gguf_cli;
 mod hub_cli;
 mod launch_cli;

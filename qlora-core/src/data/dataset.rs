@@ -97,14 +97,15 @@ impl fmt::Display for LoadedData {
     }
 }
 
-/// How conversations of `format` are written: chat messages always with the model's template
-/// and Guanaco text in its own form; only OpenAssistant trees follow `--template`.
+/// How conversations of `format` are written: chat messages (and conversational
+/// prompt-completion records) always with the model's template and Guanaco text in its own
+/// form; only OpenAssistant trees follow `--template`.
 pub fn effective_template(
     format: DatasetFormat,
     template: ConversationTemplate,
 ) -> ConversationTemplate {
     match format {
-        DatasetFormat::Messages => ConversationTemplate::Chat,
+        DatasetFormat::Messages | DatasetFormat::PromptCompletion => ConversationTemplate::Chat,
         DatasetFormat::Guanaco => ConversationTemplate::Guanaco,
         _ => template,
     }

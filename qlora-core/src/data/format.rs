@@ -22,6 +22,10 @@ crate::named_enum! {
         /// `messages` (OpenAI form) or `conversations` (ShareGPT form), rendered with the chat
         /// template.
         Messages = "messages" | "sharegpt" | "chat",
+        /// TRL's `prompt` and `completion`: strings (standard: the completion and eos learned),
+        /// or message lists (conversational: rendered with the chat template, the
+        /// completion's assistant turns learned).
+        PromptCompletion = "prompt-completion" | "prompt_completion",
         /// `text`: plain language modelling.
         Text = "text",
     }
@@ -33,6 +37,8 @@ impl DatasetFormat {
         let has = |field: &str| first.fields.contains_key(field);
         if has("instruction") && has("output") {
             Ok(DatasetFormat::Alpaca)
+        } else if has("prompt") && has("completion") {
+            Ok(DatasetFormat::PromptCompletion)
         } else if has("input") && has("output") {
             Ok(DatasetFormat::InputOutput)
         } else if has("messages") || has("conversations") {
@@ -80,6 +86,21 @@ pub enum Sample {
     },
     /// A conversation; assistant turns are learned.
     Conversation(Vec<Message>),
+    /// TRL's standard prompt-completion: `prompt + completion + eos` tokenized whole (special
+    /// tokens added), the tokens past the prompt's own learned.
+    Completion {
+        /// The context.
+        prompt: String,
+        /// What is learned.
+        completion: String,
+    },
+    /// TRL's conversational prompt-completion: the completion's assistant turns are learned.
+    ChatCompletion {
+        /// The context turns.
+        prompt: Vec<Message>,
+        /// The turns learned.
+        completion: Vec<Message>,
+    },
     /// Plain text, every token learned.
     Text(String),
 }
@@ -169,6 +190,22 @@ fn chat_messages(record: &Record) -> Result<Vec<Message>> {
         Some(_) => return Err(record.error(field, "expected an array of messages")),
         None => return Err(record.error("messages", "missing (or `conversations`)")),
     };
+    let messages = message_list(record, field, list, role_key, content_key)?;
+    if !messages.iter().any(|m| m.role == "assistant") {
+        return Err(record.error(field, "no assistant turn to learn from"));
+    }
+    Ok(messages)
+}
+
+/// The messages of `list` (the value of `field`), roles normalized to system, user and
+/// assistant.
+fn message_list(
+    record: &Record,
+    field: &str,
+    list: &[Value],
+    role_key: &str,
+    content_key: &str,
+) -> Result<Vec<Message>> {
     let mut messages = Vec::with_capacity(list.len());
     for (i, item) in list.iter().enumerate() {
         let at = format!("{field}[{i}]");
@@ -195,10 +232,46 @@ fn chat_messages(record: &Record) -> Result<Vec<Message>> {
         };
         messages.push(Message::new(role, content));
     }
-    if !messages.iter().any(|m| m.role == "assistant") {
-        return Err(record.error(field, "no assistant turn to learn from"));
-    }
     Ok(messages)
+}
+
+/// TRL's prompt-completion record: two strings, or two message lists.
+fn prompt_completion(record: &Record) -> Result<Sample> {
+    let get = |field: &str| {
+        record
+            .fields
+            .get(field)
+            .ok_or_else(|| record.error(field, "missing"))
+    };
+    match (get("prompt")?, get("completion")?) {
+        (Value::String(prompt), Value::String(completion)) => Ok(Sample::Completion {
+            prompt: prompt.clone(),
+            completion: completion.clone(),
+        }),
+        (Value::Array(prompt), Value::Array(completion)) => {
+            let prompt = message_list(record, "prompt", prompt, "role", "content")?;
+            let completion = message_list(record, "completion", completion, "role", "content")?;
+            if !completion.iter().any(|m| m.role == "assistant") {
+                return Err(record.error("completion", "no assistant turn to learn from"));
+            }
+            Ok(Sample::ChatCompletion { prompt, completion })
+        }
+        (prompt, completion) => {
+            let (field, value) = if matches!(prompt, Value::String(_) | Value::Array(_)) {
+                ("completion", completion)
+            } else {
+                ("prompt", prompt)
+            };
+            Err(record.error(
+                field,
+                format!(
+                    "expected a string (with a string prompt and completion) or a list of \
+                     messages (with lists for both), found {}",
+                    super::records::kind(value)
+                ),
+            ))
+        }
+    }
 }
 
 /// What reading a file produced besides the samples.
@@ -260,6 +333,7 @@ pub fn samples(
                         Sample::Conversation(messages)
                     }
                     DatasetFormat::Messages => Sample::Conversation(chat_messages(record)?),
+                    DatasetFormat::PromptCompletion => prompt_completion(record)?,
                     DatasetFormat::Text => Sample::Text(record.string("text")?.to_string()),
                     DatasetFormat::Oasst => unreachable!("handled above"),
                 };

@@ -22,8 +22,17 @@ pub fn is_parquet(path: &Path) -> bool {
 
 /// Every row of the parquet file `path`, located by row group and row. A file that is not
 /// parquet (or is cut short) and a row that cannot be decoded are errors naming the file (and
-/// the row group and row).
+/// the row group and row); a damaged file the parquet library panics on is one too.
 pub fn read_parquet(path: &Path) -> Result<Vec<Record>> {
+    std::panic::catch_unwind(|| read_rows(path)).unwrap_or_else(|_| {
+        Err(Error::file(
+            path,
+            "not a readable parquet file: the parquet library failed on it (damaged?)",
+        ))
+    })
+}
+
+fn read_rows(path: &Path) -> Result<Vec<Record>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
     let mut head = [0u8; 4];

@@ -28,7 +28,10 @@ pub fn response_prompt(
         )));
     }
     let sample = match format {
-        DatasetFormat::Text => return tokenizer.encode(text, true),
+        // TRL's standard form: the prompt as written, with the tokenizer's special tokens.
+        DatasetFormat::Text | DatasetFormat::PromptCompletion => {
+            return tokenizer.encode(text, true);
+        }
         DatasetFormat::Alpaca => Sample::SourceTarget {
             source: alpaca_prompt(text, input.unwrap_or("")),
             target: PLACEHOLDER.into(),

@@ -125,8 +125,11 @@ fn render_guanaco_with_targets(messages: &[Message], tokenizer: &Tokenizer) -> R
     Rendered { text, targets }
 }
 
+/// The conversation rendered with the chat template, and the byte ranges of its assistant turns
+/// from message `learn_from` on.
 fn render_chat_with_targets(
     messages: &[Message],
+    learn_from: usize,
     tokenizer: &Tokenizer,
     kwargs: &TemplateKwargs,
 ) -> Result<Rendered> {
@@ -135,7 +138,7 @@ fn render_chat_with_targets(
     };
     let text = render(messages, false)?;
     let mut targets = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
+    for (i, m) in messages.iter().enumerate().skip(learn_from) {
         if m.role != "assistant" {
             continue;
         }
@@ -160,45 +163,99 @@ pub fn tokenize(
     tokenizer: &Tokenizer,
     options: &TokenizeOptions,
 ) -> Result<Example> {
+    let none = TemplateKwargs::default();
+    let kwargs = options.chat_template_kwargs.as_ref().unwrap_or(&none);
     match sample {
         Sample::SourceTarget { source, target } => {
             source_target(source, target, tokenizer, options)
         }
         Sample::Text(text) => source_target("", text, tokenizer, options),
+        Sample::Completion { prompt, completion } => {
+            completion_text(prompt, completion, tokenizer, options)
+        }
         Sample::Conversation(messages) => {
             let rendered = match options.template {
                 ConversationTemplate::Guanaco => render_guanaco_with_targets(messages, tokenizer),
                 ConversationTemplate::Chat => {
-                    let none = TemplateKwargs::default();
-                    let kwargs = options.chat_template_kwargs.as_ref().unwrap_or(&none);
-                    render_chat_with_targets(messages, tokenizer, kwargs)?
+                    render_chat_with_targets(messages, 0, tokenizer, kwargs)?
                 }
             };
-            let encoded = tokenizer.encode_with_offsets(&rendered.text, false)?;
-            let mut ids = encoded.ids;
-            let mut labels: Vec<i64> = ids
-                .iter()
-                .zip(&encoded.offsets)
-                .map(|(&id, &(start, end))| {
-                    let learned = options.train_on_source
-                        || (end > start
-                            && rendered
-                                .targets
-                                .iter()
-                                .any(|r| start < r.end && end > r.start));
-                    if learned { i64::from(id) } else { IGNORE_INDEX }
-                })
-                .collect();
-            let max = options.source_max_len + options.target_max_len;
-            let truncated = truncate(&mut ids, max);
-            labels.truncate(max);
-            Ok(Example {
-                ids,
-                labels,
-                truncated,
-            })
+            rendered_example(&rendered, tokenizer, options)
+        }
+        Sample::ChatCompletion { prompt, completion } => {
+            let messages: Vec<Message> = prompt.iter().chain(completion).cloned().collect();
+            let rendered = render_chat_with_targets(&messages, prompt.len(), tokenizer, kwargs)?;
+            rendered_example(&rendered, tokenizer, options)
         }
     }
+}
+
+/// A rendered conversation's tokens: a token is learned when its bytes fall in a target range.
+fn rendered_example(
+    rendered: &Rendered,
+    tokenizer: &Tokenizer,
+    options: &TokenizeOptions,
+) -> Result<Example> {
+    let encoded = tokenizer.encode_with_offsets(&rendered.text, false)?;
+    let mut ids = encoded.ids;
+    let mut labels: Vec<i64> = ids
+        .iter()
+        .zip(&encoded.offsets)
+        .map(|(&id, &(start, end))| {
+            let learned = options.train_on_source
+                || (end > start
+                    && rendered
+                        .targets
+                        .iter()
+                        .any(|r| start < r.end && end > r.start));
+            if learned { i64::from(id) } else { IGNORE_INDEX }
+        })
+        .collect();
+    let max = options.source_max_len + options.target_max_len;
+    let truncated = truncate(&mut ids, max);
+    labels.truncate(max);
+    Ok(Example {
+        ids,
+        labels,
+        truncated,
+    })
+}
+
+/// TRL's standard prompt-completion: `prompt + completion` (eos appended unless it ends with
+/// it) tokenized whole with the tokenizer's special tokens, the first `len(tokenizer(prompt))`
+/// tokens context, and cut to `source_max_len + target_max_len` tokens.
+fn completion_text(
+    prompt: &str,
+    completion: &str,
+    tokenizer: &Tokenizer,
+    options: &TokenizeOptions,
+) -> Result<Example> {
+    let eos = tokenizer.eos_token().unwrap_or("");
+    let mut text = format!("{prompt}{completion}");
+    if !text.ends_with(eos) {
+        text.push_str(eos);
+    }
+    let prompt_len = tokenizer.encode(prompt, true)?.len();
+    let mut ids = tokenizer.encode(&text, true)?;
+    let mut labels: Vec<i64> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| {
+            if i >= prompt_len || options.train_on_source {
+                i64::from(id)
+            } else {
+                IGNORE_INDEX
+            }
+        })
+        .collect();
+    let max = options.source_max_len + options.target_max_len;
+    let truncated = truncate(&mut ids, max);
+    labels.truncate(max);
+    Ok(Example {
+        ids,
+        labels,
+        truncated,
+    })
 }
 
 fn source_target(

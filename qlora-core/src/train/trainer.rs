@@ -92,6 +92,8 @@ impl Trainer {
         };
         let lora = config.lora()?.for_architecture(architecture)?;
         let options = config.data_options();
+        // Held-out data has its own split, and its format is detected on its own.
+        let eval_options = config.eval_data_options();
         let tokenizer = Tokenizer::load(&config.model)?;
         let loaded: LoadedData = load_examples(&config.data, &tokenizer, &options)?;
         progress.message(&format!("{}: {loaded}", loaded.origin));
@@ -99,7 +101,7 @@ impl Trainer {
         config.format = Some(loaded.format);
         let (train, eval) = match &config.eval_data {
             Some(path) => {
-                let eval = load_examples(path, &tokenizer, &config.eval_data_options())?;
+                let eval = load_examples(path, &tokenizer, &eval_options)?;
                 progress.message(&format!("{}: {eval}", eval.origin));
                 (loaded.examples, eval.examples)
             }

@@ -20,6 +20,7 @@ mod nf4_fixtures;
 mod nf4_properties;
 mod packing;
 mod paging_wgpu;
+mod parquet_data;
 mod quantize_parity;
 mod step_grads;
 mod text_parity;

@@ -605,6 +605,30 @@ pub fn targets(work: &Path) -> Vec<Target> {
             }),
         });
     }
+    // Parquet datasets (pyarrow's files: snappy, zstd, lz4 and gzip pages, nested lists).
+    {
+        let d = dir("dataset-parquet");
+        let tokenizer = tokenizer.clone();
+        let seeds = [
+            "alpaca.parquet",
+            "messages.parquet",
+            "prompt_completion.parquet",
+            "chat_completion.parquet",
+        ]
+        .map(|f| read(super::root().join("tests/reference/parquet").join(f)))
+        .to_vec();
+        targets.push(Target {
+            name: "dataset (parquet)".into(),
+            seeds,
+            run: Box::new(move |bytes| {
+                let path = d.join("data.parquet");
+                write(&path, bytes);
+                load_examples(&path, &tokenizer, &DataOptions::default())
+                    .map(|_| ())
+                    .map_err(err)
+            }),
+        });
+    }
     // Adapters: the config and the weights, each mutated with the other intact.
     for (name, file, other) in [
         (
