@@ -61,7 +61,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.task == Task::MultipleChoice {
         return run_choices(args);
     }
-    let (model, tokenizer) = args.model.load()?;
+    let (model, tokenizer) = args.model.load(&args.tokenize.text)?;
     let options = DataOptions {
         splits: vec![args.source.data_split],
         config: args.source.data_config,
@@ -110,7 +110,7 @@ fn run_choices(args: EvalArgs) -> Result<()> {
         args.style,
         ["--num-fewshot", "--fewshot-data"],
     )?;
-    let (model, tokenizer) = args.model.load()?;
+    let (model, tokenizer) = args.model.load(&args.tokenize.text)?;
     let bar = crate::bar::progress_bar(questions.len() as u64, "questions");
     let report = evaluate_choices(
         &model,

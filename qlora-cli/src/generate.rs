@@ -4,7 +4,7 @@ use anyhow::{Result, bail};
 use clap::Args;
 use qlora_core::data::{ConversationTemplate, DatasetFormat};
 use qlora_core::generate::{Prompt, SamplingConfig, generate};
-use qlora_core::text::TemplateKwargs;
+use qlora_core::text::{TemplateKwargs, TextOverrides};
 
 use crate::model_args::ModelArgs;
 
@@ -41,13 +41,15 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "JSON", requires = "chat")]
     chat_template_kwargs: Option<TemplateKwargs>,
     #[command(flatten)]
+    text: TextOverrides,
+    #[command(flatten)]
     sampling: SamplingConfig,
 }
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let config = args.sampling.clone();
     config.validate()?;
-    let (model, tokenizer) = args.model.load()?;
+    let (model, tokenizer) = args.model.load(&args.text)?;
     let chat_kwargs = args.chat_template_kwargs.clone().unwrap_or_default();
     let prompt = match (&args.prompt, &args.chat) {
         (Some(text), _) => Prompt::Text {

@@ -10,7 +10,8 @@ use qlora_core::gguf::resolve_model;
 use qlora_core::lora::{apply_adapter, read_adapter};
 use qlora_core::model::{Bits, CausalLm, LoadOptions, Nf4Matmul};
 use qlora_core::quant::Nf4Config;
-use qlora_core::text::Tokenizer;
+use qlora_core::text::{TextOverrides, Tokenizer};
+use qlora_core::train::text_for;
 
 /// `--device`, for every command that computes.
 #[derive(Args, Debug, Clone)]
@@ -48,9 +49,12 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
-    pub fn load(&self) -> Result<(CausalLm, Tokenizer)> {
+    /// The model (with --adapter applied) and its tokenizer, with the chat template and eos
+    /// token --adapter was trained with, or those of `text` (the command's flags) over them.
+    pub fn load(&self, text: &TextOverrides) -> Result<(CausalLm, Tokenizer)> {
         let dir = resolve_model(&self.model)?;
-        let tokenizer = Tokenizer::load(&dir)?;
+        let mut tokenizer = Tokenizer::load(&dir)?;
+        text_for(self.adapter.as_deref(), text)?.apply(&mut tokenizer)?;
         let device = self.device.device.device()?;
         let compute = ComputeDtype::resolve(self.compute_dtype, &device)?;
         let options = LoadOptions {

@@ -13,6 +13,7 @@ mod mpi_cli;
 mod plan_cli;
 mod quantize_cli;
 mod safety_cli;
+mod template_cli;
 mod tensorboard_cli;
 mod train_cli;
 mod wgpu_cli;

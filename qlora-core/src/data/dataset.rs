@@ -68,6 +68,22 @@ impl LoadedData {
     pub fn truncated(&self) -> usize {
         self.examples.iter().filter(|e| e.truncated).count()
     }
+
+    /// Whole (not truncated) examples that learn none of `stop_ids`: an adapter trained on
+    /// them never learns to end a reply (a template that writes no end-of-turn token, an eos
+    /// masked away).
+    pub fn without_stop(&self, stop_ids: &[u32]) -> usize {
+        self.examples
+            .iter()
+            .filter(|e| {
+                !e.truncated
+                    && !e
+                        .labels
+                        .iter()
+                        .any(|&l| u32::try_from(l).is_ok_and(|id| stop_ids.contains(&id)))
+            })
+            .count()
+    }
 }
 
 impl fmt::Display for LoadedData {

@@ -53,6 +53,7 @@ pub fn response_prompt(
         train_on_source: false,
         template: effective_template(format, template),
         chat_template_kwargs: None,
+        text: Default::default(),
     };
     let example = tokenize(&sample, tokenizer, &options)?;
     let start = example

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::format::{ConversationTemplate, Sample, render_guanaco};
 use crate::error::{Error, Result};
 use crate::model::IGNORE_INDEX;
-use crate::text::{Message, TemplateKwargs, Tokenizer};
+use crate::text::{Message, TemplateKwargs, TextOverrides, Tokenizer};
 
 /// How samples become tokens (flags of `train` and `eval`, keys of `training_config.toml`).
 #[derive(Debug, Clone, PartialEq, Eq, Args, Serialize, Deserialize)]
@@ -39,6 +39,10 @@ pub struct TokenizeOptions {
     /// `apply_chat_template` keyword arguments (Qwen3: '{"enable_thinking": false}').
     #[arg(long, value_name = "JSON", help_heading = "Data")]
     pub chat_template_kwargs: Option<TemplateKwargs>,
+    /// The chat template and eos token instead of the model's.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub text: TextOverrides,
 }
 
 impl Default for TokenizeOptions {

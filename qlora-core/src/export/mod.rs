@@ -32,6 +32,8 @@ use crate::gguf::import::permute_rows;
 use crate::gguf::keys;
 use crate::merge::{MergeBase, MergedWeights};
 use crate::staged_dir::StagedDir;
+use crate::text::TextOverrides;
+use crate::train::recorded_text;
 
 /// How `qlora export-gguf` writes the file.
 #[derive(Debug, Clone)]
@@ -247,7 +249,16 @@ pub fn export_gguf(
         _ => None,
     };
     let mut metadata = model_metadata(config, &name, options.kind, window);
-    metadata.extend(vocab::tokenizer_metadata(model_dir, config.vocab_size)?);
+    // With the chat template and eos token the adapter was trained with.
+    let text = match adapter_dir {
+        Some(dir) => recorded_text(dir)?,
+        None => TextOverrides::default(),
+    };
+    metadata.extend(vocab::tokenizer_metadata(
+        model_dir,
+        config.vocab_size,
+        &text,
+    )?);
 
     let checkpoint = &weights.checkpoint;
     let has_output = !config.spec.tied_head && checkpoint.contains("lm_head.weight");

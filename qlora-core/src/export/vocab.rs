@@ -12,7 +12,7 @@ use super::writer::MetaValue;
 use crate::error::{Error, Result};
 use crate::gguf::keys;
 use crate::gguf::tokenizer::{BYTE_LEVEL_PRE_TOKENIZERS, byte_level_pre_tokenizer};
-use crate::text::{TOKENIZER_FILE, Tokenizer};
+use crate::text::{TOKENIZER_FILE, TextOverrides, Tokenizer};
 
 /// llama.cpp's token types.
 const NORMAL: i32 = 1;
@@ -64,9 +64,14 @@ fn pre_tokenizer_name(pre: &Value, path: &Path) -> Result<(&'static str, bool)> 
 
 /// The tokenizer metadata of the model in `dir`, for a vocabulary of `vocab_size` rows (the
 /// embedding's; ids the tokenizer lacks become `[PAD{id}]`, as in llama.cpp's converter).
-pub fn tokenizer_metadata(dir: &Path, vocab_size: usize) -> Result<Vec<(String, MetaValue)>> {
+pub fn tokenizer_metadata(
+    dir: &Path,
+    vocab_size: usize,
+    text: &TextOverrides,
+) -> Result<Vec<(String, MetaValue)>> {
     let path = dir.join(TOKENIZER_FILE);
-    let tokenizer = Tokenizer::load(dir)?;
+    let mut tokenizer = Tokenizer::load(dir)?;
+    text.apply(&mut tokenizer)?;
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
     let json: Value = serde_json::from_str(&text)
         .map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;

@@ -19,6 +19,8 @@ use crate::dtype::{FloatDtype, encode_f32};
 use crate::error::Result;
 use crate::quant::{Nf4Config, Nf4Tensor};
 use crate::staged_dir::StagedDir;
+use crate::text::Tokenizer;
+use crate::train::recorded_text;
 
 crate::named_enum! {
     /// Which base weight the adapter is added to.
@@ -140,6 +142,11 @@ pub fn merge_model(
             config.insert("dtype".into(), Value::from(dtype.torch_name()));
         },
     )?;
+    // The chat template and eos token the adapter was trained with.
+    let text = recorded_text(adapter_dir)?;
+    let mut tokenizer = Tokenizer::load(model_dir)?;
+    text.apply(&mut tokenizer)?;
+    text.write_into_model_dir(&tokenizer, staged.path())?;
     staged.commit()?;
     Ok(MergeReport {
         merged: weights.merged_count(),

@@ -1,7 +1,7 @@
 //! `tokenizer.json` through the `tokenizers` crate, with the special tokens and chat template
 //! of `tokenizer_config.json`, `generation_config.json` and `chat_template.jinja`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
@@ -37,8 +37,8 @@ pub struct Tokenizer {
     /// Every id that ends generation (eos and generation_config's `eos_token_id`s).
     stop_ids: Vec<u32>,
     chat_template: Option<ChatTemplate>,
-    /// The chat template's source text.
-    chat_template_text: Option<String>,
+    /// The chat template's source text and the file it came from.
+    chat_template_source: Option<(String, PathBuf)>,
 }
 
 fn read_json(path: &Path) -> Result<Option<Value>> {
@@ -158,31 +158,66 @@ impl Tokenizer {
                 _ => None,
             }
         };
-        fn name(token: &Option<(String, u32)>) -> &str {
-            token.as_ref().map_or("", |(s, _)| s.as_str())
-        }
-        let chat_template_text = template.as_ref().map(|(text, _)| text.clone());
-        let chat_template = match template {
-            Some((text, source)) => Some(ChatTemplate::new(
-                text,
-                &source,
-                name(&bos),
-                name(&eos),
-                unk.as_deref().unwrap_or(""),
-                name(&pad),
-            )?),
-            None => None,
-        };
-        Ok(Tokenizer {
+        let mut tokenizer = Tokenizer {
             inner,
             bos,
             eos,
             pad,
             unk,
             stop_ids,
-            chat_template,
-            chat_template_text,
-        })
+            chat_template: None,
+            chat_template_source: template,
+        };
+        tokenizer.compile_template()?;
+        Ok(tokenizer)
+    }
+
+    /// Compile the chat template's source with the special tokens as they stand.
+    fn compile_template(&mut self) -> Result<()> {
+        fn name(token: &Option<(String, u32)>) -> &str {
+            token.as_ref().map_or("", |(s, _)| s.as_str())
+        }
+        self.chat_template = match &self.chat_template_source {
+            Some((text, source)) => Some(ChatTemplate::new(
+                text.clone(),
+                source,
+                name(&self.bos),
+                name(&self.eos),
+                self.unk.as_deref().unwrap_or(""),
+                name(&self.pad),
+            )?),
+            None => None,
+        };
+        Ok(())
+    }
+
+    /// Use `text` (read from `source`, for messages) as the chat template instead of the
+    /// model's.
+    pub fn set_chat_template(&mut self, text: String, source: &Path) -> Result<()> {
+        self.chat_template_source = Some((text, source.to_path_buf()));
+        self.compile_template()
+    }
+
+    /// Make `token` the end of sequence: what training appends after a response, what
+    /// templates call `eos_token`, and the first token generation stops at. It must be one token
+    /// of the vocabulary.
+    pub fn set_eos_token(&mut self, token: &str) -> Result<()> {
+        let id = self.token_to_id(token).ok_or_else(|| {
+            Error::invalid(format!(
+                "--eos-token `{token}` is not a token of the tokenizer's vocabulary"
+            ))
+        })?;
+        self.eos = Some((token.to_string(), id));
+        self.stop_ids.retain(|&s| s != id);
+        self.stop_ids.insert(0, id);
+        self.compile_template()
+    }
+
+    /// Stop generation at `id` too (a chat template's end-of-turn token).
+    pub fn add_stop_id(&mut self, id: u32) {
+        if !self.stop_ids.contains(&id) {
+            self.stop_ids.push(id);
+        }
     }
 
     /// Token ids of `text`. With `add_special_tokens` the tokenizer's post-processor adds what
@@ -264,9 +299,9 @@ impl Tokenizer {
         &self.stop_ids
     }
 
-    /// The chat template as written in the model's files.
+    /// The chat template as written in the model's files (or given instead of them).
     pub fn chat_template_text(&self) -> Option<&str> {
-        self.chat_template_text.as_deref()
+        self.chat_template_source.as_ref().map(|(t, _)| t.as_str())
     }
 
     /// The `tokenizers` tokenizer underneath (for its vocabulary and added tokens).

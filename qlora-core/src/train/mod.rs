@@ -9,6 +9,7 @@ mod optimizer;
 mod parallel;
 mod planning;
 mod progress;
+mod recorded;
 mod resume;
 mod run;
 mod schedule;
@@ -21,6 +22,7 @@ pub use checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint
 pub use config::TrainConfig;
 pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, SavedMoments};
 pub use progress::{LogProgress, METRICS_FILE, Progress, Quiet, StepMetrics, TENSORBOARD_DIR};
+pub use recorded::{recorded_text, text_for};
 pub use resume::resume_point;
 pub use run::{Outcome, TrainSummary};
 pub use schedule::{Schedule, warmup_from_ratio};

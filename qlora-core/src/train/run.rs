@@ -2,7 +2,7 @@
 //! final adapter.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::best::{BEST_FILE, Best, BestMetric, best_dir};
@@ -12,6 +12,7 @@ use super::trainer::Trainer;
 use crate::error::{Error, Result};
 use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, save_adapter};
 use crate::staged_dir::{StagedDir, sweep_stale};
+use crate::text::CHAT_TEMPLATE_FILE;
 use crate::tfevents::EventWriter;
 
 /// How a run ended.
@@ -48,6 +49,7 @@ impl Trainer {
         let model = &self.model;
         let lora = &self.lora;
         let base = self.config.model.display().to_string();
+        let (text, tokenizer) = (&self.config.tokenize.text, &self.tokenizer);
         save_checkpoint(
             &self.config.out,
             self.position,
@@ -55,9 +57,25 @@ impl Trainer {
             &moments,
             &self.config.to_toml(),
             // Checkpoints keep f32 adapters whatever the final dtype: resuming must be exact.
-            |dir| save_adapter(model, dir, lora, &base, AdapterDtype::F32),
+            |dir| {
+                save_adapter(model, dir, lora, &base, AdapterDtype::F32)?;
+                text.record(tokenizer, dir)
+            },
             self.config.save_total_limit,
         )
+    }
+
+    /// The adapter in `dir` as the run's final (or best) adapter, with the chat template it
+    /// was trained with when that is not the model's.
+    fn write_adapter(&self, dir: &Path) -> Result<()> {
+        save_adapter(
+            &self.model,
+            dir,
+            &self.lora,
+            &self.config.model.display().to_string(),
+            self.config.adapter_dtype,
+        )?;
+        self.config.tokenize.text.record(&self.tokenizer, dir)
     }
 
     /// Write the final adapter and configuration into `OUT/`: all files are written into a
@@ -71,13 +89,7 @@ impl Trainer {
             .prefix(&format!(".final-adapter.partial-{}-", std::process::id()))
             .tempdir_in(out)
             .map_err(|e| Error::io(out, e))?;
-        save_adapter(
-            &self.model,
-            staging.path(),
-            &self.lora,
-            &self.config.model.display().to_string(),
-            self.config.adapter_dtype,
-        )?;
+        self.write_adapter(staging.path())?;
         std::fs::write(staging.path().join(CONFIG_FILE), self.config.to_toml())
             .map_err(|e| Error::io(staging.path(), e))?;
         // A half-replaced adapter must not look complete: the config goes first and comes last.
@@ -85,10 +97,22 @@ impl Trainer {
         if marker.exists() {
             std::fs::remove_file(&marker).map_err(|e| Error::io(&marker, e))?;
         }
-        for file in [ADAPTER_WEIGHTS_FILE, CONFIG_FILE, ADAPTER_CONFIG_FILE] {
-            let target = out.join(file);
-            std::fs::rename(staging.path().join(file), &target)
-                .map_err(|e| Error::io(&target, e))?;
+        // The template of an earlier run into this directory is not this adapter's.
+        let template = out.join(CHAT_TEMPLATE_FILE);
+        if template.exists() && !staging.path().join(CHAT_TEMPLATE_FILE).exists() {
+            std::fs::remove_file(&template).map_err(|e| Error::io(&template, e))?;
+        }
+        for file in [
+            ADAPTER_WEIGHTS_FILE,
+            CHAT_TEMPLATE_FILE,
+            CONFIG_FILE,
+            ADAPTER_CONFIG_FILE,
+        ] {
+            let (from, target) = (staging.path().join(file), out.join(file));
+            if file == CHAT_TEMPLATE_FILE && !from.exists() {
+                continue;
+            }
+            std::fs::rename(from, &target).map_err(|e| Error::io(&target, e))?;
         }
         Ok(())
     }
@@ -116,13 +140,7 @@ impl Trainer {
         };
         let dir = best_dir(&self.config.out);
         let staged = StagedDir::new(&dir, true, &[])?;
-        save_adapter(
-            &self.model,
-            staged.path(),
-            &self.lora,
-            &self.config.model.display().to_string(),
-            self.config.adapter_dtype,
-        )?;
+        self.write_adapter(staged.path())?;
         let json = serde_json::to_string_pretty(&best).expect("best serializes");
         let path = staged.path().join(BEST_FILE);
         std::fs::write(&path, json).map_err(|e| Error::io(&path, e))?;

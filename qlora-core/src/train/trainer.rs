@@ -25,6 +25,27 @@ use crate::model::{CausalLm, LoadOptions, TrainBatch};
 use crate::quant::Nf4Config;
 use crate::text::Tokenizer;
 
+/// Say when examples learn no stop token: the "model never stops" trap. Labels are masked by
+/// position (padding only), never by id, so an eos that is also the padding token is learned;
+/// what remains is a template or format that writes no stop token.
+fn warn_without_stop(loaded: &LoadedData, tokenizer: &Tokenizer, progress: &mut dyn Progress) {
+    let missing = loaded.without_stop(tokenizer.stop_ids());
+    if missing > 0 {
+        let names: Vec<String> = tokenizer
+            .stop_ids()
+            .iter()
+            .filter_map(|&id| tokenizer.backend().id_to_token(id))
+            .collect();
+        progress.message(&format!(
+            "warning: {missing} of {} examples learn no stop token ({}): the adapter will not \
+             learn to end its replies; end assistant turns with one in the chat template, or \
+             name the one it writes with --eos-token",
+            loaded.examples.len(),
+            names.join(", ")
+        ));
+    }
+}
+
 /// A run, ready to go.
 pub struct Trainer {
     /// The run's settings.
@@ -94,9 +115,11 @@ impl Trainer {
         let options = config.data_options();
         // Held-out data has its own split, and its format is detected on its own.
         let eval_options = config.eval_data_options();
-        let tokenizer = Tokenizer::load(&config.model)?;
+        let mut tokenizer = Tokenizer::load(&config.model)?;
+        config.tokenize.text.apply(&mut tokenizer)?;
         let loaded: LoadedData = load_examples(&config.data, &tokenizer, &options)?;
         progress.message(&format!("{}: {loaded}", loaded.origin));
+        warn_without_stop(&loaded, &tokenizer, progress);
         // Recorded in training_config.toml, so `generate --adapter` wraps prompts the same way.
         config.format = Some(loaded.format);
         let (train, eval) = match &config.eval_data {

@@ -447,3 +447,44 @@ fn malformed_records_name_file_line_and_field() {
     let err = load_examples(&path, &t, &options).unwrap_err().to_string();
     assert!(err.contains("nothing to learn"), "{err}");
 }
+
+/// `--chat-template chatml` renders as the tiny model's own ChatML template does and stops at
+/// `<|im_end|>`; `--eos-token` changes what responses end with.
+#[test]
+fn built_in_chatml_and_an_eos_token_override() {
+    use qlora_core::text::TextOverrides;
+    let own = tokenizer();
+    let mut t = tokenizer();
+    let chatml = TextOverrides {
+        chat_template: Some("chatml".into()),
+        ..TextOverrides::default()
+    };
+    chatml.apply(&mut t).unwrap();
+    let messages = [
+        Message::new("system", "Be brief."),
+        Message::new("user", "hi"),
+        Message::new("assistant", "hello"),
+    ];
+    for generation in [false, true] {
+        assert_eq!(
+            own.apply_chat_template(&messages, generation).unwrap(),
+            t.apply_chat_template(&messages, generation).unwrap()
+        );
+    }
+    let im_end = t.token_to_id("<|im_end|>").unwrap();
+    assert!(t.stop_ids().contains(&im_end) && !own.stop_ids().contains(&im_end));
+
+    let eos = TextOverrides {
+        eos_token: Some("<|im_end|>".into()),
+        ..TextOverrides::default()
+    };
+    let mut t = tokenizer();
+    eos.apply(&mut t).unwrap();
+    assert_eq!((t.eos_id(), t.stop_ids()[0]), (Some(im_end), im_end));
+    let sample = Sample::SourceTarget {
+        source: "Q".into(),
+        target: "A".into(),
+    };
+    let e = tokenize(&sample, &t, &TokenizeOptions::default()).unwrap();
+    assert_eq!(*e.labels.last().unwrap(), i64::from(im_end));
+}

@@ -470,7 +470,7 @@ fn a_sentencepiece_vocabulary_exports_back_to_gguf() {
         "general.architecture".to_string(),
         MetaValue::String("llama".into()),
     )];
-    metadata.extend(tokenizer_metadata(&dir, vocab).unwrap());
+    metadata.extend(tokenizer_metadata(&dir, vocab, &Default::default()).unwrap());
     let exported = tmp.path().join("exported.gguf");
     let tensor = TensorEntry {
         name: "token_embd.weight".into(),
