@@ -11,7 +11,8 @@ use serde_json::json;
 /// `train`'s flags (the same command line plans the run), plus what only a plan needs.
 #[derive(Args)]
 pub struct PlanArgs {
-    /// TOML file with train's settings (as `--config` of `qlora train`); flags override it.
+    /// train's settings file, TOML or an axolotl config (as `--config` of `qlora train`);
+    /// flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
     #[command(flatten)]
@@ -68,7 +69,8 @@ fn assumptions(run: &TrainConfig, settings: &PlanSettings, limit: Option<u64>) -
 }
 
 pub fn run(args: PlanArgs, matches: &ArgMatches) -> Result<()> {
-    let run = TrainConfig::from_file_and_flags(args.config.as_deref(), &args.settings, matches)?;
+    let (run, _) =
+        TrainConfig::from_run_file_and_flags(args.config.as_deref(), &args.settings, matches)?;
     if run.model.as_os_str().is_empty() {
         bail!("--model is required: a model directory, a config.json, or a preset");
     }

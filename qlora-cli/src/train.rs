@@ -18,9 +18,13 @@ use qlora_core::train::{
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// TOML file with the same keys as the flags (dashes as underscores); flags override it.
+    /// A TOML file with the same keys as the flags (dashes as underscores), or an axolotl
+    /// config (.yml, .yaml); flags override it.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Print the settings the run would use (file and flags resolved) as TOML, and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     settings: TrainConfig,
     /// Continue from the latest checkpoint in --out, or from the checkpoint directory given.
@@ -117,11 +121,28 @@ pub fn run(args: TrainArgs, matches: &ArgMatches) -> Result<()> {
 
 fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) -> Result<()> {
     let root = collective.rank() == 0;
-    let mut config =
-        TrainConfig::from_file_and_flags(args.config.as_deref(), &args.settings, matches)?;
+    let (mut config, file) =
+        TrainConfig::from_run_file_and_flags(args.config.as_deref(), &args.settings, matches)?;
+    if args.print_config {
+        print!("{}", config.to_toml());
+        return Ok(());
+    }
+    if let Some(path) = args
+        .config
+        .as_deref()
+        .filter(|_| !file.ignored.is_empty() && root)
+    {
+        qlora_core::stderr::line(format_args!(
+            "warning: {}: ignoring settings of other tools' speed, memory layout or logging: {}",
+            path.display(),
+            file.ignored.join(", ")
+        ));
+    }
     config.validate()?;
     config.model = resolve_model(&config.model)?;
-    let resume = resume_point(&config.out, args.resume.as_deref())?;
+    // axolotl's resume_from_checkpoint, unless --resume says otherwise.
+    let resume_flag = args.resume.as_deref().or(file.resume.as_deref());
+    let resume = resume_point(&config.out, resume_flag)?;
 
     let mut progress: Box<dyn Progress> = if !root {
         Box::new(Quiet)

@@ -88,10 +88,25 @@ pub fn from_file_and_flags<T>(file: Option<&Path>, flags: &T, matches: &ArgMatch
 where
     T: Args + Serialize + DeserializeOwned,
 {
-    let mut table = match file {
+    let table = match file {
         Some(path) => read_table::<T>(path)?,
         None => toml::Table::new(),
     };
+    from_table_and_flags(table, file, flags, matches)
+}
+
+/// `T` from `table` (settings keyed by their ids, as another file format gave them; errors
+/// name `file`), with the flags given on the command line over it, as
+/// [`from_file_and_flags`].
+pub fn from_table_and_flags<T>(
+    mut table: toml::Table,
+    file: Option<&Path>,
+    flags: &T,
+    matches: &ArgMatches,
+) -> Result<T>
+where
+    T: Args + Serialize + DeserializeOwned,
+{
     let mut flag_table = toml::Table::try_from(flags).map_err(|e| {
         // TOML integers are i64: a larger flag value cannot be one.
         let too_large = keys::<T>().into_iter().find_map(|(id, _)| {

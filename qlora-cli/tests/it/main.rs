@@ -2,6 +2,7 @@
 
 mod common;
 
+mod axolotl_cli;
 mod choice_cli;
 mod data_cli;
 mod gguf_cli;

@@ -26,6 +26,9 @@ pub struct FieldMap {
     /// The column holding a conversation (a list of messages).
     #[arg(long, value_name = "COLUMN", help_heading = "Data")]
     pub field_messages: Option<String>,
+    /// The column holding plain text (the text format's `text`).
+    #[arg(long, value_name = "COLUMN", help_heading = "Data")]
+    pub field_text: Option<String>,
     /// The key of a message's role in --field-messages's lists [default: role, or from].
     #[arg(long, value_name = "KEY", help_heading = "Data")]
     pub field_role: Option<String>,
@@ -54,6 +57,7 @@ impl FieldMap {
             ("input", &self.field_input, "--field-input", false),
             ("output", &self.field_output, "--field-output", true),
             ("messages", &self.field_messages, "--field-messages", true),
+            ("text", &self.field_text, "--field-text", true),
         ];
         for (name, column, flag, required) in columns {
             let Some(column) = column.as_deref().filter(|c| *c != name) else {

@@ -43,8 +43,8 @@ pub const TOKENIZER_DEFAULT: &str = "tokenizer_default";
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TextOverrides {
-    /// The chat template: a Jinja file, or chatml, llama3 or tokenizer_default (the model's)
-    /// [default: the adapter's, else the model's].
+    /// The chat template: a Jinja file (or Jinja text), or chatml, llama3 or
+    /// tokenizer_default (the model's) [default: the adapter's, else the model's].
     #[arg(long, value_name = "FILE|NAME", help_heading = "Data")]
     pub chat_template: Option<String>,
     /// The end-of-sequence token: appended after responses, and where generation stops
@@ -89,6 +89,13 @@ impl TextOverrides {
             return Ok(Some(Template {
                 text: text.to_string(),
                 source: PathBuf::from(format!("<{name}>")),
+            }));
+        }
+        // Jinja itself (axolotl's chat_template_jinja), not a name or a path.
+        if choice.contains("{%") || choice.contains("{{") {
+            return Ok(Some(Template {
+                text: choice.to_string(),
+                source: PathBuf::from("<--chat-template>"),
             }));
         }
         let path = PathBuf::from(choice);

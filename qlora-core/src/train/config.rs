@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use clap::{ArgAction, ArgMatches, Args};
 use serde::{Deserialize, Serialize};
 
+use super::axolotl::{AxolotlRun, is_yaml, read_axolotl};
 use super::best::BestMetric;
 use super::optimizer::OptimizerKind;
 use super::schedule::Schedule;
@@ -69,6 +70,12 @@ pub struct TrainConfig {
     /// Evaluate on the held-out data every N steps (and always at the end).
     #[arg(long)]
     pub eval_steps: Option<u64>,
+    /// Evaluate N times a pass over the data (instead of --eval-steps).
+    #[arg(long)]
+    pub evals_per_epoch: Option<u64>,
+    /// Save a checkpoint N times a pass over the data (instead of --save-steps).
+    #[arg(long)]
+    pub saves_per_epoch: Option<u64>,
     /// Multiple-choice questions (question, choices, answer, optional subject) scored every
     /// --eval-steps and at the end as lm-evaluation-harness scores them (logged as mc_acc).
     #[arg(long, help_heading = "Evaluation")]
@@ -242,6 +249,27 @@ impl TrainConfig {
         matches: &ArgMatches,
     ) -> Result<Self> {
         settings::from_file_and_flags(file, flags, matches)
+    }
+
+    /// [`from_file_and_flags`](Self::from_file_and_flags) for a TOML file or an axolotl YAML
+    /// config (`.yml`, `.yaml`), with what an axolotl config says besides the settings.
+    pub fn from_run_file_and_flags(
+        file: Option<&Path>,
+        flags: &TrainConfig,
+        matches: &ArgMatches,
+    ) -> Result<(Self, AxolotlRun)> {
+        match file {
+            Some(path) if is_yaml(path) => {
+                let mut run = read_axolotl(path)?;
+                let table = std::mem::take(&mut run.table);
+                let config = settings::from_table_and_flags(table, Some(path), flags, matches)?;
+                Ok((config, run))
+            }
+            _ => Ok((
+                settings::from_file_and_flags(file, flags, matches)?,
+                AxolotlRun::default(),
+            )),
+        }
     }
 
     /// Read a `training_config.toml` (or any `--config` file) on its own.

@@ -2,6 +2,7 @@
 //! checkpoints and resume.
 
 mod adapters;
+mod axolotl;
 mod best;
 mod checkpoint;
 mod config;
@@ -17,6 +18,7 @@ mod step;
 mod trainer;
 mod validate;
 
+pub use axolotl::{AxolotlRun, is_yaml, read_axolotl};
 pub use best::{BEST_DIR, BEST_FILE, Best, BestMetric, best_dir, read_best};
 pub use checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 pub use config::TrainConfig;

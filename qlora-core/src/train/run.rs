@@ -213,7 +213,7 @@ impl Trainer {
             let (mut m, interrupted) = self.step_or_stop(interrupt.load(Ordering::SeqCst))?;
             let at = self.position.step;
             let final_step = at == self.total_steps;
-            if self.config.eval_steps.is_some_and(|e| at.is_multiple_of(e)) || final_step {
+            if self.eval_every.is_some_and(|e| at.is_multiple_of(e)) || final_step {
                 m.eval_loss = self.eval_loss()?;
                 if let Some((acc, norm)) = self.mc_accuracy()? {
                     (m.mc_acc, m.mc_acc_norm) = (Some(acc), Some(norm));
@@ -236,7 +236,7 @@ impl Trainer {
             }
             progress.step(&m);
             last = Some(m.loss);
-            if !final_step && (at.is_multiple_of(self.config.save_steps) || interrupted) && root {
+            if !final_step && (at.is_multiple_of(self.save_every) || interrupted) && root {
                 let dir = self.save_checkpoint()?;
                 progress.message(&format!("saved {}", dir.display()));
             }

@@ -63,6 +63,10 @@ pub struct Trainer {
     pub(super) position: RunPosition,
     pub(super) total_steps: u64,
     pub(super) warmup: u64,
+    /// Steps between evaluations (`--eval-steps`, or `--evals-per-epoch` as steps).
+    pub(super) eval_every: Option<u64>,
+    /// Steps between checkpoints (`--save-steps`, or `--saves-per-epoch` as steps).
+    pub(super) save_every: u64,
     pub(super) lengths: Vec<usize>,
     /// The micro-batches of the current epoch (rows of example indices), and which epoch.
     pub(super) plan: (u64, Vec<Vec<Vec<usize>>>),
@@ -184,6 +188,10 @@ impl Trainer {
                 if steps_per_epoch == 1 { "" } else { "s" }
             ));
         }
+        // Evaluations and checkpoints a pass, as steps.
+        let per_epoch = |n: u64| (steps_per_epoch / n).max(1);
+        let eval_every = config.evals_per_epoch.map(per_epoch).or(config.eval_steps);
+        let save_every = config.saves_per_epoch.map_or(config.save_steps, per_epoch);
         let warmup = config
             .warmup_steps
             .unwrap_or_else(|| warmup_from_ratio(config.warmup_ratio, total_steps));
@@ -225,6 +233,8 @@ impl Trainer {
             },
             total_steps,
             warmup,
+            eval_every,
+            save_every,
             lengths,
             plan: (0, plan),
             mc,

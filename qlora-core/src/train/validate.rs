@@ -48,6 +48,21 @@ impl TrainConfig {
         if self.epochs == Some(0) {
             return fail("epochs", "must be at least 1");
         }
+        for (per_epoch, steps, flag) in [
+            (
+                self.evals_per_epoch,
+                self.eval_steps.is_some(),
+                "evals-per-epoch",
+            ),
+            (self.saves_per_epoch, false, "saves-per-epoch"),
+        ] {
+            if per_epoch == Some(0) {
+                return fail(flag, "must be at least 1");
+            }
+            if per_epoch.is_some() && steps {
+                return fail(flag, "and --eval-steps: give one of them");
+            }
+        }
         if !(0.0..1.0).contains(&self.warmup_ratio) {
             return fail("warmup-ratio", "must be in [0, 1)");
         }
