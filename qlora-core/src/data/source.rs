@@ -58,25 +58,25 @@ pub fn dataset_files(
     splits: &[&str],
     config: Option<&str>,
 ) -> Result<(Vec<PathBuf>, String)> {
-    let (root, name) = if spec.is_file() {
+    let (root, name, found) = if spec.is_file() {
         return Ok((vec![spec.to_path_buf()], spec.display().to_string()));
     } else if spec.is_dir() {
-        (spec.to_path_buf(), spec.display().to_string())
+        let found = hub::splits::splits(spec, config)?;
+        (spec.to_path_buf(), spec.display().to_string(), found)
     } else {
         match spec
             .to_str()
-            .map(hub::resolve_dataset_id)
+            .map(|id| hub::resolve_dataset_id(id, config))
             .transpose()?
             .flatten()
         {
-            Some(snapshot) => {
+            Some((snapshot, found)) => {
                 let name = format!("{}@{}", snapshot.repo, &snapshot.commit[..12]);
-                (snapshot.dir, name)
+                (snapshot.dir, name, found)
             }
             None => return Err(Error::file(spec, "not found")),
         }
     };
-    let found = hub::splits::splits(&root, config)?;
     let split = splits
         .iter()
         .find(|s| found.splits.iter().any(|(name, _)| name == *s))

@@ -6,6 +6,8 @@
 //! files are under `snapshots/COMMIT/` (links into `blobs/`). A 40-hex revision is the commit
 //! itself. [`splits`] finds a dataset's files for a split as `datasets` does.
 
+#[cfg(feature = "download")]
+pub mod download;
 pub mod splits;
 
 use std::path::{Path, PathBuf};
@@ -117,7 +119,7 @@ pub struct Snapshot {
     pub dir: PathBuf,
 }
 
-fn is_commit(rev: &str) -> bool {
+pub(crate) fn is_commit(rev: &str) -> bool {
     rev.len() == 40 && rev.chars().all(|c| c.is_ascii_hexdigit())
 }
 
@@ -271,30 +273,188 @@ impl Snapshot {
     }
 }
 
-/// The dataset `text` names if it is a repo id and not an existing path: its snapshot in the
-/// cache.
-pub fn resolve_dataset_id(text: &str) -> Result<Option<Snapshot>> {
-    if Path::new(text).exists() {
-        return Ok(None);
+/// Fetch `select`'s files of `wanted` into `cache` when the cache could not give them
+/// (`cached`, why), unless `HF_HUB_OFFLINE` is set (or downloads are not built in); returns the
+/// commit downloaded.
+#[allow(unused_variables, clippy::type_complexity)]
+fn fetch(
+    cache: &Path,
+    kind: RepoKind,
+    wanted: &RepoRef,
+    cached: Error,
+    select: &mut dyn FnMut(
+        &[String],
+        &mut dyn FnMut(&str) -> Result<PathBuf>,
+    ) -> Result<Vec<String>>,
+) -> Result<RepoRef> {
+    #[cfg(feature = "download")]
+    if !download::offline() {
+        let hub = download::Hub::from_env(cache);
+        let mut progress = download::stderr_progress();
+        let commit = hub
+            .snapshot(kind, wanted, select, &mut progress)
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "{e}; {} is not (whole) in the Hugging Face cache at {}",
+                    wanted.repo,
+                    cache.display()
+                ))
+            })?;
+        return Ok(RepoRef {
+            repo: wanted.repo.clone(),
+            revision: Some(commit),
+        });
     }
-    let Some(wanted) = parse_repo_id(text) else {
-        return Ok(None);
-    };
-    resolve_in(&require_hub_cache()?, RepoKind::Dataset, &wanted).map(Some)
+    Err(cached)
+}
+
+/// The weights (and tokenizer and configuration) of a model repo, or only its `config.json`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFiles {
+    /// Everything a model loads from.
+    All,
+    /// `config.json` (what `qlora plan` reads).
+    Config,
+}
+
+/// Of a model repo's `files`: its JSON and Jinja files and its safetensors weights (the index's
+/// shards, read through `fetch`, or `model.safetensors`).
+fn model_files(
+    repo: &str,
+    which: ModelFiles,
+    files: &[String],
+    fetch: &mut dyn FnMut(&str) -> Result<PathBuf>,
+) -> Result<Vec<String>> {
+    let has = |name: &str| files.iter().any(|f| f == name);
+    if which == ModelFiles::Config {
+        return Ok(vec!["config.json".to_string()]);
+    }
+    let mut chosen: Vec<String> = files
+        .iter()
+        .filter(|f| !f.contains('/') && (f.ends_with(".json") || f.ends_with(".jinja")))
+        .cloned()
+        .collect();
+    let index = "model.safetensors.index.json";
+    if has(index) {
+        let path = fetch(index)?;
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
+        let mut shards: Vec<String> = value["weight_map"]
+            .as_object()
+            .ok_or_else(|| Error::key(&path, "weight_map", "expected an object"))?
+            .values()
+            .filter_map(|v| v.as_str().map(str::to_string))
+            .collect();
+        shards.sort();
+        shards.dedup();
+        chosen.extend(shards);
+    } else if has("model.safetensors") {
+        chosen.push("model.safetensors".into());
+    } else {
+        return Err(Error::invalid(format!(
+            "{repo} has no safetensors weights (model.safetensors or {index}); qlora reads \
+             safetensors, or a GGUF file given as a path"
+        )));
+    }
+    Ok(chosen)
 }
 
 /// The model `text` names if it is a repo id and not an existing path: its snapshot in the
-/// cache, with its files checked.
+/// cache, with its files checked; what the cache lacks is downloaded (unless offline).
 pub fn resolve_model_id(text: &str) -> Result<Option<Snapshot>> {
-    if Path::new(text).exists() {
+    resolve_model_files(text, ModelFiles::All)
+}
+
+/// [`resolve_model_id`] needing only `which` of the model's files.
+pub fn resolve_model_files(text: &str, which: ModelFiles) -> Result<Option<Snapshot>> {
+    // A model file's name (`models/x.gguf`) is a path that is not there, not a repo.
+    let lower = text.to_ascii_lowercase();
+    let file_like = [".gguf", ".safetensors", ".json", ".bin"]
+        .iter()
+        .any(|ext| lower.ends_with(ext));
+    if Path::new(text).exists() || file_like {
         return Ok(None);
     }
     let Some(wanted) = parse_repo_id(text) else {
         return Ok(None);
     };
-    let snapshot = resolve_snapshot_in(&require_hub_cache()?, &wanted)?;
-    snapshot.check_model_files()?;
-    Ok(Some(snapshot))
+    let cache = require_hub_cache()?;
+    let cached = |wanted: &RepoRef| {
+        let snapshot = resolve_snapshot_in(&cache, wanted)?;
+        if which == ModelFiles::All {
+            snapshot.check_model_files()?;
+        }
+        Ok(snapshot)
+    };
+    match cached(&wanted) {
+        Ok(snapshot) => Ok(Some(snapshot)),
+        Err(why) => {
+            let mut select = |files: &[String], fetch: &mut dyn FnMut(&str) -> Result<PathBuf>| {
+                model_files(&wanted.repo, which, files, fetch)
+            };
+            let downloaded = fetch(&cache, RepoKind::Model, &wanted, why, &mut select)?;
+            cached(&downloaded).map(Some)
+        }
+    }
+}
+
+/// The dataset `text` names if it is a repo id and not an existing path: its snapshot in the
+/// cache and its splits (of `config`); what the cache lacks of that config is downloaded
+/// (unless offline).
+pub fn resolve_dataset_id(
+    text: &str,
+    config: Option<&str>,
+) -> Result<Option<(Snapshot, splits::Splits)>> {
+    // A data file's name (`data/train.jsonl`) is a path that is not there, not a repo.
+    let lower = text.to_ascii_lowercase();
+    let file_like = [".jsonl", ".json", ".parquet", ".csv", ".txt"]
+        .iter()
+        .any(|ext| lower.ends_with(ext));
+    if Path::new(text).exists() || file_like {
+        return Ok(None);
+    }
+    let Some(wanted) = parse_repo_id(text) else {
+        return Ok(None);
+    };
+    let cache = require_hub_cache()?;
+    let cached = |wanted: &RepoRef| {
+        let snapshot = resolve_in(&cache, RepoKind::Dataset, wanted)?;
+        let found = splits::splits(&snapshot.dir, config)?;
+        if let Some(missing) = found
+            .splits
+            .iter()
+            .flat_map(|(_, files)| files)
+            .find(|f| !f.is_file())
+        {
+            return Err(snapshot.missing(&missing.display().to_string()));
+        }
+        Ok((snapshot, found))
+    };
+    match cached(&wanted) {
+        Ok(found) => Ok(Some(found)),
+        Err(why) => {
+            let mut select = |files: &[String], fetch: &mut dyn FnMut(&str) -> Result<PathBuf>| {
+                let card = match files.iter().any(|f| f == "README.md") {
+                    true => {
+                        let path = fetch("README.md")?;
+                        Some(std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?)
+                    }
+                    false => None,
+                };
+                let found =
+                    splits::splits_of(Path::new(""), files.to_vec(), card.as_deref(), config)?;
+                Ok(found
+                    .splits
+                    .into_iter()
+                    .flat_map(|(_, files)| files)
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .collect())
+            };
+            let downloaded = fetch(&cache, RepoKind::Dataset, &wanted, why, &mut select)?;
+            cached(&downloaded).map(Some)
+        }
+    }
 }
 
 /// The repo id and commit of a snapshot folder (`.../models--ORG--NAME/snapshots/COMMIT`), to

@@ -182,8 +182,8 @@ fn default_splits(files: &[String]) -> SplitList {
 }
 
 /// The YAML header of a dataset card (`README.md` between `---` lines), if any.
-fn card_header(readme: &Path) -> Result<Option<Value>> {
-    let Ok(text) = std::fs::read_to_string(readme) else {
+fn card_header(text: Option<&str>, readme: &Path) -> Result<Option<Value>> {
+    let Some(text) = text else {
         return Ok(None);
     };
     let Some(rest) = text
@@ -281,11 +281,12 @@ fn matching(pattern: &str, files: &[String], readme: &Path, key: &str) -> Result
 
 /// The splits of `config` (or the default one) from the card's `configs:`, if it has them.
 fn card_splits(
+    card: Option<&str>,
     readme: &Path,
     files: &[String],
     config: Option<&str>,
 ) -> Result<Option<(String, SplitList)>> {
-    let Some(header) = card_header(readme)? else {
+    let Some(header) = card_header(card, readme)? else {
         return Ok(None);
     };
     let Some(configs) = header.get("configs") else {
@@ -378,12 +379,28 @@ fn one_kind(files: Vec<String>) -> Vec<String> {
 /// The splits of the dataset folder `root` (a snapshot of a dataset repo, or a local folder),
 /// with `config` chosen among the card's configs (`--data-config`).
 pub fn splits(root: &Path, config: Option<&str>) -> Result<Splits> {
-    let files: Vec<String> = walk(root)?
+    let card = std::fs::read_to_string(root.join("README.md")).ok();
+    splits_of(root, walk(root)?, card.as_deref(), config)
+}
+
+/// [`splits`] of a repo whose files are `files` (relative paths) and whose card is `card`,
+/// with `root` for their paths (a repo not yet downloaded: the snapshot folder it will be).
+pub fn splits_of(
+    root: &Path,
+    files: Vec<String>,
+    card: Option<&str>,
+    config: Option<&str>,
+) -> Result<Splits> {
+    let files: Vec<String> = files
         .into_iter()
         .filter(|f| !IGNORED.contains(&f.as_str()))
+        .filter(|f| {
+            !f.split('/')
+                .any(|p| p.starts_with('.') || p.starts_with("__"))
+        })
         .collect();
     let readme = root.join("README.md");
-    let (config, found) = match card_splits(&readme, &files, config)? {
+    let (config, found) = match card_splits(card, &readme, &files, config)? {
         Some((name, splits)) => {
             for (split, files) in &splits {
                 if let Some(other) = files.iter().find(|f| !is_data(f)) {

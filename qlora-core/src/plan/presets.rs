@@ -83,8 +83,9 @@ pub fn load_config(model: &str) -> Result<ModelConfig> {
         return ModelConfig::parse(&text, Path::new(model));
     }
     let path = Path::new(model);
-    if let Some(wanted) = crate::hub::parse_repo_id(model).filter(|_| !path.exists()) {
-        let snapshot = crate::hub::resolve_snapshot_in(&crate::hub::require_hub_cache()?, &wanted)?;
+    // A repo id needs only its config.json (downloaded alone if the cache lacks the repo).
+    if let Some(snapshot) = crate::hub::resolve_model_files(model, crate::hub::ModelFiles::Config)?
+    {
         return ModelConfig::load(&snapshot.dir);
     }
     if !path.exists() {
