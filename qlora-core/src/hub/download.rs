@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{RepoKind, RepoRef, repo_dir};
+use super::{RepoKind, RepoRef, SelectFiles, repo_dir};
 use crate::error::{Error, Result};
 
 const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
@@ -376,10 +376,7 @@ impl Hub {
         &self,
         kind: RepoKind,
         wanted: &RepoRef,
-        select: &mut dyn FnMut(
-            &[String],
-            &mut dyn FnMut(&str) -> Result<PathBuf>,
-        ) -> Result<Vec<String>>,
+        select: &mut SelectFiles,
         progress: &mut dyn FnMut(&str, u64, u64),
     ) -> Result<String> {
         let revision = wanted.revision.as_deref().unwrap_or("main");

@@ -273,19 +273,22 @@ impl Snapshot {
     }
 }
 
+/// Fetches one file of a revision into the cache and returns its path.
+pub type FetchFile<'a> = dyn FnMut(&str) -> Result<PathBuf> + 'a;
+
+/// Picks the files to download from a revision's file list (fetching any it must read first).
+pub type SelectFiles<'a> = dyn FnMut(&[String], &mut FetchFile) -> Result<Vec<String>> + 'a;
+
 /// Fetch `select`'s files of `wanted` into `cache` when the cache could not give them
 /// (`cached`, why), unless `HF_HUB_OFFLINE` is set (or downloads are not built in); returns the
 /// commit downloaded.
-#[allow(unused_variables, clippy::type_complexity)]
+#[allow(unused_variables)]
 fn fetch(
     cache: &Path,
     kind: RepoKind,
     wanted: &RepoRef,
     cached: Error,
-    select: &mut dyn FnMut(
-        &[String],
-        &mut dyn FnMut(&str) -> Result<PathBuf>,
-    ) -> Result<Vec<String>>,
+    select: &mut SelectFiles,
 ) -> Result<RepoRef> {
     #[cfg(feature = "download")]
     if !download::offline() {
@@ -323,7 +326,7 @@ fn model_files(
     repo: &str,
     which: ModelFiles,
     files: &[String],
-    fetch: &mut dyn FnMut(&str) -> Result<PathBuf>,
+    fetch: &mut FetchFile,
 ) -> Result<Vec<String>> {
     let has = |name: &str| files.iter().any(|f| f == name);
     if which == ModelFiles::Config {
@@ -390,7 +393,7 @@ pub fn resolve_model_files(text: &str, which: ModelFiles) -> Result<Option<Snaps
     match cached(&wanted) {
         Ok(snapshot) => Ok(Some(snapshot)),
         Err(why) => {
-            let mut select = |files: &[String], fetch: &mut dyn FnMut(&str) -> Result<PathBuf>| {
+            let mut select = |files: &[String], fetch: &mut FetchFile| {
                 model_files(&wanted.repo, which, files, fetch)
             };
             let downloaded = fetch(&cache, RepoKind::Model, &wanted, why, &mut select)?;
@@ -434,7 +437,7 @@ pub fn resolve_dataset_id(
     match cached(&wanted) {
         Ok(found) => Ok(Some(found)),
         Err(why) => {
-            let mut select = |files: &[String], fetch: &mut dyn FnMut(&str) -> Result<PathBuf>| {
+            let mut select = |files: &[String], fetch: &mut FetchFile| {
                 let card = match files.iter().any(|f| f == "README.md") {
                     true => {
                         let path = fetch("README.md")?;
