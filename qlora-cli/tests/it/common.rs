@@ -47,3 +47,18 @@ pub fn qlora_env(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Whether Python has `module` (for checks with the reference tools). Under `CI=true` it must:
+/// CI installs what the tests read our files with.
+pub fn python_has(module: &str) -> bool {
+    let has = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+        assert!(!ci, "CI must have Python's {module} (pip install {module})");
+        eprintln!("skipping the check with Python's {module}: not installed");
+    }
+    has
+}

@@ -34,6 +34,12 @@ fn cache_with_tiny_model(hub: &Path) -> PathBuf {
             .unwrap();
     }
     std::fs::write(repo.join("refs/main"), COMMIT).unwrap();
+    // Files transformers probed for and the repo does not have, as huggingface_hub records them.
+    let absent = repo.join(".no_exist").join(COMMIT);
+    std::fs::create_dir_all(&absent).unwrap();
+    for file in ["special_tokens_map.json", "added_tokens.json"] {
+        std::fs::write(absent.join(file), "").unwrap();
+    }
     repo
 }
 
@@ -120,6 +126,30 @@ fn repo_ids_resolve_in_the_hugging_face_cache() {
             .unwrap();
     assert_eq!(config["base_model_name_or_path"], "Org/Tiny");
     assert_eq!(config["revision"], COMMIT);
+    // A merged model records them too: config.json as transformers writes it, and its card.
+    let merged = dir.path().join("merged");
+    let (code, _, stderr) = qlora_env(
+        &[
+            "merge",
+            "--model",
+            "Org/Tiny",
+            "--adapter",
+            out.to_str().unwrap(),
+            "--out",
+            merged.to_str().unwrap(),
+        ],
+        cache,
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(merged.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["_name_or_path"], "Org/Tiny");
+    let card = std::fs::read_to_string(merged.join("README.md")).unwrap();
+    assert!(
+        card.starts_with("---\nbase_model: Org/Tiny\n") && card.contains(COMMIT),
+        "{card}"
+    );
 
     // A revision the cache does not have: the cached ones are listed.
     let (code, _, stderr) = eval("Org/Tiny@v2", cache);
@@ -166,6 +196,26 @@ fn repo_ids_resolve_in_the_hugging_face_cache() {
     let line = one_line(&stderr);
     assert!(
         line.contains("model-00001-of-00002.safetensors (named by model.safetensors.index.json)"),
+        "{line}"
+    );
+    // A file the cache records the repo does not have (`.no_exist`) is said to be so.
+    std::fs::remove_file(
+        repo.join("snapshots")
+            .join(COMMIT)
+            .join("model.safetensors.index.json"),
+    )
+    .unwrap();
+    std::fs::remove_file(repo.join("snapshots").join(COMMIT).join("tokenizer.json")).unwrap();
+    std::fs::write(
+        repo.join(".no_exist").join(COMMIT).join("tokenizer.json"),
+        "",
+    )
+    .unwrap();
+    let (code, _, stderr) = eval("Org/Tiny", cache);
+    assert_ne!(code, 0);
+    let line = one_line(&stderr);
+    assert!(
+        line.contains("has no tokenizer.json") && line.contains(".no_exist"),
         "{line}"
     );
 }

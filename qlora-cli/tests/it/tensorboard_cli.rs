@@ -7,7 +7,7 @@ use std::process::Command;
 
 use qlora_core::tfevents::{SESSION_START, read_events};
 
-use crate::common::qlora;
+use crate::common::{python_has, qlora};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -90,17 +90,7 @@ acc = EventAccumulator(sys.argv[1])
 acc.Reload()
 print(json.dumps({t: {str(e.step): e.value for e in acc.Scalars(t)} for t in acc.Tags()["scalars"]}))
 "#;
-    let has = Command::new("python3")
-        .args(["-c", "import tensorboard"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has {
-        let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-        assert!(
-            !ci,
-            "CI must have Python's tensorboard (pip install tensorboard)"
-        );
-        eprintln!("skipping TensorBoard's own reader: python3 has no `tensorboard` module");
+    if !python_has("tensorboard") {
         return None;
     }
     let out = Command::new("python3")

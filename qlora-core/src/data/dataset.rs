@@ -6,7 +6,7 @@ use std::path::Path;
 use super::fields::FieldMap;
 use super::format::{ConversationTemplate, DatasetFormat, ReadReport, samples};
 use super::oasst::OasstOptions;
-use super::source::read_dataset;
+use super::source::{DatasetRecords, read_dataset};
 use super::tokenize::{Example, TokenizeOptions, tokenize};
 use crate::error::{Error, Result};
 use crate::text::Tokenizer;
@@ -30,6 +30,17 @@ pub struct DataOptions {
 }
 
 impl DataOptions {
+    /// The records `path` names: the chosen split and configuration of a folder or repo, its
+    /// columns renamed.
+    pub fn read(&self, path: &Path) -> Result<DatasetRecords> {
+        read_dataset(
+            path,
+            &self.split_names(),
+            self.config.as_deref(),
+            &self.fields,
+        )
+    }
+
     /// The splits to look for, in order.
     pub fn split_names(&self) -> Vec<&str> {
         if self.splits.is_empty() {
@@ -135,12 +146,7 @@ pub fn load_examples(
     tokenizer: &Tokenizer,
     options: &DataOptions,
 ) -> Result<LoadedData> {
-    let read = read_dataset(
-        path,
-        &options.split_names(),
-        options.config.as_deref(),
-        &options.fields,
-    )?;
+    let read = options.read(path)?;
     let records = read.records;
     let first = records
         .first()

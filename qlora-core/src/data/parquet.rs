@@ -48,8 +48,8 @@ fn read_rows(path: &Path) -> Result<Vec<Record>> {
         )
     })?;
     let metadata = reader.metadata();
-    let rows = usize::try_from(metadata.file_metadata().num_rows()).unwrap_or(0);
-    let mut records = Vec::with_capacity(rows);
+    // Not sized by the footer's row count: a damaged footer may claim any number.
+    let mut records = Vec::new();
     for group in 0..metadata.num_row_groups() {
         let at = |row: usize| Record {
             file: path.to_path_buf(),

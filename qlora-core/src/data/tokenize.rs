@@ -194,6 +194,19 @@ pub fn tokenize(
     }
 }
 
+/// An example of `ids` and `labels` cut to `source_max_len + target_max_len` tokens (from
+/// the right).
+fn cut_to_limit(mut ids: Vec<u32>, mut labels: Vec<i64>, options: &TokenizeOptions) -> Example {
+    let max = options.source_max_len + options.target_max_len;
+    let truncated = truncate(&mut ids, max);
+    labels.truncate(max);
+    Example {
+        ids,
+        labels,
+        truncated,
+    }
+}
+
 /// A rendered conversation's tokens: a token is learned when its bytes fall in a target range.
 fn rendered_example(
     rendered: &Rendered,
@@ -201,8 +214,8 @@ fn rendered_example(
     options: &TokenizeOptions,
 ) -> Result<Example> {
     let encoded = tokenizer.encode_with_offsets(&rendered.text, false)?;
-    let mut ids = encoded.ids;
-    let mut labels: Vec<i64> = ids
+    let ids = encoded.ids;
+    let labels: Vec<i64> = ids
         .iter()
         .zip(&encoded.offsets)
         .map(|(&id, &(start, end))| {
@@ -215,14 +228,7 @@ fn rendered_example(
             if learned { i64::from(id) } else { IGNORE_INDEX }
         })
         .collect();
-    let max = options.source_max_len + options.target_max_len;
-    let truncated = truncate(&mut ids, max);
-    labels.truncate(max);
-    Ok(Example {
-        ids,
-        labels,
-        truncated,
-    })
+    Ok(cut_to_limit(ids, labels, options))
 }
 
 /// TRL's standard prompt-completion: `prompt + completion` (eos appended unless it ends with
@@ -240,8 +246,8 @@ fn completion_text(
         text.push_str(eos);
     }
     let prompt_len = tokenizer.encode(prompt, true)?.len();
-    let mut ids = tokenizer.encode(&text, true)?;
-    let mut labels: Vec<i64> = ids
+    let ids = tokenizer.encode(&text, true)?;
+    let labels: Vec<i64> = ids
         .iter()
         .enumerate()
         .map(|(i, &id)| {
@@ -252,14 +258,7 @@ fn completion_text(
             }
         })
         .collect();
-    let max = options.source_max_len + options.target_max_len;
-    let truncated = truncate(&mut ids, max);
-    labels.truncate(max);
-    Ok(Example {
-        ids,
-        labels,
-        truncated,
-    })
+    Ok(cut_to_limit(ids, labels, options))
 }
 
 fn source_target(

@@ -16,9 +16,7 @@ crate::named_enum! {
 
 use std::path::Path;
 
-use crate::data::{
-    DataOptions, DatasetFormat, Example, collate_rows, load_examples, pack, read_dataset,
-};
+use crate::data::{DataOptions, DatasetFormat, Example, collate_rows, load_examples, pack};
 use crate::error::{Error, Result};
 use crate::model::CausalLm;
 use crate::text::Tokenizer;
@@ -33,12 +31,7 @@ pub fn eval_examples(
     options: &DataOptions,
 ) -> Result<(Vec<Example>, Option<String>)> {
     if options.format == Some(DatasetFormat::Text) {
-        let read = read_dataset(
-            path,
-            &options.split_names(),
-            options.config.as_deref(),
-            &options.fields,
-        )?;
+        let read = options.read(path)?;
         let records = read.records;
         if records.is_empty() {
             return Err(Error::invalid(format!("{}: no records", read.origin)));

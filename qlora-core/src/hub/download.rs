@@ -240,6 +240,16 @@ impl Hub {
         file: &str,
         progress: &mut dyn FnMut(&str, u64, u64),
     ) -> RequestResult<PathBuf> {
+        // A file name that climbs out of the snapshot (a rogue mirror's) is refused.
+        let plain = Path::new(file)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !plain || file.is_empty() {
+            return Err(Failure::Answer(Error::invalid(format!(
+                "{repo}@{commit}: the Hub listed the file `{file}`, which is not a plain \
+                 relative path"
+            ))));
+        }
         let dir = repo_dir(&self.cache, kind, repo);
         let pointer = dir.join("snapshots").join(commit).join(file);
         if pointer.is_file() {

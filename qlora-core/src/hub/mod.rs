@@ -232,6 +232,19 @@ impl Snapshot {
 
     /// An error: the snapshot lacks `what`.
     pub fn missing(&self, what: &str) -> Error {
+        // huggingface_hub records a file the repo does not have at a commit in `.no_exist/`.
+        let absent = self
+            .repo_dir()
+            .join(".no_exist")
+            .join(&self.commit)
+            .join(what);
+        if !what.is_empty() && absent.is_file() {
+            return Error::invalid(format!(
+                "{}@{} has no {what}: the Hugging Face cache records that the repo has none at \
+                 this commit (.no_exist); qlora needs it",
+                self.repo, self.commit
+            ));
+        }
         Error::invalid(format!(
             "{}@{} in the Hugging Face cache ({}) lacks {what}; download it again \
              (`{}`); cached revisions: {}",
@@ -271,6 +284,14 @@ impl Snapshot {
         }
         Ok(())
     }
+}
+
+/// Whether `text` ends with one of the file `extensions`: a path that is not there, not a repo
+/// id (`data/train.jsonl`).
+fn names_file(text: &str, extensions: &[&str]) -> bool {
+    Path::new(text)
+        .extension()
+        .is_some_and(|e| extensions.iter().any(|x| e.eq_ignore_ascii_case(x)))
 }
 
 /// Fetches one file of a revision into the cache and returns its path.
@@ -372,11 +393,7 @@ pub fn resolve_model_id(text: &str) -> Result<Option<Snapshot>> {
 /// [`resolve_model_id`] needing only `which` of the model's files.
 pub fn resolve_model_files(text: &str, which: ModelFiles) -> Result<Option<Snapshot>> {
     // A model file's name (`models/x.gguf`) is a path that is not there, not a repo.
-    let lower = text.to_ascii_lowercase();
-    let file_like = [".gguf", ".safetensors", ".json", ".bin"]
-        .iter()
-        .any(|ext| lower.ends_with(ext));
-    if Path::new(text).exists() || file_like {
+    if Path::new(text).exists() || names_file(text, &["gguf", "safetensors", "json", "bin"]) {
         return Ok(None);
     }
     let Some(wanted) = parse_repo_id(text) else {
@@ -410,11 +427,7 @@ pub fn resolve_dataset_id(
     config: Option<&str>,
 ) -> Result<Option<(Snapshot, splits::Splits)>> {
     // A data file's name (`data/train.jsonl`) is a path that is not there, not a repo.
-    let lower = text.to_ascii_lowercase();
-    let file_like = [".jsonl", ".json", ".parquet", ".csv", ".txt"]
-        .iter()
-        .any(|ext| lower.ends_with(ext));
-    if Path::new(text).exists() || file_like {
+    if Path::new(text).exists() || names_file(text, &["jsonl", "json", "parquet", "csv", "txt"]) {
         return Ok(None);
     }
     let Some(wanted) = parse_repo_id(text) else {

@@ -16,7 +16,7 @@ pub use weights::MergedWeights;
 
 use crate::checkpoint::{OutTensor, bnb_quantization_config, write_model_dir};
 use crate::dtype::{FloatDtype, encode_f32};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::quant::{Nf4Config, Nf4Tensor};
 use crate::staged_dir::StagedDir;
 use crate::text::Tokenizer;
@@ -62,6 +62,23 @@ pub struct MergeReport {
     /// Modules with weights in the adapter file that its config does not target (not merged,
     /// as PEFT ignores them).
     pub ignored_modules: Vec<String>,
+}
+
+/// A model card (`README.md`) naming the base the merged model came from, as the Hub reads it
+/// (`base_model` in its YAML header) and with the commit.
+fn write_card(dir: &Path, repo: &str, commit: &str, adapter_dir: &Path) -> Result<()> {
+    let adapter = adapter_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = format!(
+        "---\nbase_model: {repo}\nbase_model_relation: finetune\nlibrary_name: transformers\n\
+         tags:\n- qlora\n- lora\n---\n\n# {repo} with a LoRA adapter merged in\n\n\
+         The weights of [{repo}](https://huggingface.co/{repo}) at commit `{commit}` with the \
+         LoRA adapter `{adapter}` merged in by `qlora merge`.\n"
+    );
+    let path = dir.join("README.md");
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
 }
 
 /// Merge the adapter in `adapter_dir` into the model in `model_dir` and write the result as the
@@ -125,6 +142,8 @@ pub fn merge_model(
         }
     }
     let quantize_nf4 = options.quantize_nf4;
+    // A base from the Hugging Face cache: its repo id and commit.
+    let origin = crate::hub::snapshot_origin(model_dir);
     let bytes_out = write_model_dir(
         staged.path(),
         tensors,
@@ -140,13 +159,22 @@ pub fn merge_model(
             }
             config.remove("torch_dtype");
             config.insert("dtype".into(), Value::from(dtype.torch_name()));
+            // Where it came from, as transformers records it.
+            if let Some((repo, _)) = &origin {
+                config.insert("_name_or_path".into(), Value::from(repo.clone()));
+            }
         },
     )?;
-    // The chat template and eos token the adapter was trained with.
+    if let Some((repo, commit)) = &origin {
+        write_card(staged.path(), repo, commit, adapter_dir)?;
+    }
+    // The chat template and eos token the adapter was trained with, if not the model's.
     let text = recorded_text(adapter_dir)?;
-    let mut tokenizer = Tokenizer::load(model_dir)?;
-    text.apply(&mut tokenizer)?;
-    text.write_into_model_dir(&tokenizer, staged.path())?;
+    if text.replaces_template() || text.eos_token.is_some() {
+        let mut tokenizer = Tokenizer::load(model_dir)?;
+        text.apply(&mut tokenizer)?;
+        text.write_into_model_dir(&tokenizer, staged.path())?;
+    }
     staged.commit()?;
     Ok(MergeReport {
         merged: weights.merged_count(),
