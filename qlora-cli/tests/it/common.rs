@@ -62,3 +62,19 @@ pub fn python_has(module: &str) -> bool {
     }
     has
 }
+
+/// What the Python `script` prints given `args` (offline), as JSON; a failure shows its stderr.
+pub fn python_json(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .env("HF_HUB_OFFLINE", "1")
+        .args(["-c", script])
+        .args(args)
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from the script")
+}

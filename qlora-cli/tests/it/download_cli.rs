@@ -8,11 +8,10 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::common::{python_has, qlora_env};
+use crate::common::{python_has, python_json, qlora_env};
 
 const COMMIT: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f9012345678";
 const TOKEN: &str = "hf_test_secret";
@@ -334,20 +333,9 @@ info = scan_cache_dir(cache)
 repos = {r.repo_id: sorted(rev.commit_hash for rev in r.revisions) for r in info.repos}
 print(json.dumps({"paths": paths, "repos": repos, "warnings": [str(w) for w in info.warnings]}))
 "#;
-    let out = Command::new("python3")
-        .env("HF_HUB_OFFLINE", "1")
-        .args(["-c", SCRIPT])
-        .arg(cache)
-        .args([repo, COMMIT])
-        .args(files)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut args: Vec<&std::ffi::OsStr> = vec![cache.as_os_str(), repo.as_ref(), COMMIT.as_ref()];
+    args.extend(files.iter().map(|f| std::ffi::OsStr::new(f)));
+    let report = python_json(SCRIPT, &args);
     assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
     assert_eq!(
         report["repos"][repo],

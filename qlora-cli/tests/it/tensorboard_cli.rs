@@ -3,11 +3,10 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use qlora_core::tfevents::{SESSION_START, read_events};
 
-use crate::common::{python_has, qlora};
+use crate::common::{python_has, python_json, qlora};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -93,18 +92,8 @@ print(json.dumps({t: {str(e.step): e.value for e in acc.Scalars(t)} for t in acc
     if !python_has("tensorboard") {
         return None;
     }
-    let out = Command::new("python3")
-        .args(["-c", SCRIPT])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let parsed: BTreeMap<String, BTreeMap<String, f64>> =
-        serde_json::from_slice(&out.stdout).unwrap();
+        serde_json::from_value(python_json(SCRIPT, &[dir.as_os_str()])).unwrap();
     Some(
         parsed
             .into_iter()
