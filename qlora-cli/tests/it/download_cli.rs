@@ -334,7 +334,7 @@ repos = {r.repo_id: sorted(rev.commit_hash for rev in r.revisions) for r in info
 print(json.dumps({"paths": paths, "repos": repos, "warnings": [str(w) for w in info.warnings]}))
 "#;
     let mut args: Vec<&std::ffi::OsStr> = vec![cache.as_os_str(), repo.as_ref(), COMMIT.as_ref()];
-    args.extend(files.iter().map(|f| std::ffi::OsStr::new(f)));
+    args.extend(files.iter().map(std::ffi::OsStr::new));
     let report = python_json(SCRIPT, &args);
     assert_eq!(report["warnings"], serde_json::json!([]), "{report}");
     assert_eq!(
