@@ -9,6 +9,7 @@ mod fields;
 mod format;
 mod oasst;
 mod parquet;
+mod preference;
 mod prompt;
 mod records;
 mod source;
@@ -25,6 +26,10 @@ pub use format::{
 };
 pub use oasst::{OasstOptions, OasstReport, conversations};
 pub use parquet::{is_parquet, read_parquet};
+pub use preference::{
+    PairExample, PairLimits, PairSample, PairSkip, is_pair, pair_sample, pair_samples,
+    tokenize_pair,
+};
 pub use prompt::response_prompt;
 pub use records::{Place, Record, read_json_records};
 pub use source::{DatasetRecords, SourceOptions, dataset_files, read_dataset, read_records};
