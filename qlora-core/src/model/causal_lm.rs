@@ -325,6 +325,20 @@ impl CausalLm {
         })
     }
 
+    /// Every position's token loss (`-log p` of its next-token target; 0 where it has none),
+    /// forward only: what a frozen reference scores a batch with.
+    pub fn position_losses(&self, batch: &TrainBatch) -> Result<Vec<f32>> {
+        let inputs = self.batch_inputs(batch)?;
+        let x = self.run_layers(self.embed(&batch.ids)?, &inputs, None, None);
+        let (targets, _) = self.targets(batch)?;
+        let normed = self.norm.forward(x);
+        let _span = profile::span(Phase::HeadAndLoss);
+        ops::cross_entropy(normed, self.head_weight()?, &targets)
+            .into_data()
+            .try_into_vec_as::<f32>()
+            .map_err(|e| Error::invalid(format!("token losses: {e:?}")))
+    }
+
     /// Logits for inference (no dropout).
     pub fn forward(
         &self,

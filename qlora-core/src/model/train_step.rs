@@ -2,6 +2,8 @@
 //! backward pass reads (`layer.rs`), the loss and its gradient through the head in one pass,
 //! then each layer backward (`layer_train.rs`), last to first.
 
+use burn::tensor::Tensor;
+
 use super::adapter::{AdapterGrad, DropoutStream};
 use super::batch::TrainBatch;
 use super::causal_lm::CausalLm;
@@ -29,6 +31,11 @@ pub struct LossAndGrads {
     pub grads: AdapterGrads,
 }
 
+/// Weights of the token losses for a backward pass: given every position's token loss
+/// (`-log p` of its next-token target, 0 where it has none), the derivative of the objective
+/// with respect to each (the gradients are then of `Σ weight · loss`).
+pub type LossWeights<'a> = dyn FnMut(&[f32]) -> Result<Vec<f32>> + 'a;
+
 impl CausalLm {
     /// Loss and adapter gradients of `batch`, keeping only checkpoints of the layers with
     /// `checkpointing`. `dropout` enables adapter dropout (training).
@@ -37,6 +44,20 @@ impl CausalLm {
         batch: &TrainBatch,
         checkpointing: bool,
         dropout: Option<&DropoutStream>,
+    ) -> Result<LossAndGrads> {
+        self.weighted_loss_and_grads(batch, checkpointing, dropout, None)
+    }
+
+    /// [`CausalLm::loss_and_grads`] of an objective of the token losses: `weigh` gets every
+    /// position's token loss and gives the objective's derivative with respect to each, which
+    /// scales that position's gradient through the head (a token's gradient there depends on
+    /// its own row only, so this is exact). Without `weigh` every weight is 1: the summed loss.
+    pub fn weighted_loss_and_grads(
+        &self,
+        batch: &TrainBatch,
+        checkpointing: bool,
+        dropout: Option<&DropoutStream>,
+        weigh: Option<&mut LossWeights>,
     ) -> Result<LossAndGrads> {
         if self.adapters().is_empty() {
             return Err(Error::invalid("the model has no LoRA adapters to train"));
@@ -59,8 +80,29 @@ impl CausalLm {
             let _span = profile::span(Phase::HeadAndLoss);
             ops::cross_entropy_with_grad(normed, self.head_weight()?, &targets)
         };
-        // `sum_dim`, not `sum`: the latter may add with atomics (in any order) on GPU backends.
-        let loss_sum = f64::from(losses.sum_dim(0).into_scalar::<f32>());
+        let (loss_sum, d_normed) = match weigh {
+            // `sum_dim`, not `sum`: the latter may add with atomics (in any order) on GPU
+            // backends.
+            None => (f64::from(losses.sum_dim(0).into_scalar::<f32>()), d_normed),
+            Some(weigh) => {
+                let losses: Vec<f32> = losses
+                    .into_data()
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| Error::invalid(format!("token losses: {e:?}")))?;
+                let weights = weigh(&losses)?;
+                if weights.len() != losses.len() {
+                    return Err(Error::invalid("a weight for every position is needed"));
+                }
+                let sum = losses.iter().map(|&l| f64::from(l)).sum();
+                let n = weights.len();
+                let weights = Tensor::<2>::from_data(
+                    burn::tensor::TensorData::new(weights, [n, 1]),
+                    &self.device,
+                );
+                let dtype = d_normed.dtype();
+                (sum, d_normed * weights.cast(dtype))
+            }
+        };
         let mut dy = self.norm.backward(x, d_normed);
 
         let mut per_layer = Vec::with_capacity(self.layers.len());
