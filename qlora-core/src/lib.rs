@@ -11,7 +11,8 @@
 //!   [`model`] (the decoder its spec describes, with an adapter slot in every linear, and its
 //!   training step's backward pass).
 //! - [`lora`]: adapter configuration, initialization, targeting, PEFT files.
-//! - [`data`]: instruction datasets to token batches; [`eval`]: the loss over a dataset;
+//! - [`data`]: instruction datasets and preference pairs to token batches; [`preference`]: the
+//!   DPO, ORPO and SimPO objectives; [`eval`]: the loss over a dataset;
 //!   [`plan`]: the peak memory of a training run, before anything is loaded.
 //! - [`train`]: configuration, optimizer, the training loop.
 //! - Uses of a trained model: [`generate`], [`merge`]; [`export`] (a merged model as one GGUF
@@ -49,6 +50,7 @@ pub mod lora;
 pub mod data;
 pub mod eval;
 pub mod plan;
+pub mod preference;
 
 pub mod train;
 

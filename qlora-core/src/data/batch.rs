@@ -10,11 +10,7 @@ use crate::model::TrainBatch;
 
 /// Split off a held-out set of `round(fraction * len)` examples (at least one when the
 /// fraction is positive and there are two or more examples), chosen by `seed`.
-pub fn split_eval(
-    examples: Vec<Example>,
-    fraction: f64,
-    seed: u64,
-) -> (Vec<Example>, Vec<Example>) {
+pub fn split_eval<T>(examples: Vec<T>, fraction: f64, seed: u64) -> (Vec<T>, Vec<T>) {
     if fraction <= 0.0 || examples.len() < 2 {
         return (examples, Vec::new());
     }

@@ -27,8 +27,8 @@ pub use format::{
 pub use oasst::{OasstOptions, OasstReport, conversations};
 pub use parquet::{is_parquet, read_parquet};
 pub use preference::{
-    PairExample, PairLimits, PairSample, PairSkip, is_pair, pair_sample, pair_samples,
-    tokenize_pair,
+    LoadedPairs, PairExample, PairLimits, PairSample, PairSkip, is_pair, load_pairs, pair_sample,
+    pair_samples, tokenize_pair,
 };
 pub use prompt::response_prompt;
 pub use records::{Place, Record, read_json_records};

@@ -294,6 +294,93 @@ pub fn tokenize_pair(
     Ok(Ok(pair))
 }
 
+/// A preference set read and tokenized.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedPairs {
+    /// Where it came from.
+    pub origin: String,
+    /// Records read.
+    pub records: usize,
+    /// The pairs kept.
+    pub pairs: Vec<PairExample>,
+    /// Pairs left out, by reason.
+    pub skipped: Vec<(PairSkip, usize)>,
+    /// Pairs cut to the limits.
+    pub truncated: usize,
+}
+
+impl std::fmt::Display for LoadedPairs {
+    /// The summary printed when a preference set loads.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let tokens: usize = self.pairs.iter().map(PairExample::len).sum();
+        let learned: usize = self
+            .pairs
+            .iter()
+            .map(|p| p.chosen.target_tokens() + p.rejected.target_tokens())
+            .sum();
+        write!(
+            f,
+            "{} records (preference pairs) -> {} pairs, {tokens} tokens ({learned} in completions), \
+             {} truncated",
+            self.records,
+            self.pairs.len(),
+            self.truncated
+        )?;
+        for (reason, n) in &self.skipped {
+            write!(f, "; skipped {n} {}", reason.reason())?;
+        }
+        Ok(())
+    }
+}
+
+/// Read and tokenize the preference pairs `path` names (a file, folder or dataset repo, as
+/// `options` choose). Fails on the first malformed record, naming it, and when no pair is
+/// left.
+pub fn load_pairs(
+    path: &std::path::Path,
+    tokenizer: &Tokenizer,
+    options: &super::DataOptions,
+    limits: PairLimits,
+) -> Result<LoadedPairs> {
+    let read = options.read(path)?;
+    let none = TemplateKwargs::default();
+    let kwargs = options
+        .tokenize
+        .chat_template_kwargs
+        .as_ref()
+        .unwrap_or(&none);
+    let mut loaded = LoadedPairs {
+        origin: read.origin,
+        records: read.records.len(),
+        pairs: Vec::with_capacity(read.records.len()),
+        skipped: Vec::new(),
+        truncated: 0,
+    };
+    for sample in pair_samples(&read.records)? {
+        let pair = tokenize_pair(&sample.value, tokenizer, kwargs, limits)
+            .map_err(|e| Error::invalid(format!("{}: {e}", sample.location)))?;
+        match pair {
+            Ok(pair) => {
+                if pair.chosen.truncated || pair.rejected.truncated {
+                    loaded.truncated += 1;
+                }
+                loaded.pairs.push(pair);
+            }
+            Err(skip) => match loaded.skipped.iter_mut().find(|(s, _)| *s == skip) {
+                Some((_, n)) => *n += 1,
+                None => loaded.skipped.push((skip, 1)),
+            },
+        }
+    }
+    if loaded.pairs.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no preference pair to learn from ({loaded})",
+            loaded.origin
+        )));
+    }
+    Ok(loaded)
+}
+
 /// Every pair of `records`, with where it came from.
 pub fn pair_samples(records: &[Record]) -> Result<Vec<Located<PairSample>>> {
     records

@@ -9,7 +9,6 @@ mod config;
 mod optimizer;
 mod parallel;
 mod planning;
-mod preference;
 mod progress;
 mod recorded;
 mod resume;
@@ -24,10 +23,6 @@ pub use best::{BEST_DIR, BEST_FILE, Best, BestMetric, best_dir, read_best};
 pub use checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 pub use config::TrainConfig;
 pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, SavedMoments};
-pub use preference::{
-    DpoLoss, Method, PairLogps, PairObjective, PreferenceConfig, PreferenceMetrics, PreferenceSums,
-    SeqLogp, pair_objective,
-};
 pub use progress::{LogProgress, METRICS_FILE, Progress, Quiet, StepMetrics, TENSORBOARD_DIR};
 pub use recorded::{recorded_text, text_for};
 pub use resume::resume_point;

@@ -1,4 +1,4 @@
-//! Preference tuning's objectives, as TRL defines them: DPO (`sigmoid`, with conservative
+//! The objectives, as TRL defines them: DPO (`sigmoid`, with conservative
 //! label smoothing; `ipo`; `hinge`) against a frozen reference, ORPO's NLL plus odds ratio and
 //! SimPO's length-normalized margin without one. Each is a function of every sequence's summed
 //! completion log-probability; this module gives its value over a micro-batch of pairs (the
