@@ -74,8 +74,17 @@ impl Progress for BarProgress {
         let eval = m.evaluation();
         // The message first: draws are rate-limited, so the one the position triggers must
         // already carry this step's numbers.
+        let rewards = m
+            .preference
+            .map(|p| {
+                format!(
+                    " acc {:.2} margin {:.3}",
+                    p.rewards_accuracies, p.rewards_margins
+                )
+            })
+            .unwrap_or_default();
         self.bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.0} tok/s pad {:.0}%{eval}",
+            "loss {:.4}{rewards} lr {:.2e} {:.0} tok/s pad {:.0}%{eval}",
             m.loss,
             m.lr,
             m.tokens_per_s,
@@ -226,6 +235,8 @@ mod tests {
             eval_loss: None,
             mc_acc: None,
             mc_acc_norm: None,
+            preference: None,
+            eval_preference: None,
             device_memory_bytes: None,
         }
     }

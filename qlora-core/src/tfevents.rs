@@ -207,16 +207,16 @@ impl EventWriter {
     }
 
     /// The scalars of one step.
-    pub fn scalars(&mut self, step: u64, values: &[(&str, f64)]) -> Result<()> {
+    pub fn scalars(&mut self, step: u64, values: &[(impl AsRef<str>, f64)]) -> Result<()> {
         self.write(&Event {
             wall_time: now(),
             step: step as i64,
             summary: Some(Summary {
                 value: values
                     .iter()
-                    .map(|&(tag, v)| SummaryValue {
-                        tag: tag.into(),
-                        simple_value: Some(v as f32),
+                    .map(|(tag, v)| SummaryValue {
+                        tag: tag.as_ref().into(),
+                        simple_value: Some(*v as f32),
                     })
                     .collect(),
             }),

@@ -97,8 +97,9 @@ pub struct ReduceStats {
 }
 
 /// Counts a training step's all-reduce carries after the adapter gradients: loss sum, target
-/// tokens, tokens, positions, and whether a rank was asked to stop.
-pub const STEP_COUNTS: usize = 5;
+/// tokens, tokens, positions, whether a rank was asked to stop, and a preference run's seven
+/// metric sums.
+pub const STEP_COUNTS: usize = 12;
 
 /// Bytes each rank sends in a training step's all-reduce: every adapter gradient and the
 /// step's counts, as f32.

@@ -176,11 +176,37 @@ pub struct PreferenceSums {
     pub logps_chosen: f64,
     /// `logps/rejected`.
     pub logps_rejected: f64,
-    /// The loss summed over the micro-batches it came from (eval: over pairs).
+    /// The loss summed over what it came from: micro-batches (training), pairs (held-out).
     pub loss: f64,
 }
 
 impl PreferenceSums {
+    /// The sums in a fixed order (for an all-reduce).
+    pub fn to_array(&self) -> [f64; 7] {
+        [
+            self.pairs,
+            self.rewards_chosen,
+            self.rewards_rejected,
+            self.accuracies,
+            self.logps_chosen,
+            self.logps_rejected,
+            self.loss,
+        ]
+    }
+
+    /// [`PreferenceSums::to_array`] read back.
+    pub fn from_array(a: [f64; 7]) -> Self {
+        PreferenceSums {
+            pairs: a[0],
+            rewards_chosen: a[1],
+            rewards_rejected: a[2],
+            accuracies: a[3],
+            logps_chosen: a[4],
+            logps_rejected: a[5],
+            loss: a[6],
+        }
+    }
+
     /// Add another's sums.
     pub fn add(&mut self, other: &PreferenceSums) {
         self.pairs += other.pairs;
@@ -227,6 +253,20 @@ pub struct PreferenceMetrics {
     /// The same of the rejected.
     #[serde(rename = "logps/rejected")]
     pub logps_rejected: f64,
+}
+
+impl PreferenceMetrics {
+    /// The metrics by TRL's names.
+    pub fn entries(&self) -> [(&'static str, f64); 6] {
+        [
+            ("rewards/chosen", self.rewards_chosen),
+            ("rewards/rejected", self.rewards_rejected),
+            ("rewards/accuracies", self.rewards_accuracies),
+            ("rewards/margins", self.rewards_margins),
+            ("logps/chosen", self.logps_chosen),
+            ("logps/rejected", self.logps_rejected),
+        ]
+    }
 }
 
 fn log_sigmoid(x: f64) -> f64 {

@@ -78,7 +78,8 @@ pub fn reference_logps(model: &CausalLm, batch: &PairBatch) -> Result<Vec<[f64; 
 /// The loss and metrics of `config`'s method over `pairs` (held-out pairs), batched as
 /// `rows` (rows of pair indices, a micro-batch each): the policy's log-probabilities from
 /// `policy`, the reference's from `reference` (indexed like `pairs`) when the method has one.
-/// The objective is taken over all the pairs at once (the mean over pairs).
+/// Each pair is its own objective (ORPO's NLL over its own chosen tokens), so the sums add up
+/// across ranks: the mean loss is `loss / pairs`.
 pub fn evaluate_pairs(
     policy: &CausalLm,
     reference: Option<&[[f64; 2]]>,
@@ -87,18 +88,17 @@ pub fn evaluate_pairs(
     config: &PreferenceConfig,
     pad: u32,
 ) -> Result<PreferenceSums> {
-    let mut scored: Vec<Option<PairLogps>> = vec![None; pairs.len()];
+    let mut sums = PreferenceSums::default();
     for micro in rows {
         let batch = collate_pairs(micro, pairs, pad);
         let losses = policy.position_losses(&batch.batch)?;
         for (k, logps) in sequence_logps(&batch, &losses).into_iter().enumerate() {
-            let i = batch.pairs[k];
-            scored[i] = Some(PairLogps {
+            let pair = PairLogps {
                 policy: logps,
-                reference: reference.map(|r| r[i]),
-            });
+                reference: reference.map(|r| r[batch.pairs[k]]),
+            };
+            sums.add(&pair_objective(config, &[pair])?.metrics);
         }
     }
-    let scored: Vec<PairLogps> = scored.into_iter().flatten().collect();
-    Ok(pair_objective(config, &scored)?.metrics)
+    Ok(sums)
 }

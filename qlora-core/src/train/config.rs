@@ -20,6 +20,7 @@ use crate::error::Result;
 use crate::eval::choice::ChoiceStyle;
 use crate::lora::{AdapterDtype, LoraConfig, LoraInit};
 use crate::model::Bits;
+use crate::preference::PreferenceConfig;
 use crate::settings;
 
 /// Every setting of a training run: `qlora train`'s flags and the keys of its TOML file.
@@ -216,6 +217,10 @@ pub struct TrainConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub oasst: OasstOptions,
+    /// Preference tuning: the method (sft, dpo, orpo, simpo) and its settings.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub preference: PreferenceConfig,
     /// Batch sequences of similar length together (less padding; without packing).
     #[arg(long, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true", default_value_t = false, value_name = "BOOL")]
     pub group_by_length: bool,

@@ -14,6 +14,7 @@ use crate::distributed::{
     step_reduce_bytes,
 };
 use crate::error::{Error, Result};
+use crate::preference::PreferenceSums;
 
 /// Bytes in decimal megabytes, as MPI's and network figures are quoted.
 fn megabytes(bytes: usize) -> String {
@@ -158,6 +159,7 @@ impl Trainer {
             g.positions as f32,
             f32::from(u8::from(stop)),
         ]);
+        flat.extend(g.preference.to_array().map(|v| v as f32));
         self.collective.all_reduce_sum(&mut flat);
         let counts = flat.split_off(flat.len() - COUNTS);
         let device = self.model.device.clone();
@@ -175,12 +177,17 @@ impl Trainer {
             .collect();
         self.reduce_stats.steps += 1;
         self.reduce_stats.seconds += start.elapsed().as_secs_f64();
+        let mut preference = [0f64; 7];
+        for (p, &c) in preference.iter_mut().zip(&counts[5..]) {
+            *p = f64::from(c);
+        }
         let reduced = StepGradients {
             grads,
             loss_sum: f64::from(counts[0]),
             targets: counts[1].round() as usize,
             tokens: counts[2].round() as u64,
             positions: counts[3].round() as u64,
+            preference: PreferenceSums::from_array(preference),
         };
         (reduced, counts[4] > 0.0)
     }

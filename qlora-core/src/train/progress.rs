@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::preference::PreferenceMetrics;
+
 /// The run's metrics, a JSON line a logged step, in its output directory.
 pub const METRICS_FILE: &str = "metrics.jsonl";
 
@@ -31,9 +33,34 @@ pub struct StepMetrics {
     /// Multiple-choice accuracy per character of the choice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mc_acc_norm: Option<f64>,
+    /// A preference run's metrics of the step (TRL's `rewards/chosen`, ...).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub preference: Option<PreferenceMetrics>,
+    /// The same of the held-out pairs, at an evaluation step (`eval_rewards/chosen`, ...).
+    #[serde(
+        flatten,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "eval_metrics"
+    )]
+    pub eval_preference: Option<PreferenceMetrics>,
     /// Device memory in use after the step (GPU backends; the CPU reports none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_memory_bytes: Option<u64>,
+}
+
+/// Held-out preference metrics under `eval_`-prefixed keys, as transformers logs eval metrics.
+fn eval_metrics<S: serde::Serializer>(
+    metrics: &Option<PreferenceMetrics>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = s.serialize_map(None)?;
+    if let Some(m) = metrics {
+        for (name, value) in m.entries() {
+            map.serialize_entry(&format!("eval_{name}"), &value)?;
+        }
+    }
+    map.end()
 }
 
 /// The directory of the run's TensorBoard event files, in its output directory.
@@ -42,15 +69,17 @@ pub const TENSORBOARD_DIR: &str = "runs";
 impl StepMetrics {
     /// Every value of the line but the step, under the names transformers logs to TensorBoard
     /// (`train/loss`, `train/learning_rate`, `eval/loss`, ...).
-    pub fn scalars(&self) -> Vec<(&'static str, f64)> {
-        let mut out = vec![
+    pub fn scalars(&self) -> Vec<(String, f64)> {
+        let mut out: Vec<(String, f64)> = [
             ("train/loss", self.loss),
             ("train/learning_rate", self.lr),
             ("train/grad_norm", self.grad_norm),
             ("train/tokens", self.tokens as f64),
             ("train/tokens_per_second", self.tokens_per_s),
             ("train/padding", self.padding),
-        ];
+        ]
+        .map(|(tag, v)| (tag.to_string(), v))
+        .into();
         let optional = [
             ("eval/loss", self.eval_loss),
             ("eval/mc_acc", self.mc_acc),
@@ -60,7 +89,16 @@ impl StepMetrics {
                 self.device_memory_bytes.map(|b| b as f64),
             ),
         ];
-        out.extend(optional.into_iter().filter_map(|(tag, v)| Some((tag, v?))));
+        out.extend(
+            optional
+                .into_iter()
+                .filter_map(|(tag, v)| Some((tag.to_string(), v?))),
+        );
+        for (prefix, metrics) in [("train", &self.preference), ("eval", &self.eval_preference)] {
+            if let Some(m) = metrics {
+                out.extend(m.entries().map(|(name, v)| (format!("{prefix}/{name}"), v)));
+            }
+        }
         out
     }
 
@@ -72,6 +110,9 @@ impl StepMetrics {
         }
         if let Some(a) = self.mc_acc {
             text.push_str(&format!(" mc_acc {a:.4}"));
+        }
+        if let Some(p) = &self.eval_preference {
+            text.push_str(&format!(" eval_acc {:.3}", p.rewards_accuracies));
         }
         text
     }
@@ -127,8 +168,17 @@ impl Progress for LogProgress {
             || m.mc_acc.is_some()
         {
             let eval = m.evaluation();
+            let rewards = m
+                .preference
+                .map(|p| {
+                    format!(
+                        " rewards/accuracies {:.3} rewards/margins {:.4}",
+                        p.rewards_accuracies, p.rewards_margins
+                    )
+                })
+                .unwrap_or_default();
             crate::stderr::line(format_args!(
-                "step {}/{} loss {:.4} lr {:.3e} grad_norm {:.3} tokens/s {:.1} padding {:.1}%{eval}",
+                "step {}/{} loss {:.4}{rewards} lr {:.3e} grad_norm {:.3} tokens/s {:.1} padding {:.1}%{eval}",
                 m.step,
                 self.total,
                 m.loss,

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::best::{BEST_FILE, Best, BestMetric, best_dir};
 use super::checkpoint::{CONFIG_FILE, save_checkpoint};
+use super::pairs::write_reference;
 use super::progress::{METRICS_FILE, Progress, Quiet, StepMetrics, TENSORBOARD_DIR};
 use super::trainer::Trainer;
 use crate::error::{Error, Result};
@@ -50,6 +51,8 @@ impl Trainer {
         let lora = &self.lora;
         let base = self.config.model.display().to_string();
         let (text, tokenizer) = (&self.config.tokenize.text, &self.tokenizer);
+        // The reference's scores (--precompute-ref), so a resumed run need not score again.
+        let reference = self.pairs.as_ref().and_then(|p| p.train_ref.as_deref());
         save_checkpoint(
             &self.config.out,
             self.position,
@@ -59,7 +62,11 @@ impl Trainer {
             // Checkpoints keep f32 adapters whatever the final dtype: resuming must be exact.
             |dir| {
                 save_adapter(model, dir, lora, &base, AdapterDtype::F32)?;
-                text.record(tokenizer, dir)
+                text.record(tokenizer, dir)?;
+                match reference {
+                    Some(scores) => write_reference(dir, scores),
+                    None => Ok(()),
+                }
             },
             self.config.save_total_limit,
         )
@@ -214,7 +221,7 @@ impl Trainer {
             let at = self.position.step;
             let final_step = at == self.total_steps;
             if self.eval_every.is_some_and(|e| at.is_multiple_of(e)) || final_step {
-                m.eval_loss = self.eval_loss()?;
+                (m.eval_loss, m.eval_preference) = self.evaluate()?;
                 if let Some((acc, norm)) = self.mc_accuracy()? {
                     (m.mc_acc, m.mc_acc_norm) = (Some(acc), Some(norm));
                 }

@@ -8,7 +8,8 @@ use burn::tensor::Tensor;
 use super::progress::StepMetrics;
 use super::trainer::Trainer;
 use crate::error::{Error, Result};
-use crate::model::DropoutStream;
+use crate::model::{DropoutStream, TrainBatch};
+use crate::preference::PreferenceSums;
 use crate::profile::{self, Phase};
 
 /// The micro-batches of one optimizer step, summed: the gradients of the summed token loss
@@ -25,14 +26,52 @@ pub struct StepGradients {
     pub tokens: u64,
     /// Positions of the micro-batches, padding included.
     pub positions: u64,
+    /// A preference run's metrics, summed over its pairs.
+    pub preference: PreferenceSums,
+}
+
+impl StepGradients {
+    /// Nothing accumulated yet: `zero` gradients.
+    pub fn empty(zero: Vec<(Tensor<2>, Tensor<2>)>) -> Self {
+        StepGradients {
+            grads: zero,
+            loss_sum: 0.0,
+            targets: 0,
+            tokens: 0,
+            positions: 0,
+            preference: PreferenceSums::default(),
+        }
+    }
+
+    /// Add one micro-batch: its gradients, loss, targets and what `batch` held.
+    pub fn add(
+        &mut self,
+        grads: Vec<(Tensor<2>, Tensor<2>)>,
+        loss: f64,
+        targets: usize,
+        batch: &TrainBatch,
+    ) {
+        let sum = std::mem::take(&mut self.grads);
+        self.grads = sum
+            .into_iter()
+            .zip(grads)
+            .map(|((a, b), (ga, gb))| (a + ga, b + gb))
+            .collect();
+        self.loss_sum += loss;
+        self.targets += targets;
+        self.tokens += batch.tokens() as u64;
+        self.positions += batch.positions() as u64;
+    }
 }
 
 impl Trainer {
     /// Run this rank's rows of the next `grad_accum` micro-batches forward and backward and
     /// sum their gradients.
     pub fn accumulate(&mut self) -> Result<StepGradients> {
-        let mut sum: Option<Vec<(Tensor<2>, Tensor<2>)>> = None;
-        let (mut loss_sum, mut targets, mut tokens, mut positions) = (0f64, 0usize, 0u64, 0u64);
+        if self.pairs.is_some() {
+            return self.accumulate_pairs();
+        }
+        let mut out = StepGradients::empty(self.zero_grads());
         for _ in 0..self.config.grad_accum {
             let batch = self.next_batch();
             // Each rank's rows draw their own dropout masks (one process: the stream as ever).
@@ -45,31 +84,14 @@ impl Trainer {
             let Some(batch) = batch else {
                 continue;
             };
-            tokens += batch.tokens() as u64;
-            positions += batch.positions() as u64;
             let result = self.model.loss_and_grads(
                 &batch,
                 self.config.gradient_checkpointing,
                 Some(&stream),
             )?;
-            loss_sum += result.loss_sum;
-            targets += result.tokens;
-            sum = Some(match sum {
-                None => result.grads.grads,
-                Some(acc) => acc
-                    .into_iter()
-                    .zip(result.grads.grads)
-                    .map(|((a, b), (ga, gb))| (a + ga, b + gb))
-                    .collect(),
-            });
+            out.add(result.grads.grads, result.loss_sum, result.tokens, &batch);
         }
-        Ok(StepGradients {
-            grads: sum.unwrap_or_else(|| self.zero_grads()),
-            loss_sum,
-            targets,
-            tokens,
-            positions,
-        })
+        Ok(out)
     }
 
     /// One optimizer step: `grad_accum` micro-batches, clipping, the update.
@@ -89,6 +111,7 @@ impl Trainer {
                 targets,
                 tokens,
                 positions,
+                preference,
             },
             stop,
         ) = self.reduce(local, stop);
@@ -155,6 +178,8 @@ impl Trainer {
             eval_loss: None,
             mc_acc: None,
             mc_acc_norm: None,
+            preference: (preference.pairs > 0.0).then(|| preference.means()),
+            eval_preference: None,
             device_memory_bytes: self
                 .model
                 .device

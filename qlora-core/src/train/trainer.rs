@@ -9,11 +9,15 @@ use super::best::{Best, read_best};
 use super::checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
+use super::pairs::{PairRun, without_adapters};
 use super::progress::Progress;
 use super::schedule::warmup_from_ratio;
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
-use crate::data::{Example, LoadedData, collate_rows, epoch_plan, load_examples, split_eval};
+use crate::data::{
+    Example, LoadedData, PairLimits, collate_rows, epoch_plan, load_examples, load_pairs,
+    split_eval,
+};
 use crate::device::DeviceChoice;
 use crate::distributed::{Collective, ReduceStats, Single, differing};
 use crate::dtype::ComputeDtype;
@@ -22,6 +26,7 @@ use crate::eval::choice::{Question, evaluate_choices, read_task};
 use crate::eval::loss_sum;
 use crate::lora::{LoraConfig, load_adapter};
 use crate::model::{CausalLm, LoadOptions, TrainBatch};
+use crate::preference::{Method, PreferenceMetrics};
 use crate::quant::Nf4Config;
 use crate::text::Tokenizer;
 
@@ -78,6 +83,8 @@ pub struct Trainer {
     pub(super) collective: Rc<dyn Collective>,
     /// What the step's all-reduces cost so far.
     pub(super) reduce_stats: ReduceStats,
+    /// A preference run's pairs and reference (`--method dpo|orpo|simpo`).
+    pub(super) pairs: Option<PairRun>,
 }
 
 impl Trainer {
@@ -121,20 +128,38 @@ impl Trainer {
         let eval_options = config.eval_data_options();
         let mut tokenizer = Tokenizer::load(&config.model)?;
         config.tokenize.text.apply(&mut tokenizer)?;
-        let loaded: LoadedData = load_examples(&config.data, &tokenizer, &options)?;
-        progress.message(&format!("{}: {loaded}", loaded.origin));
-        warn_without_stop(&loaded, &tokenizer, progress);
-        // Recorded in training_config.toml, so `generate --adapter` wraps prompts the same way.
-        config.format = Some(loaded.format);
-        let (train, eval) = match &config.eval_data {
-            Some(path) => {
-                let eval = load_examples(path, &tokenizer, &eval_options)?;
-                progress.message(&format!("{}: {eval}", eval.origin));
-                (loaded.examples, eval.examples)
-            }
-            None => split_eval(loaded.examples, config.eval_fraction, config.seed),
+        let preference = config.preference.method != Method::Sft;
+        let (train, eval, pair_data) = if preference {
+            let limits = PairLimits::of(&config.preference, config.max_seq_len);
+            let loaded = load_pairs(&config.data, &tokenizer, &options, limits)?;
+            progress.message(&format!("{}: {loaded}", loaded.origin));
+            let (train, eval) = match &config.eval_data {
+                Some(path) => {
+                    let eval = load_pairs(path, &tokenizer, &eval_options, limits)?;
+                    progress.message(&format!("{}: {eval}", eval.origin));
+                    (loaded.pairs, eval.pairs)
+                }
+                None => split_eval(loaded.pairs, config.eval_fraction, config.seed),
+            };
+            (Vec::new(), Vec::new(), Some((train, eval)))
+        } else {
+            let loaded: LoadedData = load_examples(&config.data, &tokenizer, &options)?;
+            progress.message(&format!("{}: {loaded}", loaded.origin));
+            warn_without_stop(&loaded, &tokenizer, progress);
+            // Recorded in training_config.toml, so `generate --adapter` wraps prompts the same
+            // way.
+            config.format = Some(loaded.format);
+            let (train, eval) = match &config.eval_data {
+                Some(path) => {
+                    let eval = load_examples(path, &tokenizer, &eval_options)?;
+                    progress.message(&format!("{}: {eval}", eval.origin));
+                    (loaded.examples, eval.examples)
+                }
+                None => split_eval(loaded.examples, config.eval_fraction, config.seed),
+            };
+            (train, eval, None)
         };
-        if train.is_empty() {
+        if train.is_empty() && pair_data.as_ref().is_none_or(|(t, _)| t.is_empty()) {
             return Err(Error::invalid(
                 "no training examples left after the evaluation split",
             ));
@@ -154,7 +179,29 @@ impl Trainer {
         };
         let checkpoint = Checkpoint::open(&config.model)?;
         let mut model = CausalLm::from_checkpoint(model_config, &checkpoint, &load_options)?;
+        let continued = start_from.is_some();
         attach_adapters(&mut model, &lora, start_from, config.seed, progress)?;
+        // The frozen reference: the base, or the adapter the run continues as it was loaded
+        // (taken before a checkpoint is restored).
+        let pairs = match pair_data {
+            Some((train, eval)) => {
+                let reference = config.preference.needs_reference().then(|| {
+                    if continued {
+                        model.clone()
+                    } else {
+                        without_adapters(&model)
+                    }
+                });
+                Some(PairRun {
+                    train,
+                    eval,
+                    reference,
+                    train_ref: None,
+                    eval_ref: None,
+                })
+            }
+            None => None,
+        };
         let sizes = model.adapter_sizes();
         let budget = config
             .optim_device_budget_mb
@@ -170,7 +217,10 @@ impl Trainer {
             &model.device,
         );
 
-        let lengths: Vec<usize> = train.iter().map(|e| e.ids.len()).collect();
+        let lengths: Vec<usize> = match &pairs {
+            Some(run) => run.lengths(),
+            None => train.iter().map(|e| e.ids.len()).collect(),
+        };
         let mut batching = config.batching();
         batching.batch_size *= collective.world();
         let plan = epoch_plan(&lengths, &batching, config.seed, 0);
@@ -241,6 +291,7 @@ impl Trainer {
             best,
             collective,
             reduce_stats: ReduceStats::default(),
+            pairs,
         };
         trainer.reduce_stats.bytes_per_step = trainer.reduce_bytes_per_step();
         let fingerprint = trainer.fingerprint();
@@ -267,6 +318,7 @@ impl Trainer {
                 trainer.position.step
             ));
         }
+        trainer.score_references(resume, progress)?;
         trainer.sync_adapters();
         Ok(trainer)
     }
@@ -318,9 +370,10 @@ impl Trainer {
         (self.optimizer.paged_in, self.optimizer.paged_out)
     }
 
-    /// This rank's rows of the next micro-batch in data order (none: the epoch's last
-    /// micro-batch left this rank nothing), advancing the position.
-    pub(super) fn next_batch(&mut self) -> Option<TrainBatch> {
+    /// This rank's rows of the next micro-batch in data order, as indices of examples (pairs
+    /// in a preference run); none when the epoch's last micro-batch left this rank nothing.
+    /// Advances the position.
+    pub(super) fn next_rows(&mut self) -> Option<Vec<Vec<usize>>> {
         if self.plan.0 != self.position.epoch {
             let plan = epoch_plan(
                 &self.lengths,
@@ -330,20 +383,27 @@ impl Trainer {
             );
             self.plan = (self.position.epoch, plan);
         }
-        let rows: Vec<Vec<&Example>> = self
+        let rows = self
             .my_rows(&self.plan.1[self.position.batch_in_epoch])
-            .iter()
-            .map(|row| row.iter().map(|&i| &self.train[i]).collect())
-            .collect();
-        let pad = self.tokenizer.pad_id().unwrap_or(0);
-        let batch =
-            (!rows.is_empty()).then(|| collate_rows(&rows, pad, self.config.batching().packing));
+            .to_vec();
         self.position.batch_in_epoch += 1;
         if self.position.batch_in_epoch >= self.plan.1.len() {
             self.position.batch_in_epoch = 0;
             self.position.epoch += 1;
         }
-        batch
+        (!rows.is_empty()).then_some(rows)
+    }
+
+    /// This rank's rows of the next micro-batch of examples, collated (see
+    /// [`Trainer::next_rows`]).
+    pub(super) fn next_batch(&mut self) -> Option<TrainBatch> {
+        let rows = self.next_rows()?;
+        let rows: Vec<Vec<&Example>> = rows
+            .iter()
+            .map(|row| row.iter().map(|&i| &self.train[i]).collect())
+            .collect();
+        let pad = self.tokenizer.pad_id().unwrap_or(0);
+        Some(collate_rows(&rows, pad, self.config.batching().packing))
     }
 
     /// Multiple-choice accuracy (and its per-character form) on `--eval-mc-data`; the
@@ -371,8 +431,21 @@ impl Trainer {
         Ok(Some((sums[1] / sums[0], sums[2] / sums[0])))
     }
 
-    /// Mean loss over the held-out examples (split across the ranks).
+    /// The held-out loss and, in a preference run, the held-out pairs' metrics.
+    pub fn evaluate(&self) -> Result<(Option<f64>, Option<PreferenceMetrics>)> {
+        match self.eval_pairs()? {
+            Some(sums) => Ok((Some(sums.loss / sums.pairs.max(1.0)), Some(sums.means()))),
+            None if self.pairs.is_some() => Ok((None, None)),
+            None => Ok((self.eval_loss()?, None)),
+        }
+    }
+
+    /// Mean loss over the held-out examples (split across the ranks); in a preference run, the
+    /// mean objective over the held-out pairs.
     pub fn eval_loss(&self) -> Result<Option<f64>> {
+        if self.pairs.is_some() {
+            return Ok(self.evaluate()?.0);
+        }
         if self.eval.is_empty() {
             return Ok(None);
         }

@@ -84,6 +84,7 @@ impl TrainConfig {
             return fail("optim-device-budget-mb", "must be >= 0");
         }
         self.tokenize.validate()?;
+        self.preference.validate()?;
         if self.max_seq_len < 2 {
             return fail("max-seq-len", "must be at least 2");
         }
