@@ -21,6 +21,7 @@ mod nf4_properties;
 mod packing;
 mod paging_wgpu;
 mod parquet_data;
+mod preference_parity;
 mod quantize_parity;
 mod step_grads;
 mod text_parity;
