@@ -3,10 +3,15 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Args;
 use qlora_core::data::{
-    DataOptions, DatasetFormat, FieldMap, OasstOptions, SourceOptions, TokenizeOptions,
+    Batching, DataOptions, DatasetFormat, FieldMap, OasstOptions, PairLimits, SourceOptions,
+    TokenizeOptions, load_pairs,
 };
 use qlora_core::eval::choice::{ChoiceReport, ChoiceStyle, evaluate_choices, read_task};
 use qlora_core::eval::{Task, eval_examples, evaluate};
+use qlora_core::lora::{apply_adapter, read_adapter};
+use qlora_core::preference::{
+    Method, PreferenceConfig, evaluate_pairs, pair_rows, score_reference, without_adapters,
+};
 
 use crate::model_args::ModelArgs;
 
@@ -52,14 +57,25 @@ pub struct EvalArgs {
     /// Tokens a packed row holds.
     #[arg(long, default_value_t = 2048)]
     max_seq_len: usize,
-    /// Print one JSON object {loss, perplexity, tokens, examples} instead of a sentence.
+    /// Print one JSON object {loss, perplexity, tokens, examples} instead of a sentence
+    /// (with --method: {loss, pairs, rewards/..., logps/...}).
     #[arg(long)]
     json: bool,
+    /// With --method dpo, orpo or simpo, --data holds preference pairs (prompt, chosen,
+    /// rejected), scored as training scores them.
+    #[command(flatten)]
+    preference: PreferenceConfig,
+    /// DPO: the adapter the run started from (its reference) [default: the base model].
+    #[arg(long, help_heading = "Preference")]
+    ref_adapter: Option<PathBuf>,
 }
 
 pub fn run(args: EvalArgs) -> Result<()> {
     if args.task == Task::MultipleChoice {
         return run_choices(args);
+    }
+    if args.preference.method != Method::Sft {
+        return run_pairs(args);
     }
     let (model, tokenizer) = args.model.load(&args.tokenize.text)?;
     let options = DataOptions {
@@ -217,4 +233,74 @@ fn print_choices(report: &ChoiceReport) {
         "({} style, {}-shot, scored as lm-evaluation-harness 0.4.13 scores it)",
         report.style, report.num_fewshot
     );
+}
+
+/// `--method dpo|orpo|simpo`: the objective and TRL's metrics over a preference set.
+fn run_pairs(args: EvalArgs) -> Result<()> {
+    let config = &args.preference;
+    config.validate()?;
+    if args.max_seq_len < 2 {
+        bail!("--max-seq-len must be at least 2");
+    }
+    let (model, tokenizer) = args.model.load(&args.tokenize.text)?;
+    let options = DataOptions {
+        splits: vec![args.source.data_split.clone()],
+        config: args.source.data_config.clone(),
+        fields: args.fields.clone(),
+        format: None,
+        tokenize: args.tokenize.clone(),
+        oasst: args.oasst.clone(),
+    };
+    let limits = PairLimits::of(config, args.max_seq_len);
+    let loaded = load_pairs(&args.data, &tokenizer, &options, limits)?;
+    eprintln!("{}: {loaded}", loaded.origin);
+    let batching = Batching {
+        batch_size: 1,
+        group_by_length: false,
+        packing: args.packing.then_some(args.max_seq_len),
+    };
+    let pad = tokenizer.pad_id().unwrap_or(0);
+    let pairs = &loaded.pairs;
+    let reference = if config.needs_reference() {
+        let reference = match &args.ref_adapter {
+            Some(dir) => {
+                let mut base = without_adapters(&model);
+                apply_adapter(&mut base, read_adapter(dir)?)?;
+                base
+            }
+            None => without_adapters(&model),
+        };
+        Some(score_reference(&reference, pairs, &batching, pad)?)
+    } else {
+        None
+    };
+    let all: Vec<usize> = (0..pairs.len()).collect();
+    let rows = pair_rows(pairs, &all, &batching);
+    let sums = evaluate_pairs(&model, reference.as_deref(), pairs, &rows, config, pad)?;
+    let loss = sums.loss / sums.pairs.max(1.0);
+    let metrics = sums.means();
+    if args.json {
+        let mut object = serde_json::Map::new();
+        object.insert("loss".into(), loss.into());
+        object.insert("pairs".into(), pairs.len().into());
+        for (name, value) in metrics.entries() {
+            object.insert(name.into(), value.into());
+        }
+        println!("{}", serde_json::Value::Object(object));
+    } else {
+        println!(
+            "{} loss {loss:.6} over {} pairs: rewards/accuracies {:.4} rewards/margins {:.4} \
+             (rewards/chosen {:.4}, rewards/rejected {:.4}; logps/chosen {:.2}, \
+             logps/rejected {:.2})",
+            config.method,
+            pairs.len(),
+            metrics.rewards_accuracies,
+            metrics.rewards_margins,
+            metrics.rewards_chosen,
+            metrics.rewards_rejected,
+            metrics.logps_chosen,
+            metrics.logps_rejected
+        );
+    }
+    Ok(())
 }

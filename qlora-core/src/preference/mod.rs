@@ -9,4 +9,7 @@ pub use objective::{
     DpoLoss, Method, PairLogps, PairObjective, PreferenceConfig, PreferenceMetrics, PreferenceSums,
     SeqLogp, pair_objective,
 };
-pub use scoring::{PairBatch, collate_pairs, evaluate_pairs, reference_logps, sequence_logps};
+pub use scoring::{
+    PairBatch, collate_pairs, evaluate_pairs, pair_rows, reference_logps, score_reference,
+    sequence_logps, without_adapters,
+};

@@ -4,7 +4,7 @@
 //! a set of pairs scored (the loss and metrics of held-out pairs).
 
 use super::objective::{PairLogps, PreferenceConfig, PreferenceSums, SeqLogp, pair_objective};
-use crate::data::{PairExample, collate_rows};
+use crate::data::{Batching, PairExample, collate_rows, pack};
 use crate::error::Result;
 use crate::model::{CausalLm, IGNORE_INDEX, TrainBatch};
 
@@ -101,4 +101,50 @@ pub fn evaluate_pairs(
         }
     }
     Ok(sums)
+}
+
+/// The micro-batches that score `indices` of `pairs` in `batching`'s rows (packed, or a pair a
+/// row), in order.
+pub fn pair_rows(
+    pairs: &[PairExample],
+    indices: &[usize],
+    batching: &Batching,
+) -> Vec<Vec<Vec<usize>>> {
+    let rows: Vec<Vec<usize>> = match batching.packing {
+        Some(max_len) => {
+            let lengths: Vec<usize> = pairs.iter().map(PairExample::len).collect();
+            pack(&lengths, indices, max_len)
+        }
+        None => indices.iter().map(|&i| vec![i]).collect(),
+    };
+    rows.chunks(batching.batch_size.max(1))
+        .map(<[Vec<usize>]>::to_vec)
+        .collect()
+}
+
+/// The reference's log-probabilities of every pair of `pairs`.
+pub fn score_reference(
+    reference: &CausalLm,
+    pairs: &[PairExample],
+    batching: &Batching,
+    pad: u32,
+) -> Result<Vec<[f64; 2]>> {
+    let indices: Vec<usize> = (0..pairs.len()).collect();
+    let mut out = vec![[0.0; 2]; pairs.len()];
+    for micro in pair_rows(pairs, &indices, batching) {
+        let batch = collate_pairs(&micro, pairs, pad);
+        for (k, logps) in reference_logps(reference, &batch)?.into_iter().enumerate() {
+            out[batch.pairs[k]] = logps;
+        }
+    }
+    Ok(out)
+}
+
+/// A copy of `model` without its adapters: the base, as a reference (the weights are shared).
+pub fn without_adapters(model: &CausalLm) -> CausalLm {
+    let mut base = model.clone();
+    for (_, linear) in base.linears_mut() {
+        linear.lora = None;
+    }
+    base
 }

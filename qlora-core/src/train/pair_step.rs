@@ -4,15 +4,15 @@
 
 use std::path::Path;
 
-use super::pairs::{pair_rows, read_reference, score_reference};
+use super::pairs::read_reference;
 use super::progress::Progress;
 use super::step::StepGradients;
 use super::trainer::Trainer;
 use crate::error::Result;
 use crate::model::DropoutStream;
 use crate::preference::{
-    PairLogps, PreferenceSums, collate_pairs, evaluate_pairs, pair_objective, reference_logps,
-    sequence_logps,
+    PairLogps, PreferenceSums, collate_pairs, evaluate_pairs, pair_objective, pair_rows,
+    reference_logps, score_reference, sequence_logps,
 };
 
 impl Trainer {

@@ -9,7 +9,7 @@ use super::best::{Best, read_best};
 use super::checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
 use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
-use super::pairs::{PairRun, without_adapters};
+use super::pairs::PairRun;
 use super::progress::Progress;
 use super::schedule::warmup_from_ratio;
 use crate::checkpoint::Checkpoint;
@@ -26,7 +26,7 @@ use crate::eval::choice::{Question, evaluate_choices, read_task};
 use crate::eval::loss_sum;
 use crate::lora::{LoraConfig, load_adapter};
 use crate::model::{CausalLm, LoadOptions, TrainBatch};
-use crate::preference::{Method, PreferenceMetrics};
+use crate::preference::{Method, PreferenceMetrics, without_adapters};
 use crate::quant::Nf4Config;
 use crate::text::Tokenizer;
 
