@@ -13,6 +13,7 @@ mod model_cli;
 #[cfg(feature = "mpi")]
 mod mpi_cli;
 mod plan_cli;
+mod preference_cli;
 mod quantize_cli;
 mod safety_cli;
 mod template_cli;
