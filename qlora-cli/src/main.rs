@@ -37,7 +37,7 @@ enum Command {
     /// Generate text from a prompt or a chat message (the text goes to stdout).
     Generate(generate::GenerateArgs),
     /// Mean next-token loss and perplexity of a model on a dataset.
-    Eval(eval::EvalArgs),
+    Eval(Box<eval::EvalArgs>),
     /// Fine-tune a QLoRA adapter on an instruction dataset.
     #[command(
         override_usage = "qlora train --model <MODEL> --data <DATA> --out <OUT> [OPTIONS]\n       \
@@ -114,7 +114,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Quantize(args) => quantize::run(args),
         Command::Generate(args) => generate::run(args),
-        Command::Eval(args) => eval::run(args),
+        Command::Eval(args) => eval::run(*args),
         Command::Train(args) => train::run(*args, sub("train")),
         Command::Merge(args) => merge::run(args),
         Command::ImportGguf(args) => import_gguf::run(args),
