@@ -35,7 +35,7 @@ enum Command {
     /// Quantize a Hugging Face model to a bitsandbytes NF4 (4-bit) checkpoint.
     Quantize(quantize::QuantizeArgs),
     /// Generate text from a prompt or a chat message (the text goes to stdout).
-    Generate(generate::GenerateArgs),
+    Generate(Box<generate::GenerateArgs>),
     /// Mean next-token loss and perplexity of a model on a dataset.
     Eval(Box<eval::EvalArgs>),
     /// Fine-tune a QLoRA adapter on an instruction dataset.
@@ -113,7 +113,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Quantize(args) => quantize::run(args),
-        Command::Generate(args) => generate::run(args),
+        Command::Generate(args) => generate::run(*args),
         Command::Eval(args) => eval::run(*args),
         Command::Train(args) => train::run(*args, sub("train")),
         Command::Merge(args) => merge::run(args),
