@@ -5,6 +5,7 @@ use bytesize::ByteSize;
 use clap::{ArgMatches, Args};
 use qlora_core::distributed::step_reduce_bytes;
 use qlora_core::plan::{MemoryPlan, PlanSettings, alternatives, load_config, plan};
+use qlora_core::preference::Method;
 use qlora_core::train::TrainConfig;
 use serde_json::json;
 
@@ -52,8 +53,19 @@ fn assumptions(run: &TrainConfig, settings: &PlanSettings, limit: Option<u64>) -
         ),
         None => String::new(),
     };
+    let rows = match run.preference.method {
+        Method::Sft => "tokens".to_string(),
+        method => format!(
+            "tokens, a {method} pair a row (chosen and rejected, --seq-len each{})",
+            if run.preference.needs_reference() && !run.preference.precompute_ref {
+                "; the reference's forward pass shares the weights and peaks below the step"
+            } else {
+                ""
+            }
+        ),
+    };
     format!(
-        "assuming {} row{} of {} tokens a micro-batch (--batch-size, --seq-len), {compute}, \
+        "assuming {} row{} of {} {rows} a micro-batch (--batch-size, --seq-len), {compute}, \
          AdamW {}-bit states{}, gradient checkpointing {}; sizes in GiB (2^30 bytes){memory}",
         settings.batch_size,
         if settings.batch_size == 1 { "" } else { "s" },

@@ -108,7 +108,9 @@ fn plans_on_several_ranks_give_the_all_reduce_a_step() {
     let (one, two) = (plan(&[]), plan(&["--world-size", "2"]));
     assert_eq!(one["peak_bytes"], two["peak_bytes"]);
     assert!(one.get("allreduce_bytes_per_step").is_none());
-    assert_eq!(two["allreduce_bytes_per_step"], 4 * (159_907_840 + 5));
+    // The adapters' gradients and 12 counts (loss, targets, tokens, positions, stop, and a
+    // preference run's seven metric sums).
+    assert_eq!(two["allreduce_bytes_per_step"], 4 * (159_907_840 + 12));
     assert_eq!(two["global_batch_rows"], 32);
     let (code, stdout, _) = qlora(&["plan", "--model", "llama-7b", "--world-size", "2"]);
     assert_eq!(code, 0);
@@ -116,6 +118,11 @@ fn plans_on_several_ranks_give_the_all_reduce_a_step() {
         stdout.contains("one all-reduce a step of 639.6 MB"),
         "{stdout}"
     );
+    // A preference run's row holds a pair: two sequences of --seq-len.
+    let dpo = plan(&["--method", "dpo", "--seq-len", "512"]);
+    let sft = plan(&["--seq-len", "1024"]);
+    assert_eq!(dpo["peak_bytes"], sft["peak_bytes"]);
+    assert!(dpo["peak_bytes"].as_u64() > plan(&["--seq-len", "512"])["peak_bytes"].as_u64());
 }
 
 #[test]

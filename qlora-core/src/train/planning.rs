@@ -8,6 +8,7 @@ use crate::dtype::ComputeDtype;
 use crate::error::{Error, Result};
 use crate::lora::LoraConfig;
 use crate::plan::{PlanSettings, load_config, plan};
+use crate::preference::Method;
 
 impl TrainConfig {
     /// The planner's settings for this run: rows of `seq_len` tokens, `compute_bytes` a value.
@@ -17,6 +18,13 @@ impl TrainConfig {
                 "--rank, --batch-size and --seq-len must be positive",
             ));
         }
+        // A preference run's row holds a pair: its chosen and its rejected sequence. The
+        // reference pass (DPO) is a forward pass without autodiff before the policy's, whose
+        // transient activations stay below the step's peak; the weights are shared.
+        let seq_len = match self.preference.method {
+            Method::Sft => seq_len,
+            _ => 2 * seq_len,
+        };
         Ok(PlanSettings {
             bits: self.bits,
             rank: self.rank,
