@@ -1,6 +1,7 @@
 //! `qlora plot OUT`: the curves of a run from its `metrics.jsonl` as an SVG (plotters): the
-//! training loss with the evaluation loss, the learning rate, and multiple-choice accuracy
-//! when the run measured it. `train` draws them when it finishes.
+//! training loss with the evaluation loss, the learning rate, multiple-choice accuracy when
+//! the run measured it, and a preference run's rewards and reward accuracy. `train` draws them
+//! when it finishes.
 
 use std::path::{Path, PathBuf};
 
@@ -28,6 +29,11 @@ struct Series {
     lr: Vec<(f64, f64)>,
     mc_acc: Vec<(f64, f64)>,
     mc_acc_norm: Vec<(f64, f64)>,
+    rewards_chosen: Vec<(f64, f64)>,
+    rewards_rejected: Vec<(f64, f64)>,
+    rewards_margins: Vec<(f64, f64)>,
+    accuracies: Vec<(f64, f64)>,
+    eval_accuracies: Vec<(f64, f64)>,
 }
 
 fn read_series(path: &Path) -> Result<Series> {
@@ -50,6 +56,11 @@ fn read_series(path: &Path) -> Result<Series> {
             ("lr", &mut series.lr),
             ("mc_acc", &mut series.mc_acc),
             ("mc_acc_norm", &mut series.mc_acc_norm),
+            ("rewards/chosen", &mut series.rewards_chosen),
+            ("rewards/rejected", &mut series.rewards_rejected),
+            ("rewards/margins", &mut series.rewards_margins),
+            ("rewards/accuracies", &mut series.accuracies),
+            ("eval_rewards/accuracies", &mut series.eval_accuracies),
         ] {
             if let Some(value) = v[key].as_f64().filter(|x| x.is_finite()) {
                 out.push((step, value));
@@ -130,36 +141,54 @@ pub fn draw(run: &Path, out: Option<&Path>) -> Result<PathBuf> {
     let series = read_series(&run.join(METRICS_FILE))?;
     let out = out.map_or_else(|| run.join(CURVES_FILE), Path::to_path_buf);
     let steps = span(series.loss.iter().map(|p| p.0));
-    let panels = if series.mc_acc.is_empty() { 2 } else { 3 };
+    let mut losses: Vec<Line<'_>> = vec![("loss", &series.loss, RGBColor(31, 119, 180))];
+    if !series.eval_loss.is_empty() {
+        losses.push(("eval loss", &series.eval_loss, RGBColor(214, 39, 40)));
+    }
+    // Title, a fixed y range (shares: 0..1, so a flat line does not fill the panel), lines.
+    type Spec<'a> = (&'a str, Option<std::ops::Range<f64>>, Vec<Line<'a>>);
+    let mut panels: Vec<Spec<'_>> = vec![
+        ("loss", None, losses),
+        (
+            "learning rate",
+            None,
+            vec![("learning rate", &series.lr, RGBColor(44, 160, 44))],
+        ),
+    ];
+    if !series.mc_acc.is_empty() {
+        panels.push((
+            "multiple-choice accuracy",
+            Some(-0.02..1.02),
+            vec![
+                ("acc", &series.mc_acc, RGBColor(148, 103, 189)),
+                ("acc_norm", &series.mc_acc_norm, RGBColor(255, 127, 14)),
+            ],
+        ));
+    }
+    if !series.rewards_chosen.is_empty() {
+        panels.push((
+            "rewards",
+            None,
+            vec![
+                ("chosen", &series.rewards_chosen, RGBColor(44, 160, 44)),
+                ("rejected", &series.rewards_rejected, RGBColor(214, 39, 40)),
+                ("margin", &series.rewards_margins, RGBColor(31, 119, 180)),
+            ],
+        ));
+        let mut accuracy: Vec<Line<'_>> =
+            vec![("train", &series.accuracies, RGBColor(31, 119, 180))];
+        if !series.eval_accuracies.is_empty() {
+            accuracy.push(("eval", &series.eval_accuracies, RGBColor(214, 39, 40)));
+        }
+        panels.push(("reward accuracy", Some(-0.02..1.02), accuracy));
+    }
     {
-        let root = SVGBackend::new(&out, (960, 320 * panels as u32)).into_drawing_area();
+        let root = SVGBackend::new(&out, (960, 320 * panels.len() as u32)).into_drawing_area();
         root.fill(&WHITE)
             .map_err(|e| anyhow::anyhow!("plot: {e}"))?;
-        let areas = root.split_evenly((panels, 1));
-        let mut losses: Vec<Line<'_>> = vec![("loss", &series.loss, RGBColor(31, 119, 180))];
-        if !series.eval_loss.is_empty() {
-            losses.push(("eval loss", &series.eval_loss, RGBColor(214, 39, 40)));
-        }
-        panel(&areas[0], "loss", steps.clone(), None, &losses)?;
-        panel(
-            &areas[1],
-            "learning rate",
-            steps.clone(),
-            None,
-            &[("learning rate", &series.lr, RGBColor(44, 160, 44))],
-        )?;
-        if panels == 3 {
-            panel(
-                &areas[2],
-                "multiple-choice accuracy",
-                steps,
-                // Accuracy is a share: a fixed 0..1 axis keeps a flat line from filling the panel.
-                Some(-0.02..1.02),
-                &[
-                    ("acc", &series.mc_acc, RGBColor(148, 103, 189)),
-                    ("acc_norm", &series.mc_acc_norm, RGBColor(255, 127, 14)),
-                ],
-            )?;
+        let areas = root.split_evenly((panels.len(), 1));
+        for (area, (title, y, lines)) in areas.iter().zip(&panels) {
+            panel(area, title, steps.clone(), y.clone(), lines)?;
         }
         root.present()
             .with_context(|| format!("cannot write {}", out.display()))?;

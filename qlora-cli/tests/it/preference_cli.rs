@@ -115,6 +115,11 @@ fn dpo_learns_the_held_out_preference_and_eval_scores_it() {
     ] {
         assert!(last.get(key).is_some(), "{key} in {last}");
     }
+    let curves = std::fs::read_to_string(out.join("training_curves.svg")).unwrap();
+    assert!(
+        curves.contains("rewards") && curves.contains("reward accuracy"),
+        "the curves show the rewards"
+    );
     let accuracy = last["eval_rewards/accuracies"].as_f64().unwrap();
     assert!(accuracy >= 0.9, "held-out reward accuracy {accuracy}");
     assert!(last["eval_loss"].as_f64().unwrap() < 0.6);
