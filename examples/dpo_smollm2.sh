@@ -28,7 +28,12 @@ MODEL="$WORK/model"
 EVAL=datasets/preference_eval.jsonl
 
 summary() {
-  python3 -c 'import json,sys; m=json.load(sys.stdin); print(f"rewards/accuracies {m[\"rewards/accuracies\"]:.3f}  rewards/margins {m[\"rewards/margins\"]:.4f}  loss {m[\"loss\"]:.4f}  over {m[\"pairs\"]} pairs")'
+  python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+acc, margin, loss, pairs = m["rewards/accuracies"], m["rewards/margins"], m["loss"], m["pairs"]
+print(f"rewards/accuracies {acc:.3f}  rewards/margins {margin:.4f}  loss {loss:.4f}  over {pairs} pairs")
+'
 }
 
 echo "== the base model's own preference on the held-out pairs (mean log-probability)"

@@ -193,6 +193,29 @@ fn two_ranks_train_what_one_process_with_their_global_batch_trains() {
     );
 }
 
+/// DPO on 2 ranks x 2 pairs trains what one process trains on micro-batches of 4 pairs: each
+/// rank's objective is the mean over its pairs, and the step averages the ranks.
+#[test]
+fn two_ranks_train_the_dpo_adapter_of_one_process() {
+    let data = root().join("datasets/preference_train.jsonl");
+    let eval = root().join("datasets/preference_eval.jsonl");
+    matches_one_process(
+        &[
+            "--method",
+            "dpo",
+            "--max-steps",
+            "5",
+            "--grad-accum",
+            "1",
+            "--no-packing",
+            "--eval-data",
+            path(&eval),
+        ],
+        &data,
+        mpirun(2, &[]),
+    );
+}
+
 /// Records whose responses run from one word to 40, so rows and ranks hold different numbers of
 /// target tokens: the loss must be normalised by the whole step's.
 fn uneven_data(dir: &Path) -> PathBuf {
