@@ -110,7 +110,10 @@ impl Trainer {
         f.add(self.config.to_toml().as_bytes());
         f.add(format!("{:?}", self.model.config).as_bytes());
         f.add(format!("{:?}", self.model.adapter_sizes()).as_bytes());
-        let pairs = self.pairs.iter().flat_map(|run| run.train.iter().chain(&run.eval));
+        let pairs = self
+            .pairs
+            .iter()
+            .flat_map(|run| run.train.iter().chain(&run.eval));
         let pair_examples = pairs.flat_map(|p| [&p.chosen, &p.rejected]);
         for e in self.train.iter().chain(&self.eval).chain(pair_examples) {
             f.add_u32s(&e.ids);
