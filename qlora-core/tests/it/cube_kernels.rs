@@ -208,3 +208,50 @@ fn dropout_masks_and_lora_match_cpu() {
         assert_close(name, got, want, 1e-5);
     }
 }
+
+/// Long sequences with 64-wide heads and four query heads a key/value head: a thread of the
+/// kernels runs more loop iterations than lavapipe allows a shader invocation (65535, every
+/// loop together), unless the loops over a head's values are unrolled; before they were, the
+/// keys' gradients here came back wrong (relative error 1.0).
+#[test]
+fn attention_kernels_match_cpu_on_long_sequences() {
+    let (mut s, q_ids, k_ids) = attention_case(1024, 1024);
+    (s.heads, s.kv_heads, s.head_dim, s.scale) = (4, 1, 64, 0.125);
+    let q_shape = [s.batch * s.q_len, s.heads * s.head_dim];
+    let k_shape = [s.batch * s.k_len, s.kv_heads * s.head_dim];
+    let (nq, nk) = (q_shape[0] * q_shape[1], k_shape[0] * k_shape[1]);
+    let (q, k, v, d_out) = (
+        values(nq, 51, 1.0),
+        values(nk, 52, 1.0),
+        values(nk, 53, 1.0),
+        values(nq, 54, 1.0),
+    );
+    let run = |device: &Device| {
+        let (qt, kt, vt) = (
+            t(&q, q_shape, device),
+            t(&k, k_shape, device),
+            t(&v, k_shape, device),
+        );
+        let (qi, ki) = (ids(&q_ids, device), ids(&k_ids, device));
+        let (out, lse) = ops::attention(qt.clone(), kt.clone(), vt.clone(), &qi, &ki, s);
+        let (dq, dk, dv) = ops::attention_backward(
+            qt,
+            kt,
+            vt,
+            out.clone(),
+            lse.clone(),
+            t(&d_out, q_shape, device),
+            &qi,
+            &ki,
+            s,
+        );
+        [vec(out), vec(lse), vec(dq), vec(dk), vec(dv)]
+    };
+    let (cpu, gpu) = (run(&Device::flex()), run(&gpu()));
+    for (name, (got, want)) in ["output", "log-sum-exp", "dq", "dk", "dv"]
+        .iter()
+        .zip(gpu.iter().zip(&cpu))
+    {
+        assert_close(name, got, want, 1e-5);
+    }
+}

@@ -47,12 +47,14 @@ pub(super) fn query_grad_kernel(
             let p = (score - l).exp();
             let ds = p * (dot(&dov, v, key, kv, kv_heads, d) - dd) * cap_slope(&s, score);
             let kbase = (key * kv_heads + kv) * d;
+            #[unroll]
             for e in 0..d {
                 acc[e] += ds * k[kbase + e];
             }
         }
     }
     let base = (row * heads + h) * d;
+    #[unroll]
     for e in 0..d {
         dq[base + e] = acc[e] * s.scale;
     }
@@ -96,6 +98,11 @@ pub(super) fn key_grad_kernel(
     load(v, key, kv, kv_heads, &mut vvec, d);
     let mut dk_acc = Array::<f32>::new(d);
     let mut dv_acc = Array::<f32>::new(d);
+    #[unroll]
+    for e in 0..d {
+        dk_acc[e] = 0.0;
+        dv_acc[e] = 0.0;
+    }
     // The first query whose position is not before the key, and (with a window) the first
     // whose window has passed it.
     let mut first = 0usize;
@@ -124,6 +131,7 @@ pub(super) fn key_grad_kernel(
                 let ds =
                     p * (dot(&vvec, d_out, row, h, heads, d) - delta[stat]) * cap_slope(&s, score);
                 let base = (row * heads + h) * d;
+                #[unroll]
                 for e in 0..d {
                     dv_acc[e] += p * d_out[base + e];
                     dk_acc[e] += ds * q[base + e];
@@ -132,6 +140,7 @@ pub(super) fn key_grad_kernel(
         }
     }
     let base = (key * kv_heads + kv) * d;
+    #[unroll]
     for e in 0..d {
         dk[base + e] = dk_acc[e] * s.scale;
         dv[base + e] = dv_acc[e];

@@ -62,6 +62,7 @@ fn load(
     #[comptime] d: usize,
 ) {
     let base = (row * heads + head) * d;
+    #[unroll]
     for e in 0..d {
         out[e] = x[base + e];
     }
@@ -79,6 +80,7 @@ fn dot(
 ) -> f32 {
     let base = (row * heads + head) * d;
     let mut sum = 0.0f32;
+    #[unroll]
     for e in 0..d {
         sum += a[e] * x[base + e];
     }
@@ -186,6 +188,7 @@ fn forward_kernel(
             let p = (score - new_max).exp();
             sum = sum * correction + p;
             let vbase = ((b * k_len + j) * kv_heads + kv) * d;
+            #[unroll]
             for e in 0..d {
                 acc[e] = acc[e] * correction + p * v[vbase + e];
             }
@@ -193,6 +196,7 @@ fn forward_kernel(
         }
     }
     let obase = (row * heads + h) * d;
+    #[unroll]
     for e in 0..d {
         out[obase + e] = acc[e] / sum;
     }
