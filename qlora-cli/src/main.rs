@@ -1,6 +1,7 @@
 //! `qlora`: fine-tune LLaMA-family models with QLoRA from the command line.
 
 mod bar;
+mod bench;
 mod eval;
 mod export_gguf;
 mod generate;
@@ -11,6 +12,7 @@ mod output_args;
 mod plan;
 mod plot;
 mod quantize;
+mod selftest;
 mod signals;
 mod train;
 
@@ -52,6 +54,12 @@ enum Command {
     ExportGguf(export_gguf::ExportGgufArgs),
     /// Plan the peak memory of a training run before loading anything.
     Plan(Box<plan::PlanArgs>),
+    /// Train a randomly initialised model of a shape on a device: tokens/s, the time of each
+    /// phase, and peak memory against the plan (no weights, data or network needed).
+    Bench(Box<bench::BenchArgs>),
+    /// Check every kernel of a device against a reference on random inputs (exit 1 naming
+    /// the kernels that fail).
+    Selftest(selftest::SelftestArgs),
     /// Draw a training run's curves (loss, eval loss, learning rate, accuracy) as an SVG.
     Plot(plot::PlotArgs),
 }
@@ -121,6 +129,8 @@ fn main() -> ExitCode {
         Command::ExportGguf(args) => export_gguf::run(args),
         Command::Plan(args) => plan::run(*args, sub("plan")),
         Command::Plot(args) => plot::run(args),
+        Command::Bench(args) => bench::run(*args),
+        Command::Selftest(args) => selftest::run(args),
     };
     match result {
         // A run stopped by a signal after saving its checkpoint.

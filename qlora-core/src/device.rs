@@ -18,6 +18,9 @@ pub enum DeviceChoice {
     /// CUDA device N (`cuda:N`), or, unnamed (`cuda`), device 0 (for the ranks of a
     /// multi-process run, the local rank's).
     Cuda(Option<usize>),
+    /// wgpu pinned to Vulkan with the SPIR-V compiler (builds with the `vulkan` feature), the
+    /// `N`th discrete GPU or the default adapter.
+    Vulkan(Option<usize>),
 }
 
 impl FromStr for DeviceChoice {
@@ -29,11 +32,13 @@ impl FromStr for DeviceChoice {
             "cpu" | "flex" => Ok(DeviceChoice::Cpu),
             "wgpu" | "gpu" => Ok(DeviceChoice::Wgpu(None)),
             "cuda" => Ok(DeviceChoice::Cuda(None)),
-            other => match (indexed("cuda:"), indexed("wgpu:")) {
-                (Some(Ok(index)), _) => Ok(DeviceChoice::Cuda(Some(index))),
-                (_, Some(Ok(index))) => Ok(DeviceChoice::Wgpu(Some(index))),
+            "vulkan" => Ok(DeviceChoice::Vulkan(None)),
+            other => match (indexed("cuda:"), indexed("wgpu:"), indexed("vulkan:")) {
+                (Some(Ok(index)), _, _) => Ok(DeviceChoice::Cuda(Some(index))),
+                (_, Some(Ok(index)), _) => Ok(DeviceChoice::Wgpu(Some(index))),
+                (_, _, Some(Ok(index))) => Ok(DeviceChoice::Vulkan(Some(index))),
                 _ => Err(Error::invalid(format!(
-                    "unknown device `{other}`: expected cpu, wgpu, wgpu:N, cuda or cuda:N"
+                    "unknown device `{other}`: expected cpu, wgpu[:N], vulkan[:N] or cuda[:N]"
                 ))),
             },
         }
@@ -56,6 +61,11 @@ impl DeviceChoice {
             {
                 DeviceChoice::Wgpu(Some(local_rank))
             }
+            DeviceChoice::Vulkan(None)
+                if std::env::var_os("CUBECL_WGPU_DEFAULT_DEVICE").is_none() =>
+            {
+                DeviceChoice::Vulkan(Some(local_rank))
+            }
             other => other,
         }
     }
@@ -72,6 +82,15 @@ impl DeviceChoice {
             #[cfg(not(feature = "wgpu"))]
             DeviceChoice::Wgpu(_) => Err(Error::invalid(
                 "this build has no wgpu backend: rebuild with `--features wgpu`",
+            )),
+            #[cfg(feature = "vulkan")]
+            DeviceChoice::Vulkan(index) => Ok(Device::vulkan(match index {
+                Some(n) => burn::tensor::DeviceKind::DiscreteGpu(n),
+                None => burn::tensor::DeviceKind::DefaultDevice,
+            })),
+            #[cfg(not(feature = "vulkan"))]
+            DeviceChoice::Vulkan(_) => Err(Error::invalid(
+                "this build has no Vulkan (SPIR-V) backend: rebuild with `--features vulkan`",
             )),
             #[cfg(feature = "cuda")]
             DeviceChoice::Cuda(index) => Ok(Device::cuda(index.unwrap_or(0))),
@@ -91,6 +110,8 @@ impl std::fmt::Display for DeviceChoice {
             DeviceChoice::Wgpu(Some(n)) => write!(f, "wgpu:{n}"),
             DeviceChoice::Cuda(None) => write!(f, "cuda"),
             DeviceChoice::Cuda(Some(n)) => write!(f, "cuda:{n}"),
+            DeviceChoice::Vulkan(None) => write!(f, "vulkan"),
+            DeviceChoice::Vulkan(Some(n)) => write!(f, "vulkan:{n}"),
         }
     }
 }
@@ -132,6 +153,123 @@ pub fn memory_capacity(device: &Device) -> Option<u64> {
     #[cfg(any(feature = "wgpu", feature = "cuda"))]
     if let burn_dispatch::DispatchDevice::Cube(cube) = device.as_dispatch() {
         return cube.client().properties().memory.max_memory();
+    }
+    let _ = device;
+    None
+}
+
+/// What a device is, for a report's header: its name, the runtime that drives it, its memory
+/// and the float dtypes it computes in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceDescription {
+    /// The device as it names itself (the CPU's model name on the CPU).
+    pub name: String,
+    /// The runtime and what it compiles for (the CPU's vector instructions on the CPU).
+    pub runtime: String,
+    /// Device memory in bytes, where the device reports it (host memory on the CPU).
+    pub memory: Option<u64>,
+    /// The float dtypes it has: f32, and f16/bf16 where supported.
+    pub dtypes: Vec<&'static str>,
+}
+
+/// [`DeviceDescription`] of `device`.
+pub fn describe(device: &Device) -> DeviceDescription {
+    use burn::tensor::DType;
+    let dtypes = [
+        (DType::F32, "f32"),
+        (DType::BF16, "bf16"),
+        (DType::F16, "f16"),
+    ]
+    .into_iter()
+    .filter(|&(dtype, _)| supports_float(device, dtype))
+    .map(|(_, name)| name)
+    .collect();
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let burn_dispatch::DispatchDevice::Cube(cube) = device.as_dispatch() {
+        let client = cube.client();
+        let properties = client.properties();
+        return DeviceDescription {
+            name: properties.identity.name.clone(),
+            runtime: format!("{:?} ({})", device, properties.identity.fingerprint),
+            memory: properties.memory.max_memory(),
+            dtypes,
+        };
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |key: &str| {
+        cpuinfo
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+    };
+    let flags = field("flags").unwrap_or_default();
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    let isa = if has("avx512f") {
+        "AVX-512"
+    } else if has("avx2") && has("fma") {
+        "AVX2+FMA"
+    } else {
+        "no AVX2"
+    };
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024);
+    DeviceDescription {
+        name: field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_string()),
+        runtime: format!(
+            "flex (CPU), {isa}{}, {} threads",
+            if has("avx512_bf16") {
+                ", bf16 dot products"
+            } else {
+                ""
+            },
+            rayon::current_num_threads()
+        ),
+        memory,
+        dtypes,
+    }
+}
+
+/// Device memory in use and the most held at once since the device started, as cubecl's pools
+/// report them (`None` on the CPU, whose memory is the process's resident set).
+pub fn device_memory(device: &Device) -> Option<(u64, u64)> {
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if let burn_dispatch::DispatchDevice::Cube(cube) = device.as_dispatch() {
+        use cubecl::{MemoryPoolKind, MemoryScope};
+        let report = cube.client().memory_report(MemoryScope::Device);
+        let usage = report.usage();
+        // Pools of pages keep their high-water mark in pages; the others count what they hold.
+        let mut peak = 0u64;
+        for stream in &report.streams {
+            let pools = stream
+                .pools
+                .dynamic
+                .iter()
+                .chain([&stream.pools.persistent, &stream.pools.dedicated])
+                .chain(stream.auxiliary.iter().flat_map(|a| {
+                    a.pools
+                        .dynamic
+                        .iter()
+                        .chain([&a.pools.persistent, &a.pools.dedicated])
+                }));
+            for pool in pools {
+                peak += match pool.kind {
+                    MemoryPoolKind::Sliced { page_size, .. }
+                    | MemoryPoolKind::Adaptive { page_size, .. } => {
+                        (pool.pages_peak * page_size).max(pool.usage.bytes_reserved)
+                    }
+                    _ => pool.usage.bytes_reserved,
+                };
+            }
+        }
+        return Some((usage.bytes_in_use, peak.max(usage.bytes_reserved)));
     }
     let _ = device;
     None

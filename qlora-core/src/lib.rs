@@ -54,6 +54,8 @@ pub mod preference;
 
 pub mod train;
 
+pub mod diagnose;
+
 pub mod generate;
 pub mod merge;
 

@@ -5,6 +5,7 @@ mod common;
 mod axolotl_cli;
 mod choice_cli;
 mod data_cli;
+mod diagnose_cli;
 mod download_cli;
 mod gguf_cli;
 mod hub_cli;

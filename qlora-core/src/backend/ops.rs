@@ -122,21 +122,46 @@ macro_rules! kernel_ops {
     ($(
         $(#[$doc:meta])*
         pub fn $name:ident($first:ident: $first_ty:ty $(, $arg:ident: $ty:ty)* $(,)?) -> $out:ty
-            = $ops:ident::$method:ident [$($kind:ident),+];
-    )*) => {$(
-        $(#[$doc])*
-        #[allow(clippy::too_many_arguments)]
-        pub fn $name($first: $first_ty $(, $arg: $ty)*) -> $out {
-            let dtype = KernelArg::dtype(&$first);
-            KernelOutput::from_kernel(
-                <Dispatch as $ops>::$method(
-                    KernelArg::into_kernel($first) $(, KernelArg::into_kernel($arg))*
-                ),
-                dtype,
-                &[$(kernel_ops!(@narrow $kind)),+],
-            )
+            = $ops:ident::$method:ident | $($generic:ident)::+ [$($kind:ident),+];
+    )*) => {
+        $(
+            $(#[$doc])*
+            #[allow(clippy::too_many_arguments)]
+            pub fn $name($first: $first_ty $(, $arg: $ty)*) -> $out {
+                let dtype = KernelArg::dtype(&$first);
+                KernelOutput::from_kernel(
+                    <Dispatch as $ops>::$method(
+                        KernelArg::into_kernel($first) $(, KernelArg::into_kernel($arg))*
+                    ),
+                    dtype,
+                    &[$(kernel_ops!(@narrow $kind)),+],
+                )
+            }
+        )*
+
+        /// The same operations through their tensor-op defaults ([`crate::backend::generic`]),
+        /// whatever kernel the device has: the reference `qlora selftest` checks the CPU's
+        /// kernels against.
+        pub mod reference {
+            #[allow(unused_imports)]
+            use super::{AdamWStep, AttentionShape, Dispatch, Int, KernelArg, KernelOutput, Tensor};
+            pub use super::by_hand::*;
+            $(
+                #[doc = concat!("[`super::", stringify!($name), "`] by its tensor-op default.")]
+                #[allow(clippy::too_many_arguments)]
+                pub fn $name($first: $first_ty $(, $arg: $ty)*) -> $out {
+                    let dtype = KernelArg::dtype(&$first);
+                    KernelOutput::from_kernel(
+                        crate::backend::$($generic)::+::<Dispatch>(
+                            KernelArg::into_kernel($first) $(, KernelArg::into_kernel($arg))*
+                        ),
+                        dtype,
+                        &[$(kernel_ops!(@narrow $kind)),+],
+                    )
+                }
+            )*
         }
-    )*};
+    };
     (@narrow narrow) => { true };
     (@narrow f32) => { false };
 }
@@ -144,63 +169,63 @@ macro_rules! kernel_ops {
 kernel_ops! {
     /// RMSNorm of the rows of `x` `[rows, hidden]`.
     pub fn rms_norm(x: Tensor<2>, weight: &Tensor<1>, eps: f64) -> Tensor<2>
-        = LayerOps::rms_norm [narrow];
+        = LayerOps::rms_norm | generic::layers::rms_norm [narrow];
 
     /// The gradient of [`rms_norm`] with respect to `x`, given the output's `dy`.
     pub fn rms_norm_backward(x: Tensor<2>, weight: &Tensor<1>, eps: f64, dy: Tensor<2>) -> Tensor<2>
-        = LayerOps::rms_norm_backward [narrow];
+        = LayerOps::rms_norm_backward | generic::layers::rms_norm_backward [narrow];
 
     /// Rotate the heads of `x` `[rows, heads * dim]` by per-row tables `[rows, dim]`; with
     /// `-sin` this is the backward pass.
     pub fn rope(x: Tensor<2>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tensor<2>
-        = LayerOps::rope [narrow];
+        = LayerOps::rope | generic::layers::rope [narrow];
 
     /// `silu(gate) · up`.
-    pub fn swiglu(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> = LayerOps::swiglu [narrow];
+    pub fn swiglu(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> = LayerOps::swiglu | generic::layers::swiglu [narrow];
 
     /// The gradients of [`swiglu`] with respect to `gate` and `up`.
     pub fn swiglu_backward(gate: Tensor<2>, up: Tensor<2>, dz: Tensor<2>) -> (Tensor<2>, Tensor<2>)
-        = LayerOps::swiglu_backward [narrow, narrow];
+        = LayerOps::swiglu_backward | generic::layers::swiglu_backward [narrow, narrow];
 
     /// `gelu_tanh(gate) · up`.
-    pub fn geglu(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> = LayerOps::geglu [narrow];
+    pub fn geglu(gate: Tensor<2>, up: Tensor<2>) -> Tensor<2> = LayerOps::geglu | generic::layers::geglu [narrow];
 
     /// The gradients of [`geglu`] with respect to `gate` and `up`.
     pub fn geglu_backward(gate: Tensor<2>, up: Tensor<2>, dz: Tensor<2>) -> (Tensor<2>, Tensor<2>)
-        = LayerOps::geglu_backward [narrow, narrow];
+        = LayerOps::geglu_backward | generic::layers::geglu_backward [narrow, narrow];
 
     /// `x` times the inverted-dropout mask of `seed`.
-    pub fn dropout(x: Tensor<2>, seed: u64, p: f64) -> Tensor<2> = LayerOps::dropout [narrow];
+    pub fn dropout(x: Tensor<2>, seed: u64, p: f64) -> Tensor<2> = LayerOps::dropout | generic::layers::dropout [narrow];
 
     /// `base + scale · (dropout(x) Aᵀ) Bᵀ` (no dropout when `p` is 0).
     pub fn lora_forward(
         base: Tensor<2>, x: Tensor<2>, a: &Tensor<2>, b: &Tensor<2>, scale: f64, seed: u64, p: f64,
-    ) -> Tensor<2> = LoraOps::lora_forward [narrow];
+    ) -> Tensor<2> = LoraOps::lora_forward | generic::layers::lora_forward [narrow];
 
     /// `(dA, dB, dx_base + dx)` of [`lora_forward`]; the adapter's gradients stay f32 (they
     /// update f32 weights).
     pub fn lora_backward(
         x: Tensor<2>, a: &Tensor<2>, b: &Tensor<2>, dy: Tensor<2>, dx_base: Tensor<2>,
         scale: f64, seed: u64, p: f64,
-    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) = LoraOps::lora_backward [f32, f32, narrow];
+    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) = LoraOps::lora_backward | generic::layers::lora_backward [f32, f32, narrow];
 
     /// The output `[batch * q_len, heads * dim]` and log-sum-exp `[batch * heads * q_len]`
     /// (f32).
     pub fn attention(
         q: Tensor<2>, k: Tensor<2>, v: Tensor<2>, q_ids: &Tensor<1, Int>, k_ids: &Tensor<1, Int>,
         shape: AttentionShape,
-    ) -> (Tensor<2>, Tensor<1>) = AttentionOps::attention [narrow, f32];
+    ) -> (Tensor<2>, Tensor<1>) = AttentionOps::attention | generic::attention::attention [narrow, f32];
 
     /// `(dq, dk, dv)` of [`attention`].
     pub fn attention_backward(
         q: Tensor<2>, k: Tensor<2>, v: Tensor<2>, out: Tensor<2>, lse: Tensor<1>,
         d_out: Tensor<2>, q_ids: &Tensor<1, Int>, k_ids: &Tensor<1, Int>, shape: AttentionShape,
-    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) = AttentionOps::attention_backward [narrow, narrow, narrow];
+    ) -> (Tensor<2>, Tensor<2>, Tensor<2>) = AttentionOps::attention_backward | generic::attention::attention_backward [narrow, narrow, narrow];
 
     /// One AdamW step of a flat parameter: `(param, m, v)` updated.
     pub fn adamw_step(
         param: Tensor<1>, grad: Tensor<1>, m: Tensor<1>, v: Tensor<1>, settings: AdamWStep,
-    ) -> (Tensor<1>, Tensor<1>, Tensor<1>) = OptimOps::adamw_step [narrow, narrow, narrow];
+    ) -> (Tensor<1>, Tensor<1>, Tensor<1>) = OptimOps::adamw_step | generic::optim::adamw_step [narrow, narrow, narrow];
 }
 
 /// Per-row losses `[rows]` (f32) of `hidden` `[rows, h]` through the head `weight` `[vocab,
@@ -263,4 +288,64 @@ pub fn adamw8_step(
             Tensor::from_dispatch(state.absmax),
         ),
     )
+}
+
+/// The reference twins of the wrappers written by hand (see [`reference`]).
+mod by_hand {
+    use super::*;
+    use crate::backend::{Nf4Operand, generic};
+
+    /// [`super::cross_entropy_with_grad`] by its tensor-op default.
+    pub fn cross_entropy_with_grad(
+        hidden: Tensor<2>,
+        weight: &Tensor<2>,
+        targets: &Tensor<1, Int>,
+    ) -> (Tensor<1>, Tensor<2>) {
+        let dtype = hidden.dtype();
+        let (losses, grad) = generic::loss::cross_entropy::<Dispatch>(
+            to(hidden, weight.dtype()).into_dispatch(),
+            weight.clone().into_dispatch(),
+            targets.clone().into_dispatch(),
+            true,
+        );
+        let grad = grad.expect("asked for the gradient");
+        (
+            Tensor::from_dispatch(losses),
+            to(Tensor::from_dispatch(grad), dtype),
+        )
+    }
+
+    /// [`super::adamw8_step`] by its tensor-op default.
+    pub fn adamw8_step(
+        param: Tensor<1>,
+        grad: Tensor<1>,
+        state: Codes8,
+        maps: StateMaps<Dispatch>,
+        settings: AdamWStep,
+    ) -> (Tensor<1>, Codes8) {
+        let (codes, absmax) = state;
+        let state = Blockwise8 {
+            codes: codes.into_dispatch(),
+            absmax: absmax.into_dispatch(),
+        };
+        let (p, state) = generic::optim::adamw8_step::<Dispatch>(
+            param.into_dispatch(),
+            grad.into_dispatch(),
+            state,
+            maps,
+            settings,
+        );
+        (
+            Tensor::from_dispatch(p),
+            (
+                Tensor::from_dispatch(state.codes),
+                Tensor::from_dispatch(state.absmax),
+            ),
+        )
+    }
+
+    /// The dense f32 weight of an NF4 operand by its tensor-op default.
+    pub fn nf4_dequantize(weight: &Nf4Operand<Dispatch>) -> Tensor<2> {
+        Tensor::from_dispatch(generic::nf4::dequantize::<Dispatch>(weight))
+    }
 }

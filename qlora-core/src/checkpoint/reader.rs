@@ -56,6 +56,42 @@ pub struct Checkpoint {
     shards: Vec<Shard>,
     /// Tensor name to shard position, sorted by name.
     locations: BTreeMap<String, usize>,
+    /// The seed of a checkpoint whose tensors are drawn at random when read ([`Self::random`]).
+    random: Option<u64>,
+}
+
+/// The standard deviation of a random checkpoint's weights (transformers' `initializer_range`).
+const RANDOM_STD: f32 = 0.02;
+
+/// Values of a random tensor: norms' weights 1, biases 0, anything else uniform with a standard
+/// deviation of [`RANDOM_STD`], drawn from the seed and the tensor's name.
+fn random_values(seed: u64, name: &str, len: usize) -> Vec<f32> {
+    use rand::{RngExt, SeedableRng};
+    use rayon::prelude::*;
+    if name.ends_with("norm.weight") {
+        return vec![1.0; len];
+    }
+    if name.ends_with(".bias") {
+        return vec![0.0; len];
+    }
+    // FNV-1a of the name, so every tensor has its own stream.
+    let key = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let half_width = RANDOM_STD * 3f32.sqrt();
+    let mut values = vec![0f32; len];
+    const CHUNK: usize = 1 << 16;
+    values
+        .par_chunks_mut(CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut rng =
+                rand::rngs::StdRng::seed_from_u64(seed ^ key ^ (i as u64).rotate_left(32));
+            for v in chunk {
+                *v = rng.random_range(-half_width..half_width);
+            }
+        });
+    values
 }
 
 impl Checkpoint {
@@ -101,6 +137,20 @@ impl Checkpoint {
             dir,
             shards: vec![shard],
             locations,
+            random: None,
+        }
+    }
+
+    /// A checkpoint with every tensor a model asks for, drawn at random from `seed` when it is
+    /// read (norms 1, biases 0, weights of standard deviation 0.02) and stored nowhere: a model
+    /// of any shape built without files (`qlora bench`). `name` stands for its directory in
+    /// messages.
+    pub fn random(name: &str, seed: u64) -> Self {
+        Checkpoint {
+            dir: PathBuf::from(name),
+            shards: Vec::new(),
+            locations: BTreeMap::new(),
+            random: Some(seed),
         }
     }
 
@@ -141,6 +191,7 @@ impl Checkpoint {
             dir,
             shards,
             locations,
+            random: None,
         })
     }
 
@@ -156,7 +207,7 @@ impl Checkpoint {
 
     /// Whether the checkpoint has a tensor `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.locations.contains_key(name)
+        self.random.is_some() || self.locations.contains_key(name)
     }
 
     /// The file holding `name` (for error messages), or the directory if it is not there.
@@ -180,6 +231,9 @@ impl Checkpoint {
 
     /// The float storage type of a tensor.
     pub fn float_dtype(&self, name: &str) -> Result<FloatDtype> {
+        if self.random.is_some() {
+            return Ok(FloatDtype::F32);
+        }
         let view = self.view(name)?;
         FloatDtype::from_safetensors(view.dtype()).ok_or_else(|| {
             Error::key(
@@ -195,6 +249,16 @@ impl Checkpoint {
 
     /// A float tensor converted to f32, checked against the expected shape when one is given.
     pub fn read_f32(&self, name: &str, expected_shape: Option<&[usize]>) -> Result<Vec<f32>> {
+        if let Some(seed) = self.random {
+            let shape = expected_shape.ok_or_else(|| {
+                Error::key(
+                    &self.dir,
+                    name,
+                    "a random tensor needs the shape it is read at",
+                )
+            })?;
+            return Ok(random_values(seed, name, shape.iter().product()));
+        }
         let dtype = self.float_dtype(name)?;
         let view = self.view(name)?;
         if let Some(shape) = expected_shape

@@ -20,13 +20,18 @@ const PHI3: Architecture = Architecture::Phi3;
 const QWEN: (f64, f64) = (1e-6, 1e6);
 
 #[rustfmt::skip]
-const PRESETS: [Preset; 14] = [
+const PRESETS: [Preset; 18] = [
     ("llama-7b", LLAMA, [4096, 11008, 32, 32, 32, 32000, 2048], (1e-6, 1e4), false),
+    ("llama-2-7b", LLAMA, [4096, 11008, 32, 32, 32, 32000, 4096], (1e-5, 1e4), false),
     ("llama-13b", LLAMA, [5120, 13824, 40, 40, 40, 32000, 2048], (1e-6, 1e4), false),
     ("llama-33b", LLAMA, [6656, 17920, 60, 52, 52, 32000, 2048], (1e-6, 1e4), false),
     ("llama-65b", LLAMA, [8192, 22016, 80, 64, 64, 32000, 2048], (1e-5, 1e4), false),
     ("llama-2-70b", LLAMA, [8192, 28672, 80, 64, 8, 32000, 4096], (1e-5, 1e4), false),
     ("llama-3-8b", LLAMA, [4096, 14336, 32, 32, 8, 128256, 8192], (1e-5, 5e5), false),
+    // Llama 3.1 and 3.2 (their `llama3` RoPE scaling is added by `preset_config`).
+    ("llama-3.1-8b", LLAMA, [4096, 14336, 32, 32, 8, 128256, 131072], (1e-5, 5e5), false),
+    ("llama-3.2-1b", LLAMA, [2048, 8192, 16, 32, 8, 128256, 131072], (1e-5, 5e5), true),
+    ("llama-3.2-3b", LLAMA, [3072, 8192, 28, 24, 8, 128256, 131072], (1e-5, 5e5), true),
     // Qwen2.5-*-Instruct; Qwen3's head_dim is its default, 128.
     ("qwen2.5-0.5b", QWEN2, [896, 4864, 24, 14, 2, 151936, 32768], QWEN, true),
     ("qwen2.5-7b", QWEN2, [3584, 18944, 28, 28, 4, 152064, 32768], QWEN, false),
@@ -55,7 +60,7 @@ pub fn preset_config(name: &str) -> Option<String> {
         vocab,
         positions,
     ] = sizes;
-    let config = serde_json::json!({
+    let mut config = serde_json::json!({
         "architectures": [arch.class_name()],
         "model_type": arch.model_type(),
         "tie_word_embeddings": tied,
@@ -69,6 +74,21 @@ pub fn preset_config(name: &str) -> Option<String> {
         "rope_theta": theta,
         "max_position_embeddings": positions,
     });
+    // Llama 3.1's and 3.2's long-context RoPE (factor 8 and 32 over 8192 positions).
+    let factor = match name.to_ascii_lowercase().as_str() {
+        n if n.starts_with("llama-3.1-") => Some(8.0),
+        n if n.starts_with("llama-3.2-") => Some(32.0),
+        _ => None,
+    };
+    if let Some(factor) = factor {
+        config["rope_scaling"] = serde_json::json!({
+            "rope_type": "llama3",
+            "factor": factor,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        });
+    }
     Some(config.to_string())
 }
 
