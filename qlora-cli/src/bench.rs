@@ -128,10 +128,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     let limit = args.memory_limit.map(|m| m.as_u64());
     if args.dry_run {
-        // No device is touched: the plan's compute dtype is the one asked for, or bf16 on a
-        // GPU (train's default where the device has it), f32 on the CPU.
+        // No device is touched: the plan's compute dtype is the one asked for, or what train
+        // would pick there: bf16 on CUDA (every card since Ampere has it), f32 elsewhere (the
+        // CPU's kernels; WGSL has no bf16).
         let mut settings = settings;
-        if settings.compute_dtype.is_none() && settings.device != DeviceChoice::Cpu {
+        if settings.compute_dtype.is_none() && matches!(settings.device, DeviceChoice::Cuda(_)) {
             settings.compute_dtype = Some(ComputeDtype::Bf16);
         }
         let planned = plan_bench(&settings, None)?;

@@ -78,8 +78,8 @@ pub fn run(args: SelftestArgs) -> Result<()> {
              dequantized weights and paging: values that differ)"
         );
         println!(
-            "  {:<20} {:<6} {:<12} {:>12} {:>9} {:>13}  {}",
-            "kernel", "size", "worst output", "error", "limit", "time", "result"
+            "  {:<20} {:<6} {:<12} {:>12} {:>9} {:>13}  result",
+            "kernel", "size", "worst output", "error", "limit", "time"
         );
     }
     let rows = selftest(&device, compute, &mut |check| {

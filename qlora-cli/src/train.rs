@@ -12,6 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use qlora_core::device::DeviceChoice;
 use qlora_core::distributed::{self, Collective};
 use qlora_core::gguf::resolve_model;
+use qlora_core::output_lock::OutputLock;
 use qlora_core::train::{
     LogProgress, Outcome, Progress, Quiet, StepMetrics, TrainConfig, Trainer, resume_point,
 };
@@ -148,6 +149,13 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
         ));
     }
     config.validate()?;
+    // One writer per --out, taken before anything loads (the root rank writes it).
+    let _lock = if root {
+        let command: Vec<String> = std::env::args().collect();
+        Some(OutputLock::acquire(&config.out, &command.join(" "))?)
+    } else {
+        None
+    };
     config.model = resolve_model(&config.model)?;
     // axolotl's resume_from_checkpoint, unless --resume says otherwise.
     let resume_flag = args.resume.as_deref().or(file.resume.as_deref());

@@ -662,3 +662,62 @@ fn a_paged_optimizer_on_the_cpu_says_nothing_is_paged() {
         "{stderr}"
     );
 }
+
+/// Two runs on one --out: the second is refused at once naming the first's pid and command;
+/// once the first is killed with SIGKILL (no chance to clean up), a new run starts.
+#[cfg(unix)]
+#[test]
+fn a_second_run_on_the_same_out_is_refused_until_the_first_is_gone() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let model = path(&root().join("tests/fixtures/tiny-llama"));
+    let data = path(&root().join("datasets/parity_train.jsonl"));
+    let mut first = Command::new(env!("CARGO_BIN_EXE_qlora"))
+        .args([
+            "train",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--out",
+            &path(&out),
+            "--max-seq-len",
+            "128",
+            "--rank",
+            "4",
+            "--max-steps",
+            "100000",
+            "--logging-steps",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let refused_at = std::time::Instant::now();
+    let (code, stderr) = train(&out, &["--max-steps", "1"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "another qlora is writing here (pid {}: ",
+            first.id()
+        )) && stderr.contains("--max-steps 100000"),
+        "{stderr}"
+    );
+    assert!(
+        refused_at.elapsed().as_secs() < 10,
+        "refused only after loading"
+    );
+    send("KILL", first.id());
+    first.wait().unwrap();
+    let (code, stderr) = train(&out, &["--max-steps", "1"]);
+    assert_eq!(code, 0, "{stderr}");
+}

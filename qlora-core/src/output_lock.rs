@@ -1,0 +1,98 @@
+//! One writer per output directory: a run takes an exclusive `flock` on `DIR/.qlora.lock` for
+//! as long as it writes there, so a second run on the same directory is refused at once with
+//! the first one's process id and command line. The kernel releases the lock when the process
+//! ends, however it ends (`kill -9` included), so a lock file left behind never blocks.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// The lock file's name inside the directory it guards.
+pub const LOCK_FILE: &str = ".qlora.lock";
+
+/// An exclusive lock on an output directory, held until dropped.
+#[derive(Debug)]
+pub struct OutputLock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl OutputLock {
+    /// Lock `dir` (created if missing) for this process, recording its pid and `command` in the
+    /// lock file; refused, naming the holder, while another process holds it.
+    pub fn acquire(dir: &Path, command: &str) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let mut lines = holder.lines();
+                let pid = lines.next().unwrap_or("").trim();
+                let what = lines.next().unwrap_or("").trim();
+                return Err(Error::file(
+                    dir,
+                    format!(
+                        "another qlora is writing here (pid {}{}): wait for it to end, stop \
+                         it, or choose another --out",
+                        if pid.is_empty() { "unknown" } else { pid },
+                        if what.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {what}")
+                        }
+                    ),
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        let record = format!("{}\n{command}\n", std::process::id());
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| file.write_all(record.as_bytes()))
+            .and_then(|()| file.flush());
+        written.map_err(|e| Error::io(&path, e))?;
+        Ok(OutputLock { _file: file, path })
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_is_refused_naming_the_holder_and_freed_on_drop() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let first = OutputLock::acquire(&out, "qlora train --out run").unwrap();
+        let err = OutputLock::acquire(&out, "qlora train again")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "pid {}: qlora train --out run",
+                std::process::id()
+            )),
+            "{err}"
+        );
+        drop(first);
+        let again = OutputLock::acquire(&out, "qlora train again").unwrap();
+        assert!(again.path().ends_with(LOCK_FILE));
+    }
+}
