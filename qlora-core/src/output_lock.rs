@@ -13,16 +13,20 @@ use crate::error::{Error, Result};
 pub const LOCK_FILE: &str = ".qlora.lock";
 
 /// An exclusive lock on an output directory, held until dropped.
+/// A directory this lock created is removed with it when nothing else was written there (a
+/// run that failed before writing leaves nothing behind).
 #[derive(Debug)]
 pub struct OutputLock {
     _file: File,
     path: PathBuf,
+    created: Option<PathBuf>,
 }
 
 impl OutputLock {
     /// Lock `dir` (created if missing) for this process, recording its pid and `command` in the
     /// lock file; refused, naming the holder, while another process holds it.
     pub fn acquire(dir: &Path, command: &str) -> Result<Self> {
+        let created = (!dir.exists()).then(|| dir.to_path_buf());
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(LOCK_FILE);
         let mut file = OpenOptions::new()
@@ -63,12 +67,31 @@ impl OutputLock {
             .and_then(|()| file.write_all(record.as_bytes()))
             .and_then(|()| file.flush());
         written.map_err(|e| Error::io(&path, e))?;
-        Ok(OutputLock { _file: file, path })
+        Ok(OutputLock {
+            _file: file,
+            path,
+            created,
+        })
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for OutputLock {
+    fn drop(&mut self) {
+        let Some(dir) = &self.created else { return };
+        let only_the_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .all(|e| e.file_name() == LOCK_FILE)
+        });
+        if only_the_lock {
+            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_dir(dir);
+        }
     }
 }
 
@@ -92,7 +115,12 @@ mod tests {
             "{err}"
         );
         drop(first);
+        // Nothing else was written: the directory the lock made goes with it.
+        assert!(!out.exists());
         let again = OutputLock::acquire(&out, "qlora train again").unwrap();
         assert!(again.path().ends_with(LOCK_FILE));
+        std::fs::write(out.join("metrics.jsonl"), "{}\n").unwrap();
+        drop(again);
+        assert!(out.join(LOCK_FILE).exists() && out.join("metrics.jsonl").exists());
     }
 }
