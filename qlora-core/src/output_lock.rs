@@ -12,6 +12,9 @@ use crate::error::{Error, Result};
 /// The lock file's name inside the directory it guards.
 pub const LOCK_FILE: &str = ".qlora.lock";
 
+/// How the lock file beside an output ends (`.NAME` before it).
+pub const BESIDE_SUFFIX: &str = ".qlora.lock";
+
 /// An exclusive lock on an output directory, held until dropped.
 /// A directory this lock created is removed with it when nothing else was written there (a
 /// run that failed before writing leaves nothing behind).
@@ -20,6 +23,13 @@ pub struct OutputLock {
     _file: File,
     path: PathBuf,
     created: Option<PathBuf>,
+    /// The lock file is beside its output ([`OutputLock::beside`]) and goes when the lock does.
+    beside: bool,
+}
+
+/// This process's command line, as the lock file records it.
+pub fn command_line() -> String {
+    std::env::args().collect::<Vec<_>>().join(" ")
 }
 
 impl OutputLock {
@@ -28,7 +38,37 @@ impl OutputLock {
     pub fn acquire(dir: &Path, command: &str) -> Result<Self> {
         let created = (!dir.exists()).then(|| dir.to_path_buf());
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let path = dir.join(LOCK_FILE);
+        let mut lock = Self::lock(&dir.join(LOCK_FILE), dir, command)?;
+        lock.created = created;
+        Ok(lock)
+    }
+
+    /// Lock the output `target` (a directory or a file, written whole by
+    /// [`crate::staged_dir::StagedDir`]) through a lock file beside it, `.NAME.qlora.lock`,
+    /// which is removed with the lock.
+    pub fn beside(target: &Path, command: &str) -> Result<Self> {
+        let parent = match target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "output".into());
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let mut lock = Self::lock(
+            &parent.join(format!(".{name}{BESIDE_SUFFIX}")),
+            target,
+            command,
+        )?;
+        lock.beside = true;
+        Ok(lock)
+    }
+
+    /// Lock `path`, naming `output` when another process holds it.
+    fn lock(path: &Path, output: &Path, command: &str) -> Result<Self> {
+        let dir = output;
+        let path = path.to_path_buf();
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -70,7 +110,8 @@ impl OutputLock {
         Ok(OutputLock {
             _file: file,
             path,
-            created,
+            created: None,
+            beside: false,
         })
     }
 
@@ -82,6 +123,10 @@ impl OutputLock {
 
 impl Drop for OutputLock {
     fn drop(&mut self) {
+        if self.beside {
+            let _ = std::fs::remove_file(&self.path);
+            return;
+        }
         let Some(dir) = &self.created else { return };
         let only_the_lock = std::fs::read_dir(dir).is_ok_and(|entries| {
             entries
@@ -122,5 +167,22 @@ mod tests {
         std::fs::write(out.join("metrics.jsonl"), "{}\n").unwrap();
         drop(again);
         assert!(out.join(LOCK_FILE).exists() && out.join("metrics.jsonl").exists());
+    }
+
+    #[test]
+    fn a_lock_beside_an_output_refuses_a_second_writer_and_goes_with_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("merged");
+        let first = OutputLock::beside(&target, "qlora merge --out merged").unwrap();
+        assert!(dir.path().join(".merged.qlora.lock").is_file());
+        let err = OutputLock::beside(&target, "qlora merge")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("merged") && err.contains("qlora merge --out merged"),
+            "{err}"
+        );
+        drop(first);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+use crate::output_lock::{BESIDE_SUFFIX, OutputLock, command_line};
 
 /// Staging directories being written by this process.
 static IN_PROGRESS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
@@ -21,6 +22,14 @@ fn in_progress() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
 pub fn remove_all_in_progress() {
     for dir in in_progress().drain(..) {
         let _ = std::fs::remove_dir_all(&dir);
+        // And the lock beside the output (`.NAME.qlora.lock` for `.NAME.partial-...`).
+        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        if let (Some(parent), Some((stem, _))) = (
+            dir.parent(),
+            name.as_deref().and_then(|n| n.rsplit_once(".partial-")),
+        ) {
+            let _ = std::fs::remove_file(parent.join(format!("{stem}{BESIDE_SUFFIX}")));
+        }
     }
 }
 
@@ -63,6 +72,8 @@ pub fn sweep_stale(parent: &Path) {
 pub struct StagedDir {
     target: PathBuf,
     staging: Option<tempfile::TempDir>,
+    /// One writer per output: held until the output is in place or given up (dropped last).
+    _lock: OutputLock,
 }
 
 impl StagedDir {
@@ -86,6 +97,7 @@ impl StagedDir {
                 }
             }
         }
+        let lock = OutputLock::beside(&target, &command_line())?;
         if target.exists() && !overwrite {
             return Err(Error::file(
                 &target,
@@ -117,6 +129,7 @@ impl StagedDir {
         Ok(StagedDir {
             target,
             staging: Some(staging),
+            _lock: lock,
         })
     }
 

@@ -401,6 +401,10 @@ fn a_signal_during_an_output_removes_the_unfinished_output() {
     assert_eq!(output.status.code(), Some(130), "{stderr}");
     assert_eq!(staging(), 0, "{stderr}");
     assert!(!out.exists());
+    assert!(
+        !outputs.join(".nf4.qlora.lock").exists(),
+        "lock left behind"
+    );
 }
 
 /// `--force` replaces an output, never an input, and replaces a file as well as a directory.
@@ -720,4 +724,49 @@ fn a_second_run_on_the_same_out_is_refused_until_the_first_is_gone() {
     first.wait().unwrap();
     let (code, stderr) = train(&out, &["--max-steps", "1"]);
     assert_eq!(code, 0, "{stderr}");
+}
+
+/// Two writers of one output (here `quantize`, as `merge`, `export-gguf` and `import-gguf`):
+/// the second is refused at once naming the first's pid; the first finishes and leaves no lock
+/// file beside its output.
+#[cfg(unix)]
+#[test]
+fn a_second_writer_of_an_output_is_refused() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    big_model(&model);
+    let out = dir.path().join("nf4");
+    let first = Command::new(env!("CARGO_BIN_EXE_qlora"))
+        .args(["quantize", "--model", &path(&model), "--out", &path(&out)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = dir.path().join(".nf4.qlora.lock");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&lock).is_ok_and(|l| l.lines().count() == 2) {
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "quantize never took its lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let (code, _, stderr) = qlora(&["quantize", "--model", &path(&model), "--out", &path(&out)]);
+    let pid = first.id();
+    let output = first.wait_with_output().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("another qlora is writing here (pid {pid}: ")),
+        "{stderr}"
+    );
+    assert!(out.join("config.json").is_file());
+    assert!(!lock.exists(), "the lock file stays behind");
 }
