@@ -191,26 +191,10 @@ fn main() {
         mib(m.model_bytes),
         mib(peak)
     );
-    println!("  {:<28} {:>9} {:>7}", "phase", "ms", "share");
-    let step = m.step.as_secs_f64();
-    let mut accounted = 0.0;
-    for (phase, d) in &m.phases {
-        let s = d.as_secs_f64();
-        accounted += s;
-        println!(
-            "  {:<28} {:>9.1} {:>6.1}%",
-            phase.name(),
-            s * 1e3,
-            100.0 * s / step
-        );
+    for line in profile::table(&m.phases, m.step) {
+        println!("{line}");
     }
-    let other = (step - accounted).max(0.0);
-    println!(
-        "  {:<28} {:>9.1} {:>6.1}%",
-        "other",
-        other * 1e3,
-        100.0 * other / step
-    );
+    let step = m.step.as_secs_f64();
     let flops = step_flops(&shape, a.seq, 64) * a.seq as f64;
     let gemm = gemm_gflops(a.seq, &shape);
     println!(

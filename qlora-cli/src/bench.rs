@@ -213,26 +213,10 @@ pub fn run(args: BenchArgs) -> Result<()> {
         report.losses.0,
         report.losses.1
     );
-    println!("  {:<28} {:>9} {:>7}", "phase", "ms", "share");
-    let step = report.step_seconds;
-    let mut accounted = 0.0;
-    for (phase, d) in &report.phases {
-        let s = d.as_secs_f64();
-        accounted += s;
-        println!(
-            "  {:<28} {:>9.1} {:>6.1}%",
-            phase.name(),
-            s * 1e3,
-            100.0 * s / step
-        );
+    let step = std::time::Duration::from_secs_f64(report.step_seconds);
+    for line in qlora_core::profile::table(&report.phases, step) {
+        println!("{line}");
     }
-    let other = (step - accounted).max(0.0);
-    println!(
-        "  {:<28} {:>9.1} {:>6.1}%",
-        "other",
-        other * 1e3,
-        100.0 * other / step
-    );
     match (report.measured_peak, ratio) {
         (Some(measured), Some(ratio)) => println!(
             "{} against {} planned: {:+.1}% ({} the planner's 10%)",

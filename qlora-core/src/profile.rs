@@ -106,6 +106,22 @@ pub struct Span {
     active: bool,
 }
 
+/// The lines of a per-phase table of a step of `step`: each phase's milliseconds and share,
+/// then what no phase accounts for ("other"), each line indented by two spaces.
+pub fn table(phases: &[(Phase, Duration)], step: Duration) -> Vec<String> {
+    let step = step.as_secs_f64();
+    let row =
+        |name: &str, s: f64| format!("  {name:<28} {:>9.1} {:>6.1}%", s * 1e3, 100.0 * s / step);
+    let mut lines = vec![format!("  {:<28} {:>9} {:>7}", "phase", "ms", "share")];
+    let mut accounted = 0.0;
+    for (phase, d) in phases {
+        accounted += d.as_secs_f64();
+        lines.push(row(phase.name(), d.as_secs_f64()));
+    }
+    lines.push(row("other", (step - accounted).max(0.0)));
+    lines
+}
+
 /// Count the time until the returned span drops towards `phase`.
 pub fn span(phase: Phase) -> Span {
     if !ENABLED.load(Ordering::Relaxed) {

@@ -226,6 +226,46 @@ fn non_finite_weights_and_bad_norm_eps_are_errors_naming_where() {
     );
 }
 
+/// Start `qlora train` on the fixture model for 100,000 steps into `out`, logging every step,
+/// and return once a step is logged (the run is training).
+#[cfg(unix)]
+fn spawn_long_training(out: &Path, stderr: std::process::Stdio) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let model = path(&root().join("tests/fixtures/tiny-llama"));
+    let data = path(&root().join("datasets/parity_train.jsonl"));
+    let child = Command::new(env!("CARGO_BIN_EXE_qlora"))
+        .args([
+            "train",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--out",
+            &path(out),
+            "--max-seq-len",
+            "128",
+            "--rank",
+            "4",
+            "--grad-accum",
+            "1",
+            "--max-steps",
+            "100000",
+            "--logging-steps",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child
+}
+
 /// Send `signal` (a `kill` name: TERM, INT) to process `pid`.
 #[cfg(unix)]
 fn send(signal: &str, pid: u32) {
@@ -242,43 +282,11 @@ fn send(signal: &str, pid: u32) {
 #[cfg(unix)]
 #[test]
 fn signals_save_a_checkpoint_and_exit_non_zero() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
-    let model = path(&root().join("tests/fixtures/tiny-llama"));
-    let data = path(&root().join("datasets/parity_train.jsonl"));
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         let out = dir.path().join(signal);
-        let child = Command::new(env!("CARGO_BIN_EXE_qlora"))
-            .args([
-                "train",
-                "--model",
-                &model,
-                "--data",
-                &data,
-                "--out",
-                &path(&out),
-                "--max-seq-len",
-                "128",
-                "--rank",
-                "4",
-                "--grad-accum",
-                "1",
-                "--max-steps",
-                "100000",
-                "--logging-steps",
-                "1",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Once a step is logged, the run is training.
-        let metrics = out.join("metrics.jsonl");
-        let started = std::time::Instant::now();
-        while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
-            assert!(started.elapsed().as_secs() < 120, "training never started");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        let child = spawn_long_training(&out, Stdio::piped());
         send(signal, child.id());
         let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -672,39 +680,10 @@ fn a_paged_optimizer_on_the_cpu_says_nothing_is_paged() {
 #[cfg(unix)]
 #[test]
 fn a_second_run_on_the_same_out_is_refused_until_the_first_is_gone() {
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let model = path(&root().join("tests/fixtures/tiny-llama"));
-    let data = path(&root().join("datasets/parity_train.jsonl"));
-    let mut first = Command::new(env!("CARGO_BIN_EXE_qlora"))
-        .args([
-            "train",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--out",
-            &path(&out),
-            "--max-seq-len",
-            "128",
-            "--rank",
-            "4",
-            "--max-steps",
-            "100000",
-            "--logging-steps",
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let metrics = out.join("metrics.jsonl");
-    let started = std::time::Instant::now();
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
-        assert!(started.elapsed().as_secs() < 120, "training never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let mut first = spawn_long_training(&out, Stdio::null());
     let refused_at = std::time::Instant::now();
     let (code, stderr) = train(&out, &["--max-steps", "1"]);
     assert_eq!(code, 1, "{stderr}");

@@ -245,8 +245,27 @@ pub fn cross_entropy_with_grad(
     weight: &Tensor<2>,
     targets: &Tensor<1, Int>,
 ) -> (Tensor<1>, Tensor<2>) {
+    cross_entropy_with_grad_by(
+        <Dispatch as LossOps>::cross_entropy_with_grad,
+        hidden,
+        weight,
+        targets,
+    )
+}
+
+/// A loss-and-gradient operation on primitives (the kernel or its reference).
+type CrossEntropyWithGrad =
+    fn(DispatchTensor, DispatchTensor, DispatchTensor) -> (DispatchTensor, DispatchTensor);
+
+/// [`cross_entropy_with_grad`] through `op`.
+fn cross_entropy_with_grad_by(
+    op: CrossEntropyWithGrad,
+    hidden: Tensor<2>,
+    weight: &Tensor<2>,
+    targets: &Tensor<1, Int>,
+) -> (Tensor<1>, Tensor<2>) {
     let dtype = hidden.dtype();
-    let (losses, grad) = <Dispatch as LossOps>::cross_entropy_with_grad(
+    let (losses, grad) = op(
         to(hidden, weight.dtype()).into_dispatch(),
         weight.clone().into_dispatch(),
         targets.clone().into_dispatch(),
@@ -269,12 +288,40 @@ pub fn adamw8_step(
     maps: StateMaps<Dispatch>,
     settings: AdamWStep,
 ) -> (Tensor<1>, Codes8) {
+    adamw8_step_by(
+        <Dispatch as OptimOps>::adamw8_step,
+        param,
+        grad,
+        state,
+        maps,
+        settings,
+    )
+}
+
+/// An 8-bit AdamW step on primitives (the kernel or its reference).
+type Adamw8Step = fn(
+    DispatchTensor,
+    DispatchTensor,
+    Blockwise8<Dispatch>,
+    StateMaps<Dispatch>,
+    AdamWStep,
+) -> (DispatchTensor, Blockwise8<Dispatch>);
+
+/// [`adamw8_step`] through `op`.
+fn adamw8_step_by(
+    op: Adamw8Step,
+    param: Tensor<1>,
+    grad: Tensor<1>,
+    state: Codes8,
+    maps: StateMaps<Dispatch>,
+    settings: AdamWStep,
+) -> (Tensor<1>, Codes8) {
     let (codes, absmax) = state;
     let state = Blockwise8 {
         codes: codes.into_dispatch(),
         absmax: absmax.into_dispatch(),
     };
-    let (p, state) = <Dispatch as OptimOps>::adamw8_step(
+    let (p, state) = op(
         param.into_dispatch(),
         grad.into_dispatch(),
         state,
@@ -301,17 +348,14 @@ mod by_hand {
         weight: &Tensor<2>,
         targets: &Tensor<1, Int>,
     ) -> (Tensor<1>, Tensor<2>) {
-        let dtype = hidden.dtype();
-        let (losses, grad) = generic::loss::cross_entropy::<Dispatch>(
-            to(hidden, weight.dtype()).into_dispatch(),
-            weight.clone().into_dispatch(),
-            targets.clone().into_dispatch(),
-            true,
-        );
-        let grad = grad.expect("asked for the gradient");
-        (
-            Tensor::from_dispatch(losses),
-            to(Tensor::from_dispatch(grad), dtype),
+        cross_entropy_with_grad_by(
+            |h, w, t| {
+                let (losses, grad) = generic::loss::cross_entropy::<Dispatch>(h, w, t, true);
+                (losses, grad.expect("asked for the gradient"))
+            },
+            hidden,
+            weight,
+            targets,
         )
     }
 
@@ -323,24 +367,13 @@ mod by_hand {
         maps: StateMaps<Dispatch>,
         settings: AdamWStep,
     ) -> (Tensor<1>, Codes8) {
-        let (codes, absmax) = state;
-        let state = Blockwise8 {
-            codes: codes.into_dispatch(),
-            absmax: absmax.into_dispatch(),
-        };
-        let (p, state) = generic::optim::adamw8_step::<Dispatch>(
-            param.into_dispatch(),
-            grad.into_dispatch(),
+        adamw8_step_by(
+            generic::optim::adamw8_step::<Dispatch>,
+            param,
+            grad,
             state,
             maps,
             settings,
-        );
-        (
-            Tensor::from_dispatch(p),
-            (
-                Tensor::from_dispatch(state.codes),
-                Tensor::from_dispatch(state.absmax),
-            ),
         )
     }
 

@@ -114,8 +114,9 @@ enum Path {
     Reference,
 }
 
-/// Seeded values uniform in `[-scale, scale]`.
-fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+/// `n` seeded pseudo-random values uniform in `[-scale, scale)` (xorshift64), the inputs of
+/// every check (and of the tests that compare kernels).
+pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..n)
         .map(|_| {

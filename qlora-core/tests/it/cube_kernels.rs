@@ -5,7 +5,7 @@
 #![cfg(feature = "wgpu")]
 
 use burn::tensor::{Device, DeviceKind, Int, Tensor, TensorData};
-use qlora_core::backend::ops;
+use qlora_core::backend::{AttentionShape, ops};
 use support::ops::{assert_close, attention_case, ids, t, vec};
 use support::values;
 
@@ -60,50 +60,55 @@ fn attention_kernels_match_cpu() {
     for (q_len, k_len, window, softcap) in cases {
         let (mut s, q_ids, k_ids) = attention_case(q_len, k_len);
         (s.window, s.softcap) = (window, softcap);
-        let q_shape = [s.batch * q_len, s.heads * s.head_dim];
-        let k_shape = [s.batch * k_len, s.kv_heads * s.head_dim];
-        let (nq, nk) = (q_shape[0] * q_shape[1], k_shape[0] * k_shape[1]);
-        let (q, k, v, d_out) = (
-            values(nq, 11, 1.0),
-            values(nk, 12, 1.0),
-            values(nk, 13, 1.0),
-            values(nq, 14, 1.0),
+        attention_matches_cpu(
+            s,
+            &q_ids,
+            &k_ids,
+            11,
+            &format!("{q_len} queries, {k_len} keys, window {window:?}, cap {softcap:?}"),
         );
-        let run = |device: &Device| {
-            let (qt, kt, vt) = (
-                t(&q, q_shape, device),
-                t(&k, k_shape, device),
-                t(&v, k_shape, device),
-            );
-            let (qi, ki) = (ids(&q_ids, device), ids(&k_ids, device));
-            let (out, lse) = ops::attention(qt.clone(), kt.clone(), vt.clone(), &qi, &ki, s);
-            let (dq, dk, dv) = ops::attention_backward(
-                qt,
-                kt,
-                vt,
-                out.clone(),
-                lse.clone(),
-                t(&d_out, q_shape, device),
-                &qi,
-                &ki,
-                s,
-            );
-            [vec(out), vec(lse), vec(dq), vec(dk), vec(dv)]
-        };
-        let (cpu, gpu) = (run(&Device::flex()), run(&gpu()));
-        for (name, (got, want)) in ["output", "log-sum-exp", "dq", "dk", "dv"]
-            .iter()
-            .zip(gpu.iter().zip(&cpu))
-        {
-            assert_close(
-                &format!(
-                    "{name} ({q_len} queries, {k_len} keys, window {window:?}, cap {softcap:?})"
-                ),
-                got,
-                want,
-                1e-5,
-            );
-        }
+    }
+}
+
+/// Forward and backward of attention `s` on wgpu against the CPU within 1e-5: the output, the
+/// log-sum-exp and the three gradients, of values drawn from `seed` on.
+fn attention_matches_cpu(s: AttentionShape, q_ids: &[i64], k_ids: &[i64], seed: u64, case: &str) {
+    let q_shape = [s.batch * s.q_len, s.heads * s.head_dim];
+    let k_shape = [s.batch * s.k_len, s.kv_heads * s.head_dim];
+    let (nq, nk) = (q_shape[0] * q_shape[1], k_shape[0] * k_shape[1]);
+    let (q, k, v, d_out) = (
+        values(nq, seed, 1.0),
+        values(nk, seed + 1, 1.0),
+        values(nk, seed + 2, 1.0),
+        values(nq, seed + 3, 1.0),
+    );
+    let run = |device: &Device| {
+        let (qt, kt, vt) = (
+            t(&q, q_shape, device),
+            t(&k, k_shape, device),
+            t(&v, k_shape, device),
+        );
+        let (qi, ki) = (ids(q_ids, device), ids(k_ids, device));
+        let (out, lse) = ops::attention(qt.clone(), kt.clone(), vt.clone(), &qi, &ki, s);
+        let (dq, dk, dv) = ops::attention_backward(
+            qt,
+            kt,
+            vt,
+            out.clone(),
+            lse.clone(),
+            t(&d_out, q_shape, device),
+            &qi,
+            &ki,
+            s,
+        );
+        [vec(out), vec(lse), vec(dq), vec(dk), vec(dv)]
+    };
+    let (cpu, gpu) = (run(&Device::flex()), run(&gpu()));
+    for (name, (got, want)) in ["output", "log-sum-exp", "dq", "dk", "dv"]
+        .iter()
+        .zip(gpu.iter().zip(&cpu))
+    {
+        assert_close(&format!("{name} ({case})"), got, want, 1e-5);
     }
 }
 
@@ -217,41 +222,5 @@ fn dropout_masks_and_lora_match_cpu() {
 fn attention_kernels_match_cpu_on_long_sequences() {
     let (mut s, q_ids, k_ids) = attention_case(1024, 1024);
     (s.heads, s.kv_heads, s.head_dim, s.scale) = (4, 1, 64, 0.125);
-    let q_shape = [s.batch * s.q_len, s.heads * s.head_dim];
-    let k_shape = [s.batch * s.k_len, s.kv_heads * s.head_dim];
-    let (nq, nk) = (q_shape[0] * q_shape[1], k_shape[0] * k_shape[1]);
-    let (q, k, v, d_out) = (
-        values(nq, 51, 1.0),
-        values(nk, 52, 1.0),
-        values(nk, 53, 1.0),
-        values(nq, 54, 1.0),
-    );
-    let run = |device: &Device| {
-        let (qt, kt, vt) = (
-            t(&q, q_shape, device),
-            t(&k, k_shape, device),
-            t(&v, k_shape, device),
-        );
-        let (qi, ki) = (ids(&q_ids, device), ids(&k_ids, device));
-        let (out, lse) = ops::attention(qt.clone(), kt.clone(), vt.clone(), &qi, &ki, s);
-        let (dq, dk, dv) = ops::attention_backward(
-            qt,
-            kt,
-            vt,
-            out.clone(),
-            lse.clone(),
-            t(&d_out, q_shape, device),
-            &qi,
-            &ki,
-            s,
-        );
-        [vec(out), vec(lse), vec(dq), vec(dk), vec(dv)]
-    };
-    let (cpu, gpu) = (run(&Device::flex()), run(&gpu()));
-    for (name, (got, want)) in ["output", "log-sum-exp", "dq", "dk", "dv"]
-        .iter()
-        .zip(gpu.iter().zip(&cpu))
-    {
-        assert_close(name, got, want, 1e-5);
-    }
+    attention_matches_cpu(s, &q_ids, &k_ids, 51, "1024 tokens, 4 heads on 1, d 64");
 }

@@ -63,15 +63,7 @@ pub fn load_tensors_at(path: &Path) -> HashMap<String, (Dtype, Vec<usize>, Vec<u
         .collect()
 }
 
-/// `n` seeded pseudo-random values uniform in `[-scale, scale)` (xorshift64).
+/// `n` seeded pseudo-random values uniform in `[-scale, scale)` (xorshift64): the self-test's.
 pub fn values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
-        })
-        .collect()
+    qlora_core::diagnose::selftest::values(n, seed, scale)
 }
