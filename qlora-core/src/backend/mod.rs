@@ -31,6 +31,8 @@ mod weight;
 
 pub use attention::AttentionOps;
 pub use attention::AttentionShape;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub use cube::{Baselines, set_baselines};
 pub use layers::LayerOps;
 pub use lora::LoraOps;
 pub use loss::LossOps;

@@ -70,6 +70,21 @@ fn attention_kernels_match_cpu() {
     }
 }
 
+/// The untiled kernels (a thread a query or key reading global memory), which `wgpu_bench`
+/// shows beside the tiled ones, on the same cases.
+#[test]
+fn untiled_attention_kernels_match_cpu() {
+    qlora_core::backend::set_baselines(qlora_core::backend::Baselines {
+        untiled_attention: true,
+        ..Default::default()
+    });
+    for (q_len, k_len, window, softcap) in [(150, 150, Some(7), Some(0.5)), (3, 40, None, None)] {
+        let (mut s, q_ids, k_ids) = attention_case(q_len, k_len);
+        (s.window, s.softcap) = (window, softcap);
+        attention_matches_cpu(s, &q_ids, &k_ids, 13, &format!("untiled, {q_len} queries"));
+    }
+}
+
 /// Forward and backward of attention `s` on wgpu against the CPU within 1e-5: the output, the
 /// log-sum-exp and the three gradients, of values drawn from `seed` on.
 fn attention_matches_cpu(s: AttentionShape, q_ids: &[i64], k_ids: &[i64], seed: u64, case: &str) {

@@ -91,6 +91,60 @@ fn nf4_matmul_on_wgpu_matches_cpu() {
     }
 }
 
+/// The NF4 products dequantize into one scratch buffer a device, viewed at each weight's size:
+/// products of a large, a small and the large weight again (interleaved with a dequantized weight
+/// the caller keeps, and a product whose result is still held) each equal the CPU's, and the kept
+/// weight is never overwritten.
+#[test]
+fn nf4_products_share_a_scratch_buffer_safely() {
+    let gpu = Device::wgpu(DeviceKind::DefaultDevice);
+    let cpu = Device::flex();
+    let quantize = |shape: [usize; 2], seed| {
+        let w = values(shape[0] * shape[1], seed);
+        Nf4Tensor::quantize(&w, &shape, FloatDtype::F32, Nf4Config::default()).unwrap()
+    };
+    let (large, small, odd) = (
+        quantize([320, 256], 11),
+        quantize([64, 256], 12),
+        quantize([3, 256], 13),
+    );
+    let x = values(7 * 256, 14);
+    let run = |device: &Device| {
+        let input = |rows, cols, v: &[f32]| {
+            Tensor::<2>::from_data(TensorData::new(v.to_vec(), [rows, cols]), device)
+        };
+        let [l, s, o] = [&large, &small, &odd].map(|w| Nf4Weight::new(w, device));
+        let kept = s.dequantize();
+        let x = input(7, 256, &x);
+        let first = l.linear(x.clone());
+        let mut out = vec![
+            s.linear(x.clone()),
+            o.linear(x.clone()),
+            l.input_grad(first.clone()),
+            l.linear(x.clone()),
+            s.input_grad(input(7, 64, &values(7 * 64, 15))),
+        ];
+        out.push(first);
+        out.push(kept);
+        out.into_iter()
+            .map(|t| t.into_data().try_into_vec::<f32>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let (want, got) = (run(&cpu), run(&gpu));
+    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            a.len() == b.len() && diff <= 1e-5 * scale,
+            "output {i}: max diff {diff} (scale {scale})"
+        );
+    }
+}
+
 /// A whole training step (every fused operation through its tensor-op default on wgpu)
 /// against the CPU kernels: the same loss and adapter gradients.
 #[test]

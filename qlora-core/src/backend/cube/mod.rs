@@ -8,11 +8,37 @@ mod loss;
 mod nf4;
 mod optim;
 
+use std::cell::Cell;
+
 use burn::tensor::{DType, IntDType};
 use burn_cubecl::kernel::{cast, into_contiguous};
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::CubeCount;
+
+/// The kernels a GPU kernel replaced, switched back on for this thread so a benchmark can show
+/// both in one run (`wgpu_bench`); training never sets them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Baselines {
+    /// The NF4 products dequantize into a fresh allocation a call, not the scratch buffer.
+    pub fresh_nf4_buffers: bool,
+    /// Attention runs the kernels of a thread a query or key reading global memory, not the
+    /// tiles through shared memory.
+    pub untiled_attention: bool,
+}
+
+thread_local! {
+    static BASELINES: Cell<Baselines> = const { Cell::new(Baselines { fresh_nf4_buffers: false, untiled_attention: false }) };
+}
+
+/// Switches this thread's GPU kernels to `baselines` (all off by default).
+pub fn set_baselines(baselines: Baselines) {
+    BASELINES.set(baselines);
+}
+
+pub(crate) fn baselines() -> Baselines {
+    BASELINES.get()
+}
 
 /// An uninitialized f32 tensor of `shape` on `t`'s device.
 pub(crate) fn f32_buffer(t: &CubeTensor, shape: Vec<usize>) -> CubeTensor {

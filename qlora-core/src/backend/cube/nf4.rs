@@ -2,16 +2,28 @@
 //! one multiply, bit-exact with the CPU path. A double-quantized absmax is decoded first, a
 //! thread a block (`nested_code[c] · nested_absmax[k]`), and the offset added when the value is
 //! scaled, so no compiler can contract the product and the sum into one rounding.
+//!
+//! The two products dequantize into scratch buffers kept across calls (Unsloth's approach): one
+//! a device and thread for the dense weight, sized to the largest weight seen and viewed at the
+//! size of each, and one for the decoded absmax, so a training step allocates no dense weight.
+//! A scratch buffer is only written when nothing but the cache holds it ([`CubeTensor::can_mut`]);
+//! otherwise the call allocates, as [`Nf4Ops::nf4_dequantize`] (whose result the caller keeps)
+//! always does.
 
 use burn_cubecl::CubeBackend;
 use burn_cubecl::ops::numeric::empty_device_dtype;
 use burn_cubecl::tensor::CubeTensor;
+use std::cell::RefCell;
+
+use burn_cubecl::CubeDevice;
 use cubecl::prelude::*;
 use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 use burn::backend::tensor::FloatTensor;
 
-use crate::backend::{Nf4Absmax, Nf4Operand, Nf4Ops};
+use burn::backend::ops::FloatTensorOps;
+
+use crate::backend::{Nf4Absmax, Nf4Operand, Nf4Ops, generic};
 
 /// Byte `index` of `words` (four a word, the most significant first).
 #[cube]
@@ -61,8 +73,84 @@ fn launch_dims(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim
     (calculate_cube_count_elemwise(client, n, dim), dim)
 }
 
+/// What a scratch buffer holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Slot {
+    Dense,
+    Absmax,
+}
+
+thread_local! {
+    /// The scratch buffers of this thread, a slot and device each.
+    static SCRATCH: RefCell<Vec<(Slot, CubeDevice, CubeTensor)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Where a dequantization writes: fresh memory, or a slot's scratch buffer.
+#[derive(Clone, Copy)]
+enum Target {
+    Fresh,
+    Scratch,
+}
+
+/// An uninitialized f32 tensor of `shape`: a fresh allocation, or a view of the slot's scratch
+/// buffer (grown to fit when nothing else holds it).
+fn buffer(
+    client: &cubecl::client::Client,
+    device: &CubeDevice,
+    shape: Vec<usize>,
+    into: Target,
+    slot: Slot,
+) -> CubeTensor {
+    let fresh = |shape: Vec<usize>| {
+        empty_device_dtype(
+            client.clone(),
+            device.clone(),
+            shape.into(),
+            burn::tensor::DType::F32,
+        )
+    };
+    if matches!(into, Target::Fresh) || super::baselines().fresh_nf4_buffers {
+        return fresh(shape);
+    }
+    let bytes = (shape.iter().product::<usize>() * 4) as u64;
+    SCRATCH.with_borrow_mut(|scratch| {
+        let index = scratch
+            .iter()
+            .position(|(s, d, _)| *s == slot && d == device);
+        let held = index.map(|i| &scratch[i].2);
+        if held.is_some_and(|t| !t.can_mut()) {
+            // A result of an earlier call is still alive (its reader holds it).
+            return fresh(shape);
+        }
+        let capacity = held.map_or(0, |t| t.handle.size());
+        if capacity < bytes {
+            let grown = fresh(vec![bytes as usize / 4]);
+            match index {
+                Some(i) => scratch[i].2 = grown,
+                None => scratch.push((slot, device.clone(), grown)),
+            }
+        }
+        let whole = &scratch
+            .iter()
+            .find(|(s, d, _)| *s == slot && d == device)
+            .expect("the slot was just filled")
+            .2;
+        let spare = whole.handle.size() - bytes;
+        if !spare.is_multiple_of(client.properties().memory.alignment) {
+            return fresh(shape);
+        }
+        CubeTensor::new_contiguous(
+            client.clone(),
+            device.clone(),
+            shape.into(),
+            whole.handle.clone().offset_end(spare),
+            burn::tensor::DType::F32,
+        )
+    })
+}
+
 /// The dense `[out, in]` f32 weight of `weight`.
-fn dequantize(weight: Nf4Operand<CubeBackend>) -> CubeTensor {
+fn dequantize(weight: Nf4Operand<CubeBackend>, into: Target) -> CubeTensor {
     let layout = weight.layout;
     let n = layout.numel();
     let client = weight.code.client.clone();
@@ -71,12 +159,7 @@ fn dequantize(weight: Nf4Operand<CubeBackend>) -> CubeTensor {
         Nf4Absmax::Plain(absmax) => (absmax, 0.0),
         Nf4Absmax::Double(d) => {
             let blocks = layout.blocks();
-            let scaled = empty_device_dtype(
-                client.clone(),
-                device.clone(),
-                [blocks].into(),
-                burn::tensor::DType::F32,
-            );
+            let scaled = buffer(&client, &device, vec![blocks], into, Slot::Absmax);
             let (count, dim) = launch_dims(&client, blocks);
             double_absmax_kernel::launch(
                 &client,
@@ -91,11 +174,12 @@ fn dequantize(weight: Nf4Operand<CubeBackend>) -> CubeTensor {
             (scaled, d.offset)
         }
     };
-    let out = empty_device_dtype(
-        client.clone(),
-        device,
-        [layout.out_features, layout.in_features].into(),
-        burn::tensor::DType::F32,
+    let out = buffer(
+        &client,
+        &device,
+        vec![layout.out_features, layout.in_features],
+        into,
+        Slot::Dense,
     );
     let (count, dim) = launch_dims(&client, n);
     dequantize_kernel::launch(
@@ -112,10 +196,20 @@ fn dequantize(weight: Nf4Operand<CubeBackend>) -> CubeTensor {
     out
 }
 
-/// Only the dequantization is a kernel: the products are Burn's matmul of the dense weight (the
-/// trait's default), which the dequantization feeds a layer at a time.
+/// Only the dequantization is a kernel: the products are Burn's matmul of the dense weight, which
+/// the dequantization feeds a layer at a time through the scratch buffer.
 impl Nf4Ops for CubeBackend {
     fn nf4_dequantize(weight: Nf4Operand<Self>) -> FloatTensor<Self> {
-        dequantize(weight)
+        dequantize(weight, Target::Fresh)
+    }
+
+    fn nf4_matmul(x: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        let dense = generic::cast_like::<Self>(dequantize(weight, Target::Scratch), &x);
+        Self::float_matmul(x, Self::float_transpose(dense))
+    }
+
+    fn nf4_matmul_transposed(dy: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
+        let dense = generic::cast_like::<Self>(dequantize(weight, Target::Scratch), &dy);
+        Self::float_matmul(dy, dense)
     }
 }

@@ -19,8 +19,9 @@ use cubecl::prelude::*;
 use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 mod backward;
+mod tiled;
 
-use super::{contiguous_f32, contiguous_int, f32_buffer};
+use super::{baselines, contiguous_f32, contiguous_int, cube_count_2d, f32_buffer};
 use crate::backend::{AttentionOps, AttentionShape};
 
 /// The runtime sizes of an attention.
@@ -208,6 +209,27 @@ fn launch_dims(client: &cubecl::client::Client, n: usize) -> (CubeCount, CubeDim
     (calculate_cube_count_elemwise(client, n, dim), dim)
 }
 
+/// Rows of a tile (and threads of a cube) of the tiled kernels at head size `d`: the most, up
+/// to 64, whose shared memory (two `[tile, d]` tiles and three values a row) fits the device's.
+fn tile_rows(client: &cubecl::client::Client, d: usize) -> usize {
+    let hardware = &client.properties().hardware;
+    [64usize, 32, 16, 8, 4, 2]
+        .into_iter()
+        .find(|&t| {
+            (2 * t * d + 3 * t) * 4 <= hardware.max_shared_memory_size
+                && t as u32 <= hardware.max_units_per_cube
+        })
+        .unwrap_or(1)
+}
+
+/// The launch of a tiled kernel over blocks of `tile` of `len` rows of `heads` heads.
+fn tiled_launch(s: &AttentionShape, heads: usize, len: usize, tile: usize) -> (CubeCount, CubeDim) {
+    (
+        cube_count_2d(s.batch * heads * len.div_ceil(tile)),
+        CubeDim::new_1d(tile as u32),
+    )
+}
+
 impl AttentionOps for CubeBackend {
     /// `softmax(q kᵀ · scale, masked) v` and the log-sum-exp of every query's scores.
     fn attention(
@@ -223,6 +245,28 @@ impl AttentionOps for CubeBackend {
         let queries = s.batch * s.heads * s.q_len;
         let lse = f32_buffer(&q, vec![queries]);
         let client = q.client.clone();
+        let q_ids = contiguous_int(q_ids, IntDType::I32);
+        let k_ids = contiguous_int(k_ids, IntDType::I32);
+        if !baselines().untiled_attention {
+            let tile = tile_rows(&client, s.head_dim);
+            let (count, dim) = tiled_launch(&s, s.heads, s.q_len, tile);
+            tiled::forward_kernel::launch(
+                &client,
+                count,
+                dim,
+                q.into_buffer_arg(),
+                k.into_buffer_arg(),
+                v.into_buffer_arg(),
+                q_ids.into_buffer_arg(),
+                k_ids.into_buffer_arg(),
+                out.clone().into_buffer_arg(),
+                lse.clone().into_buffer_arg(),
+                dims(&s),
+                s.head_dim,
+                tile,
+            );
+            return (out, lse);
+        }
         let (count, dim) = launch_dims(&client, queries);
         forward_kernel::launch(
             &client,
@@ -231,8 +275,8 @@ impl AttentionOps for CubeBackend {
             q.into_buffer_arg(),
             k.into_buffer_arg(),
             v.into_buffer_arg(),
-            contiguous_int(q_ids, IntDType::I32).into_buffer_arg(),
-            contiguous_int(k_ids, IntDType::I32).into_buffer_arg(),
+            q_ids.into_buffer_arg(),
+            k_ids.into_buffer_arg(),
             out.clone().into_buffer_arg(),
             lse.clone().into_buffer_arg(),
             dims(&s),
@@ -266,6 +310,48 @@ impl AttentionOps for CubeBackend {
         let dk = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
         let dv = f32_buffer(&q, vec![s.batch * s.k_len, s.kv_heads * s.head_dim]);
         let client = q.client.clone();
+        if !baselines().untiled_attention {
+            let tile = tile_rows(&client, s.head_dim);
+            let (count, dim) = tiled_launch(&s, s.heads, s.q_len, tile);
+            tiled::query_grad_kernel::launch(
+                &client,
+                count,
+                dim,
+                q.clone().into_buffer_arg(),
+                k.clone().into_buffer_arg(),
+                v.clone().into_buffer_arg(),
+                out.into_buffer_arg(),
+                lse.clone().into_buffer_arg(),
+                d_out.clone().into_buffer_arg(),
+                q_ids.clone().into_buffer_arg(),
+                k_ids.clone().into_buffer_arg(),
+                dq.clone().into_buffer_arg(),
+                delta.clone().into_buffer_arg(),
+                dims(&s),
+                s.head_dim,
+                tile,
+            );
+            let (count, dim) = tiled_launch(&s, s.kv_heads, s.k_len, tile);
+            tiled::key_grad_kernel::launch(
+                &client,
+                count,
+                dim,
+                k.into_buffer_arg(),
+                v.into_buffer_arg(),
+                q.into_buffer_arg(),
+                lse.into_buffer_arg(),
+                delta.into_buffer_arg(),
+                d_out.into_buffer_arg(),
+                q_ids.into_buffer_arg(),
+                k_ids.into_buffer_arg(),
+                dk.clone().into_buffer_arg(),
+                dv.clone().into_buffer_arg(),
+                dims(&s),
+                s.head_dim,
+                tile,
+            );
+            return (dq, dk, dv);
+        }
         let (count, dim) = launch_dims(&client, queries);
         backward::query_grad_kernel::launch(
             &client,
