@@ -31,6 +31,10 @@ pub struct TrainArgs {
     /// Continue from the latest checkpoint in --out, or from the checkpoint directory given.
     #[arg(long, num_args = 0..=1, default_missing_value = "latest")]
     resume: Option<String>,
+    /// Start even when the planned peak memory exceeds what is available (the device's memory,
+    /// or on the CPU MemAvailable and the control group's limit).
+    #[arg(long)]
+    ignore_memory_check: bool,
     #[command(flatten)]
     device: DeviceArgs,
 }
@@ -160,6 +164,10 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
     // axolotl's resume_from_checkpoint, unless --resume says otherwise.
     let resume_flag = args.resume.as_deref().or(file.resume.as_deref());
     let resume = resume_point(&config.out, resume_flag)?;
+    // Refused before anything loads when the plan's peak does not fit (the root rank says).
+    if root && !args.ignore_memory_check {
+        config.check_memory(args.device.device)?;
+    }
 
     let mut progress: Box<dyn Progress> = if !root {
         Box::new(Quiet)
@@ -189,6 +197,12 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
         progress.as_mut(),
         collective,
     )?;
+    if _lock
+        .as_ref()
+        .is_some_and(|l| l.previous_holder_died().is_some())
+    {
+        trainer.previous_run_died();
+    }
     let summary = trainer.run(progress.as_mut(), &interrupt)?;
     if !root {
         return Ok(());

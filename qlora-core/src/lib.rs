@@ -28,6 +28,7 @@ pub mod stderr;
 pub mod device;
 pub mod distributed;
 pub mod dtype;
+pub mod durable;
 pub mod output_lock;
 pub mod staged_dir;
 pub mod tfevents;

@@ -25,6 +25,8 @@ pub struct OutputLock {
     created: Option<PathBuf>,
     /// The lock file is beside its output ([`OutputLock::beside`]) and goes when the lock does.
     beside: bool,
+    /// The record a holder that died without releasing the lock left (`pid: command`).
+    previous: Option<String>,
 }
 
 /// This process's command line, as the lock file records it.
@@ -100,6 +102,11 @@ impl OutputLock {
             }
             Err(TryLockError::Error(e)) => return Err(Error::io(&path, e)),
         }
+        // A holder that ends normally empties the record; one still there was left by a
+        // process killed without warning (SIGKILL, the OOM killer, a power cut).
+        let mut previous = String::new();
+        let _ = file.read_to_string(&mut previous);
+        let previous = (!previous.trim().is_empty()).then(|| previous.trim().replace('\n', ": "));
         let record = format!("{}\n{command}\n", std::process::id());
         let written = file
             .set_len(0)
@@ -112,6 +119,7 @@ impl OutputLock {
             path,
             created: None,
             beside: false,
+            previous,
         })
     }
 
@@ -119,10 +127,17 @@ impl OutputLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// `pid: command` of a previous holder that died without releasing the lock, if one did.
+    pub fn previous_holder_died(&self) -> Option<&str> {
+        self.previous.as_deref()
+    }
 }
 
 impl Drop for OutputLock {
     fn drop(&mut self) {
+        // Ended normally: the record goes (the file stays: another process may have it open).
+        let _ = self._file.set_len(0);
         if self.beside {
             let _ = std::fs::remove_file(&self.path);
             return;

@@ -7,6 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::durable;
 use crate::error::{Error, Result};
 use crate::output_lock::{BESIDE_SUFFIX, OutputLock, command_line};
 
@@ -143,11 +144,15 @@ impl StagedDir {
         &self.target
     }
 
-    /// Move the finished directory into place.
+    /// Move the finished directory into place: its files and directories are flushed to the
+    /// device first and the directory holding it after, so a power cut leaves the old output or
+    /// the whole new one.
     pub fn commit(mut self) -> Result<PathBuf> {
+        durable::sync_tree(self.path())?;
         let staging = self.staging.take().expect("not committed").keep();
         in_progress().retain(|p| *p != staging);
         replace(&self.target, &staging, &staging.with_extension("old"))?;
+        durable::sync_parent(&self.target)?;
         Ok(self.target.clone())
     }
 }
@@ -173,7 +178,9 @@ impl StagedDir {
     /// place as the target, replacing what is there, and remove the staging directory.
     pub fn commit_file(self, file: &Path) -> Result<PathBuf> {
         let target = self.target.clone();
+        durable::sync_path(file)?;
         replace(&target, file, &self.path().join(".old"))?;
+        durable::sync_parent(&target)?;
         // Dropping the staging directory removes it.
         Ok(target)
     }

@@ -7,6 +7,7 @@ mod choice_cli;
 mod data_cli;
 mod diagnose_cli;
 mod download_cli;
+mod faults_cli;
 mod gguf_cli;
 mod hub_cli;
 mod launch_cli;

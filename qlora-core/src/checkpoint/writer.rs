@@ -17,8 +17,11 @@ pub fn write_safetensors_file<'a, V: View + 'a>(
     metadata: Option<HashMap<String, String>>,
     path: &Path,
 ) -> Result<()> {
-    serialize_to_file(tensors, metadata, path)
-        .map_err(|e| Error::file(path, format!("cannot write safetensors: {e}")))?;
+    serialize_to_file(tensors, metadata, path).map_err(|e| match e {
+        // The OS's refusal (a full disk) stays one, so callers can tell it apart.
+        safetensors::SafeTensorError::IoError(e) => Error::io(path, e),
+        e => Error::file(path, format!("cannot write safetensors: {e}")),
+    })?;
     // The mode a new file gets in this process (the umask is process-wide): probed once.
     static ORDINARY: std::sync::OnceLock<std::fs::Permissions> = std::sync::OnceLock::new();
     let mode = match ORDINARY.get() {

@@ -1,6 +1,8 @@
 //! Checkpoints of a run, `OUT/checkpoint-N/`: the adapter (PEFT form, f32), the optimizer
 //! moments, where the run is (step, epoch, batch, dropout stream) and its configuration. Each is
-//! written whole into a staging directory and renamed into place.
+//! written whole into a staging directory, flushed to the device and renamed into place; its
+//! manifest ([`MANIFEST_FILE`]: every file's size and CRC-32C) is written last, and a checkpoint
+//! resumes only when every file matches it ([`verify_checkpoint`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -18,7 +20,102 @@ pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 /// The run's settings, saved with every checkpoint and the final adapter.
 pub const CONFIG_FILE: &str = "training_config.toml";
+/// The sizes and checksums of a checkpoint's files, written after them.
+pub const MANIFEST_FILE: &str = "checkpoint_manifest.json";
 const PREFIX: &str = "checkpoint-";
+
+/// A file of a checkpoint as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct ManifestEntry {
+    bytes: u64,
+    /// CRC-32C of the contents, 8 hex digits.
+    crc32c: String,
+}
+
+/// [`MANIFEST_FILE`]'s contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Manifest {
+    step: u64,
+    files: BTreeMap<String, ManifestEntry>,
+}
+
+/// Size and CRC-32C of the file at `path`, read in pieces.
+fn file_entry(path: &Path) -> Result<ManifestEntry> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let (mut crc, mut bytes) = (0u32, 0u64);
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buffer[..n]);
+        bytes += n as u64;
+    }
+    Ok(ManifestEntry {
+        bytes,
+        crc32c: format!("{crc:08x}"),
+    })
+}
+
+/// Record every file of `dir` (a checkpoint being written) in its manifest.
+fn write_manifest(dir: &Path, step: u64) -> Result<()> {
+    let mut files = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry.file_type().map_err(|e| Error::io(dir, e))?.is_file() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            files.insert(name, file_entry(&entry.path())?);
+        }
+    }
+    let path = dir.join(MANIFEST_FILE);
+    let json = serde_json::to_string_pretty(&Manifest { step, files }).expect("serializes");
+    std::fs::write(&path, json + "\n").map_err(|e| Error::io(&path, e))
+}
+
+/// Why the checkpoint `dir` cannot be resumed from (torn, truncated or corrupted), checked
+/// against its manifest; `Ok` when every file it lists is there with its size and checksum.
+pub fn verify_checkpoint(dir: &Path) -> std::result::Result<(), String> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!(
+                "it has no {MANIFEST_FILE} (a checkpoint is complete only once its manifest is \
+                 written last)"
+            ));
+        }
+        Err(e) => return Err(format!("cannot read {MANIFEST_FILE}: {e}")),
+    };
+    let manifest: Manifest = serde_json::from_str(&text)
+        .map_err(|e| format!("{MANIFEST_FILE} is not a manifest: {e}"))?;
+    for required in [TRAINER_STATE_FILE, OPTIMIZER_FILE] {
+        if !manifest.files.contains_key(required) {
+            return Err(format!("{MANIFEST_FILE} does not list {required}"));
+        }
+    }
+    for (name, want) in &manifest.files {
+        let file = dir.join(name);
+        let got = match file_entry(&file) {
+            Ok(got) => got,
+            Err(_) if !file.exists() => return Err(format!("{name} is missing")),
+            Err(e) => return Err(e.to_string()),
+        };
+        if got.bytes != want.bytes {
+            return Err(format!(
+                "{name} is {} bytes, the manifest says {} (truncated or rewritten)",
+                got.bytes, want.bytes
+            ));
+        }
+        if got.crc32c != want.crc32c {
+            return Err(format!(
+                "{name} does not match its checksum in the manifest (corrupted)"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Where a run stands after an optimizer step. Everything random derives from the seed and
 /// these counters, so restoring them restores the run exactly.
@@ -132,6 +229,7 @@ pub fn save_checkpoint(
     std::fs::write(&state_path, json + "\n").map_err(|e| Error::io(&state_path, e))?;
     let config_path = staged.path().join(CONFIG_FILE);
     std::fs::write(&config_path, config_toml).map_err(|e| Error::io(&config_path, e))?;
+    write_manifest(staged.path(), position.step)?;
     let saved = staged.commit()?;
     if let Some(keep) = keep {
         let all = list_checkpoints(out);

@@ -3,22 +3,63 @@
 
 use std::path::{Path, PathBuf};
 
-use super::checkpoint::list_checkpoints;
+use super::checkpoint::{list_checkpoints, verify_checkpoint};
 use super::config::TrainConfig;
 use crate::error::{Error, Result};
 use crate::lora::ADAPTER_CONFIG_FILE;
 
+/// The newest checkpoint in `out` that verifies against its manifest, and the newer ones
+/// skipped, each with why.
+pub fn newest_complete_checkpoint(out: &Path) -> (Option<PathBuf>, Vec<(PathBuf, String)>) {
+    let mut skipped = Vec::new();
+    for (_, dir) in list_checkpoints(out).into_iter().rev() {
+        match verify_checkpoint(&dir) {
+            Ok(()) => return (Some(dir), skipped),
+            Err(why) => skipped.push((dir, why)),
+        }
+    }
+    (None, skipped)
+}
+
 /// The checkpoint a run writing to `out` starts from: `--resume` (`"latest"`, the newest
-/// checkpoint in `out`, or the checkpoint directory given), or none. Without `--resume`, a
-/// directory holding a previous run is refused, so nothing it holds is overwritten.
+/// complete checkpoint in `out`, or the checkpoint directory given), or none. A newer
+/// checkpoint that is torn or corrupted is skipped with a warning saying why; one named by
+/// `--resume DIR` is refused. Without `--resume`, a directory holding a previous run is
+/// refused, so nothing it holds is overwritten.
 pub fn resume_point(out: &Path, resume: Option<&str>) -> Result<Option<PathBuf>> {
     let latest = list_checkpoints(out).pop().map(|(_, p)| p);
     match resume {
-        Some("latest") => match latest {
-            Some(dir) => Ok(Some(dir)),
-            None => Err(Error::file(out, "no checkpoint to resume from")),
-        },
-        Some(path) => Ok(Some(PathBuf::from(path))),
+        Some("latest") => {
+            let (found, skipped) = newest_complete_checkpoint(out);
+            for (dir, why) in &skipped {
+                crate::stderr::line(format!(
+                    "warning: skipping {}: {why}; resuming from an earlier checkpoint",
+                    dir.display()
+                ));
+            }
+            match found {
+                Some(dir) => Ok(Some(dir)),
+                None if skipped.is_empty() => Err(Error::file(out, "no checkpoint to resume from")),
+                None => Err(Error::file(
+                    out,
+                    format!(
+                        "no complete checkpoint to resume from ({} skipped: {})",
+                        skipped.len(),
+                        skipped[0].1
+                    ),
+                )),
+            }
+        }
+        Some(path) => {
+            let dir = PathBuf::from(path);
+            if let Err(why) = verify_checkpoint(&dir) {
+                return Err(Error::file(
+                    &dir,
+                    format!("cannot resume from this checkpoint: {why}"),
+                ));
+            }
+            Ok(Some(dir))
+        }
         None if out.join(ADAPTER_CONFIG_FILE).exists() || latest.is_some() => Err(Error::file(
             out,
             "holds a previous run; pass --resume to continue it or choose another --out",

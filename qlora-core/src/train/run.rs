@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::best::{BEST_FILE, Best, BestMetric, best_dir};
-use super::checkpoint::{CONFIG_FILE, save_checkpoint};
+use super::checkpoint::{CONFIG_FILE, checkpoint_dir, save_checkpoint};
 use super::pairs::write_reference;
 use super::progress::{METRICS_FILE, Progress, Quiet, StepMetrics, TENSORBOARD_DIR};
 use super::trainer::Trainer;
+use crate::durable;
 use crate::error::{Error, Result};
 use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, save_adapter};
 use crate::staged_dir::{StagedDir, sweep_stale};
@@ -46,6 +47,59 @@ impl Trainer {
     /// Write `OUT/checkpoint-N/` for the run as it stands (what `run` does every
     /// `--save-steps`); returns its directory.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
+        let needed = self.checkpoint_bytes();
+        let out = self.config.out.clone();
+        self.warn_if_low_on_space(needed);
+        self.write_checkpoint().map_err(|e| {
+            if !durable::is_out_of_space(&e) {
+                return e;
+            }
+            let free = durable::free_space(&out).map_or(String::new(), |f| {
+                format!(", {} free", durable::human_bytes(f))
+            });
+            let last = super::resume::newest_complete_checkpoint(&out)
+                .0
+                .map_or("none yet".to_string(), |d| d.display().to_string());
+            Error::file(
+                checkpoint_dir(&out, self.position.step),
+                format!(
+                    "no space left on the device writing this checkpoint ({e}): it needs about \
+                     {}{free}; nothing of it was kept. Free space and continue with --resume \
+                     (the last complete checkpoint: {last})",
+                    durable::human_bytes(needed)
+                ),
+            )
+        })
+    }
+
+    /// Bytes a checkpoint takes, about: the f32 adapter and the optimizer's moments.
+    pub fn checkpoint_bytes(&self) -> u64 {
+        let values: u64 = self.model.adapter_sizes().iter().map(|&n| n as u64).sum();
+        // Two moments of 4 bytes a value, or of one byte and an absmax per 256 values.
+        let moments = if self.config.optim.eight_bit() {
+            2 * (values + values.div_ceil(256) * 4)
+        } else {
+            8 * values
+        };
+        4 * values + moments + (64 << 10)
+    }
+
+    /// A warning when the output's filesystem has less room than one checkpoint takes.
+    fn warn_if_low_on_space(&self, needed: u64) {
+        if let Some(free) = durable::free_space(&self.config.out)
+            && free < needed
+        {
+            crate::stderr::line(format!(
+                "warning: {} has {} free; a checkpoint takes about {}: the next save will fail \
+                 unless space is freed",
+                self.config.out.display(),
+                durable::human_bytes(free),
+                durable::human_bytes(needed)
+            ));
+        }
+    }
+
+    fn write_checkpoint(&mut self) -> Result<PathBuf> {
         let (step, moments) = self.optimizer.save();
         let model = &self.model;
         let lora = &self.lora;
@@ -161,24 +215,53 @@ impl Trainer {
         Ok(())
     }
 
-    /// Keep the metrics of steps up to the current one (a resumed run rewrites the rest).
-    fn open_metrics(&self) -> Result<std::fs::File> {
+    /// Keep the metrics of steps up to the current one (a resumed run rewrites the rest). A
+    /// torn last line (the previous run stopped while writing it) is dropped with a warning, and
+    /// steps logged after the checkpoint resumed from say the previous run ended without
+    /// saving them.
+    fn open_metrics(&self, progress: &mut dyn Progress) -> Result<std::fs::File> {
         let path = self.config.out.join(METRICS_FILE);
-        let kept: Vec<String> = std::fs::read_to_string(&path)
-            .unwrap_or_default()
-            .lines()
-            .filter(|line| {
-                serde_json::from_str::<serde_json::Value>(line)
-                    .ok()
-                    .and_then(|v| v.get("step")?.as_u64())
-                    .is_some_and(|s| s <= self.position.step)
-            })
-            .map(str::to_string)
-            .collect();
-        let mut file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
-        for line in kept {
-            writeln!(file, "{line}").map_err(|e| Error::io(&path, e))?;
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let (mut kept, mut torn, mut last_step) = (Vec::new(), 0usize, None);
+        for line in text.lines() {
+            let step = serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step")?.as_u64());
+            match step {
+                Some(step) => {
+                    last_step = Some(step);
+                    if step <= self.position.step {
+                        kept.push(line);
+                    }
+                }
+                None => torn += 1,
+            }
         }
+        if torn > 0 {
+            crate::stderr::line(format!(
+                "warning: {}: ignoring {torn} torn line{} (the previous run stopped while \
+                 writing)",
+                path.display(),
+                if torn == 1 { "" } else { "s" }
+            ));
+        }
+        // A finished run (its adapter in place) being extended saved no checkpoint at its end.
+        let finished = self.config.out.join(ADAPTER_CONFIG_FILE).exists();
+        let unlogged = self.previous_run_died.then_some(self.position.step);
+        if let Some(last) = last_step
+            .filter(|&l| l > self.position.step && !finished)
+            .or(unlogged)
+        {
+            progress.message(&format!(
+                "the previous run ended without a checkpoint after step {last} (killed: out of \
+                 memory, a signal or a power cut?); resuming from step {}",
+                self.position.step
+            ));
+        }
+        let mut file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
+        let kept: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        file.write_all(kept.as_bytes())
+            .map_err(|e| Error::io(&path, e))?;
         Ok(file)
     }
 
@@ -197,11 +280,14 @@ impl Trainer {
                 .map_err(|e| Error::io(&self.config.out, e))?;
             let resumed = (self.position.step > 0).then_some(self.position.step);
             let events = EventWriter::create(&self.config.out.join(TENSORBOARD_DIR), resumed)?;
-            (Some(self.open_metrics()?), Some(events))
+            (Some(self.open_metrics(progress)?), Some(events))
         } else {
             (None, None)
         };
         let metrics_path = self.config.out.join(METRICS_FILE);
+        if root {
+            self.warn_if_low_on_space(self.checkpoint_bytes());
+        }
         if self.world() > 1 {
             progress.message(&self.parallel_header());
         }
@@ -231,12 +317,12 @@ impl Trainer {
                 self.keep_best(&m, progress)?;
             }
             if let Some(metrics) = &mut metrics {
-                writeln!(
-                    metrics,
-                    "{}",
-                    serde_json::to_string(&m).expect("metrics serialize")
-                )
-                .map_err(|e| Error::io(&metrics_path, e))?;
+                // One write a line: a line is whole or (if the process dies mid-write) torn
+                // at its end, never interleaved.
+                let line = serde_json::to_string(&m).expect("metrics serialize") + "\n";
+                metrics
+                    .write_all(line.as_bytes())
+                    .map_err(|e| Error::io(&metrics_path, e))?;
             }
             if let Some(events) = &mut events {
                 events.scalars(m.step, &m.scalars())?;

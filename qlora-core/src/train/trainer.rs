@@ -6,7 +6,7 @@ use std::rc::Rc;
 
 use super::adapters::{adapter_to_continue, attach_adapters};
 use super::best::{Best, read_best};
-use super::checkpoint::{CONFIG_FILE, RunPosition, list_checkpoints, load_checkpoint};
+use super::checkpoint::{CONFIG_FILE, RunPosition, load_checkpoint};
 use super::config::TrainConfig;
 use super::optimizer::{AdamWConfig, PagedAdamW};
 use super::pairs::PairRun;
@@ -85,6 +85,8 @@ pub struct Trainer {
     pub(super) reduce_stats: ReduceStats,
     /// A preference run's pairs and reference (`--method dpo|orpo|simpo`).
     pub(super) pairs: Option<PairRun>,
+    /// The previous run into this output was killed without warning (its lock's record).
+    pub(super) previous_run_died: bool,
 }
 
 impl Trainer {
@@ -292,6 +294,7 @@ impl Trainer {
             collective,
             reduce_stats: ReduceStats::default(),
             pairs,
+            previous_run_died: false,
         };
         trainer.reduce_stats.bytes_per_step = trainer.reduce_bytes_per_step();
         let fingerprint = trainer.fingerprint();
@@ -323,9 +326,15 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// The latest checkpoint in `out`, if any.
+    /// Say that the previous run into this output was killed without warning: the run reports
+    /// it as ending without a checkpoint after its last logged step.
+    pub fn previous_run_died(&mut self) {
+        self.previous_run_died = true;
+    }
+
+    /// The newest complete checkpoint in `out`, if any.
     pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
-        list_checkpoints(out).pop().map(|(_, p)| p)
+        super::resume::newest_complete_checkpoint(out).0
     }
 
     fn restore(&mut self, dir: &Path) -> Result<()> {

@@ -1,0 +1,123 @@
+//! Writes that survive a power cut, and disks that fill: flushing files and directories to the
+//! device (`fsync`), the space a filesystem has free, and telling a full disk or quota from
+//! other failures so the message can say how much room is missing.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+
+/// Flush `path` (a file or a directory) to the device.
+pub fn sync_path(path: &Path) -> Result<()> {
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    file.sync_all().map_err(|e| Error::io(path, e))
+}
+
+/// Flush every file and directory under `dir`, and `dir` itself, to the device.
+pub fn sync_tree(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| Error::io(&path, e))?;
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
+            sync_path(&path)?;
+        }
+    }
+    sync_path(dir)
+}
+
+/// Flush the directory holding `path` (after a rename into it).
+pub fn sync_parent(path: &Path) -> Result<()> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_path(p),
+        _ => sync_path(Path::new(".")),
+    }
+}
+
+/// Bytes a user may still write on the filesystem holding `path` (`statvfs`'s available
+/// blocks), or `None` where it cannot be read.
+pub fn free_space(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let mut at = path;
+        // The nearest existing ancestor: an output directory may not exist yet.
+        while !at.exists() {
+            at = at.parent().filter(|p| !p.as_os_str().is_empty())?;
+        }
+        let c = std::ffi::CString::new(at.as_os_str().as_bytes()).ok()?;
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `stat` a writable statvfs.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut stat) } != 0 {
+            return None;
+        }
+        Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Whether `error` is the device or the user's quota being full (ENOSPC, EDQUOT).
+pub fn is_out_of_space(error: &Error) -> bool {
+    match error {
+        Error::Io { error, .. } => io_out_of_space(error),
+        _ => false,
+    }
+}
+
+/// Whether an I/O error is the device or the user's quota being full.
+pub fn io_out_of_space(error: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    if matches!(
+        error.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT)
+    ) {
+        return true;
+    }
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Bytes as a person reads them: `1.4 GiB`, `312.0 MiB`, `20 KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const GIB: f64 = (1u64 << 30) as f64;
+    const MIB: f64 = (1u64 << 20) as f64;
+    let b = bytes as f64;
+    if b >= GIB {
+        format!("{:.1} GiB", b / GIB)
+    } else if b >= MIB {
+        format!("{:.1} MiB", b / MIB)
+    } else {
+        format!("{} KiB", bytes.div_ceil(1024))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_space_of_a_path_yet_to_be_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_space(&dir.path().join("not/yet/there")).unwrap();
+        assert!(free > 0);
+        sync_tree(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn disk_full_is_told_apart() {
+        let full = Error::io("x", std::io::Error::from_raw_os_error(libc::ENOSPC));
+        let quota = Error::io("x", std::io::Error::from_raw_os_error(libc::EDQUOT));
+        let missing = Error::io("x", std::io::Error::from_raw_os_error(libc::ENOENT));
+        assert!(is_out_of_space(&full) && is_out_of_space(&quota));
+        assert!(!is_out_of_space(&missing));
+        assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
+        assert_eq!(human_bytes(1000), "1 KiB");
+    }
+}
