@@ -70,7 +70,8 @@ fn a_torn_newest_checkpoint_is_skipped_and_resume_matches_the_uninterrupted_run(
     for e in std::fs::read_dir(&newest).unwrap().flatten() {
         std::fs::copy(e.path(), pristine.join(e.file_name())).unwrap();
     }
-    let tear: [(&str, &dyn Fn(&Path), &str); 3] = [
+    type Damage<'a> = &'a dyn Fn(&Path);
+    let tear: [(&str, Damage, &str); 3] = [
         (
             "a flipped byte in the optimizer state",
             &|d| {

@@ -30,6 +30,8 @@ struct Block {
 /// The cube's block of `len` rows of `heads` heads: a cube past the last ends here (all its
 /// threads at once, so none waits at a barrier for them).
 #[cube]
+// `div_ceil` has no kernel expansion.
+#[allow(clippy::manual_div_ceil)]
 fn block(s: &Dims, heads: usize, len: usize, #[comptime] tile: usize) -> Block {
     let blocks = (len + tile - 1) / tile;
     let c = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) as usize;
