@@ -3,7 +3,10 @@
 
 use cubecl::prelude::*;
 
-use super::{Dims, QueryThread, cap_slope, capped, dot, load, query_thread, window_start};
+use super::{
+    Dims, QueryThread, cap_slope, capped, dot, load, queries_seeing, query_thread, window_start,
+    zeros,
+};
 
 /// One thread a query `(b, h, i)`: the queries' gradient, and `delta = dO · O` (which the keys'
 /// kernel reads).
@@ -88,7 +91,6 @@ pub(super) fn key_grad_kernel(
     let kv = (t / k_len) % kv_heads;
     let b = t / (k_len * kv_heads);
     let groups = heads / kv_heads;
-    let offset = k_len - q_len;
     let key = b * k_len + j;
     let id = k_ids[key];
 
@@ -96,33 +98,12 @@ pub(super) fn key_grad_kernel(
     load(k, key, kv, kv_heads, &mut kvec, d);
     let mut vvec = Array::<f32>::new(d);
     load(v, key, kv, kv_heads, &mut vvec, d);
-    let mut dk_acc = Array::<f32>::new(d);
-    let mut dv_acc = Array::<f32>::new(d);
-    #[unroll]
-    for e in 0..d {
-        dk_acc[e] = 0.0;
-        dv_acc[e] = 0.0;
-    }
-    // The first query whose position is not before the key, and (with a window) the first
-    // whose window has passed it.
-    let mut first = 0usize;
-    if j > offset {
-        first = j - offset;
-    }
-    let mut end = q_len;
-    let window = s.window as usize;
-    if window > 0 {
-        end = 0;
-        if j + window > offset {
-            end = j + window - offset;
-        }
-        if end > q_len {
-            end = q_len;
-        }
-    }
+    let mut dk_acc = zeros(d);
+    let mut dv_acc = zeros(d);
+    let seeing = queries_seeing(&s, j);
     for g in 0..groups {
         let h = kv * groups + g;
-        for i in first..end {
+        for i in seeing.lo..seeing.hi {
             let row = b * q_len + i;
             if q_ids[row] == id {
                 let stat = (b * heads + h) * q_len + i;

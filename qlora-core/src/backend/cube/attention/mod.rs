@@ -99,6 +99,47 @@ fn window_start(s: &Dims, pos: usize) -> usize {
     start
 }
 
+/// Rows `lo..hi`.
+#[derive(CubeType)]
+struct Span {
+    lo: usize,
+    hi: usize,
+}
+
+/// The queries that see key `j`: from the first whose position is not before it to (with a
+/// window) the last whose window still holds it.
+#[cube]
+fn queries_seeing(s: &Dims, j: usize) -> Span {
+    let (q_len, offset) = (s.q_len as usize, (s.k_len - s.q_len) as usize);
+    let window = s.window as usize;
+    let mut lo = 0usize;
+    if j > offset {
+        lo = j - offset;
+    }
+    let mut hi = q_len;
+    if window > 0 {
+        hi = 0;
+        if j + window > offset {
+            hi = j + window - offset;
+        }
+        if hi > q_len {
+            hi = q_len;
+        }
+    }
+    Span { lo, hi }
+}
+
+/// A zeroed `d`-vector.
+#[cube]
+fn zeros(#[comptime] d: usize) -> Array<f32> {
+    let mut out = Array::<f32>::new(d);
+    #[unroll]
+    for e in 0..d {
+        out[e] = 0.0;
+    }
+    out
+}
+
 /// A scaled score through the soft-cap (as it is without one).
 #[cube]
 fn capped(s: &Dims, score: f32) -> f32 {

@@ -12,7 +12,7 @@
 
 use cubecl::prelude::*;
 
-use super::{Dims, cap_slope, capped, load, window_start};
+use super::{Dims, Span, cap_slope, capped, dot, load, queries_seeing, window_start, zeros};
 
 /// A block of `tile` rows: the cube's batch, head (a query head, or a key/value head for the
 /// keys' kernel), its first row and the end of its rows, and the thread's row in it.
@@ -58,6 +58,45 @@ fn block(s: &Dims, heads: usize, len: usize, #[comptime] tile: usize) -> Block {
     }
 }
 
+/// What a query's thread of a block works on: its block, key/value head, row in `[batch *
+/// q_len]`, position, sequence id and query vector, and the first key its window lets it see.
+#[derive(CubeType)]
+struct QueryRow {
+    block: Block,
+    kv: usize,
+    row: usize,
+    pos: usize,
+    id: i32,
+    query: Array<f32>,
+    start: usize,
+}
+
+#[cube]
+fn query_row(
+    s: &Dims,
+    q: &[f32],
+    q_ids: &[i32],
+    #[comptime] d: usize,
+    #[comptime] tile: usize,
+) -> QueryRow {
+    let heads = s.heads as usize;
+    let q_len = s.q_len as usize;
+    let block = block(s, heads, q_len, tile);
+    let row = block.b * q_len + block.row;
+    let pos = s.k_len as usize - q_len + block.row;
+    let mut query = Array::<f32>::new(d);
+    load(q, row, block.h, heads, &mut query, d);
+    QueryRow {
+        kv: block.h / (heads / s.kv_heads as usize),
+        row,
+        pos,
+        id: q_ids[row],
+        query,
+        start: window_start(s, pos),
+        block,
+    }
+}
+
 /// Rows `start..start + tile` (those before `end`) of head `head` of a `[rows, heads · d]`
 /// tensor from row `base` into `tile_out` (row-major, `d` a row), the cube's threads together.
 #[cube]
@@ -84,6 +123,49 @@ fn load_tile(
     }
 }
 
+/// The keys and values `j0..j0 + tile` (those before `end`) of key/value head `kv` of batch
+/// `b`, and their sequence ids, into shared memory; returns once every thread's loads are done.
+#[cube]
+#[allow(clippy::too_many_arguments)]
+fn load_key_tile(
+    k: &[f32],
+    v: &[f32],
+    k_ids: &[i32],
+    s: &Dims,
+    b: usize,
+    kv: usize,
+    j0: usize,
+    end: usize,
+    keys: &mut Shared<[f32]>,
+    values: &mut Shared<[f32]>,
+    ids: &mut Shared<[i32]>,
+    #[comptime] d: usize,
+    #[comptime] tile: usize,
+) {
+    let (k_len, kv_heads) = (s.k_len as usize, s.kv_heads as usize);
+    load_tile(k, b * k_len, j0, end, kv, kv_heads, keys, d, tile);
+    load_tile(v, b * k_len, j0, end, kv, kv_heads, values, d, tile);
+    let u = UNIT_POS as usize;
+    if j0 + u < end {
+        ids[u] = k_ids[b * k_len + j0 + u];
+    }
+    sync_cube();
+}
+
+/// The rows of the tile `t0..t0 + tile` within `span`.
+#[cube]
+fn clip(t0: usize, span: Span, #[comptime] tile: usize) -> Span {
+    let mut lo = t0;
+    if span.lo > lo {
+        lo = span.lo;
+    }
+    let mut hi = t0 + tile;
+    if span.hi < hi {
+        hi = span.hi;
+    }
+    Span { lo, hi }
+}
+
 /// `a · tile[t]` for a row of a shared tile.
 #[cube]
 fn dot_row(a: &Array<f32>, tile: &Shared<[f32]>, t: usize, #[comptime] d: usize) -> f32 {
@@ -93,17 +175,6 @@ fn dot_row(a: &Array<f32>, tile: &Shared<[f32]>, t: usize, #[comptime] d: usize)
         sum += a[e] * tile[t * d + e];
     }
     sum
-}
-
-/// A zeroed `d`-vector.
-#[cube]
-fn zeros(#[comptime] d: usize) -> Array<f32> {
-    let mut out = Array::<f32>::new(d);
-    #[unroll]
-    for e in 0..d {
-        out[e] = 0.0;
-    }
-    out
 }
 
 /// A cube a block of `tile` queries of one head: the attention output and the log-sum-exp.
@@ -121,48 +192,35 @@ pub(super) fn forward_kernel(
     #[comptime] d: usize,
     #[comptime] tile: usize,
 ) {
-    let (heads, kv_heads) = (s.heads as usize, s.kv_heads as usize);
-    let (q_len, k_len) = (s.q_len as usize, s.k_len as usize);
-    let block = block(&s, heads, q_len, tile);
-    let (b, h) = (block.b, block.h);
-    let kv = h / (heads / kv_heads);
-    let offset = k_len - q_len;
-    let row = b * q_len + block.row;
-    let pos = offset + block.row;
-    let id = q_ids[row];
-    let mut query = Array::<f32>::new(d);
-    load(q, row, h, heads, &mut query, d);
+    let me = query_row(&s, q, q_ids, d, tile);
+    let (b, h, heads) = (me.block.b, me.block.h, s.heads as usize);
+    let offset = (s.k_len - s.q_len) as usize;
     let mut acc = zeros(d);
     let mut running_max = f32::new(-3.0e38);
     let mut sum = 0.0f32;
-    let start = window_start(&s, pos);
 
     let mut keys = Shared::<[f32]>::new_slice(tile * d);
     let mut values = Shared::<[f32]>::new_slice(tile * d);
     let mut ids = Shared::<[i32]>::new_slice(tile);
-    let last = offset + block.end;
-    let mut j0 = window_start(&s, offset + block.first);
+    let last = offset + me.block.end;
+    let mut j0 = window_start(&s, offset + me.block.first);
     while j0 < last {
-        load_tile(k, b * k_len, j0, last, kv, kv_heads, &mut keys, d, tile);
-        load_tile(v, b * k_len, j0, last, kv, kv_heads, &mut values, d, tile);
-        let u = UNIT_POS as usize;
-        if j0 + u < last {
-            ids[u] = k_ids[b * k_len + j0 + u];
-        }
-        sync_cube();
-        if block.active {
-            let mut lo = j0;
-            if start > lo {
-                lo = start;
-            }
-            let mut hi = j0 + tile;
-            if pos + 1 < hi {
-                hi = pos + 1;
-            }
-            for j in lo..hi {
+        load_key_tile(
+            k, v, k_ids, &s, b, me.kv, j0, last, &mut keys, &mut values, &mut ids, d, tile,
+        );
+        if me.block.active {
+            let seen = clip(
+                j0,
+                Span {
+                    lo: me.start,
+                    hi: me.pos + 1,
+                },
+                tile,
+            );
+            for j in seen.lo..seen.hi {
                 let t = j - j0;
-                if ids[t] == id {
-                    let score = capped(&s, dot_row(&query, &keys, t, d) * s.scale);
+                if ids[t] == me.id {
+                    let score = capped(&s, dot_row(&me.query, &keys, t, d) * s.scale);
                     let new_max = f32::max(running_max, score);
                     let correction = (running_max - new_max).exp();
                     let p = (score - new_max).exp();
@@ -178,13 +236,13 @@ pub(super) fn forward_kernel(
         sync_cube();
         j0 += tile;
     }
-    if block.active {
-        let obase = (row * heads + h) * d;
+    if me.block.active {
+        let obase = (me.row * heads + h) * d;
         #[unroll]
         for e in 0..d {
             out[obase + e] = acc[e] / sum;
         }
-        lse[(b * heads + h) * q_len + block.row] = running_max + sum.ln();
+        lse[(b * heads + h) * s.q_len as usize + me.block.row] = running_max + sum.ln();
     }
 }
 
@@ -207,55 +265,38 @@ pub(super) fn query_grad_kernel(
     #[comptime] d: usize,
     #[comptime] tile: usize,
 ) {
-    let (heads, kv_heads) = (s.heads as usize, s.kv_heads as usize);
-    let (q_len, k_len) = (s.q_len as usize, s.k_len as usize);
-    let block = block(&s, heads, q_len, tile);
-    let (b, h) = (block.b, block.h);
-    let kv = h / (heads / kv_heads);
-    let offset = k_len - q_len;
-    let row = b * q_len + block.row;
-    let pos = offset + block.row;
-    let stat = (b * heads + h) * q_len + block.row;
-    let id = q_ids[row];
-    let mut query = Array::<f32>::new(d);
-    load(q, row, h, heads, &mut query, d);
+    let me = query_row(&s, q, q_ids, d, tile);
+    let (b, h, heads) = (me.block.b, me.block.h, s.heads as usize);
+    let offset = (s.k_len - s.q_len) as usize;
+    let stat = (b * heads + h) * s.q_len as usize + me.block.row;
     let mut dov = Array::<f32>::new(d);
-    load(d_out, row, h, heads, &mut dov, d);
-    let mut dd = 0.0f32;
-    #[unroll]
-    for e in 0..d {
-        dd += dov[e] * out[(row * heads + h) * d + e];
-    }
+    load(d_out, me.row, h, heads, &mut dov, d);
+    let dd = dot(&dov, out, me.row, h, heads, d);
     let l = lse[stat];
     let mut acc = zeros(d);
-    let start = window_start(&s, pos);
 
     let mut keys = Shared::<[f32]>::new_slice(tile * d);
     let mut values = Shared::<[f32]>::new_slice(tile * d);
     let mut ids = Shared::<[i32]>::new_slice(tile);
-    let last = offset + block.end;
-    let mut j0 = window_start(&s, offset + block.first);
+    let last = offset + me.block.end;
+    let mut j0 = window_start(&s, offset + me.block.first);
     while j0 < last {
-        load_tile(k, b * k_len, j0, last, kv, kv_heads, &mut keys, d, tile);
-        load_tile(v, b * k_len, j0, last, kv, kv_heads, &mut values, d, tile);
-        let u = UNIT_POS as usize;
-        if j0 + u < last {
-            ids[u] = k_ids[b * k_len + j0 + u];
-        }
-        sync_cube();
-        if block.active {
-            let mut lo = j0;
-            if start > lo {
-                lo = start;
-            }
-            let mut hi = j0 + tile;
-            if pos + 1 < hi {
-                hi = pos + 1;
-            }
-            for j in lo..hi {
+        load_key_tile(
+            k, v, k_ids, &s, b, me.kv, j0, last, &mut keys, &mut values, &mut ids, d, tile,
+        );
+        if me.block.active {
+            let seen = clip(
+                j0,
+                Span {
+                    lo: me.start,
+                    hi: me.pos + 1,
+                },
+                tile,
+            );
+            for j in seen.lo..seen.hi {
                 let t = j - j0;
-                if ids[t] == id {
-                    let score = capped(&s, dot_row(&query, &keys, t, d) * s.scale);
+                if ids[t] == me.id {
+                    let score = capped(&s, dot_row(&me.query, &keys, t, d) * s.scale);
                     let p = (score - l).exp();
                     let ds = p * (dot_row(&dov, &values, t, d) - dd) * cap_slope(&s, score);
                     #[unroll]
@@ -268,9 +309,9 @@ pub(super) fn query_grad_kernel(
         sync_cube();
         j0 += tile;
     }
-    if block.active {
+    if me.block.active {
         delta[stat] = dd;
-        let base = (row * heads + h) * d;
+        let base = (me.row * heads + h) * d;
         #[unroll]
         for e in 0..d {
             dq[base + e] = acc[e] * s.scale;
@@ -303,10 +344,7 @@ pub(super) fn key_grad_kernel(
     let block = block(&s, kv_heads, k_len, tile);
     let (b, kv) = (block.b, block.h);
     let groups = heads / kv_heads;
-    let offset = k_len - q_len;
-    let window = s.window as usize;
-    let j = block.row;
-    let key = b * k_len + j;
+    let key = b * k_len + block.row;
     let id = k_ids[key];
     let mut kvec = Array::<f32>::new(d);
     load(k, key, kv, kv_heads, &mut kvec, d);
@@ -314,37 +352,10 @@ pub(super) fn key_grad_kernel(
     load(v, key, kv, kv_heads, &mut vvec, d);
     let mut dk_acc = zeros(d);
     let mut dv_acc = zeros(d);
-
-    // The queries that see key `j`: from the first whose position is not before it to (with a
-    // window) the last whose window still holds it; and those of any key of the block.
-    let mut first = 0usize;
-    if j > offset {
-        first = j - offset;
-    }
-    let mut end = q_len;
-    if window > 0 {
-        end = 0;
-        if j + window > offset {
-            end = j + window - offset;
-        }
-        if end > q_len {
-            end = q_len;
-        }
-    }
-    let mut block_first = 0usize;
-    if block.first > offset {
-        block_first = block.first - offset;
-    }
-    let mut block_end = q_len;
-    if window > 0 {
-        block_end = 0;
-        if block.end - 1 + window > offset {
-            block_end = block.end - 1 + window - offset;
-        }
-        if block_end > q_len {
-            block_end = q_len;
-        }
-    }
+    // The queries that see this key, and those that see any key of the block.
+    let seeing = queries_seeing(&s, block.row);
+    let block_first = queries_seeing(&s, block.first).lo;
+    let block_end = queries_seeing(&s, block.end - 1).hi;
 
     let mut queries = Shared::<[f32]>::new_slice(tile * d);
     let mut grads = Shared::<[f32]>::new_slice(tile * d);
@@ -357,17 +368,7 @@ pub(super) fn key_grad_kernel(
         let mut i0 = block_first;
         while i0 < block_end {
             load_tile(q, b * q_len, i0, block_end, h, heads, &mut queries, d, tile);
-            load_tile(
-                d_out,
-                b * q_len,
-                i0,
-                block_end,
-                h,
-                heads,
-                &mut grads,
-                d,
-                tile,
-            );
+            load_tile(d_out, b * q_len, i0, block_end, h, heads, &mut grads, d, tile);
             if i0 + u < block_end {
                 let stat = (b * heads + h) * q_len + i0 + u;
                 lses[u] = lse[stat];
@@ -376,21 +377,22 @@ pub(super) fn key_grad_kernel(
             }
             sync_cube();
             if block.active {
-                let mut lo = i0;
-                if first > lo {
-                    lo = first;
-                }
-                let mut hi = i0 + tile;
-                if end < hi {
-                    hi = end;
-                }
-                for i in lo..hi {
+                let seen = clip(
+                    i0,
+                    Span {
+                        lo: seeing.lo,
+                        hi: seeing.hi,
+                    },
+                    tile,
+                );
+                for i in seen.lo..seen.hi {
                     let t = i - i0;
                     if ids[t] == id {
                         let score = capped(&s, dot_row(&kvec, &queries, t, d) * s.scale);
                         let p = (score - lses[t]).exp();
-                        let ds =
-                            p * (dot_row(&vvec, &grads, t, d) - deltas[t]) * cap_slope(&s, score);
+                        let ds = p
+                            * (dot_row(&vvec, &grads, t, d) - deltas[t])
+                            * cap_slope(&s, score);
                         #[unroll]
                         for e in 0..d {
                             dv_acc[e] += p * grads[t * d + e];
