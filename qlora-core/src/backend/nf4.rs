@@ -84,8 +84,7 @@ pub trait Nf4Ops: Backend {
         x: FloatTensor<Self>,
         #[extension_type] weight: Nf4Operand<Self>,
     ) -> FloatTensor<Self> {
-        let dense = generic::cast_like::<Self>(Self::nf4_dequantize(weight), &x);
-        Self::float_matmul(x, Self::float_transpose(dense))
+        generic::nf4::linear::<Self>(x, Self::nf4_dequantize(weight))
     }
 
     /// `dy · W` for `dy` `[rows, out]`: the gradient of the input of [`Nf4Ops::nf4_matmul`].
@@ -93,7 +92,6 @@ pub trait Nf4Ops: Backend {
         dy: FloatTensor<Self>,
         #[extension_type] weight: Nf4Operand<Self>,
     ) -> FloatTensor<Self> {
-        let dense = generic::cast_like::<Self>(Self::nf4_dequantize(weight), &dy);
-        Self::float_matmul(dy, dense)
+        generic::nf4::input_grad::<Self>(dy, Self::nf4_dequantize(weight))
     }
 }

@@ -7,6 +7,7 @@ use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use qlora_core::FloatDtype;
 use qlora_core::backend::Nf4Weight;
 use qlora_core::quant::{Nf4Config, Nf4Tensor};
+use support::ops::assert_close;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed | 1;
@@ -77,18 +78,8 @@ fn nf4_matmul_on_wgpu_matches_cpu() {
     let x = values(7 * 256, 2);
     let (cpu_y, cpu_dx) = forward_and_grad(&Device::flex(), &state, &x);
     let (gpu_y, gpu_dx) = forward_and_grad(&Device::wgpu(DeviceKind::DefaultDevice), &state, &x);
-    for (name, a, b) in [("y", &cpu_y, &gpu_y), ("dx", &cpu_dx, &gpu_dx)] {
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = a
-            .iter()
-            .zip(b.iter())
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            diff <= 1e-5 * scale,
-            "{name}: max diff {diff} (scale {scale})"
-        );
-    }
+    assert_close("y", &gpu_y, &cpu_y, 1e-5);
+    assert_close("dx", &gpu_dx, &cpu_dx, 1e-5);
 }
 
 /// The NF4 products dequantize into one scratch buffer a device, viewed at each weight's size:
@@ -131,17 +122,8 @@ fn nf4_products_share_a_scratch_buffer_safely() {
             .collect::<Vec<_>>()
     };
     let (want, got) = (run(&cpu), run(&gpu));
-    for (i, (a, b)) in want.iter().zip(&got).enumerate() {
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let diff = a
-            .iter()
-            .zip(b)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0f32, f32::max);
-        assert!(
-            a.len() == b.len() && diff <= 1e-5 * scale,
-            "output {i}: max diff {diff} (scale {scale})"
-        );
+    for (i, (want, got)) in want.iter().zip(&got).enumerate() {
+        assert_close(&format!("output {i}"), got, want, 1e-5);
     }
 }
 

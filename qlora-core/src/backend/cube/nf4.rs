@@ -21,8 +21,6 @@ use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 use burn::backend::tensor::FloatTensor;
 
-use burn::backend::ops::FloatTensorOps;
-
 use crate::backend::{Nf4Absmax, Nf4Operand, Nf4Ops, generic};
 
 /// Byte `index` of `words` (four a word, the most significant first).
@@ -114,27 +112,24 @@ fn buffer(
     }
     let bytes = (shape.iter().product::<usize>() * 4) as u64;
     SCRATCH.with_borrow_mut(|scratch| {
-        let index = scratch
+        let index = match scratch
             .iter()
-            .position(|(s, d, _)| *s == slot && d == device);
-        let held = index.map(|i| &scratch[i].2);
-        if held.is_some_and(|t| !t.can_mut()) {
+            .position(|(s, d, _)| *s == slot && d == device)
+        {
+            Some(i) => i,
+            None => {
+                scratch.push((slot, device.clone(), fresh(vec![bytes as usize / 4])));
+                scratch.len() - 1
+            }
+        };
+        let whole = &mut scratch[index].2;
+        if !whole.can_mut() {
             // A result of an earlier call is still alive (its reader holds it).
             return fresh(shape);
         }
-        let capacity = held.map_or(0, |t| t.handle.size());
-        if capacity < bytes {
-            let grown = fresh(vec![bytes as usize / 4]);
-            match index {
-                Some(i) => scratch[i].2 = grown,
-                None => scratch.push((slot, device.clone(), grown)),
-            }
+        if whole.handle.size() < bytes {
+            *whole = fresh(vec![bytes as usize / 4]);
         }
-        let whole = &scratch
-            .iter()
-            .find(|(s, d, _)| *s == slot && d == device)
-            .expect("the slot was just filled")
-            .2;
         let spare = whole.handle.size() - bytes;
         if !spare.is_multiple_of(client.properties().memory.alignment) {
             return fresh(shape);
@@ -204,12 +199,10 @@ impl Nf4Ops for CubeBackend {
     }
 
     fn nf4_matmul(x: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
-        let dense = generic::cast_like::<Self>(dequantize(weight, Target::Scratch), &x);
-        Self::float_matmul(x, Self::float_transpose(dense))
+        generic::nf4::linear::<Self>(x, dequantize(weight, Target::Scratch))
     }
 
     fn nf4_matmul_transposed(dy: FloatTensor<Self>, weight: Nf4Operand<Self>) -> FloatTensor<Self> {
-        let dense = generic::cast_like::<Self>(dequantize(weight, Target::Scratch), &dy);
-        Self::float_matmul(dy, dense)
+        generic::nf4::input_grad::<Self>(dy, dequantize(weight, Target::Scratch))
     }
 }

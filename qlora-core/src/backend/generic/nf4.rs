@@ -78,3 +78,15 @@ pub fn dequantize<B: Backend>(weight: &Nf4Operand<B>) -> FloatTensor<B> {
     );
     B::float_reshape(flat, Shape::new([layout.out_features, layout.in_features]))
 }
+
+/// `x · Wᵀ` of the dense f32 weight `dense` `[out, in]`, the weight rounded to `x`'s dtype.
+pub fn linear<B: Backend>(x: FloatTensor<B>, dense: FloatTensor<B>) -> FloatTensor<B> {
+    let dense = super::cast_like::<B>(dense, &x);
+    B::float_matmul(x, B::float_transpose(dense))
+}
+
+/// `dy · W` of the dense f32 weight `dense` `[out, in]`, the weight rounded to `dy`'s dtype.
+pub fn input_grad<B: Backend>(dy: FloatTensor<B>, dense: FloatTensor<B>) -> FloatTensor<B> {
+    let dense = super::cast_like::<B>(dense, &dy);
+    B::float_matmul(dy, dense)
+}

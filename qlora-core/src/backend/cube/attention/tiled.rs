@@ -206,7 +206,19 @@ pub(super) fn forward_kernel(
     let mut j0 = window_start(&s, offset + me.block.first);
     while j0 < last {
         load_key_tile(
-            k, v, k_ids, &s, b, me.kv, j0, last, &mut keys, &mut values, &mut ids, d, tile,
+            k,
+            v,
+            k_ids,
+            &s,
+            b,
+            me.kv,
+            j0,
+            last,
+            &mut keys,
+            &mut values,
+            &mut ids,
+            d,
+            tile,
         );
         if me.block.active {
             let seen = clip(
@@ -282,7 +294,19 @@ pub(super) fn query_grad_kernel(
     let mut j0 = window_start(&s, offset + me.block.first);
     while j0 < last {
         load_key_tile(
-            k, v, k_ids, &s, b, me.kv, j0, last, &mut keys, &mut values, &mut ids, d, tile,
+            k,
+            v,
+            k_ids,
+            &s,
+            b,
+            me.kv,
+            j0,
+            last,
+            &mut keys,
+            &mut values,
+            &mut ids,
+            d,
+            tile,
         );
         if me.block.active {
             let seen = clip(
@@ -368,7 +392,17 @@ pub(super) fn key_grad_kernel(
         let mut i0 = block_first;
         while i0 < block_end {
             load_tile(q, b * q_len, i0, block_end, h, heads, &mut queries, d, tile);
-            load_tile(d_out, b * q_len, i0, block_end, h, heads, &mut grads, d, tile);
+            load_tile(
+                d_out,
+                b * q_len,
+                i0,
+                block_end,
+                h,
+                heads,
+                &mut grads,
+                d,
+                tile,
+            );
             if i0 + u < block_end {
                 let stat = (b * heads + h) * q_len + i0 + u;
                 lses[u] = lse[stat];
@@ -390,9 +424,8 @@ pub(super) fn key_grad_kernel(
                     if ids[t] == id {
                         let score = capped(&s, dot_row(&kvec, &queries, t, d) * s.scale);
                         let p = (score - lses[t]).exp();
-                        let ds = p
-                            * (dot_row(&vvec, &grads, t, d) - deltas[t])
-                            * cap_slope(&s, score);
+                        let ds =
+                            p * (dot_row(&vvec, &grads, t, d) - deltas[t]) * cap_slope(&s, score);
                         #[unroll]
                         for e in 0..d {
                             dv_acc[e] += p * grads[t * d + e];
