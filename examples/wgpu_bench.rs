@@ -62,16 +62,16 @@ fn main() {
     };
     // A tensor as the generic defaults take it.
     let p = |t: &Tensor<2>| t.clone().into_dispatch();
-    let compare = |name: &str, kernel: &dyn Fn(), default: &dyn Fn()| {
-        let kernel = time(kernel);
-        let default = time(default);
+    let row = |name: &str, new: f64, old: f64| {
         println!(
             "  {name:<34} {:>9.2} ms {:>9.2} ms {:>7.1}x",
-            kernel * 1e3,
-            default * 1e3,
-            default / kernel
+            new * 1e3,
+            old * 1e3,
+            old / new
         );
     };
+    let compare =
+        |name: &str, kernel: &dyn Fn(), default: &dyn Fn()| row(name, time(kernel), time(default));
 
     let shape = SyntheticModel::SMOLLM2_135M;
     let (h, inter, vocab) = (shape.hidden_size, shape.intermediate_size, shape.vocab_size);
@@ -107,22 +107,18 @@ fn main() {
             &|| drop(weight.dequantize()),
             &|| drop(dense()),
         );
-        compare(
-            "NF4 matmul x·Wᵀ",
-            &|| drop(weight.linear(x.clone())),
-            &|| {
-                drop(Dispatch::float_matmul(
-                    p(&x),
-                    Dispatch::float_transpose(dense()),
-                ))
-            },
-        );
+        let linear = || drop(weight.linear(x.clone()));
+        compare("NF4 matmul x·Wᵀ", &linear, &|| {
+            drop(Dispatch::float_matmul(
+                p(&x),
+                Dispatch::float_transpose(dense()),
+            ))
+        });
         let dy = random([seq, inter]);
-        compare(
-            "NF4 matmul dy·W",
-            &|| drop(weight.input_grad(dy.clone())),
-            &|| drop(Dispatch::float_matmul(p(&dy), dense())),
-        );
+        let input_grad = || drop(weight.input_grad(dy.clone()));
+        compare("NF4 matmul dy·W", &input_grad, &|| {
+            drop(Dispatch::float_matmul(p(&dy), dense()))
+        });
         let s = AttentionShape::new(1, [heads, kv_heads, d], seq, seq);
         let ids = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64; seq], [seq]), &device);
         let pi = |t: &Tensor<1, Int>| t.clone().into_dispatch();
@@ -131,84 +127,7 @@ fn main() {
             random([seq, kv_heads * d]),
             random([seq, kv_heads * d]),
         );
-        compare(
-            "attention forward",
-            &|| {
-                drop(ops::attention(
-                    q.clone(),
-                    k.clone(),
-                    v.clone(),
-                    &ids,
-                    &ids,
-                    s,
-                ))
-            },
-            &|| {
-                drop(attention::attention::<Dispatch>(
-                    p(&q),
-                    p(&k),
-                    p(&v),
-                    pi(&ids),
-                    pi(&ids),
-                    s,
-                ))
-            },
-        );
-        let (out, lse) = ops::attention(q.clone(), k.clone(), v.clone(), &ids, &ids, s);
-        let d_out = random([seq, h]);
-        compare(
-            "attention backward",
-            &|| {
-                drop(ops::attention_backward(
-                    q.clone(),
-                    k.clone(),
-                    v.clone(),
-                    out.clone(),
-                    lse.clone(),
-                    d_out.clone(),
-                    &ids,
-                    &ids,
-                    s,
-                ))
-            },
-            &|| {
-                drop(attention::attention_backward::<Dispatch>(
-                    p(&q),
-                    p(&k),
-                    p(&v),
-                    p(&out),
-                    lse.clone().into_dispatch(),
-                    p(&d_out),
-                    pi(&ids),
-                    pi(&ids),
-                    s,
-                ))
-            },
-        );
-        // The kernels against those they replaced, in this run.
-        let replaced = |name: &str, new: &dyn Fn()| {
-            let new_time = time(new);
-            set_baselines(baselines);
-            let old = time(new);
-            set_baselines(Baselines::default());
-            println!(
-                "  {name:<34} {:>9.2} ms {:>9.2} ms {:>7.1}x",
-                new_time * 1e3,
-                old * 1e3,
-                old / new_time
-            );
-        };
-        println!(
-            "  {:<34} {:>12} {:>12} {:>8}",
-            "kernels against those they replaced:", "new", "replaced", "speed-up"
-        );
-        replaced("NF4 x·Wᵀ, scratch vs fresh buffer", &|| {
-            drop(weight.linear(x.clone()))
-        });
-        replaced("NF4 dy·W, scratch vs fresh buffer", &|| {
-            drop(weight.input_grad(dy.clone()))
-        });
-        replaced("attention forward, tiled vs untiled", &|| {
+        let forward = || {
             drop(ops::attention(
                 q.clone(),
                 k.clone(),
@@ -217,8 +136,20 @@ fn main() {
                 &ids,
                 s,
             ))
+        };
+        compare("attention forward", &forward, &|| {
+            drop(attention::attention::<Dispatch>(
+                p(&q),
+                p(&k),
+                p(&v),
+                pi(&ids),
+                pi(&ids),
+                s,
+            ))
         });
-        replaced("attention backward, tiled/untiled", &|| {
+        let (out, lse) = ops::attention(q.clone(), k.clone(), v.clone(), &ids, &ids, s);
+        let d_out = random([seq, h]);
+        let backward = || {
             drop(ops::attention_backward(
                 q.clone(),
                 k.clone(),
@@ -230,7 +161,36 @@ fn main() {
                 &ids,
                 s,
             ))
+        };
+        compare("attention backward", &backward, &|| {
+            drop(attention::attention_backward::<Dispatch>(
+                p(&q),
+                p(&k),
+                p(&v),
+                p(&out),
+                lse.clone().into_dispatch(),
+                p(&d_out),
+                pi(&ids),
+                pi(&ids),
+                s,
+            ))
         });
+        // The kernels against those they replaced, in this run.
+        let replaced = |name: &str, new: &dyn Fn()| {
+            let new_time = time(new);
+            set_baselines(baselines);
+            let old = time(new);
+            set_baselines(Baselines::default());
+            row(name, new_time, old);
+        };
+        println!(
+            "  {:<34} {:>12} {:>12} {:>8}",
+            "kernels against those they replaced:", "new", "replaced", "speed-up"
+        );
+        replaced("NF4 x·Wᵀ, scratch vs fresh buffer", &linear);
+        replaced("NF4 dy·W, scratch vs fresh buffer", &input_grad);
+        replaced("attention forward, tiled vs untiled", &forward);
+        replaced("attention backward, tiled/untiled", &backward);
         println!();
         let head = random([vocab, h]);
         let targets = Tensor::<1, Int>::from_data(
