@@ -117,8 +117,7 @@ fn run(dir: &std::path::Path, a: &Args) -> Measured {
         let labels = vec![ids.iter().map(|&i| i64::from(i)).collect()];
         TrainBatch::new(vec![ids], labels, vec![vec![true; a.seq]])
     };
-    let mut seconds = Vec::new();
-    let mut phases = vec![Duration::ZERO; Phase::ALL.len()];
+    let mut times = profile::StepTimes::default();
     for step in 0..a.steps + 1 {
         // The first step warms up allocations and caches.
         profile::enable(step > 0);
@@ -142,23 +141,15 @@ fn run(dir: &std::path::Path, a: &Args) -> Measured {
             result.loss_sum / result.tokens as f64
         );
         if step > 0 {
-            seconds.push(elapsed);
-            for (total, (_, d)) in phases.iter_mut().zip(profile::totals()) {
-                *total += d;
-            }
+            times.record(elapsed);
         }
     }
     profile::enable(false);
-    let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
-    let steps = seconds.len() as u32;
+    let mean = times.mean();
     Measured {
         tokens_per_s: a.seq as f64 / mean,
         step: Duration::from_secs_f64(mean),
-        phases: Phase::ALL
-            .iter()
-            .zip(phases)
-            .map(|(&p, d)| (p, d / steps))
-            .collect(),
+        phases: times.phase_means(),
         model_bytes,
     }
 }

@@ -100,6 +100,40 @@ pub fn totals() -> Vec<(Phase, Duration)> {
         .collect()
 }
 
+/// Timed steps: each one's seconds, and the phases' totals over them.
+#[derive(Debug, Clone, Default)]
+pub struct StepTimes {
+    seconds: Vec<f64>,
+    phases: Vec<Duration>,
+}
+
+impl StepTimes {
+    /// Count a step of `seconds`, with the phases' totals gathered since the last reset (the
+    /// step's own when profiling was enabled at its start).
+    pub fn record(&mut self, seconds: f64) {
+        self.seconds.push(seconds);
+        self.phases.resize(Phase::ALL.len(), Duration::ZERO);
+        for (total, (_, d)) in self.phases.iter_mut().zip(totals()) {
+            *total += d;
+        }
+    }
+
+    /// The mean step, in seconds.
+    pub fn mean(&self) -> f64 {
+        self.seconds.iter().sum::<f64>() / self.seconds.len() as f64
+    }
+
+    /// Each phase's mean time a step.
+    pub fn phase_means(&self) -> Vec<(Phase, Duration)> {
+        let steps = self.seconds.len().max(1) as u32;
+        Phase::ALL
+            .iter()
+            .zip(&self.phases)
+            .map(|(&p, &d)| (p, d / steps))
+            .collect()
+    }
+}
+
 /// A running span; its time is counted when it drops.
 #[must_use = "a span measures until it is dropped"]
 pub struct Span {

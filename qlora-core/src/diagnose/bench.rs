@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use crate::lora::LoraConfig;
 use crate::model::{Bits, CausalLm, DropoutStream, LoadOptions, TrainBatch};
 use crate::plan::{MemoryPlan, PlanSettings, load_config, plan};
-use crate::profile::{self, Phase};
+use crate::profile::{self, Phase, StepTimes};
 use crate::train::{AdamWConfig, OptimizerKind, PagedAdamW};
 
 /// What to measure.
@@ -212,8 +212,7 @@ pub fn run_bench(settings: &BenchSettings, log: &mut dyn FnMut(&str)) -> Result<
     let batch = TrainBatch::new(ids, labels, mask);
 
     let rss_reset = !gpu && reset_peak_rss();
-    let mut seconds = Vec::new();
-    let mut phases = vec![Duration::ZERO; Phase::ALL.len()];
+    let mut times = StepTimes::default();
     let mut losses = (f64::NAN, f64::NAN);
     for step in 0..=settings.steps {
         // The first step compiles kernels and warms caches and pools.
@@ -247,15 +246,11 @@ pub fn run_bench(settings: &BenchSettings, log: &mut dyn FnMut(&str)) -> Result<
             if step == 0 { " (warm-up)" } else { "" }
         ));
         if step > 0 {
-            seconds.push(elapsed);
-            for (total, (_, d)) in phases.iter_mut().zip(profile::totals()) {
-                *total += d;
-            }
+            times.record(elapsed);
         }
     }
     profile::enable(false);
-    let mean = seconds.iter().sum::<f64>() / seconds.len() as f64;
-    let steps = seconds.len() as u32;
+    let mean = times.mean();
     let (measured_peak, measured_what) = if gpu {
         (
             device_memory(&device).map(|(_, peak)| peak),
@@ -276,11 +271,7 @@ pub fn run_bench(settings: &BenchSettings, log: &mut dyn FnMut(&str)) -> Result<
         build_seconds,
         tokens_per_s: (settings.seq_len * settings.batch_size) as f64 / mean,
         step_seconds: mean,
-        phases: Phase::ALL
-            .iter()
-            .zip(phases)
-            .map(|(&p, d)| (p, d / steps))
-            .collect(),
+        phases: times.phase_means(),
         losses,
         measured_peak,
         measured_what,
