@@ -84,18 +84,9 @@ pub fn io_out_of_space(error: &std::io::Error) -> bool {
     )
 }
 
-/// Bytes as a person reads them: `1.4 GiB`, `312.0 MiB`, `20 KiB`.
+/// Bytes as a person reads them, in binary units: `1.4 GiB`, `292.0 KiB`.
 pub fn human_bytes(bytes: u64) -> String {
-    const GIB: f64 = (1u64 << 30) as f64;
-    const MIB: f64 = (1u64 << 20) as f64;
-    let b = bytes as f64;
-    if b >= GIB {
-        format!("{:.1} GiB", b / GIB)
-    } else if b >= MIB {
-        format!("{:.1} MiB", b / MIB)
-    } else {
-        format!("{} KiB", bytes.div_ceil(1024))
-    }
+    bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
 #[cfg(test)]
@@ -118,6 +109,6 @@ mod tests {
         assert!(is_out_of_space(&full) && is_out_of_space(&quota));
         assert!(!is_out_of_space(&missing));
         assert_eq!(human_bytes(1536 << 20), "1.5 GiB");
-        assert_eq!(human_bytes(1000), "1 KiB");
+        assert_eq!(human_bytes(299_008), "292.0 KiB");
     }
 }

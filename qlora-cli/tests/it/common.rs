@@ -1,7 +1,7 @@
 //! Running the `qlora` binary the way a user does.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 /// Exit code, stdout and stderr of `qlora ARGS`.
 pub fn qlora(args: &[&str]) -> (i32, String, String) {
@@ -77,4 +77,70 @@ pub fn python_json(script: &str, args: &[&std::ffi::OsStr]) -> serde_json::Value
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).expect("JSON from the script")
+}
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `p` as an argument.
+pub fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// `qlora train` on the fixture model and `datasets/parity_train.jsonl` into `out` with the
+/// `defaults` flags, those `extra` names replaced by `extra`: exit code and stderr.
+pub fn train_fixture(out: &Path, defaults: &[(&str, &str)], extra: &[&str]) -> (i32, String) {
+    let model = path(&root().join("tests/fixtures/tiny-llama"));
+    let data = path(&root().join("datasets/parity_train.jsonl"));
+    let out = path(out);
+    let mut args = vec!["train", "--model", &model, "--data", &data, "--out", &out];
+    for &(flag, value) in defaults {
+        if !extra.contains(&flag) {
+            args.extend([flag, value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    let (code, _, stderr) = qlora(&args);
+    (code, stderr)
+}
+
+/// Start `qlora train` on the fixture model for 100,000 steps into `out`, logging every step,
+/// with `extra` flags, and return once `lines` steps are logged (the run is training).
+pub fn spawn_long_training(out: &Path, extra: &[&str], lines: usize, stderr: Stdio) -> Child {
+    let model = path(&root().join("tests/fixtures/tiny-llama"));
+    let data = path(&root().join("datasets/parity_train.jsonl"));
+    let child = Command::new(env!("CARGO_BIN_EXE_qlora"))
+        .args([
+            "train",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--out",
+            &path(out),
+            "--max-seq-len",
+            "128",
+            "--rank",
+            "4",
+            "--grad-accum",
+            "1",
+            "--max-steps",
+            "100000",
+            "--logging-steps",
+            "1",
+        ])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let started = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < lines {
+        assert!(started.elapsed().as_secs() < 120, "training never started");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child
 }

@@ -7,37 +7,22 @@ use std::process::Command;
 
 use qlora_core::train::TENSORBOARD_DIR;
 
-use crate::common::qlora;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn path(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
+use crate::common::{path, qlora, root, spawn_long_training, train_fixture};
 
 /// `qlora train` on the fixture model, two short rows a step, a checkpoint every step, four
 /// steps; `extra` flags appended (they replace the defaults here of the same name).
 fn train(out: &Path, extra: &[&str]) -> (i32, String) {
-    let model = path(&root().join("tests/fixtures/tiny-llama"));
-    let data = path(&root().join("datasets/parity_train.jsonl"));
-    let out = path(out);
-    let mut args = vec!["train", "--model", &model, "--data", &data, "--out", &out];
-    for (flag, value) in [
-        ("--max-seq-len", "128"),
-        ("--rank", "4"),
-        ("--grad-accum", "1"),
-        ("--save-steps", "1"),
-        ("--max-steps", "4"),
-    ] {
-        if !extra.contains(&flag) {
-            args.extend([flag, value]);
-        }
-    }
-    args.extend_from_slice(extra);
-    let (code, _, stderr) = qlora(&args);
-    (code, stderr)
+    train_fixture(
+        out,
+        &[
+            ("--max-seq-len", "128"),
+            ("--rank", "4"),
+            ("--grad-accum", "1"),
+            ("--save-steps", "1"),
+            ("--max-steps", "4"),
+        ],
+        extra,
+    )
 }
 
 fn adapter(out: &Path) -> Vec<u8> {
@@ -134,44 +119,10 @@ fn a_torn_newest_checkpoint_is_skipped_and_resume_matches_the_uninterrupted_run(
 fn a_killed_run_is_reported_by_the_next_resume() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let model = path(&root().join("tests/fixtures/tiny-llama"));
-    let data = path(&root().join("datasets/parity_train.jsonl"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_qlora"))
-        .args([
-            "train",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--out",
-            &path(&out),
-            "--max-seq-len",
-            "128",
-            "--rank",
-            "4",
-            "--grad-accum",
-            "1",
-            "--save-steps",
-            "4",
-            "--max-steps",
-            "100000",
-            "--logging-steps",
-            "1",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let metrics = out.join("metrics.jsonl");
-    let started = std::time::Instant::now();
     // Past the first checkpoint and two steps beyond it.
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 6 {
-        assert!(
-            started.elapsed().as_secs() < 120,
-            "training never got going"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let mut child =
+        spawn_long_training(&out, &["--save-steps", "4"], 6, std::process::Stdio::null());
+    let metrics = out.join("metrics.jsonl");
     child.kill().unwrap();
     child.wait().unwrap();
     let logged = std::fs::read_to_string(&metrics).unwrap().lines().count();

@@ -4,15 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::qlora;
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn path(p: &Path) -> String {
-    p.to_str().unwrap().to_string()
-}
+use crate::common::{path, qlora, root, spawn_long_training, train_fixture};
 
 /// The fixture PEFT adapter copied to `dir` with `key` of its config set to `value`.
 fn edited_fixture_adapter(dir: &Path, key: &str, value: serde_json::Value) -> PathBuf {
@@ -34,22 +26,15 @@ fn edited_fixture_adapter(dir: &Path, key: &str, value: serde_json::Value) -> Pa
 /// `qlora train` on the fixture model, two short rows a step; `extra` flags appended (they
 /// replace the defaults here of the same name).
 fn train(out: &Path, extra: &[&str]) -> (i32, String) {
-    let model = path(&root().join("tests/fixtures/tiny-llama"));
-    let data = path(&root().join("datasets/parity_train.jsonl"));
-    let out = path(out);
-    let mut args = vec!["train", "--model", &model, "--data", &data, "--out", &out];
-    for (flag, value) in [
-        ("--max-seq-len", "128"),
-        ("--rank", "4"),
-        ("--grad-accum", "1"),
-    ] {
-        if !extra.contains(&flag) {
-            args.extend([flag, value]);
-        }
-    }
-    args.extend_from_slice(extra);
-    let (code, _, stderr) = qlora(&args);
-    (code, stderr)
+    train_fixture(
+        out,
+        &[
+            ("--max-seq-len", "128"),
+            ("--rank", "4"),
+            ("--grad-accum", "1"),
+        ],
+        extra,
+    )
 }
 
 #[test]
@@ -226,46 +211,6 @@ fn non_finite_weights_and_bad_norm_eps_are_errors_naming_where() {
     );
 }
 
-/// Start `qlora train` on the fixture model for 100,000 steps into `out`, logging every step,
-/// and return once a step is logged (the run is training).
-#[cfg(unix)]
-fn spawn_long_training(out: &Path, stderr: std::process::Stdio) -> std::process::Child {
-    use std::process::{Command, Stdio};
-    let model = path(&root().join("tests/fixtures/tiny-llama"));
-    let data = path(&root().join("datasets/parity_train.jsonl"));
-    let child = Command::new(env!("CARGO_BIN_EXE_qlora"))
-        .args([
-            "train",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--out",
-            &path(out),
-            "--max-seq-len",
-            "128",
-            "--rank",
-            "4",
-            "--grad-accum",
-            "1",
-            "--max-steps",
-            "100000",
-            "--logging-steps",
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let metrics = out.join("metrics.jsonl");
-    let started = std::time::Instant::now();
-    while !std::fs::read_to_string(&metrics).is_ok_and(|m| !m.is_empty()) {
-        assert!(started.elapsed().as_secs() < 120, "training never started");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child
-}
-
 /// Send `signal` (a `kill` name: TERM, INT) to process `pid`.
 #[cfg(unix)]
 fn send(signal: &str, pid: u32) {
@@ -286,7 +231,7 @@ fn signals_save_a_checkpoint_and_exit_non_zero() {
     let dir = tempfile::tempdir().unwrap();
     for (signal, code) in [("TERM", 143), ("INT", 130)] {
         let out = dir.path().join(signal);
-        let child = spawn_long_training(&out, Stdio::piped());
+        let child = spawn_long_training(&out, &[], 1, Stdio::piped());
         send(signal, child.id());
         let output = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
@@ -683,7 +628,7 @@ fn a_second_run_on_the_same_out_is_refused_until_the_first_is_gone() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
-    let mut first = spawn_long_training(&out, Stdio::null());
+    let mut first = spawn_long_training(&out, &[], 1, Stdio::null());
     let refused_at = std::time::Instant::now();
     let (code, stderr) = train(&out, &["--max-steps", "1"]);
     assert_eq!(code, 1, "{stderr}");

@@ -122,7 +122,7 @@ pub fn nf4_bytes(n: u64) -> u64 {
 }
 
 /// Bytes of AdamW's two states for a tensor of `n` values.
-fn adam_state_bytes(n: u64, eight_bit: bool) -> u64 {
+pub(crate) fn adam_state_bytes(n: u64, eight_bit: bool) -> u64 {
     // bitsandbytes keeps tensors under 4096 values in 32 bits.
     if eight_bit && n >= 4096 {
         2 * (n + n.div_ceil(256) * 4)

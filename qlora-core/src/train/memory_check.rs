@@ -106,9 +106,9 @@ pub fn host_available() -> Option<Available> {
 
 impl TrainConfig {
     /// Refuse a run whose planned peak (rows of `--max-seq-len` tokens) exceeds the memory
-    /// available on `device`, naming both figures and the changes that would fit. Returns the
-    /// two figures when it fits (`None` where either cannot be known).
-    pub fn check_memory(&self, device: DeviceChoice) -> Result<Option<(u64, Available)>> {
+    /// available on `device`, naming both figures and the changes that would fit. A run whose
+    /// memory or plan cannot be known passes.
+    pub fn check_memory(&self, device: DeviceChoice) -> Result<()> {
         let (available, compute_bytes) = if device == DeviceChoice::Cpu {
             (host_available(), 4)
         } else {
@@ -121,10 +121,10 @@ impl TrainConfig {
             (capacity, compute.size() as u64)
         };
         let Some(available) = available else {
-            return Ok(None);
+            return Ok(());
         };
         let Ok(config) = load_config(&self.model.to_string_lossy()) else {
-            return Ok(None);
+            return Ok(());
         };
         let mut settings = self.plan_settings(self.max_seq_len, compute_bytes)?;
         // On a GPU a paged optimizer without a budget keeps on the device what the step leaves.
@@ -136,7 +136,7 @@ impl TrainConfig {
         }
         let peak = plan(&config, &settings)?.peak_bytes;
         if peak <= available.bytes {
-            return Ok(Some((peak, available)));
+            return Ok(());
         }
         let options = alternatives(&config, &settings);
         let fitting: Vec<String> = options

@@ -27,7 +27,6 @@ pub use checkpoint::{
     CONFIG_FILE, MANIFEST_FILE, RunPosition, list_checkpoints, load_checkpoint, verify_checkpoint,
 };
 pub use config::TrainConfig;
-pub use memory_check::{Available, host_available};
 pub use optimizer::{AdamWConfig, MIN_8BIT_SIZE, OptimizerKind, PagedAdamW, SavedMoments};
 pub use pairs::REFERENCE_FILE;
 pub use progress::{LogProgress, METRICS_FILE, Progress, Quiet, StepMetrics, TENSORBOARD_DIR};

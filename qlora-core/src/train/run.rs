@@ -13,6 +13,7 @@ use super::trainer::Trainer;
 use crate::durable;
 use crate::error::{Error, Result};
 use crate::lora::{ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, AdapterDtype, save_adapter};
+use crate::plan::adam_state_bytes;
 use crate::staged_dir::{StagedDir, sweep_stale};
 use crate::text::CHAT_TEMPLATE_FILE;
 use crate::tfevents::EventWriter;
@@ -73,14 +74,14 @@ impl Trainer {
     }
 
     /// Bytes a checkpoint takes, about: the f32 adapter and the optimizer's moments.
-    pub fn checkpoint_bytes(&self) -> u64 {
-        let values: u64 = self.model.adapter_sizes().iter().map(|&n| n as u64).sum();
-        // Two moments of 4 bytes a value, or of one byte and an absmax per 256 values.
-        let moments = if self.config.optim.eight_bit() {
-            2 * (values + values.div_ceil(256) * 4)
-        } else {
-            8 * values
-        };
+    fn checkpoint_bytes(&self) -> u64 {
+        let eight_bit = self.config.optim.eight_bit();
+        let tensors = self.model.adapter_sizes();
+        let values: u64 = tensors.iter().map(|&n| n as u64).sum();
+        let moments: u64 = tensors
+            .iter()
+            .map(|&n| adam_state_bytes(n as u64, eight_bit))
+            .sum();
         4 * values + moments + (64 << 10)
     }
 
