@@ -154,7 +154,7 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
     }
     config.validate()?;
     // One writer per --out, taken before anything loads (the root rank writes it).
-    let _lock = if root {
+    let lock = if root {
         let command: Vec<String> = std::env::args().collect();
         Some(OutputLock::acquire(&config.out, &command.join(" "))?)
     } else {
@@ -197,10 +197,7 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
         progress.as_mut(),
         collective,
     )?;
-    if _lock
-        .as_ref()
-        .is_some_and(|l| l.previous_holder_died().is_some())
-    {
+    if lock.as_ref().is_some_and(|l| l.previous_holder_died()) {
         trainer.previous_run_died();
     }
     let summary = trainer.run(progress.as_mut(), &interrupt)?;

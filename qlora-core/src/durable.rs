@@ -63,14 +63,9 @@ pub fn free_space(path: &Path) -> Option<u64> {
 
 /// Whether `error` is the device or the user's quota being full (ENOSPC, EDQUOT).
 pub fn is_out_of_space(error: &Error) -> bool {
-    match error {
-        Error::Io { error, .. } => io_out_of_space(error),
-        _ => false,
-    }
-}
-
-/// Whether an I/O error is the device or the user's quota being full.
-pub fn io_out_of_space(error: &std::io::Error) -> bool {
+    let Error::Io { error, .. } = error else {
+        return false;
+    };
     #[cfg(unix)]
     if matches!(
         error.raw_os_error(),

@@ -25,8 +25,8 @@ pub struct OutputLock {
     created: Option<PathBuf>,
     /// The lock file is beside its output ([`OutputLock::beside`]) and goes when the lock does.
     beside: bool,
-    /// The record a holder that died without releasing the lock left (`pid: command`).
-    previous: Option<String>,
+    /// A holder died without releasing the lock: its record was still there.
+    previous_died: bool,
 }
 
 /// This process's command line, as the lock file records it.
@@ -106,7 +106,7 @@ impl OutputLock {
         // process killed without warning (SIGKILL, the OOM killer, a power cut).
         let mut previous = String::new();
         let _ = file.read_to_string(&mut previous);
-        let previous = (!previous.trim().is_empty()).then(|| previous.trim().replace('\n', ": "));
+        let previous_died = !previous.trim().is_empty();
         let record = format!("{}\n{command}\n", std::process::id());
         let written = file
             .set_len(0)
@@ -119,7 +119,7 @@ impl OutputLock {
             path,
             created: None,
             beside: false,
-            previous,
+            previous_died,
         })
     }
 
@@ -128,9 +128,9 @@ impl OutputLock {
         &self.path
     }
 
-    /// `pid: command` of a previous holder that died without releasing the lock, if one did.
-    pub fn previous_holder_died(&self) -> Option<&str> {
-        self.previous.as_deref()
+    /// Whether a previous holder died without releasing the lock (killed without warning).
+    pub fn previous_holder_died(&self) -> bool {
+        self.previous_died
     }
 }
 

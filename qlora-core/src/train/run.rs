@@ -49,20 +49,20 @@ impl Trainer {
     /// `--save-steps`); returns its directory.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf> {
         let needed = self.checkpoint_bytes();
-        let out = self.config.out.clone();
         self.warn_if_low_on_space(needed);
         self.write_checkpoint().map_err(|e| {
             if !durable::is_out_of_space(&e) {
                 return e;
             }
-            let free = durable::free_space(&out).map_or(String::new(), |f| {
+            let out = &self.config.out;
+            let free = durable::free_space(out).map_or(String::new(), |f| {
                 format!(", {} free", durable::human_bytes(f))
             });
-            let last = super::resume::newest_complete_checkpoint(&out)
+            let last = super::resume::newest_complete_checkpoint(out)
                 .0
                 .map_or("none yet".to_string(), |d| d.display().to_string());
             Error::file(
-                checkpoint_dir(&out, self.position.step),
+                checkpoint_dir(out, self.position.step),
                 format!(
                     "no space left on the device writing this checkpoint ({e}): it needs about \
                      {}{free}; nothing of it was kept. Free space and continue with --resume \
