@@ -68,6 +68,18 @@ pub fn sweep_stale(parent: &Path) {
     }
 }
 
+/// Remove the directory `dir` so that it is never seen half removed: it is renamed to a
+/// staging name first (swept by a later run if this process dies while removing it).
+pub fn remove_whole(dir: &Path) -> Result<()> {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let doomed = dir.with_file_name(format!(".{name}.partial-{}-removed", std::process::id()));
+    std::fs::rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
+}
+
 /// An output being written under a staging name next to its target, renamed into place when
 /// complete and removed when dropped before.
 pub struct StagedDir {
@@ -201,6 +213,23 @@ mod tests {
 
     /// The registry is process-wide: the tests take turns.
     static TURN: Mutex<()> = Mutex::new(());
+
+    /// A directory being removed is first renamed to a staging name, which a later run sweeps
+    /// when the remover died.
+    #[test]
+    fn a_removed_directory_is_never_seen_half_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("checkpoint-1");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/a"), "x").unwrap();
+        remove_whole(&dir).unwrap();
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+        let name = ".checkpoint-1.partial-999999999-removed";
+        assert_eq!(staging_owner(name), Some(999_999_999));
+        std::fs::create_dir(root.path().join(name)).unwrap();
+        sweep_stale(root.path());
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn appears_only_on_commit() {

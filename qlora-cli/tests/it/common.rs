@@ -90,28 +90,48 @@ pub fn path(p: &Path) -> String {
 }
 
 /// `qlora train` on the fixture model and `datasets/parity_train.jsonl` into `out` with the
-/// `defaults` flags, those `extra` names replaced by `extra`: exit code and stderr.
+/// `defaults` flags, those `extra` names (`--model` and `--data` too) replaced by `extra`: exit
+/// code and stderr.
 pub fn train_fixture(out: &Path, defaults: &[(&str, &str)], extra: &[&str]) -> (i32, String) {
+    let output = fixture_training(out, defaults, extra)
+        .output()
+        .expect("run qlora");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// [`train_fixture`] to spawn.
+pub fn fixture_training(out: &Path, defaults: &[(&str, &str)], extra: &[&str]) -> Command {
     let model = path(&root().join("tests/fixtures/tiny-llama"));
     let data = path(&root().join("datasets/parity_train.jsonl"));
     let out = path(out);
-    let mut args = vec!["train", "--model", &model, "--data", &data, "--out", &out];
-    for &(flag, value) in defaults {
+    let mut args = vec!["train", "--out", &out];
+    for &(flag, value) in [("--model", model.as_str()), ("--data", &data)]
+        .iter()
+        .chain(defaults)
+    {
         if !extra.contains(&flag) {
             args.extend([flag, value]);
         }
     }
     args.extend_from_slice(extra);
-    let (code, _, stderr) = qlora(&args);
-    (code, stderr)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qlora"));
+    command
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(Stdio::null());
+    command
 }
 
-/// Start `qlora train` on the fixture model for 100,000 steps into `out`, logging every step,
-/// with `extra` flags, and return once `lines` steps are logged (the run is training).
-pub fn spawn_long_training(out: &Path, extra: &[&str], lines: usize, stderr: Stdio) -> Child {
+/// `qlora train` on the fixture model for 100,000 steps into `out`, logging every step, with
+/// `extra` flags, to spawn.
+pub fn long_training(out: &Path, extra: &[&str]) -> Command {
     let model = path(&root().join("tests/fixtures/tiny-llama"));
     let data = path(&root().join("datasets/parity_train.jsonl"));
-    let child = Command::new(env!("CARGO_BIN_EXE_qlora"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_qlora"));
+    command
         .args([
             "train",
             "--model",
@@ -132,15 +152,33 @@ pub fn spawn_long_training(out: &Path, extra: &[&str], lines: usize, stderr: Std
             "1",
         ])
         .args(extra)
-        .stdout(Stdio::null())
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+        .stdout(Stdio::null());
+    command
+}
+
+/// Wait until `out`'s metrics log `lines` steps (the run is training).
+pub fn wait_for_steps(out: &Path, lines: usize) {
     let metrics = out.join("metrics.jsonl");
     let started = std::time::Instant::now();
     while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < lines {
         assert!(started.elapsed().as_secs() < 120, "training never started");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+/// Start [`long_training`] and return once `lines` steps are logged.
+pub fn spawn_long_training(out: &Path, extra: &[&str], lines: usize, stderr: Stdio) -> Child {
+    let child = long_training(out, extra).stderr(stderr).spawn().unwrap();
+    wait_for_steps(out, lines);
     child
+}
+
+/// Send `signal` (a `kill` name: TERM, INT, KILL) to process `pid`.
+#[cfg(unix)]
+pub fn send(signal: &str, pid: u32) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
 }

@@ -7,22 +7,29 @@ use std::process::Command;
 
 use qlora_core::train::TENSORBOARD_DIR;
 
-use crate::common::{path, qlora, root, spawn_long_training, train_fixture};
+use qlora_core::train::{list_checkpoints, verify_checkpoint};
+
+use crate::common::{fixture_training, path, qlora, root, spawn_long_training, train_fixture};
+#[cfg(unix)]
+use crate::common::{long_training, send};
 
 /// `qlora train` on the fixture model, two short rows a step, a checkpoint every step, four
 /// steps; `extra` flags appended (they replace the defaults here of the same name).
 fn train(out: &Path, extra: &[&str]) -> (i32, String) {
-    train_fixture(
-        out,
-        &[
-            ("--max-seq-len", "128"),
-            ("--rank", "4"),
-            ("--grad-accum", "1"),
-            ("--save-steps", "1"),
-            ("--max-steps", "4"),
-        ],
-        extra,
-    )
+    train_fixture(out, DEFAULTS, extra)
+}
+
+const DEFAULTS: &[(&str, &str)] = &[
+    ("--max-seq-len", "128"),
+    ("--rank", "4"),
+    ("--grad-accum", "1"),
+    ("--save-steps", "1"),
+    ("--max-steps", "4"),
+];
+
+/// [`train`] to spawn.
+fn train_command(out: &Path, extra: &[&str]) -> Command {
+    fixture_training(out, DEFAULTS, extra)
 }
 
 fn adapter(out: &Path) -> Vec<u8> {
@@ -289,4 +296,295 @@ fn a_run_that_cannot_fit_in_memory_is_refused_before_loading() {
         "{stderr}"
     );
     assert!(!out.exists(), "a refused run wrote {out:?}");
+}
+
+/// Names in `out` of checkpoints, staging directories and locks, each checkpoint verified
+/// against its manifest: a checkpoint that does not verify fails the test.
+fn checkpoints_all_verify(out: &Path) -> Vec<u64> {
+    list_checkpoints(out)
+        .into_iter()
+        .map(|(step, dir)| {
+            if let Err(why) = verify_checkpoint(&dir) {
+                panic!("{} is torn: {why}", dir.display());
+            }
+            step
+        })
+        .collect()
+}
+
+/// Wait until a checkpoint is being written into `out` (its staging directory exists).
+fn wait_for_a_save(out: &Path) {
+    let started = std::time::Instant::now();
+    while !std::fs::read_dir(out).is_ok_and(|d| {
+        d.flatten().any(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with(".checkpoint-") && name.contains(".partial-")
+        })
+    }) {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint was saved");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+/// SIGTERM while a checkpoint is being written (a test hook stalls each save after its
+/// adapter): the save finishes, the run saves where it stops and exits 143. Ctrl-C twice
+/// mid-save: exit 130 at once, the unfinished checkpoint removed. Either way no checkpoint left
+/// is torn, nothing half-written remains, and the run resumes.
+#[cfg(unix)]
+#[test]
+fn a_signal_during_a_checkpoint_never_leaves_a_torn_one() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    for (signals, code) in [(&["TERM"][..], 143), (&["INT", "INT"][..], 130)] {
+        let out = dir.path().join(signals.join("-"));
+        let child = long_training(&out, &["--save-steps", "2"])
+            .env("QLORA_TEST_CHECKPOINT_PAUSE_MS", "1000")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_a_save(&out);
+        for signal in signals {
+            send(signal, child.id());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let started = std::time::Instant::now();
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{signals:?}: {stderr}");
+        let saved = checkpoints_all_verify(&out);
+        assert!(leftovers(&out).is_empty(), "{:?}", leftovers(&out));
+        if signals.len() == 1 {
+            // The checkpoint being written, and the one where the run stopped.
+            assert_eq!(saved.len(), 2, "{saved:?}: {stderr}");
+            assert!(stderr.contains("saving a checkpoint"), "{stderr}");
+        } else {
+            // The second signal did not wait for the stalled save.
+            assert!(started.elapsed().as_millis() < 800, "{stderr}");
+            assert!(saved.is_empty(), "{saved:?}: {stderr}");
+            assert!(
+                stderr.contains("unfinished outputs were removed"),
+                "{stderr}"
+            );
+            continue;
+        }
+        let last = saved.last().unwrap();
+        let (code, stderr) = train(&out, &["--resume", "--max-steps", &(last + 1).to_string()]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(
+            stderr.contains(&format!("checkpoint-{last} at step {last}")),
+            "{stderr}"
+        );
+    }
+}
+
+/// Runs that checkpoint every step, each `kill -9`ed at a seeded random moment (50 kills, from
+/// start-up to the final adapter): after every kill each checkpoint left verifies, the next run
+/// (`--resume` where a checkpoint exists) starts, and every run carried to its end has the
+/// uninterrupted run's adapter bit for bit.
+#[cfg(unix)]
+#[test]
+fn fifty_kill_9s_at_random_moments_never_leave_a_state_resume_refuses() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let reference = dir.path().join("reference");
+    let started = std::time::Instant::now();
+    let steps = ["--max-steps", "8"];
+    let (code, stderr) = train(&reference, &steps);
+    assert_eq!(code, 0, "{stderr}");
+    // Kills land anywhere in the first three quarters of an uninterrupted run's time: all of
+    // a resumed run's, which starts later (a run that ends first is carried to the end).
+    let span = started.elapsed().as_micros() as u64 * 3 / 4;
+    let want = adapter(&reference);
+    let out = dir.path().join("run");
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let (mut kills, mut finished, mut resumed) = (0, 0, 0);
+    // How many kills left the newest checkpoint at each step.
+    let mut newest = [0; 8];
+    while kills < 50 {
+        let resume = !list_checkpoints(&out).is_empty();
+        resumed += usize::from(resume);
+        let mut command = train_command(
+            &out,
+            &[&steps[..], if resume { &["--resume"] } else { &[] }].concat(),
+        );
+        let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+        // xorshift64*: a moment in [0, span).
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let at = state.wrapping_mul(0x2545_f491_4f6c_dd1d) % span;
+        std::thread::sleep(std::time::Duration::from_micros(at));
+        if child.try_wait().unwrap().is_none() {
+            send("KILL", child.id());
+        }
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match output.status.code() {
+            None => kills += 1,
+            Some(0) => {
+                assert!(
+                    adapter(&out) == want,
+                    "not the uninterrupted adapter: {stderr}"
+                );
+                finished += 1;
+                std::fs::remove_dir_all(&out).unwrap();
+                continue;
+            }
+            Some(code) => panic!("after {kills} kills, a run exited {code}: {stderr}"),
+        }
+        let saved = checkpoints_all_verify(&out);
+        newest[saved.last().map_or(0, |&s| s as usize)] += 1;
+    }
+    let resume: &[&str] = if list_checkpoints(&out).is_empty() {
+        &[]
+    } else {
+        &["--resume"]
+    };
+    let (code, stderr) = train(&out, &[&steps[..], resume].concat());
+    assert_eq!(code, 0, "{stderr}");
+    assert!(adapter(&out) == want, "not the uninterrupted adapter");
+    eprintln!(
+        "{kills} kills (newest checkpoint then, by step 0-7: {newest:?}), {resumed} resumed \
+         runs, {finished} carried to the end"
+    );
+    assert!(
+        resumed > 10 && finished > 0,
+        "the kills did not spread over the runs"
+    );
+}
+
+/// A memory control group limited to `bytes`, for the processes started in it; removed when
+/// dropped. `None` where this process may not make one (not root, no memory controller).
+#[cfg(target_os = "linux")]
+struct MemoryCgroup(PathBuf);
+
+#[cfg(target_os = "linux")]
+impl MemoryCgroup {
+    fn new(name: &str, bytes: u64) -> Option<MemoryCgroup> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        // cgroup v1's memory hierarchy, else the unified (v2) one.
+        let (dir, limit) = own
+            .lines()
+            .find_map(|l| {
+                let path = l.split(':').nth(2)?;
+                l.split(':')
+                    .nth(1)?
+                    .split(',')
+                    .any(|c| c == "memory")
+                    .then(|| {
+                        (
+                            format!("/sys/fs/cgroup/memory{path}"),
+                            "memory.limit_in_bytes",
+                        )
+                    })
+            })
+            .or_else(|| {
+                let path = own.lines().find_map(|l| l.strip_prefix("0::"))?;
+                Some((format!("/sys/fs/cgroup{path}"), "memory.max"))
+            })?;
+        let dir = Path::new(&dir).join(format!("qlora-test-{name}-{}", std::process::id()));
+        let made = std::fs::create_dir(&dir).is_ok()
+            && std::fs::write(dir.join(limit), bytes.to_string()).is_ok();
+        // No swap to escape to where the controller has the setting.
+        let _ = std::fs::write(dir.join("memory.memsw.limit_in_bytes"), bytes.to_string());
+        let _ = std::fs::write(dir.join("memory.swap.max"), "0");
+        if !made {
+            let _ = std::fs::remove_dir(&dir);
+            eprintln!("skipped: cannot make a memory control group here (CI runs as root and can)");
+            return None;
+        }
+        Some(MemoryCgroup(dir))
+    }
+
+    /// `command` started inside the group (a shell moves itself in, then runs it).
+    fn spawn(&self, command: &Command) -> std::process::Child {
+        let mut line = format!(
+            "echo $$ > '{}' && exec",
+            self.0.join("cgroup.procs").display()
+        );
+        line.push_str(&format!(" '{}'", command.get_program().to_string_lossy()));
+        for arg in command.get_args() {
+            line.push_str(&format!(" '{}'", arg.to_string_lossy()));
+        }
+        Command::new("sh")
+            .args(["-c", &line])
+            .env("HF_HUB_OFFLINE", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Under a control group whose memory limit is below the plan's peak, `train` refuses before
+/// loading with both figures; with `--ignore-memory-check` the kernel kills it for memory, and
+/// the next `--resume` (with room) says the previous run ended without a checkpoint.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_memory_limit_below_the_plan_is_refused_and_an_oom_kill_is_reported() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    // Rows long enough that a step takes tens of MiB (the fixture's context, 256 tokens, is
+    // packed full), 40 MiB for the whole process.
+    let data = dir.path().join("long.jsonl");
+    let rows: String = (0..8)
+        .map(|r| {
+            let words: Vec<String> = (0..3000)
+                .map(|i| ((i * 7919 + r) % 100_000).to_string())
+                .collect();
+            format!("{{\"text\": \"{}\"}}\n", words.join(" "))
+        })
+        .collect();
+    std::fs::write(&data, rows).unwrap();
+    let Some(group) = MemoryCgroup::new("oom", 40 << 20) else {
+        return;
+    };
+    let out = dir.path().join("run");
+    let data = path(&data);
+    let flags = ["--data", &data, "--max-seq-len", "8192", "--max-steps"];
+    let (code, stderr) = train(&out, &[&flags[..], &["2"]].concat());
+    assert_eq!(code, 0, "{stderr}");
+    let mut more = flags.to_vec();
+    more.extend(["4", "--resume"]);
+
+    let output = group
+        .spawn(&train_command(&out, &more))
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap();
+    assert!(
+        last.contains("the run's planned peak is")
+            && last.contains("the control group's limit 40.0 MiB")
+            && last.contains("--ignore-memory-check"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("training:"), "it loaded: {stderr}");
+
+    more.push("--ignore-memory-check");
+    let output = group
+        .spawn(&train_command(&out, &more))
+        .wait_with_output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.signal(),
+        Some(9),
+        "not killed for memory: {stderr}"
+    );
+
+    let (code, stderr) = train(&out, &more[..more.len() - 1]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains("the previous run ended without a checkpoint after step 1"),
+        "{stderr}"
+    );
 }

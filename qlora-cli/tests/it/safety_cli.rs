@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
+#[cfg(unix)]
+use crate::common::send;
 use crate::common::{path, qlora, root, spawn_long_training, train_fixture};
 
 /// The fixture PEFT adapter copied to `dir` with `key` of its config set to `value`.
@@ -209,16 +211,6 @@ fn non_finite_weights_and_bad_norm_eps_are_errors_naming_where() {
         stderr.contains("adapter_model.safetensors") && stderr.contains("NaN"),
         "{stderr}"
     );
-}
-
-/// Send `signal` (a `kill` name: TERM, INT) to process `pid`.
-#[cfg(unix)]
-fn send(signal: &str, pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 /// SIGTERM (what schedulers send before preemption) and Ctrl-C stop training after a step

@@ -14,7 +14,7 @@ use super::optimizer::SavedMoments;
 use crate::checkpoint::{Checkpoint, OutTensor, write_safetensors_file};
 use crate::dtype::{FloatDtype, decode_f32, f32_bytes};
 use crate::error::{Error, Result};
-use crate::staged_dir::StagedDir;
+use crate::staged_dir::{StagedDir, remove_whole};
 
 pub const TRAINER_STATE_FILE: &str = "trainer_state.json";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
@@ -171,6 +171,20 @@ pub fn list_checkpoints(out: &Path) -> Vec<(u64, PathBuf)> {
     found
 }
 
+/// A checkpoint stalled after its adapter is written, for the tests of signals arriving
+/// mid-save: `QLORA_TEST_CHECKPOINT_PAUSE_MS` milliseconds (unset: none).
+fn pause_for_tests() {
+    static PAUSE: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let pause = PAUSE.get_or_init(|| {
+        std::env::var("QLORA_TEST_CHECKPOINT_PAUSE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(ms) = *pause {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
+}
+
 /// Write `write_adapter`'s files, the optimizer and the position into `OUT/checkpoint-N/`
 /// atomically, then drop the oldest checkpoints beyond `keep`.
 pub fn save_checkpoint(
@@ -185,6 +199,7 @@ pub fn save_checkpoint(
     let target = checkpoint_dir(out, position.step);
     let staged = StagedDir::new(&target, true, &[])?;
     write_adapter(staged.path())?;
+    pause_for_tests();
     let mut tensors = BTreeMap::new();
     for (i, m) in moments.iter().enumerate() {
         match m {
@@ -235,7 +250,7 @@ pub fn save_checkpoint(
         let all = list_checkpoints(out);
         if all.len() > keep.max(1) {
             for (_, old) in &all[..all.len() - keep.max(1)] {
-                std::fs::remove_dir_all(old).map_err(|e| Error::io(old, e))?;
+                remove_whole(old)?;
             }
         }
     }
