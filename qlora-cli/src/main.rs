@@ -1,5 +1,6 @@
 //! `qlora`: fine-tune LLaMA-family models with QLoRA from the command line.
 
+mod alloc;
 mod bar;
 mod bench;
 mod eval;
@@ -17,6 +18,9 @@ mod signals;
 mod train;
 
 use std::process::ExitCode;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 use clap::error::{ContextKind, ErrorKind};
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};

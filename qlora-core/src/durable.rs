@@ -79,6 +79,58 @@ pub fn is_out_of_space(error: &Error) -> bool {
     )
 }
 
+/// Whether `error` says the place cannot be written: a read-only mount, no permission, or a
+/// directory that is gone.
+pub fn is_unwritable(error: &Error) -> bool {
+    let Error::Io { error, .. } = error else {
+        return false;
+    };
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem
+            | std::io::ErrorKind::PermissionDenied
+            | std::io::ErrorKind::NotFound
+    )
+}
+
+/// Which directory a path names (device and inode on Unix), to notice it deleted or replaced
+/// under a run that writes into it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirIdentity(Option<(u64, u64)>);
+
+impl DirIdentity {
+    /// The directory at `dir` now.
+    pub fn of(dir: &Path) -> Result<DirIdentity> {
+        let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            Ok(DirIdentity(Some((meta.dev(), meta.ino()))))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            Ok(DirIdentity(None))
+        }
+    }
+
+    /// An error naming `dir` unless it is still the directory it was.
+    pub fn check(&self, dir: &Path) -> Result<()> {
+        let still = match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => self.0.is_none() || DirIdentity::of(dir)? == *self,
+            _ => false,
+        };
+        if still {
+            return Ok(());
+        }
+        Err(Error::file(
+            dir,
+            "the output directory was deleted or replaced while this run was writing to it \
+             (what it held went with it); stopping",
+        ))
+    }
+}
+
 /// Bytes as a person reads them, in binary units: `1.4 GiB`, `292.0 KiB`.
 pub fn human_bytes(bytes: u64) -> String {
     bytesize::ByteSize(bytes).display().iec().to_string()

@@ -588,3 +588,172 @@ fn a_memory_limit_below_the_plan_is_refused_and_an_oom_kill_is_reported() {
         "{stderr}"
     );
 }
+
+/// The output directory turned read-only (a read-only bind mount over it) or deleted while a
+/// run writes into it: the run stops at its next checkpoint or step with a one-line error
+/// naming the directory, no panic; the checkpoint it already had still verifies and resumes.
+#[cfg(target_os = "linux")]
+#[test]
+fn an_output_that_turns_read_only_or_vanishes_stops_the_run_with_one_line() {
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let wait_for_checkpoint = |out: &Path| {
+        let started = std::time::Instant::now();
+        while list_checkpoints(out).is_empty() {
+            assert!(started.elapsed().as_secs() < 120, "no checkpoint was saved");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    let finish = |child: std::process::Child| {
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr.trim().lines().last().unwrap().to_string()
+    };
+
+    let out = dir.path().join("read-only");
+    let child = long_training(&out, &["--save-steps", "3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&out);
+    let mounted = Command::new("mount")
+        .arg("--bind")
+        .args([&out, &out])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped the read-only case: cannot mount here (CI runs as root and can)");
+        send("KILL", child.id());
+        child.wait_with_output().unwrap();
+    } else {
+        let status = Command::new("mount")
+            .args(["-o", "remount,bind,ro"])
+            .arg(&out)
+            .status()
+            .unwrap();
+        let last = finish(child);
+        let _ = Command::new("umount").arg(&out).status();
+        assert!(status.success());
+        assert!(
+            last.contains("checkpoint-6: cannot write this checkpoint")
+                && last.contains("Read-only file system")
+                && last.contains("checkpoint-3)"),
+            "{last}"
+        );
+        assert_eq!(checkpoints_all_verify(&out), [3]);
+        let (code, stderr) = train(&out, &["--resume", "--max-steps", "4"]);
+        assert_eq!(code, 0, "{stderr}");
+    }
+
+    let out = dir.path().join("deleted");
+    let child = long_training(&out, &["--save-steps", "3"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_checkpoint(&out);
+    std::fs::remove_dir_all(&out).unwrap();
+    let last = finish(child);
+    assert!(
+        last.contains(&format!(
+            "{}: the output directory was deleted",
+            out.display()
+        )),
+        "{last}"
+    );
+    assert!(!out.exists(), "the run made {out:?} again");
+}
+
+/// A model directory on a read-only mount trains (nothing is written beside the model); an
+/// output asked for inside it is refused in one line naming the path; a dataset cut off in
+/// the middle of a record (truncated as it was copied) is refused naming its file and line.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_read_only_model_trains_and_a_truncated_dataset_is_refused_by_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (copy, model) = (dir.path().join("copy"), dir.path().join("model"));
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(root().join("tests/fixtures/tiny-llama"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(e.path(), copy.join(e.file_name())).unwrap();
+    }
+    let data = std::fs::read_to_string(root().join("datasets/parity_train.jsonl")).unwrap();
+    let cut = dir.path().join("cut.jsonl");
+    std::fs::write(&cut, &data[..data.len() / 2]).unwrap();
+    let line = data[..data.len() / 2].lines().count();
+    let (code, stderr) = train(&dir.path().join("cut"), &["--data", &path(&cut)]);
+    assert_eq!(code, 1, "{stderr}");
+    let last = stderr.trim().lines().last().unwrap();
+    assert!(
+        last.contains(&format!("cut.jsonl:{line}: ")) && last.contains("ends inside this record"),
+        "{stderr}"
+    );
+
+    let mounted = Command::new("mount")
+        .arg("--bind")
+        .args([&copy, &model])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped the read-only model: cannot mount here (CI runs as root and can)");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(&model);
+    let status = Command::new("mount")
+        .args(["-o", "remount,bind,ro"])
+        .arg(&model)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let (code, stderr) = train(
+        &dir.path().join("run"),
+        &["--model", &path(&model), "--max-steps", "2"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let inside = path(&model.join("nf4"));
+    let (code, _, stderr) = qlora(&["quantize", "--model", &path(&model), "--out", &inside]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.trim().lines().count() == 1 && stderr.contains("Read-only file system"),
+        "{stderr}"
+    );
+}
+
+/// An allocation the machine refuses (here `ulimit -v` of 1 GB under an 8B-shaped benchmark,
+/// whose embedding alone is 2 GB) ends with a one-line error and exit 1, not Rust's abort.
+#[cfg(unix)]
+#[test]
+fn an_allocation_that_fails_ends_with_one_line_not_an_abort() {
+    let output = Command::new("sh")
+        .args(["-c", "ulimit -v 1000000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_qlora"))
+        .args([
+            "bench",
+            "--shape",
+            "llama-3.1-8b",
+            "--device",
+            "cpu",
+            "--steps",
+            "1",
+        ])
+        .args(["--seq-len", "64"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let last = stderr.trim().lines().last().unwrap();
+    assert!(
+        last.starts_with("error: out of memory: allocating ") && last.contains("qlora plan"),
+        "{stderr}"
+    );
+}

@@ -138,8 +138,16 @@ pub fn read_json_records(path: &Path) -> Result<Vec<Record>> {
         line_number += 1;
         if !line.trim().is_empty() {
             let value: Value = serde_json::from_str(&line).map_err(|e| {
+                // The last line, cut short: the file was truncated (a copy or a write that
+                // did not finish).
+                let cut = if e.is_eof() && !line.ends_with('\n') {
+                    "; the file ends inside this record (truncated while it was written or \
+                     copied?)"
+                } else {
+                    ""
+                };
                 Error::invalid(format!(
-                    "{}:{line_number}: invalid JSON: {e}",
+                    "{}:{line_number}: invalid JSON: {e}{cut}",
                     path.display()
                 ))
             })?;

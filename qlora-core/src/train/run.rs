@@ -51,25 +51,37 @@ impl Trainer {
         let needed = self.checkpoint_bytes();
         self.warn_if_low_on_space(needed);
         self.write_checkpoint().map_err(|e| {
-            if !durable::is_out_of_space(&e) {
-                return e;
-            }
             let out = &self.config.out;
-            let free = durable::free_space(out).map_or(String::new(), |f| {
-                format!(", {} free", durable::human_bytes(f))
-            });
             let last = super::resume::newest_complete_checkpoint(out)
                 .0
                 .map_or("none yet".to_string(), |d| d.display().to_string());
-            Error::file(
-                checkpoint_dir(out, self.position.step),
-                format!(
-                    "no space left on the device writing this checkpoint ({e}): it needs about \
-                     {}{free}; nothing of it was kept. Free space and continue with --resume \
-                     (the last complete checkpoint: {last})",
-                    durable::human_bytes(needed)
-                ),
-            )
+            let target = checkpoint_dir(out, self.position.step);
+            if durable::is_out_of_space(&e) {
+                let free = durable::free_space(out).map_or(String::new(), |f| {
+                    format!(", {} free", durable::human_bytes(f))
+                });
+                Error::file(
+                    target,
+                    format!(
+                        "no space left on the device writing this checkpoint ({e}): it needs \
+                         about {}{free}; nothing of it was kept. Free space and continue with \
+                         --resume (the last complete checkpoint: {last})",
+                        durable::human_bytes(needed)
+                    ),
+                )
+            } else if durable::is_unwritable(&e) {
+                Error::file(
+                    target,
+                    format!(
+                        "cannot write this checkpoint ({e}); nothing of it was kept and the \
+                         earlier checkpoints are as they were. Make {} writable and continue \
+                         with --resume (the last complete checkpoint: {last})",
+                        out.display()
+                    ),
+                )
+            } else {
+                e
+            }
         })
     }
 
@@ -276,9 +288,11 @@ impl Trainer {
         let root = self.is_root();
         let mut quiet = Quiet;
         let progress: &mut dyn Progress = if root { progress } else { &mut quiet };
+        let mut identity = None;
         let (mut metrics, mut events) = if root {
             std::fs::create_dir_all(&self.config.out)
                 .map_err(|e| Error::io(&self.config.out, e))?;
+            identity = Some(durable::DirIdentity::of(&self.config.out)?);
             let resumed = (self.position.step > 0).then_some(self.position.step);
             let events = EventWriter::create(&self.config.out.join(TENSORBOARD_DIR), resumed)?;
             (Some(self.open_metrics(progress)?), Some(events))
@@ -316,6 +330,9 @@ impl Trainer {
                     eval_loss_after = m.eval_loss;
                 }
                 self.keep_best(&m, progress)?;
+            }
+            if let Some(identity) = &identity {
+                identity.check(&self.config.out)?;
             }
             if let Some(metrics) = &mut metrics {
                 // One write a line: a line is whole or (if the process dies mid-write) torn
