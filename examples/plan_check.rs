@@ -1,14 +1,20 @@
 //! `qlora plan` against measurement: for several small models, sequence lengths and
 //! checkpointing settings, the planned peak next to the peak heap of a real training run
-//! (the `qlora train` trainer, two steps, counted by a global allocator).
+//! (the `qlora train` trainer, two steps, counted by a global allocator); then, on the 135M
+//! shape at train's defaults (packing, rows of 2048 tokens, and of 512), the plan `train` prints
+//! next to the peak RSS of the `qlora` binary (what the OS, a cgroup and the OOM killer count).
 //!
-//! Run: `cargo run --release --example plan_check`
+//! Run: `cargo build --release -p qlora-cli && cargo run --release --example plan_check`
+//! (`QLORA_BIN` names another binary).
+
+use std::path::{Path, PathBuf};
 
 use qlora_core::config::ModelConfig;
+use qlora_core::device::DeviceChoice;
 use qlora_core::plan::{PlanSettings, plan};
 use support::synthetic::SyntheticModel;
 
-use qlora_core::train::OptimizerKind;
+use qlora_core::train::{OptimizerKind, TrainConfig};
 use support::alloc::{Counting, mib};
 use support::fixture;
 use support::training_peak::{
@@ -91,4 +97,79 @@ fn main() {
         mib(peaks[0].0 - peaks[1].0),
         mib(peaks[0].1.saturating_sub(peaks[1].1))
     );
+    rss_check(&dir, &data, tmp.path());
+}
+
+/// The `qlora` binary's peak RSS training the model in `dir` (two steps of one row, train's
+/// defaults otherwise) at rows of 2048 and 512 tokens with 32- and 8-bit states, against the
+/// planned peak `train` prints beside it.
+fn rss_check(dir: &Path, data: &Path, tmp: &Path) {
+    let bin = std::env::var_os("QLORA_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/qlora"));
+    if !bin.exists() {
+        println!(
+            "\n(no {}: `cargo build --release -p qlora-cli` for the peak RSS rows)",
+            bin.display()
+        );
+        return;
+    }
+    println!(
+        "\n{:<24} {:>12} {:>13} {:>7}",
+        "peak RSS (smollm2)", "planned MiB", "measured MiB", "ratio"
+    );
+    let mut worst: f64 = 0.0;
+    for seq in [2048, 512] {
+        for optim in [OptimizerKind::AdamW32, OptimizerKind::AdamW8] {
+            let out = tmp.join(format!("rss-{seq}-{optim}"));
+            let status = std::process::Command::new(&bin)
+                .args([
+                    "train",
+                    "--format",
+                    "text",
+                    "--grad-accum",
+                    "1",
+                    "--max-steps",
+                    "2",
+                ])
+                .args(["--save-steps", "1000", "--logging-steps", "1"])
+                .args([
+                    "--optim",
+                    &optim.to_string(),
+                    "--max-seq-len",
+                    &seq.to_string(),
+                ])
+                .arg("--model")
+                .arg(dir)
+                .arg("--data")
+                .arg(data)
+                .arg("--out")
+                .arg(&out)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("run qlora");
+            assert!(status.success(), "qlora train failed");
+            let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+            let last: serde_json::Value =
+                serde_json::from_str(metrics.lines().last().expect("a step")).expect("JSON");
+            let measured = last["peak_rss_bytes"].as_u64().expect("peak_rss_bytes") as usize;
+            let config = TrainConfig {
+                model: dir.to_path_buf(),
+                max_seq_len: seq,
+                grad_accum: 1,
+                optim,
+                ..TrainConfig::default()
+            };
+            let planned = config.planned_peak(DeviceChoice::Cpu).expect("a plan") as usize;
+            let ratio = planned as f64 / measured as f64;
+            worst = worst.max((ratio - 1.0).abs());
+            println!(
+                "{:<24} {:>12.1} {:>13.1} {ratio:>7.3}",
+                format!("rows of {seq}, {optim}"),
+                mib(planned),
+                mib(measured)
+            );
+        }
+    }
+    println!("largest difference: {:.1}%", worst * 100.0);
 }

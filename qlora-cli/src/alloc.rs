@@ -1,9 +1,18 @@
-//! The binary's allocator: the system's, except that an allocation the machine cannot satisfy
-//! (a memory limit, `ulimit -v`, no overcommit) ends the process with a one-line error and exit
-//! code 1, where Rust would print `memory allocation of N bytes failed` and abort (SIGABRT,
-//! maybe a core dump). Checkpoints are written whole or not at all, so the run resumes.
+//! The binary's allocator, and what happens when it fails: an allocation the machine cannot
+//! satisfy (a memory limit, `ulimit -v`, no overcommit) ends the process with a one-line error
+//! and exit code 1, where Rust would print `memory allocation of N bytes failed` and abort
+//! (SIGABRT, maybe a core dump). Checkpoints are written whole or not at all, so the run
+//! resumes.
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::{GlobalAlloc, Layout};
+
+/// The allocator underneath: the feature `mimalloc` or `jemalloc` picks one, else the system's.
+#[cfg(feature = "mimalloc")]
+const INNER: mimalloc::MiMalloc = mimalloc::MiMalloc;
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+const INNER: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+#[cfg(not(any(feature = "mimalloc", feature = "jemalloc")))]
+const INNER: std::alloc::System = std::alloc::System;
 
 /// An allocator whose failures end the process with a message.
 pub struct Allocator;
@@ -55,25 +64,25 @@ fn checked(pointer: *mut u8, size: usize) -> *mut u8 {
     pointer
 }
 
-// SAFETY: every call goes to `System` unchanged; only a null result is acted on.
+// SAFETY: every call goes to `INNER` unchanged; only a null result is acted on.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract, passed on.
-        checked(unsafe { System.alloc(layout) }, layout.size())
+        checked(unsafe { INNER.alloc(layout) }, layout.size())
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract, passed on.
-        checked(unsafe { System.alloc_zeroed(layout) }, layout.size())
+        checked(unsafe { INNER.alloc_zeroed(layout) }, layout.size())
     }
 
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         // SAFETY: the caller's contract, passed on.
-        unsafe { System.dealloc(pointer, layout) }
+        unsafe { INNER.dealloc(pointer, layout) }
     }
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, size: usize) -> *mut u8 {
         // SAFETY: the caller's contract, passed on.
-        checked(unsafe { System.realloc(pointer, layout, size) }, size)
+        checked(unsafe { INNER.realloc(pointer, layout, size) }, size)
     }
 }

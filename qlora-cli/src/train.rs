@@ -11,10 +11,12 @@ use clap::{ArgMatches, Args};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use qlora_core::device::DeviceChoice;
 use qlora_core::distributed::{self, Collective};
+use qlora_core::durable::human_bytes;
 use qlora_core::gguf::resolve_model;
 use qlora_core::output_lock::OutputLock;
 use qlora_core::train::{
-    LogProgress, Outcome, Progress, Quiet, StepMetrics, TrainConfig, Trainer, resume_point,
+    LogProgress, Outcome, Progress, Quiet, StepMetrics, TrainConfig, TrainSummary, Trainer,
+    resume_point,
 };
 
 #[derive(Args)]
@@ -189,6 +191,9 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
 
     let interrupt = Arc::new(AtomicBool::new(false));
     crate::signals::set_training(interrupt.clone());
+    let planned = root
+        .then(|| config.planned_peak(args.device.device))
+        .flatten();
 
     let mut trainer = Trainer::on_ranks(
         config,
@@ -204,6 +209,7 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
     if !root {
         return Ok(());
     }
+    let memory = memory_line(&summary, planned);
     match summary.outcome {
         Outcome::Finished => {
             let before = summary
@@ -219,6 +225,9 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
                 summary.steps,
                 summary.out.display()
             ));
+            if let Some(line) = memory {
+                qlora_core::stderr::line(line);
+            }
             // The curves are a convenience: failing to draw them does not fail the run.
             match crate::plot::draw(&summary.out, None) {
                 Ok(path) => qlora_core::stderr::line(format_args!("curves in {}", path.display())),
@@ -234,6 +243,28 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
         )),
     }
     Ok(())
+}
+
+/// `memory: peak RSS 963.0 MiB; planned peak 950.0 MiB (qlora plan)`, with the device's memory
+/// on a GPU: what the run took where users look, beside what the planner said.
+fn memory_line(summary: &TrainSummary, planned: Option<u64>) -> Option<String> {
+    let rss = summary.peak_rss_bytes?;
+    let device = summary
+        .device_memory_bytes
+        .map(|b| {
+            format!(
+                ", device memory in use after a step up to {}",
+                human_bytes(b)
+            )
+        })
+        .unwrap_or_default();
+    let planned = planned
+        .map(|p| format!("; planned peak {} (qlora plan)", human_bytes(p)))
+        .unwrap_or_default();
+    Some(format!(
+        "memory: peak RSS {}{device}{planned}",
+        human_bytes(rss)
+    ))
 }
 
 #[cfg(test)]
@@ -257,6 +288,7 @@ mod tests {
             preference: None,
             eval_preference: None,
             device_memory_bytes: None,
+            peak_rss_bytes: None,
         }
     }
 

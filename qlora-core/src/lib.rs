@@ -22,6 +22,7 @@
 
 pub mod error;
 pub mod profile;
+pub mod resident;
 pub mod settings;
 pub mod stderr;
 

@@ -92,6 +92,17 @@ fn training_halves_the_eval_loss_and_the_adapter_merges() {
     for key in ["step", "loss", "lr", "grad_norm", "tokens", "tokens_per_s"] {
         assert!(first.get(key).is_some(), "{key} in {first}");
     }
+    // The memory the OS counts, in every line and at the end beside the plan's figure.
+    #[cfg(target_os = "linux")]
+    {
+        let rss = first["peak_rss_bytes"].as_u64().expect("peak_rss_bytes");
+        assert!(rss > 1 << 20, "{first}");
+        let memory = stderr
+            .lines()
+            .find(|l| l.starts_with("memory: peak RSS "))
+            .expect(&stderr);
+        assert!(memory.contains("; planned peak "), "{memory}");
+    }
     let config = std::fs::read_to_string(out.join("training_config.toml")).unwrap();
     assert!(
         config.contains("rank = 64") && config.contains("max_steps = 40"),

@@ -35,12 +35,46 @@ impl Shard {
         })
     }
 
+    /// The byte range of tensor `name` in the file.
+    fn range(&self, name: &str) -> Option<std::ops::Range<usize>> {
+        let info = self.metadata.info(name)?;
+        // `read_metadata` validated the offsets against the file length.
+        Some(8 + self.header_len + info.data_offsets.0..8 + self.header_len + info.data_offsets.1)
+    }
+
     fn view(&self, name: &str) -> Option<TensorView<'_>> {
         let info = self.metadata.info(name)?;
-        let start = 8 + self.header_len + info.data_offsets.0;
-        let end = 8 + self.header_len + info.data_offsets.1;
-        // `read_metadata` validated the offsets against the file length.
-        TensorView::new(info.dtype, info.shape.clone(), &self.mmap[start..end]).ok()
+        TensorView::new(
+            info.dtype,
+            info.shape.clone(),
+            &self.mmap[self.range(name)?],
+        )
+        .ok()
+    }
+
+    /// Drop the pages of tensor `name` that reading it mapped in from the process's resident
+    /// set (they stay in the page cache): a loader that has converted a tensor does not hold
+    /// the file's copy as well, so loading peaks at the converted model, not that plus the file.
+    fn release(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some(range) = self.range(name) {
+            let page = 4096;
+            let (start, end) = (range.start.next_multiple_of(page), range.end / page * page);
+            if start < end {
+                // SAFETY: the map is a read-only shared file mapping: pages dropped here are read
+                // again from the file on the next access, with the same bytes, so views into it
+                // stay valid.
+                let _ = unsafe {
+                    self.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = name;
     }
 }
 
@@ -271,6 +305,9 @@ impl Checkpoint {
             ));
         }
         let values = decode_f32(view.data(), dtype);
+        if let Some(&position) = self.locations.get(name) {
+            self.shards[position].release(name);
+        }
         if let Some(i) = values.iter().position(|v| !v.is_finite()) {
             return Err(Error::key(
                 self.file_of(name),

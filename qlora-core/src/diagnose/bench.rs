@@ -17,6 +17,7 @@ use crate::lora::LoraConfig;
 use crate::model::{Bits, CausalLm, DropoutStream, LoadOptions, TrainBatch};
 use crate::plan::{MemoryPlan, PlanSettings, load_config, plan};
 use crate::profile::{self, Phase, StepTimes};
+use crate::resident::{peak_rss, reset_peak_rss};
 use crate::train::{AdamWConfig, OptimizerKind, PagedAdamW};
 
 /// What to measure.
@@ -128,25 +129,6 @@ pub struct BenchReport {
     pub measured_peak: Option<u64>,
     /// What [`Self::measured_peak`] is.
     pub measured_what: &'static str,
-}
-
-/// The process's peak resident set (`VmHWM`) in bytes.
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
-/// Start the peak resident set over from the current one (Linux's `clear_refs` 5); false where
-/// the kernel does not allow it.
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Build the model on the device and train `steps` steps (plus one to warm up), saying each

@@ -5,5 +5,5 @@
 pub mod bench;
 pub mod selftest;
 
-pub use bench::{BenchPlan, BenchReport, BenchSettings, peak_rss, plan_bench, run_bench};
+pub use bench::{BenchPlan, BenchReport, BenchSettings, plan_bench, run_bench};
 pub use selftest::{BREAK_VARIABLE, KernelCheck, kernel_names, selftest};

@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 
 use super::config::TrainConfig;
+use crate::config::ModelConfig;
 use crate::device::{DeviceChoice, memory_capacity};
 use crate::dtype::ComputeDtype;
 use crate::durable::human_bytes;
 use crate::error::{Error, Result};
-use crate::plan::{alternatives, load_config, plan};
+use crate::plan::{PlanSettings, alternatives, load_config, plan};
 
 /// Memory a run may use, and where the figure comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,26 +106,16 @@ pub fn host_available() -> Option<Available> {
 }
 
 impl TrainConfig {
-    /// Refuse a run whose planned peak (rows of `--max-seq-len` tokens) exceeds the memory
-    /// available on `device`, naming both figures and the changes that would fit. A run whose
-    /// memory or plan cannot be known passes.
-    pub fn check_memory(&self, device: DeviceChoice) -> Result<()> {
-        let (available, compute_bytes) = if device == DeviceChoice::Cpu {
-            (host_available(), 4)
+    /// The plan of this run on `device` (rows of `--max-seq-len` tokens): the model's shape,
+    /// the settings planned and the peak; `None` when the model's config cannot be read.
+    fn run_plan(&self, device: DeviceChoice) -> Result<Option<(ModelConfig, PlanSettings, u64)>> {
+        let compute_bytes = if device == DeviceChoice::Cpu {
+            4
         } else {
-            let device = device.device()?;
-            let compute = ComputeDtype::resolve(self.compute_dtype, &device)?;
-            let capacity = memory_capacity(&device).map(|bytes| Available {
-                bytes,
-                source: "the device's memory".into(),
-            });
-            (capacity, compute.size() as u64)
-        };
-        let Some(available) = available else {
-            return Ok(());
+            ComputeDtype::resolve(self.compute_dtype, &device.device()?)?.size() as u64
         };
         let Ok(config) = load_config(&self.model.to_string_lossy()) else {
-            return Ok(());
+            return Ok(None);
         };
         let mut settings = self.plan_settings(self.max_seq_len, compute_bytes)?;
         // On a GPU a paged optimizer without a budget keeps on the device what the step leaves.
@@ -135,6 +126,35 @@ impl TrainConfig {
             settings.optimizer_device_budget = Some(0);
         }
         let peak = plan(&config, &settings)?.peak_bytes;
+        Ok(Some((config, settings, peak)))
+    }
+
+    /// `qlora plan`'s peak for this run on `device`, to set beside the measured one.
+    pub fn planned_peak(&self, device: DeviceChoice) -> Option<u64> {
+        self.run_plan(device)
+            .ok()
+            .flatten()
+            .map(|(_, _, peak)| peak)
+    }
+
+    /// Refuse a run whose planned peak (rows of `--max-seq-len` tokens) exceeds the memory
+    /// available on `device`, naming both figures and the changes that would fit. A run whose
+    /// memory or plan cannot be known passes.
+    pub fn check_memory(&self, device: DeviceChoice) -> Result<()> {
+        let available = if device == DeviceChoice::Cpu {
+            host_available()
+        } else {
+            memory_capacity(&device.device()?).map(|bytes| Available {
+                bytes,
+                source: "the device's memory".into(),
+            })
+        };
+        let Some(available) = available else {
+            return Ok(());
+        };
+        let Some((config, settings, peak)) = self.run_plan(device)? else {
+            return Ok(());
+        };
         if peak <= available.bytes {
             return Ok(());
         }

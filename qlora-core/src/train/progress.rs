@@ -46,6 +46,9 @@ pub struct StepMetrics {
     /// Device memory in use after the step (GPU backends; the CPU reports none).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_memory_bytes: Option<u64>,
+    /// The process's peak resident set so far (host memory, as the OS counts it; Linux).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
 }
 
 /// Held-out preference metrics under `eval_`-prefixed keys, as transformers logs eval metrics.
@@ -87,6 +90,10 @@ impl StepMetrics {
             (
                 "train/device_memory_bytes",
                 self.device_memory_bytes.map(|b| b as f64),
+            ),
+            (
+                "train/peak_rss_bytes",
+                self.peak_rss_bytes.map(|b| b as f64),
             ),
         ];
         out.extend(

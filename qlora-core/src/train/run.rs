@@ -42,6 +42,10 @@ pub struct TrainSummary {
     pub eval_loss_after: Option<f64>,
     /// The run's output directory.
     pub out: PathBuf,
+    /// The process's peak resident set at the end (Linux).
+    pub peak_rss_bytes: Option<u64>,
+    /// The most device memory in use after a step (GPU backends).
+    pub device_memory_bytes: Option<u64>,
 }
 
 impl Trainer {
@@ -317,6 +321,7 @@ impl Trainer {
         progress.start(self.total_steps, self.position.step);
         let mut last = None;
         let mut eval_loss_after = None;
+        let mut device_memory_bytes = None;
         while self.position.step < self.total_steps {
             let (mut m, interrupted) = self.step_or_stop(interrupt.load(Ordering::SeqCst))?;
             let at = self.position.step;
@@ -347,6 +352,7 @@ impl Trainer {
             }
             progress.step(&m);
             last = Some(m.loss);
+            device_memory_bytes = device_memory_bytes.max(m.device_memory_bytes);
             if !final_step && (at.is_multiple_of(self.save_every) || interrupted) && root {
                 let dir = self.save_checkpoint()?;
                 progress.message(&format!("saved {}", dir.display()));
@@ -362,6 +368,8 @@ impl Trainer {
                     eval_loss_before,
                     eval_loss_after: None,
                     out: self.config.out.clone(),
+                    peak_rss_bytes: crate::resident::peak_rss(),
+                    device_memory_bytes,
                 });
             }
         }
@@ -381,6 +389,8 @@ impl Trainer {
             eval_loss_before,
             eval_loss_after,
             out: self.config.out.clone(),
+            peak_rss_bytes: crate::resident::peak_rss(),
+            device_memory_bytes,
         })
     }
 }

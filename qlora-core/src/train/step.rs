@@ -185,6 +185,7 @@ impl Trainer {
                 .device
                 .memory_pool_usage()
                 .map(|u| u.bytes_in_use),
+            peak_rss_bytes: crate::resident::peak_rss(),
         };
         Ok((metrics, stop))
     }
