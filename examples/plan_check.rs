@@ -5,7 +5,7 @@
 //! next to the peak RSS of the `qlora` binary (what the OS, a cgroup and the OOM killer count).
 //!
 //! Run: `cargo build --release -p qlora-cli && cargo run --release --example plan_check`
-//! (`QLORA_BIN` names another binary).
+//! (`QLORA_BIN` names another binary; `-- rss` runs only the peak RSS rows).
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +27,10 @@ static ALLOC: Counting = Counting;
 
 fn main() {
     let tmp = tempfile::tempdir().expect("tempdir");
+    if std::env::args().nth(1).as_deref() == Some("rss") {
+        rss_check(tmp.path());
+        return;
+    }
     let data = tmp.path().join("long.jsonl");
     write_long_texts(&data, 3);
     let models = [
@@ -97,23 +101,53 @@ fn main() {
         mib(peaks[0].0 - peaks[1].0),
         mib(peaks[0].1.saturating_sub(peaks[1].1))
     );
-    rss_check(&dir, &data, tmp.path());
+    rss_check(tmp.path());
 }
 
-/// The `qlora` binary's peak RSS training the model in `dir` (two steps of one row, train's
-/// defaults otherwise) at rows of 2048 and 512 tokens with 32- and 8-bit states, against the
-/// planned peak `train` prints beside it.
-fn rss_check(dir: &Path, data: &Path, tmp: &Path) {
+/// The `qlora` binary's peak RSS training SmolLM2-135M (the peer benchmark's copy:
+/// `PEER_MODEL`, else `~/.cache/qlora-peer/smollm2`; its own tokenizer and context, so rows
+/// fill) two steps of one packed row, train's defaults otherwise, at rows of 2048 and 512
+/// tokens with 32- and 8-bit states, against the planned peak `train` prints beside it.
+fn rss_check(tmp: &Path) {
     let bin = std::env::var_os("QLORA_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/qlora"));
-    if !bin.exists() {
-        println!(
-            "\n(no {}: `cargo build --release -p qlora-cli` for the peak RSS rows)",
-            bin.display()
-        );
-        return;
+    let dir = std::env::var_os("PEER_MODEL")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/qlora-peer/smollm2"))
+        })
+        .unwrap_or_default();
+    for (path, how) in [
+        (&bin, "`cargo build --release -p qlora-cli`"),
+        (&dir.join("config.json"), "see ../shared/bench/README.md"),
+    ] {
+        if !path.exists() {
+            println!("\n(no {}: {how} for the peak RSS rows)", path.display());
+            return;
+        }
     }
+    // Random words (~1.3 tokens each), enough for two full rows of 2048.
+    let words = [
+        "model", "train", "adapter", "token", "gradient", "layer", "the", "of",
+    ];
+    let mut state = 1u64;
+    let data = tmp.join("words.jsonl");
+    let lines: String = (0..40)
+        .map(|_| {
+            let text: Vec<&str> = (0..200)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1);
+                    words[(state >> 60) as usize % words.len()]
+                })
+                .collect();
+            serde_json::json!({ "text": text.join(" ") }).to_string() + "\n"
+        })
+        .collect();
+    std::fs::write(&data, lines).expect("write data");
+    let (dir, data) = (dir.as_path(), data.as_path());
     println!(
         "\n{:<24} {:>12} {:>13} {:>7}",
         "peak RSS (smollm2)", "planned MiB", "measured MiB", "ratio"
