@@ -25,6 +25,7 @@ fn curves_of_metrics(out: &Path) -> Curves {
         ("tokens_per_s", "train/tokens_per_second"),
         ("padding", "train/padding"),
         ("eval_loss", "eval/loss"),
+        ("peak_rss_bytes", "train/peak_rss_bytes"),
     ];
     let mut curves = Curves::new();
     for line in std::fs::read_to_string(out.join("metrics.jsonl"))
