@@ -167,9 +167,11 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
     let resume_flag = args.resume.as_deref().or(file.resume.as_deref());
     let resume = resume_point(&config.out, resume_flag)?;
     // Refused before anything loads when the plan's peak does not fit (the root rank says).
-    if root && !args.ignore_memory_check {
-        config.check_memory(args.device.device)?;
-    }
+    let planned = match (root, args.ignore_memory_check) {
+        (false, _) => None,
+        (true, false) => config.check_memory(args.device.device)?,
+        (true, true) => config.planned_peak(args.device.device),
+    };
 
     let mut progress: Box<dyn Progress> = if !root {
         Box::new(Quiet)
@@ -191,9 +193,6 @@ fn train(args: TrainArgs, matches: &ArgMatches, collective: Rc<dyn Collective>) 
 
     let interrupt = Arc::new(AtomicBool::new(false));
     crate::signals::set_training(interrupt.clone());
-    let planned = root
-        .then(|| config.planned_peak(args.device.device))
-        .flatten();
 
     let mut trainer = Trainer::on_ranks(
         config,

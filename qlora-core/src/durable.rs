@@ -99,35 +99,36 @@ pub fn is_unwritable(error: &Error) -> bool {
 pub struct DirIdentity(Option<(u64, u64)>);
 
 impl DirIdentity {
-    /// The directory at `dir` now.
-    pub fn of(dir: &Path) -> Result<DirIdentity> {
-        let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    /// The identity `meta` gives (none off Unix: only the directory's existence is checked).
+    fn from_metadata(meta: &std::fs::Metadata) -> DirIdentity {
         #[cfg(unix)]
         {
             use std::os::unix::fs::MetadataExt;
-            Ok(DirIdentity(Some((meta.dev(), meta.ino()))))
+            DirIdentity(Some((meta.dev(), meta.ino())))
         }
         #[cfg(not(unix))]
         {
             let _ = meta;
-            Ok(DirIdentity(None))
+            DirIdentity(None)
         }
+    }
+
+    /// The directory at `dir` now.
+    pub fn of(dir: &Path) -> Result<DirIdentity> {
+        let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+        Ok(DirIdentity::from_metadata(&meta))
     }
 
     /// An error naming `dir` unless it is still the directory it was.
     pub fn check(&self, dir: &Path) -> Result<()> {
-        let still = match std::fs::metadata(dir) {
-            Ok(meta) if meta.is_dir() => self.0.is_none() || DirIdentity::of(dir)? == *self,
-            _ => false,
-        };
-        if still {
-            return Ok(());
+        match std::fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() && DirIdentity::from_metadata(&meta) == *self => Ok(()),
+            _ => Err(Error::file(
+                dir,
+                "the output directory was deleted or replaced while this run was writing to \
+                 it (what it held went with it); stopping",
+            )),
         }
-        Err(Error::file(
-            dir,
-            "the output directory was deleted or replaced while this run was writing to it \
-             (what it held went with it); stopping",
-        ))
     }
 }
 

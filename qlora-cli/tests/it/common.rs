@@ -128,42 +128,31 @@ pub fn fixture_training(out: &Path, defaults: &[(&str, &str)], extra: &[&str]) -
 /// `qlora train` on the fixture model for 100,000 steps into `out`, logging every step, with
 /// `extra` flags, to spawn.
 pub fn long_training(out: &Path, extra: &[&str]) -> Command {
-    let model = path(&root().join("tests/fixtures/tiny-llama"));
-    let data = path(&root().join("datasets/parity_train.jsonl"));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_qlora"));
-    command
-        .args([
-            "train",
-            "--model",
-            &model,
-            "--data",
-            &data,
-            "--out",
-            &path(out),
-            "--max-seq-len",
-            "128",
-            "--rank",
-            "4",
-            "--grad-accum",
-            "1",
-            "--max-steps",
-            "100000",
-            "--logging-steps",
-            "1",
-        ])
-        .args(extra)
-        .stdout(Stdio::null());
-    command
+    let defaults = [
+        ("--max-seq-len", "128"),
+        ("--rank", "4"),
+        ("--grad-accum", "1"),
+        ("--max-steps", "100000"),
+        ("--logging-steps", "1"),
+    ];
+    fixture_training(out, &defaults, extra)
+}
+
+/// Poll `done` until it holds; fails the test with `what` after two minutes.
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed().as_secs() < 120, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 /// Wait until `out`'s metrics log `lines` steps (the run is training).
 pub fn wait_for_steps(out: &Path, lines: usize) {
     let metrics = out.join("metrics.jsonl");
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < lines {
-        assert!(started.elapsed().as_secs() < 120, "training never started");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until("training never started", || {
+        std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) >= lines
+    });
 }
 
 /// Start [`long_training`] and return once `lines` steps are logged.

@@ -11,7 +11,7 @@ use qlora_core::train::{list_checkpoints, verify_checkpoint};
 
 use crate::common::{fixture_training, path, qlora, root, spawn_long_training, train_fixture};
 #[cfg(unix)]
-use crate::common::{long_training, send};
+use crate::common::{long_training, send, wait_until};
 
 /// `qlora train` on the fixture model, two short rows a step, a checkpoint every step, four
 /// steps; `extra` flags appended (they replace the defaults here of the same name).
@@ -298,8 +298,8 @@ fn a_run_that_cannot_fit_in_memory_is_refused_before_loading() {
     assert!(!out.exists(), "a refused run wrote {out:?}");
 }
 
-/// Names in `out` of checkpoints, staging directories and locks, each checkpoint verified
-/// against its manifest: a checkpoint that does not verify fails the test.
+/// The steps of `out`'s checkpoints, each verified against its manifest: a checkpoint that does
+/// not verify fails the test.
 fn checkpoints_all_verify(out: &Path) -> Vec<u64> {
     list_checkpoints(out)
         .into_iter()
@@ -313,17 +313,16 @@ fn checkpoints_all_verify(out: &Path) -> Vec<u64> {
 }
 
 /// Wait until a checkpoint is being written into `out` (its staging directory exists).
+#[cfg(unix)]
 fn wait_for_a_save(out: &Path) {
-    let started = std::time::Instant::now();
-    while !std::fs::read_dir(out).is_ok_and(|d| {
-        d.flatten().any(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.starts_with(".checkpoint-") && name.contains(".partial-")
+    wait_until("no checkpoint was saved", || {
+        std::fs::read_dir(out).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(".checkpoint-") && name.contains(".partial-")
+            })
         })
-    }) {
-        assert!(started.elapsed().as_secs() < 120, "no checkpoint was saved");
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
+    });
 }
 
 /// SIGTERM while a checkpoint is being written (a test hook stalls each save after its
@@ -598,11 +597,9 @@ fn an_output_that_turns_read_only_or_vanishes_stops_the_run_with_one_line() {
     use std::process::Stdio;
     let dir = tempfile::tempdir().unwrap();
     let wait_for_checkpoint = |out: &Path| {
-        let started = std::time::Instant::now();
-        while list_checkpoints(out).is_empty() {
-            assert!(started.elapsed().as_secs() < 120, "no checkpoint was saved");
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_until("no checkpoint was saved", || {
+            !list_checkpoints(out).is_empty()
+        })
     };
     let finish = |child: std::process::Child| {
         let output = child.wait_with_output().unwrap();

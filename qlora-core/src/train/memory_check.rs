@@ -138,9 +138,12 @@ impl TrainConfig {
     }
 
     /// Refuse a run whose planned peak (rows of `--max-seq-len` tokens) exceeds the memory
-    /// available on `device`, naming both figures and the changes that would fit. A run whose
-    /// memory or plan cannot be known passes.
-    pub fn check_memory(&self, device: DeviceChoice) -> Result<()> {
+    /// available on `device`, naming both figures and the changes that would fit; otherwise
+    /// the planned peak. A run whose memory or plan cannot be known passes.
+    pub fn check_memory(&self, device: DeviceChoice) -> Result<Option<u64>> {
+        let Some((config, settings, peak)) = self.run_plan(device)? else {
+            return Ok(None);
+        };
         let available = if device == DeviceChoice::Cpu {
             host_available()
         } else {
@@ -149,15 +152,9 @@ impl TrainConfig {
                 source: "the device's memory".into(),
             })
         };
-        let Some(available) = available else {
-            return Ok(());
+        let Some(available) = available.filter(|a| peak > a.bytes) else {
+            return Ok(Some(peak));
         };
-        let Some((config, settings, peak)) = self.run_plan(device)? else {
-            return Ok(());
-        };
-        if peak <= available.bytes {
-            return Ok(());
-        }
         let options = alternatives(&config, &settings);
         let fitting: Vec<String> = options
             .iter()

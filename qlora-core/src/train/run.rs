@@ -56,36 +56,38 @@ impl Trainer {
         self.warn_if_low_on_space(needed);
         self.write_checkpoint().map_err(|e| {
             let out = &self.config.out;
-            let last = super::resume::newest_complete_checkpoint(out)
-                .0
-                .map_or("none yet".to_string(), |d| d.display().to_string());
-            let target = checkpoint_dir(out, self.position.step);
-            if durable::is_out_of_space(&e) {
+            let (why, kept, remedy) = if durable::is_out_of_space(&e) {
                 let free = durable::free_space(out).map_or(String::new(), |f| {
                     format!(", {} free", durable::human_bytes(f))
                 });
-                Error::file(
-                    target,
+                let needed = durable::human_bytes(needed);
+                (
                     format!(
                         "no space left on the device writing this checkpoint ({e}): it needs \
-                         about {}{free}; nothing of it was kept. Free space and continue with \
-                         --resume (the last complete checkpoint: {last})",
-                        durable::human_bytes(needed)
+                         about {needed}{free}"
                     ),
+                    "",
+                    "Free space".to_string(),
                 )
             } else if durable::is_unwritable(&e) {
-                Error::file(
-                    target,
-                    format!(
-                        "cannot write this checkpoint ({e}); nothing of it was kept and the \
-                         earlier checkpoints are as they were. Make {} writable and continue \
-                         with --resume (the last complete checkpoint: {last})",
-                        out.display()
-                    ),
+                (
+                    format!("cannot write this checkpoint ({e})"),
+                    " and the earlier checkpoints are as they were",
+                    format!("Make {} writable", out.display()),
                 )
             } else {
-                e
-            }
+                return e;
+            };
+            let last = super::resume::newest_complete_checkpoint(out)
+                .0
+                .map_or("none yet".to_string(), |d| d.display().to_string());
+            Error::file(
+                checkpoint_dir(out, self.position.step),
+                format!(
+                    "{why}; nothing of it was kept{kept}. {remedy} and continue with --resume \
+                     (the last complete checkpoint: {last})"
+                ),
+            )
         })
     }
 

@@ -59,16 +59,15 @@ fn block(s: &Dims, heads: usize, len: usize, #[comptime] tile: usize) -> Block {
 }
 
 /// What a query's thread of a block works on: its block, key/value head, row in `[batch *
-/// q_len]`, position, sequence id and query vector, and the first key its window lets it see.
+/// q_len]`, sequence id and query vector, and the keys it sees (its window up to its position).
 #[derive(CubeType)]
 struct QueryRow {
     block: Block,
     kv: usize,
     row: usize,
-    pos: usize,
     id: i32,
     query: Array<f32>,
-    start: usize,
+    keys: Span,
 }
 
 #[cube]
@@ -89,10 +88,12 @@ fn query_row(
     QueryRow {
         kv: block.h / (heads / s.kv_heads as usize),
         row,
-        pos,
         id: q_ids[row],
         query,
-        start: window_start(s, pos),
+        keys: Span {
+            lo: window_start(s, pos),
+            hi: pos + 1,
+        },
         block,
     }
 }
@@ -154,7 +155,7 @@ fn load_key_tile(
 
 /// The rows of the tile `t0..t0 + tile` within `span`.
 #[cube]
-fn clip(t0: usize, span: Span, #[comptime] tile: usize) -> Span {
+fn clip(t0: usize, span: &Span, #[comptime] tile: usize) -> Span {
     let mut lo = t0;
     if span.lo > lo {
         lo = span.lo;
@@ -221,14 +222,7 @@ pub(super) fn forward_kernel(
             tile,
         );
         if me.block.active {
-            let seen = clip(
-                j0,
-                Span {
-                    lo: me.start,
-                    hi: me.pos + 1,
-                },
-                tile,
-            );
+            let seen = clip(j0, &me.keys, tile);
             for j in seen.lo..seen.hi {
                 let t = j - j0;
                 if ids[t] == me.id {
@@ -309,14 +303,7 @@ pub(super) fn query_grad_kernel(
             tile,
         );
         if me.block.active {
-            let seen = clip(
-                j0,
-                Span {
-                    lo: me.start,
-                    hi: me.pos + 1,
-                },
-                tile,
-            );
+            let seen = clip(j0, &me.keys, tile);
             for j in seen.lo..seen.hi {
                 let t = j - j0;
                 if ids[t] == me.id {
@@ -411,14 +398,7 @@ pub(super) fn key_grad_kernel(
             }
             sync_cube();
             if block.active {
-                let seen = clip(
-                    i0,
-                    Span {
-                        lo: seeing.lo,
-                        hi: seeing.hi,
-                    },
-                    tile,
-                );
+                let seen = clip(i0, &seeing, tile);
                 for i in seen.lo..seen.hi {
                     let t = i - i0;
                     if ids[t] == id {
